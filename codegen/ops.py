@@ -1,0 +1,115 @@
+"""THE op table: every function a .seq expression may call, with its typing rule and its rendering.
+
+Each backend renders IR through this table, so the reference interpreter, the generated torch code
+and the generated Triton code cannot drift. Rendering templates take positional operands ``{0}``,
+``{1}``... and keyword options ``{eps}``; runtime tensors keep named dims last, so "last axis" is
+``dim=-1``. Importing this module does not import torch.
+
+Kinds (how the type checker treats an op):
+    unary      elementwise, shape-preserving            exp(x)
+    binary     elementwise, named-axis broadcast         max(a, b)
+    ternary    elementwise, three operands                lerp(a, b, mu)
+    lastaxis   shape-preserving, normalises the last axis l2norm(x)
+    norm       like lastaxis, with a learned weight in streams / out (plain in the cell)
+    reduce     drops the last axis                        sum(x)
+    outer      a[i] b[j] -> [i, j]                        outer(k, v)
+    transpose  [i, j] -> [j, i]
+    complex    complex(re, im)
+    token      needs the time axis or a learned weight: streams and out only (linear, conv, ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    kind: str
+    torch: str                       # torch expression template
+    arity: int = 1                   # positional operands (tensors)
+    real_only: bool = True           # operands must be real
+    complex_ok: bool = False         # accepts complex operands (then real_only is False)
+    returns_real: bool = False       # result is real even for complex operands (abs, real, imag)
+    options: dict = field(default_factory=dict)   # keyword options and their defaults
+    doc: str = ""
+
+
+def _unary(name, torch, doc, complex_ok=False, returns_real=False):
+    return Op(name, "unary", torch, real_only=not complex_ok, complex_ok=complex_ok,
+              returns_real=returns_real, doc=doc)
+
+
+OPS: dict[str, Op] = {op.name: op for op in [
+    # -- elementwise math
+    _unary("exp", "torch.exp({0})", "e^x", complex_ok=True),
+    _unary("log", "torch.log({0})", "natural log", complex_ok=True),
+    _unary("sqrt", "torch.sqrt({0})", "square root", complex_ok=True),
+    _unary("abs", "torch.abs({0})", "|x| (modulus for complex)", complex_ok=True, returns_real=True),
+    _unary("real", "torch.real({0})", "real part", complex_ok=True, returns_real=True),
+    _unary("imag", "torch.imag({0})", "imaginary part", complex_ok=True, returns_real=True),
+    _unary("conj", "torch.conj({0})", "complex conjugate", complex_ok=True),
+    _unary("cos", "torch.cos({0})", "cosine"),
+    _unary("sin", "torch.sin({0})", "sine"),
+    _unary("tanh", "torch.tanh({0})", "hyperbolic tangent"),
+    _unary("sigmoid", "torch.sigmoid({0})", "logistic sigmoid"),
+    _unary("logsigmoid", "torch.nn.functional.logsigmoid({0})", "log(sigmoid(x)), a log-space gate"),
+    _unary("silu", "torch.nn.functional.silu({0})", "x * sigmoid(x) (swish)"),
+    _unary("relu", "torch.relu({0})", "max(x, 0)"),
+    _unary("relu2", "torch.square(torch.relu({0}))", "squared ReLU (RWKV channel mix)"),
+    _unary("elu1", "(torch.nn.functional.elu({0}) + 1)", "elu(x) + 1, the Linear Transformer feature map"),
+    _unary("elu", "torch.nn.functional.elu({0})", "exponential linear unit"),
+    _unary("gelu", "torch.nn.functional.gelu({0})", "Gaussian error linear unit (erf form)"),
+    _unary("softplus", "torch.nn.functional.softplus({0})", "log(1 + e^x)"),
+    _unary("inv_softplus", "({0} + torch.log(-torch.expm1(-{0})))", "inverse of softplus (x > 0)"),
+    Op("max", "binary", "torch.maximum({0}, {1})", arity=2, doc="elementwise maximum"),
+    Op("min", "binary", "torch.minimum({0}, {1})", arity=2, doc="elementwise minimum"),
+    Op("lerp", "ternary", "({0} + ({1} - {0}) * {2})", arity=3, doc="a + (b - a) * mu (token shift mixing)"),
+    Op("complex", "complex", "torch.complex({0}, {1})", arity=2, doc="re + i im"),
+    # -- last-axis functions
+    Op("l2norm", "lastaxis", "({0} * torch.rsqrt(({0} * {0}).sum(-1, keepdim=True) + {eps}))",
+       options={"eps": 1e-6}, doc="x / ||x|| over the last axis"),
+    Op("softmax", "lastaxis", "torch.softmax({0}, dim=-1)", doc="softmax over the last axis"),
+    Op("rmsnorm", "norm", "({0} * torch.rsqrt(({0} * {0}).mean(-1, keepdim=True) + {eps}))",
+       options={"eps": 1e-5}, doc="RMSNorm over the last axis (learned scale in streams / out)"),
+    Op("layernorm", "norm",
+       "(({0} - {0}.mean(-1, keepdim=True)) * torch.rsqrt({0}.var(-1, unbiased=False, keepdim=True) + {eps}))",
+       options={"eps": 1e-5}, doc="LayerNorm over the last axis (learned scale and bias in streams / out)"),
+    Op("sum", "reduce", "{0}.sum(-1)", complex_ok=True, real_only=False, doc="sum over the last axis"),
+    Op("mean", "reduce", "{0}.mean(-1)", complex_ok=True, real_only=False, doc="mean over the last axis"),
+    # -- products
+    Op("outer", "outer", "({0}[..., :, None] * {1}[..., None, :])", arity=2, complex_ok=True, real_only=False,
+       doc="outer(a, b)[i, j] = a[i] b[j]"),
+    Op("transpose", "transpose", "{0}.transpose(-1, -2)", complex_ok=True, real_only=False,
+       doc="swap the two axes of a matrix"),
+    # -- token-parallel operators with learned weights or a time axis (streams / out only)
+    Op("linear", "token", "", options={"bias": False},
+       doc="linear(x[, [dims]], bias=0|1): a learned projection to the declared (or given) shape"),
+    Op("lowrank", "token", "", arity=2, options={"bias": False},
+       doc="lowrank(x, r[, [dims]]): linear(linear(x, [r])), a rank-r projection"),
+    Op("conv", "token", "", arity=2, doc="conv(x, w): causal depthwise convolution over w tokens"),
+    Op("shift", "token", "", options={"n": 1}, doc="shift(x[, n=1]): the value n tokens earlier (0 before t=0)"),
+]}
+
+# Functions of parameter initialisers (``A_log: [heads] ~ log(uniform(1, 16))``). Elementwise math
+# from OPS is also allowed there; these produce values of the parameter's shape.
+INITIALISERS: dict[str, str] = {
+    "uniform": "uniform(a, b): independent samples in [a, b)",
+    "log_uniform": "log_uniform(a, b): exp of uniform(log a, log b)",
+    "normal": "normal(mean, std): Gaussian samples",
+    "zeros": "zeros(): 0",
+    "ones": "ones(): 1",
+    "index": "index(axis): 0, 1, ... along the named axis of the parameter",
+    "xavier": "xavier(): uniform with the Glorot bound for a [out, in] matrix",
+    "orthogonal": "orthogonal(): a random orthogonal [n, n] matrix",
+    "hippo_legs": "hippo_legs(): the HiPPO-LegS state matrix A for an [n, n] parameter",
+    "hippo_legs_b": "hippo_legs_b(): the HiPPO-LegS input vector B for an [n] parameter",
+}
+INITIALISER_ARITY = {"uniform": 2, "log_uniform": 2, "normal": 2, "zeros": 0, "ones": 0, "index": 1,
+                     "xavier": 0, "orthogonal": 0, "hippo_legs": 0, "hippo_legs_b": 0}
+
+CONSTANTS = {"pi": 3.141592653589793}
+
+# The layer input. Streams read it as a [d_model] vector per token.
+LAYER_INPUT = "x"

@@ -1,0 +1,1 @@
+"""seqdsl: a declarative compiler for recurrent sequence models."""

@@ -1,0 +1,63 @@
+"""Errors that point into a .seq source: ``file:line:col: message``, the line and a caret."""
+
+from __future__ import annotations
+
+
+class SpecError(Exception):
+    """A problem with a spec, located in its source.
+
+    Attributes:
+        message: what is wrong, in one sentence.
+        line, column: 1-based position of the offending text (None when unknown).
+        path: the spec file (or ``<string>``).
+        source: the spec text, used to show the offending line.
+    """
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None,
+                 path: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.path = path
+        self.source = source
+
+    @classmethod
+    def at(cls, message: str, span) -> SpecError:
+        """An error at an IR span (or at no location if the span is None)."""
+        if span is None:
+            return cls(message)
+        return cls(message, span.line, span.column)
+
+    def located(self, path: str | None, source: str | None) -> SpecError:
+        """Fill in the file and text once they are known (errors are raised deep in the passes)."""
+        if self.path is None:
+            self.path = path
+        if self.source is None:
+            self.source = source
+        return self
+
+    @property
+    def position(self) -> str:
+        """``line:col`` (or ``line`` or empty) of the error."""
+        if self.line is None:
+            return ""
+        return f"{self.line}:{self.column}" if self.column is not None else f"{self.line}"
+
+    def __str__(self) -> str:
+        where = ":".join(p for p in (self.path or "<string>", self.position) if p)
+        return f"{where}: {self.message}"
+
+    def render(self) -> str:
+        """The error as the CLI prints it: location and message, the source line, a caret."""
+        out = [f"{self}"]
+        if self.source is not None and self.line is not None:
+            lines = self.source.splitlines()
+            if 1 <= self.line <= len(lines):
+                text = lines[self.line - 1].replace("\t", " ")
+                if len(text) > 200:
+                    text = text[:200] + " ..."
+                out.append(f"  {text}")
+                col = max(1, min(self.column or 1, len(text) + 1))
+                out.append("  " + " " * (col - 1) + "^")
+        return "\n".join(out)
