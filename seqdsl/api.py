@@ -1,0 +1,92 @@
+"""The public API (DESIGN §5): load / loads / reference / explain; compile and build come with the backends.
+
+The driver is the only place that knows the order of the passes:
+    text --parse--> ir.Model --check--> Checked --analyse--> Analysis (--plan--> --codegen--> op)
+"""
+
+from __future__ import annotations
+
+import os
+
+from seqdsl import ir
+from seqdsl.errors import SpecError
+from seqdsl.frontend import decode, parse
+from seqdsl.typecheck import Checked, check
+
+
+class Model:
+    """A parsed and validated spec: ``seqdsl.load("examples/gla.seq")``.
+
+    Attributes:
+        ir: the frozen IR (``seqdsl.ir.Model``).
+        checked: names, types, dims and the op interface (``seqdsl.typecheck.Checked``).
+        path, source: where the spec came from (for error messages).
+    """
+
+    def __init__(self, model_ir: ir.Model, checked: Checked, path: str | None, source: str | None):
+        self.ir = model_ir
+        self.checked = checked
+        self.path = path
+        self.source = source
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The streams and params the cell reads: the op's tensor inputs, e.g. ("q", "k", "v", "g")."""
+        return self.checked.op_inputs
+
+    def analysis(self, chunk_size: int = 64):
+        """The transition class, forms, hoisted streams, state size and FLOPs (``seqdsl explain``)."""
+        from seqdsl.analysis import analyse
+
+        return analyse(self.checked, chunk_size)
+
+    def with_hparams(self, **overrides) -> Model:
+        """The same spec with some header hyper-parameters changed (re-validated)."""
+        try:
+            return Model(self.ir, check(self.ir, overrides), self.path, self.source)
+        except SpecError as e:
+            raise e.located(self.path, self.source) from None
+
+    def __repr__(self) -> str:
+        return f"seqdsl.Model({self.name!r}, inputs={self.inputs})"
+
+
+def loads(text: str, name: str | None = None, path: str | None = None, **hparams) -> Model:
+    """Parse and validate spec text. ``name`` labels errors (default ``<string>``). Raises SpecError."""
+    where = path or (f"<{name}>" if name else "<string>")
+    model_ir = parse(text, where)
+    try:
+        return Model(model_ir, check(model_ir, hparams), where, text)
+    except SpecError as e:
+        raise e.located(where, text) from None
+
+
+def load(path: str | os.PathLike, **hparams) -> Model:
+    """Parse and validate a .seq file. Raises SpecError (also for unreadable files)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SpecError(f"cannot read the spec: {e.strerror}", path=path) from None
+    try:
+        text = decode(data)
+    except SpecError as e:
+        raise e.located(path, None) from None
+    return loads(text, path=path, **hparams)
+
+
+def reference(model: Model | ir.Model | str, **hparams):
+    """The fp64 step-by-step interpreter of a spec (the oracle); see ``seqdsl.reference.Reference``."""
+    from seqdsl.reference import Reference
+
+    if isinstance(model, str):
+        model = load(model, **hparams)
+        hparams = {}
+    if isinstance(model, Model):
+        return Reference(model.checked if not hparams else model.with_hparams(**hparams).checked)
+    return Reference(model, **hparams)
