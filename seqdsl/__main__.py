@@ -1,0 +1,5 @@
+import sys
+
+from seqdsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""The ``seqdsl`` command line. Thin: parses arguments and calls the API.
+
+Errors in a spec print ``file:line:col: message``, the source line and a caret, and exit 2.
+``check``, ``explain`` and ``graph`` never import torch or triton, so they answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from seqdsl.errors import SpecError
+
+EXIT_SPEC_ERROR = 2
+
+
+def _hparams(pairs: list[str]) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SpecError(f"-D takes NAME=VALUE; got '{pair}'")
+        try:
+            out[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise SpecError(f"-D {name}: '{value}' is not a number") from None
+    return out
+
+
+def _load(path: str, hparams: dict):
+    from seqdsl.api import load
+
+    return load(path, **hparams)
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def explain_text(model) -> str:
+    """The human-readable analysis ``seqdsl explain`` prints."""
+    a = model.analysis()
+    c = model.checked
+    axis = c.cell_axis
+    lines = [f"model {model.name}  ({model.path})"]
+    if model.ir.cell is None:
+        lines.append("  no cell: nothing recurrent")
+        return "\n".join(lines) + "\n"
+    lines.append(f"transition class: {a.cls}")
+    lines.append(f"  {a.description}")
+    over = f" over {axis} ({c.dim_sizes[axis]})" if axis else ""
+    lines.append(f"cell{over}:")
+    for st in model.ir.cell.states:
+        t = c.cell_types[st.name]
+        lines.append(f"  state {st.name}: {t.show()}")
+    lines.append(f"  op inputs: {', '.join(c.op_inputs)}"
+                 + (f"   args: {', '.join(f'{x.name}={c.values[x.name]:g}' for x in model.ir.cell.args)}"
+                    if model.ir.cell.args else ""))
+    lines.append(f"  readout: {', '.join(c.readouts)}")
+    lines.append(f"hoisted (token-parallel): {', '.join(a.hoisted) or '-'}")
+    lines.append(f"recurrent core: {', '.join(a.core) or '-'}")
+    per_head = f"per element of {axis}" if axis else "per layer"
+    lines.append(f"state size: {_fmt_int(a.state_size_per_head)} numbers {per_head}, "
+                 f"{_fmt_int(a.state_size_per_token)} per sequence and layer (complex counts 2)")
+    lines.append("forms:")
+    for form in ("recurrent", "scan", "chunk"):
+        if form in a.forms:
+            lines.append(f"  {form:9s} yes   ~{_fmt_int(a.flops_per_token[form])} FLOPs/token")
+        else:
+            lines.append(f"  {form:9s} no    {a.not_forms.get(form, '')}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_check(args) -> int:
+    status = 0
+    for path in args.specs:
+        try:
+            m = _load(path, _hparams(args.define))
+            print(f"ok  {path}: model {m.name}, inputs {', '.join(m.inputs) or '-'}")
+        except SpecError as e:
+            print(e.located(path, None).render(), file=sys.stderr)
+            status = EXIT_SPEC_ERROR
+    return status
+
+
+def cmd_explain(args) -> int:
+    m = _load(args.spec, _hparams(args.define))
+    if args.json:
+        print(json.dumps(analysis_json(m), indent=2))
+    else:
+        sys.stdout.write(explain_text(m))
+    return 0
+
+
+def analysis_json(m) -> dict:
+    """The analysis as JSON-ready data (``explain --json`` and ``compile`` write it)."""
+    a = m.analysis()
+    return {
+        "model": m.name,
+        "class": a.cls,
+        "description": a.description,
+        "states": [{"state": s.state, "class": s.cls, "axes": [str(x) for x in s.axes], "rank": s.rank,
+                    "base": s.base, "data_dependent": s.data_dependent, "complex": s.complex,
+                    "coupled_to": list(s.coupled_to)} for s in a.states],
+        "forms": list(a.forms),
+        "not_forms": a.not_forms,
+        "inputs": list(m.inputs),
+        "hoisted": list(a.hoisted),
+        "core": list(a.core),
+        "state_size_per_head": a.state_size_per_head,
+        "state_size_per_token": a.state_size_per_token,
+        "flops_per_token": a.flops_per_token,
+    }
+
+
+def cmd_graph(args) -> int:
+    from seqdsl.graph import build_graph, to_dot, to_json
+
+    m = _load(args.spec, _hparams(args.define))
+    g = build_graph(m.checked)
+    text = to_dot(g, m.name) if args.format == "dot" else json.dumps(to_json(g), indent=2) + "\n"
+    if args.output:
+        _write(args.output, text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    """Write a file atomically (a reader never sees half of it)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_compile(args) -> int:
+    from seqdsl.graph import build_graph, to_json
+
+    m = _load(args.spec, _hparams(args.define))
+    out = args.output
+    os.makedirs(out, exist_ok=True)
+    written = {
+        f"{m.name}.ir.json": m.ir.model_dump_json(indent=2) + "\n",
+        f"{m.name}.graph.json": json.dumps(to_json(build_graph(m.checked)), indent=2) + "\n",
+        f"{m.name}.analysis.json": json.dumps(analysis_json(m), indent=2) + "\n",
+    }
+    for name, text in written.items():
+        _write(os.path.join(out, name), text)
+        print(f"wrote {os.path.join(out, name)}")
+    from seqdsl import backends
+
+    for path in backends.emit(m, args.backend, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqdsl",
+        description="seqdsl: compile .seq specs of recurrent sequence models into recurrent, scan and chunkwise forms.",
+        epilog="Errors in a spec print file:line:col, the source line and a caret, and exit with status 2.")
+    p.add_argument("--version", action="version", version="seqdsl 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def spec_cmd(name, help_text, func, many=False):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if many:
+            sp.add_argument("specs", nargs="+", metavar="SPEC", help=".seq files")
+        else:
+            sp.add_argument("spec", metavar="SPEC", help="a .seq file")
+        sp.add_argument("-D", dest="define", action="append", metavar="NAME=VALUE",
+                        help="override a header hyper-parameter (repeatable), e.g. -D heads=8")
+        sp.set_defaults(func=func)
+        return sp
+
+    spec_cmd("check", "parse and validate specs; print one line per spec", cmd_check, many=True)
+    sp = spec_cmd("explain", "print the analysis: transition class, hoisted streams, recurrent core, state size, "
+                  "forms with FLOPs per token, and why a form is not available", cmd_explain)
+    sp.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    sp = spec_cmd("graph", "write the dependency graph (a node per definition, an edge per read)", cmd_graph)
+    sp.add_argument("--format", choices=("dot", "json"), default="dot", help="output format (default dot)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    sp = spec_cmd("compile", "write the IR (JSON), the graph, the analysis and the generated code into a folder",
+                  cmd_compile)
+    sp.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write into")
+    sp.add_argument("--backend", choices=("torch", "triton", "none"), default="torch",
+                    help="code generator (default torch; none writes only IR, graph and analysis)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

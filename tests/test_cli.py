@@ -1,0 +1,82 @@
+"""The command line: help, check/explain/graph/compile, exit codes, and no torch import for quick commands."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import EXAMPLES, ROOT
+
+from seqdsl.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "seqdsl", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_help_documents_every_command():
+    out = run("--help").stdout
+    for cmd in ("check", "explain", "graph", "compile"):
+        assert cmd in out
+        assert run(cmd, "--help").returncode == 0
+
+
+def test_check_all_examples(capsys):
+    assert main(["check", *map(str, EXAMPLES)]) == 0
+    assert capsys.readouterr().out.count("ok ") == len(EXAMPLES)
+
+
+def test_bad_spec_prints_location_line_and_caret_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.seq"
+    bad.write_text("model m(d_model = 4):\n  streams:\n    q: [d_model] = linear(y)\n")
+    r = run("check", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"{bad}:3:27: unknown name 'y'"
+    assert lines[1].strip() == "q: [d_model] = linear(y)"
+    assert lines[2].index("^") == lines[1].index("y)")
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_file_is_a_clean_error():
+    r = run("explain", "no/such/file.seq")
+    assert r.returncode == 2 and "cannot read the spec" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_explain_reports_class_forms_sizes_and_flops(capsys):
+    assert main(["explain", "examples/gated_deltanet.seq"]) == 0
+    out = capsys.readouterr().out
+    assert "transition class: lowrank" in out and "hoisted (token-parallel): " in out
+    assert "recurrent yes" in out and "chunk     yes" in out and "scan      no" in out
+    assert "16,384 per sequence and layer" in out and "FLOPs/token" in out
+
+
+def test_explain_json_and_hparam_override(capsys):
+    assert main(["explain", "examples/gla.seq", "--json", "-D", "heads=2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["class"] == "diagonal" and data["state_size_per_token"] == 2 * 32 * 64
+
+
+@pytest.mark.parametrize("fmt", ["dot", "json"])
+def test_graph_formats(tmp_path, fmt):
+    out = tmp_path / f"g.{fmt}"
+    assert main(["graph", "examples/gla.seq", "--format", fmt, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("digraph") if fmt == "dot" else "nodes" in json.loads(text)
+
+
+def test_compile_writes_ir_graph_and_analysis(tmp_path):
+    assert main(["compile", "examples/retnet.seq", "-o", str(tmp_path), "--backend", "none"]) == 0
+    from seqdsl import ir
+
+    m = ir.Model.model_validate_json((tmp_path / "retnet.ir.json").read_text())
+    assert m.name == "retnet"
+    assert json.loads((tmp_path / "retnet.analysis.json").read_text())["class"] == "scalar"
+
+
+def test_quick_commands_do_not_import_torch():
+    code = ("import sys; from seqdsl.cli import main; main(['explain', 'examples/gla.seq']); "
+            "main(['graph', 'examples/gla.seq']); main(['check', 'examples/gla.seq']); "
+            "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'imported torch'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
