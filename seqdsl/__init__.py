@@ -7,8 +7,8 @@
     o, final_state = ref(q=q, k=k, v=v, gk=gk, output_final_state=True)
 """
 
-from seqdsl.api import Model, load, loads, reference
+from seqdsl.api import Model, build, compile, load, loads, reference  # noqa: A004
 from seqdsl.errors import SpecError
 
 __version__ = "0.1.0"
-__all__ = ["Model", "SpecError", "load", "loads", "reference", "__version__"]
+__all__ = ["Model", "SpecError", "build", "compile", "load", "loads", "reference", "__version__"]

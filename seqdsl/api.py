@@ -80,9 +80,29 @@ def load(path: str | os.PathLike, **hparams) -> Model:
     return loads(text, path=path, **hparams)
 
 
+def compile(model: Model | str, backend: str = "torch"):  # noqa: A001 - DESIGN §5 name
+    """Generate the op of a spec for a backend ("torch" or "triton"); cached by content hash.
+
+    Returns a ``CompiledOp``: ``op.modes``, ``op.inputs``, and
+    ``o, final_state = op(**streams, initial_state=None, output_final_state=False, mode=None, cu_seqlens=None)``.
+    """
+    from seqdsl.backends import compile as compile_backend
+
+    if isinstance(model, str):
+        model = load(model)
+    return compile_backend(model, backend)
+
+
+def build(model: Model | str, backend: str = "torch", **kwargs):
+    """The layer of a spec: an nn.Module [B, T, d_model] -> [B, T, d_model]; see ``seqdsl.layer.build``."""
+    from seqdsl.layer import build as build_layer
+
+    return build_layer(model, backend=backend, **kwargs)
+
+
 def reference(model: Model | ir.Model | str, **hparams):
-    """The fp64 step-by-step interpreter of a spec (the oracle); see ``seqdsl.reference.Reference``."""
-    from seqdsl.reference import Reference
+    """The fp64 step-by-step interpreter of a spec (the oracle); see ``seqdsl.interpreter.Reference``."""
+    from seqdsl.interpreter import Reference
 
     if isinstance(model, str):
         model = load(model, **hparams)

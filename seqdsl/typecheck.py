@@ -74,6 +74,7 @@ class Checked:
     op_streams: tuple[str, ...]               # streams the cell reads (the op's tensor inputs)
     op_params: tuple[str, ...]                # params the cell reads (also op inputs)
     kinds: dict[str, str] = field(default_factory=dict)   # name -> hparam|dim|param|stream|state|arg|local|out|input
+    expr_types: dict[int, Ty] = field(default_factory=dict)   # id(expression node) -> its type where evaluated
 
     def size(self, dims: tuple[Dim, ...]) -> int:
         return math.prod(self.dim_sizes[d] for d in dims)
@@ -125,6 +126,7 @@ class _Checker:
         self.implicit: list[ImplicitParam] = []
         self.implicit_of: dict[int, tuple[str, ...]] = {}
         self._hint_memo: dict[int, bool] = {}
+        self.expr_types: dict[int, Ty] = {}
 
     # -------------------------------------------------------------- names
     def declare(self, name: str, kind: str, span: ir.Span | None) -> None:
@@ -264,6 +266,11 @@ class _Checker:
         return self._hint_memo[key]
 
     def infer(self, e: ir.Expr, ctx: _Ctx, hint: Ty | None = None) -> Ty:
+        t = self._infer(e, ctx, hint)
+        self.expr_types[id(e)] = t
+        return t
+
+    def _infer(self, e: ir.Expr, ctx: _Ctx, hint: Ty | None = None) -> Ty:
         if isinstance(e, ir.Num):
             return SCALAR
         if isinstance(e, ir.Imag):
@@ -291,8 +298,9 @@ class _Checker:
     def operands(self, es: tuple[ir.Expr, ...], ctx: _Ctx, hint: Ty | None) -> list[Ty]:
         """Types of elementwise operands: the ones that need a hint get a sibling's shape."""
         types: list[Ty | None] = [None if self.needs_hint(a) else self.infer(a, ctx) for a in es]
-        known = [t for t in types if t is not None]
-        sibling = Ty(known[0].dims) if known else hint
+        known = [t for t in types if t is not None and t.dims]
+        # a sibling with dims fixes the shape; a scalar sibling says nothing (it broadcasts): use the context's
+        sibling = Ty(max(known, key=lambda t: len(t.dims)).dims) if known else hint
         return [t if t is not None else self.infer(a, ctx, sibling) for a, t in zip(es, types)]
 
     def binary(self, e: ir.Binary, ctx: _Ctx, hint: Ty | None) -> Ty:
@@ -520,7 +528,7 @@ class _Checker:
         return Checked(model=m, values=dict(self.values), dim_sizes=dict(self.dim_sizes), types=dict(self.types),
                        cell_types=dict(self.cell_types), implicit=tuple(self.implicit),
                        implicit_of=dict(self.implicit_of), readouts=readouts, op_streams=op_streams,
-                       op_params=op_params, kinds=dict(self.kinds))
+                       op_params=op_params, kinds=dict(self.kinds), expr_types=dict(self.expr_types))
 
     def assign(self, declared: Ty, got: Ty, what: str, span) -> None:
         if got.complex and not declared.complex:

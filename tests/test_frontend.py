@@ -165,3 +165,10 @@ def test_implicit_parameters_are_named_after_their_owner():
     names = [p.name for p in c.implicit]
     assert names[:3] == ["q_proj", "k_proj", "v_proj"]
     assert {"gk_lora_a", "gk_lora_b", "gk_proj_bias", "y_norm", "y_proj", "y_proj1"} <= set(names)
+
+
+def test_shape_hint_comes_from_context_when_the_sibling_is_a_scalar():
+    # logsigmoid(lowrank(x, r)) / 16: the scalar 16 must not make the projection a scalar
+    c = seqdsl.load("examples/gla.seq").checked
+    lora_b = next(p for p in c.implicit if p.name == "gk_lora_b")
+    assert lora_b.groups[0] == ("heads", "dk")

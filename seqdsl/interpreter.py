@@ -465,8 +465,28 @@ class Reference:
             if isinstance(finals[0], tuple):
                 return y, tuple(torch.cat([f[j] for f in finals]) for j in range(len(finals[0])))
             return y, torch.cat(finals)
-        params = {n: self._fp64(t) for n, t in params.items()}
-        values: dict[str, NT] = {LAYER_INPUT: NT(x, c.types[LAYER_INPUT].dims)}
+        values, params = self._streams(x, params)
+        inputs = {n: values[n].t for n in c.op_streams}
+        inputs.update({n: params[n] for n in c.op_params})
+        o, final = self(initial_state=initial_state, output_final_state=output_final_state, **inputs)
+        outs = (o,) if len(c.readouts) == 1 else o
+        for r, t in zip(c.readouts, outs):
+            values[r] = NT(t, c.types[r].dims)
+        ev = _Eval(c, "out", 2, self._lookup(values, params), params=params)
+        for od in self.model.outs:
+            values[od.name] = ev.ev(od.value)
+        y = values["y"]
+        return _align(ev._lift(y, 2), c.types["y"].dims, 2), final
+
+    def op_inputs(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The op's inputs (streams computed from x, and the params the cell reads), fp64."""
+        values, params = self._streams(self._fp64(x), params)
+        out = {n: values[n].t.contiguous() for n in self.checked.op_streams}
+        out.update({n: params[n] for n in self.checked.op_params})
+        return out
+
+    def _lookup(self, values, params):
+        c = self.checked
 
         def lookup(name):
             if name in values:
@@ -476,24 +496,23 @@ class Reference:
                 return NT(params[name].reshape((1, 1) + tuple(params[name].shape)), dims)
             raise SpecError(f"the interpreter has no value for '{name}'")
 
-        ev = _Eval(c, "stream", 2, lookup, params=params)
+        return lookup
+
+    def _streams(self, x, params):
+        c = self.checked
+        params = {n: self._fp64(t) for n, t in params.items()}
+        values: dict[str, NT] = {LAYER_INPUT: NT(x, c.types[LAYER_INPUT].dims)}
+        ev = _Eval(c, "stream", 2, self._lookup(values, params), params=params)
         for s in self.model.streams:
             v = ev.ev(s.value)
             ty = c.types[s.name]
             sizes = tuple(c.dim_sizes[d] for d in ty.dims)
             t = _align(ev._lift(v, 2), ty.dims, 2).expand(x.shape[:2] + sizes)
             values[s.name] = NT(t, ty.dims)
-        inputs = {n: values[n].t for n in c.op_streams}
-        inputs.update({n: params[n] for n in c.op_params})
-        o, final = self(initial_state=initial_state, output_final_state=output_final_state, **inputs)
-        outs = (o,) if len(c.readouts) == 1 else o
-        for r, t in zip(c.readouts, outs):
-            values[r] = NT(t, c.types[r].dims)
-        ev = _Eval(c, "out", 2, lookup, params=params)
-        for od in self.model.outs:
-            values[od.name] = ev.ev(od.value)
-        y = values["y"]
-        return _align(ev._lift(y, 2), c.types["y"].dims, 2), final
+        return values, params
+
+    def _unused(self, x, params, lookup_values):  # pragma: no cover - replaced by _streams
+        raise NotImplementedError
 
 
 def _cat_outputs(outs):

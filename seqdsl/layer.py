@@ -1,0 +1,113 @@
+"""``seqdsl.build``: the nn.Module of a spec (streams, the op, the output), with generation ``step``.
+
+    layer = seqdsl.build(model, d_model=256)        # [B, T, d_model] -> [B, T, d_model]
+    y = layer(x)
+    y, cache = layer(x, output_final_state=True)    # cache: recurrent states + conv/shift states
+    y_t, cache = layer.step(x_t, cache)             # one token, O(1) in the sequence length
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqdsl.errors import SpecError
+
+
+class Layer(nn.Module):
+    """A sequence-mixing layer generated from a spec. Parameters are initialised as the spec says."""
+
+    def __init__(self, model, backend: str = "torch", seed: int = 0, dtype: torch.dtype = torch.float32,
+                 mode: str | None = None):
+        super().__init__()
+        from seqdsl.api import compile as compile_op
+        from seqdsl.interpreter import Reference
+
+        c = model.checked
+        if not c.model.outs or "x" not in c.types:
+            raise SpecError(f"{model.name} has no 'out' section producing y from x; it is an op, not a layer",
+                            path=model.path)
+        self.model = model
+        self.op = compile_op(model, backend)
+        self.module = self.op.module if backend == "torch" else compile_op(model, "torch").module
+        self.mode = mode
+        self.d_model = c.dim_sizes["d_model"]
+        values = Reference(c).init_params(seed)
+        fixed = {p.name for p in c.model.params if p.fixed}
+        for name, value in values.items():
+            value = value.to(torch.complex64 if value.is_complex() and dtype == torch.float32 else
+                             torch.complex128 if value.is_complex() else dtype)
+            if name in fixed:
+                self.register_buffer(name, value)
+            else:
+                self.register_parameter(name, nn.Parameter(value))
+
+    def extra_repr(self) -> str:
+        return f"{self.model.name}, d_model={self.d_model}, modes={self.op.modes}"
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        out = dict(self.named_parameters(recurse=False))
+        out.update(dict(self.named_buffers(recurse=False)))
+        return out
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None, output_final_state: bool = False,
+                mode: str | None = None, cu_seqlens=None):
+        """x [B, T, d_model] -> y [B, T, d_model] (and the cache for continuing, if asked)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"{self.model.name}: x must be [B, T, {self.d_model}]; got {list(x.shape)}")
+        P = self._params()
+        c = self.model.checked
+        if cu_seqlens is not None:
+            bounds = [int(b) for b in cu_seqlens]
+            parts = [self.module.streams(x[:, lo:hi], P, None)[0] for lo, hi in zip(bounds[:-1], bounds[1:])]
+            streams = {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+            conv_cache = {}
+        else:
+            streams, conv_cache = self.module.streams(x, P, None if cache is None else cache.get("conv"))
+        inputs = {n: streams[n] for n in c.op_streams}
+        inputs.update({n: P[n] for n in c.op_params})
+        state = None if cache is None else cache.get("state")
+        o, final = self.op(**inputs, initial_state=state, output_final_state=True, mode=mode or self.mode,
+                           cu_seqlens=cu_seqlens)
+        readouts = o if isinstance(o, tuple) else (o,)
+        readouts = tuple(r.to(x.dtype) if not r.is_complex() else r for r in readouts)
+        y, _ = self.module.outputs(x, P, streams, *readouts)
+        if not output_final_state:
+            return y
+        return y, {"state": final, "conv": conv_cache}
+
+    def step(self, x_t: torch.Tensor, cache: dict | None = None):
+        """One token: x_t [B, d_model] -> (y_t [B, d_model], cache). Start with cache=None."""
+        y, cache = self.forward(x_t.unsqueeze(1), cache, output_final_state=True, mode="recurrent")
+        return y[:, 0], cache
+
+    def state_size(self) -> int:
+        """Numbers carried per sequence between tokens: recurrent states (complex counts 2) + conv/shift caches."""
+        c = self.model.checked
+        total = 0
+        for s, shape in self.op.state_shapes().items():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n * (2 if c.cell_types[s].complex else 1)
+        for p in c.implicit:
+            if p.role == "conv":
+                total += c.size(p.groups[0]) * (c.size(p.groups[1]) - 1)
+        return total
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build(model, backend: str = "torch", seed: int = 0, dtype: torch.dtype = torch.float32, mode: str | None = None,
+          **hparams) -> Layer:
+    """The layer of a spec as an nn.Module. Header hyper-parameters can be overridden (``d_model=256``)."""
+    from seqdsl.api import Model, load
+
+    if isinstance(model, str):
+        model = load(model)
+    if not isinstance(model, Model):
+        raise TypeError("build() takes a seqdsl.Model (from seqdsl.load) or a path")
+    if hparams:
+        model = model.with_hparams(**hparams)
+    return Layer(model, backend=backend, seed=seed, dtype=dtype, mode=mode)

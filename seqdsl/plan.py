@@ -1,0 +1,341 @@
+"""Plan: lower the cell of a linear class to the canonical forms the parallel algorithms implement.
+
+For each state S the updates of one step are matched against
+
+    gated   S_t = a_t ⊙ S_{t-1} + k_t v_t^T          (identity / scalar / diagonal classes)
+    delta   S_t = (I - beta_t k_t k_t^T) a_t S_{t-1} + beta_t k_t v_t^T     (low rank; a scalar or 1)
+    dense   h_t = M_t h_{t-1} + b_t                   (vector state, dense transition)
+
+where a_t is a product of factors (scalar, along the first axis "key" or the second "value"), k_t
+and v_t are state-free expressions (a vector state h: [n] is the matrix case with V = 1: k_t = b_t).
+Each readout reads states through ``q @ S`` (a vector over S's first axis) or, for a vector
+state, ``h`` itself. Everything else in the cell is token-parallel and computed for all steps at
+once. When a cell does not match, the plan says why and the parallel forms are not offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from seqdsl import ir
+from seqdsl.analysis import Analysis
+from seqdsl.typecheck import Checked, Ty
+
+
+class NoPlan(Exception):
+    """The cell is linear but not in a form the parallel algorithms take; the message says why."""
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One multiplicative factor of a decay: ``expr`` (``divide``: 1 / expr)."""
+
+    expr: ir.Expr
+    divide: bool = False
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    state: str
+    kind: str                                 # gated | delta | dense
+    vector: bool                              # the state is a vector [n] (V = 1)
+    gate_axis: str                            # none | scalar | key | value | both
+    factors: tuple[Factor, ...] = ()          # the decay a_t = prod(factors)
+    k: ir.Expr | None = None                  # write key (gated, delta) or b_t (vector state)
+    v: ir.Expr | None = None                  # write value (None for a vector state)
+    beta: ir.Expr | None = None               # delta rule strength
+    dense: ir.Expr | None = None              # dense: the matrix M_t
+
+
+@dataclass(frozen=True)
+class Read:
+    """A linear read of a state in a readout: ``q @ S`` (q: [K]) or the whole vector state."""
+
+    node: int                                 # id() of the IR node replaced by the read's result
+    state: str
+    q: ir.Expr | None                         # None: the whole (vector) state
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which forms the generated op offers and how each state maps onto the form algorithms."""
+
+    modes: tuple[str, ...]
+    why_not: dict[str, str]
+    states: tuple[StatePlan, ...] = ()
+    reads: tuple[Read, ...] = ()
+    hoisted_locals: tuple[str, ...] = ()      # state-free cell locals (vectorised in parallel forms)
+    readout_locals: tuple[str, ...] = ()      # state-dependent locals, in order
+    extra: dict = field(default_factory=dict)
+
+
+def _mentions(e: ir.Expr, names: set[str]) -> bool:
+    return any(n.id in names for n in ir.names_in(e))
+
+
+def _sum_terms(e: ir.Expr, sign: int = 1) -> list[tuple[int, ir.Expr]]:
+    """Flatten a sum: a - (b + c) -> [(+1, a), (-1, b), (-1, c)]."""
+    if isinstance(e, ir.Binary) and e.op in ("+", "-"):
+        return _sum_terms(e.left, sign) + _sum_terms(e.right, sign if e.op == "+" else -sign)
+    if isinstance(e, ir.Unary):
+        return _sum_terms(e.operand, sign if e.op == "+" else -sign)
+    return [(sign, e)]
+
+
+def _neg(e: ir.Expr) -> ir.Expr:
+    return ir.Unary(op="-", operand=e, span=e.span)
+
+
+def _mul(a: ir.Expr | None, b: ir.Expr) -> ir.Expr:
+    return b if a is None else ir.Binary(op="*", left=a, right=b, span=b.span)
+
+
+def _add(a: ir.Expr | None, b: ir.Expr) -> ir.Expr:
+    return b if a is None else ir.Binary(op="+", left=a, right=b, span=b.span)
+
+
+class _Planner:
+    def __init__(self, c: Checked, a: Analysis):
+        self.c = c
+        self.a = a
+        cell = c.model.cell
+        self.states = {s.name for s in cell.states}
+        self.defs = {st.name: st.value for st in cell.body if isinstance(st, ir.Local)}
+        # locals that depend (transitively) on a state
+        self.state_locals: set[str] = set()
+        for st in cell.body:
+            if isinstance(st, ir.Local) and _mentions(st.value, self.states | self.state_locals):
+                self.state_locals.add(st.name)
+
+    def ty(self, e: ir.Expr) -> Ty:
+        return self.c.expr_types.get(id(e), Ty())
+
+    # ------------------------------------------------------------------ updates
+    def factor_out(self, term: ir.Expr, state: str) -> tuple[list[Factor], ir.Expr]:
+        """term = prod(factors) * core, where core is S, outer(..S..) or M @ S."""
+        factors: list[Factor] = []
+        e = term
+        while True:
+            if isinstance(e, ir.Binary) and e.op == "*":
+                left_s, right_s = (_mentions(x, {state}) for x in (e.left, e.right))
+                if left_s and right_s:
+                    raise NoPlan(f"'{state}' is multiplied by itself")
+                factors.append(Factor(e.right if left_s else e.left))
+                e = e.left if left_s else e.right
+            elif isinstance(e, ir.Binary) and e.op == "/" and not _mentions(e.right, {state}):
+                factors.append(Factor(e.right, divide=True))
+                e = e.left
+            else:
+                return factors, e
+
+    def plan_state(self, st: ir.StateDecl) -> StatePlan:
+        c, name = self.c, st.name
+        sty = c.cell_types[name]
+        if len(sty.dims) not in (1, 2):
+            raise NoPlan(f"the state '{name}' has {len(sty.dims)} axes; parallel forms take vectors and matrices")
+        vector = len(sty.dims) == 1
+        decay: list[Factor] = []
+        write: tuple[ir.Expr, ir.Expr | None] | None = None
+        delta = None
+        dense = None
+        updates = [u for u in c.model.cell.body if isinstance(u, ir.Update) and u.target == name]
+        for u in updates:
+            if _mentions(u.value, self.state_locals):
+                raise NoPlan(f"the update of '{name}' reads a cell value that depends on a state")
+            others = {n.id for n in ir.names_in(u.value)} & (self.states - {name})
+            if others:
+                raise NoPlan(f"the update of '{name}' reads the state(s) {sorted(others)}")
+            has_state = False
+            inputs: list[tuple[int, ir.Expr]] = []
+            for sign, term in _sum_terms(u.value):
+                if not _mentions(term, {name}):
+                    inputs.append((sign, term))
+                    continue
+                factors, core = self.factor_out(term, name)
+                if isinstance(core, ir.Name) and core.id == name:
+                    if has_state:
+                        raise NoPlan(f"'{name}' appears twice in one update")
+                    has_state = True
+                    if sign < 0:
+                        factors.append(Factor(ir.Num(value=-1)))
+                    if write is not None or delta is not None:
+                        raise NoPlan(f"'{name}' is decayed after it is written in the same step")
+                    decay += factors
+                elif isinstance(core, ir.Call) and core.func == "outer":
+                    if delta is not None or write is not None:
+                        raise NoPlan(f"'{name}' has more than one write per step")
+                    delta = self.match_delta(name, sign, factors, core)
+                elif isinstance(core, ir.Binary) and core.op == "@" and isinstance(core.right, ir.Name) \
+                        and core.right.id == name and vector:
+                    if factors or sign < 0 or dense is not None:
+                        raise NoPlan(f"the dense transition of '{name}' must be written M @ {name}")
+                    dense = core.left
+                    has_state = True
+                else:
+                    raise NoPlan(f"'{name}' enters its update in a form the parallel algorithms do not take")
+            if not has_state and delta is None:
+                raise NoPlan(f"the update of '{name}' drops the previous state")
+            if inputs:
+                if write is not None or delta is not None:
+                    raise NoPlan(f"'{name}' has more than one write per step")
+                write = self.match_write(name, vector, inputs)
+        if dense is not None:
+            if decay or delta is not None:
+                raise NoPlan(f"'{name}' mixes a dense transition with other terms")
+            b = write[0] if write else None
+            return StatePlan(name, "dense", vector, "none", k=b, dense=dense)
+        axis = self.gate_axis(name, sty, decay)
+        if delta is not None:
+            if axis not in ("none", "scalar"):
+                raise NoPlan(f"the delta rule of '{name}' has a decay along {axis}; the chunk form takes a scalar gate")
+            k, v, beta = delta
+            return StatePlan(name, "delta", vector, axis, tuple(decay), k=k, v=v, beta=beta)
+        if write is None:
+            raise NoPlan(f"'{name}' is never written")
+        return StatePlan(name, "gated", vector, axis, tuple(decay), k=write[0], v=write[1])
+
+    def gate_axis(self, name: str, sty: Ty, decay: list[Factor]) -> str:
+        axes: set[str] = set()
+        for f in decay:
+            for d in self.ty(f.expr).dims:
+                if d not in sty.dims:
+                    raise NoPlan(f"a decay of '{name}' varies along '{d}', which is not an axis of the state")
+                axes.add("key" if d == sty.dims[0] else "value")
+        if not decay:
+            return "none"
+        if not axes:
+            return "scalar"
+        return "both" if len(axes) == 2 else axes.pop()
+
+    def match_write(self, name: str, vector: bool, inputs: list[tuple[int, ir.Expr]]):
+        if vector:
+            b = None
+            for sign, term in inputs:
+                b = _add(b, term if sign > 0 else _neg(term))
+            return b, None
+        if len(inputs) != 1:
+            raise NoPlan(f"'{name}' gets {len(inputs)} writes per step; the parallel forms take one outer(k, v)")
+        sign, term = inputs[0]
+        factors, core = self.factor_out(term, "\0")
+        if not (isinstance(core, ir.Call) and core.func == "outer"):
+            raise NoPlan(f"the write into '{name}' must be outer(k, v) (times gates)")
+        k, v = core.args
+        sty = self.c.cell_types[name]
+        for f in factors:
+            dims = self.ty(f.expr).dims
+            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
+            if set(dims) <= {sty.dims[1]} and dims:
+                v = _mul(fe, v)
+            elif set(dims) <= {sty.dims[0]}:
+                k = _mul(fe, k)
+            else:
+                raise NoPlan(f"a gate on the write into '{name}' spans both axes")
+        if sign < 0:
+            k = _neg(k)
+        return k, v
+
+    def match_delta(self, name: str, sign: int, factors: list[Factor], core: ir.Call):
+        """beta * outer(k, v - k @ S)  ->  (k, v, beta)."""
+        key, rest = core.args
+        if _mentions(key, {name}):
+            raise NoPlan(f"the key of the delta rule of '{name}' depends on '{name}'")
+        value = None
+        read_key = None
+        for s, term in _sum_terms(rest):
+            if _mentions(term, {name}):
+                if (isinstance(term, ir.Binary) and term.op == "@" and isinstance(term.right, ir.Name)
+                        and term.right.id == name and s < 0 and read_key is None):
+                    read_key = term.left
+                else:
+                    raise NoPlan(f"the correction of '{name}' must read it as k @ {name}")
+            else:
+                value = _add(value, term if s > 0 else _neg(term))
+        if read_key is None or read_key != key:
+            raise NoPlan(f"the delta rule of '{name}' must read and write with the same key")
+        if value is None:
+            raise NoPlan(f"the delta rule of '{name}' has no target value")
+        beta = None
+        for f in factors:
+            if self.ty(f.expr).dims:
+                raise NoPlan(f"the strength of the delta rule of '{name}' must be a scalar per head")
+            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
+            beta = _mul(beta, fe)
+        if sign < 0:
+            beta = _neg(beta if beta is not None else ir.Num(value=1))
+        return key, value, beta if beta is not None else ir.Num(value=1)
+
+    # ------------------------------------------------------------------ reads
+    def reads(self) -> list[Read]:
+        c = self.c
+        out: list[Read] = []
+        cell = c.model.cell
+        updated_at = {}
+        for i, st in enumerate(cell.body):
+            if isinstance(st, ir.Update):
+                updated_at[st.target] = i
+        for i, st in enumerate(cell.body):
+            if not (isinstance(st, ir.Local) and st.name in self.state_locals):
+                continue
+            for node in self._state_reads(st.value):
+                out.append(node)
+            for n in ir.names_in(st.value):
+                if n.id in self.states and updated_at.get(n.id, -1) > i:
+                    raise NoPlan(f"'{st.name}' reads '{n.id}' before its update in the step")
+        return out
+
+    def _state_reads(self, e: ir.Expr) -> list[Read]:
+        """Find every read of a state inside e; fail if a state is used otherwise."""
+        reads: list[Read] = []
+        stack = [e]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ir.Binary) and node.op == "@" and isinstance(node.right, ir.Name) \
+                    and node.right.id in self.states:
+                if _mentions(node.left, self.states | self.state_locals):
+                    raise NoPlan("a readout multiplies two states")
+                if len(self.ty(node.left).dims) != 1:
+                    raise NoPlan("a readout reads a state with a matrix; parallel forms read q @ S")
+                reads.append(Read(id(node), node.right.id, node.left))
+                continue
+            if isinstance(node, ir.Name) and node.id in self.states:
+                if len(self.c.cell_types[node.id].dims) != 1:
+                    raise NoPlan(f"a readout uses the whole matrix state '{node.id}'; read it with q @ {node.id}")
+                reads.append(Read(id(node), node.id, None))
+                continue
+            if isinstance(node, ir.Binary) and node.op in ("*", "/", "**") and \
+                    _mentions(node, self.states) and node.op != "*" and _mentions(node.right, self.states):
+                pass
+            stack.extend(ir.children(node))
+        return reads
+
+
+def plan(c: Checked, a: Analysis) -> KernelPlan:
+    """The forms the torch/Triton backends generate for a checked, analysed model."""
+    modes = list(a.forms)
+    why = dict(a.not_forms)
+    cell = c.model.cell
+    if cell is None:
+        return KernelPlan((), {"recurrent": "the model has no cell"})
+    p = _Planner(c, a)
+    hoisted = tuple(st.name for st in cell.body if isinstance(st, ir.Local) and st.name not in p.state_locals)
+    readout_locals = tuple(st.name for st in cell.body if isinstance(st, ir.Local) and st.name in p.state_locals)
+    parallel = [m for m in modes if m != "recurrent"]
+    if not parallel:
+        return KernelPlan(("recurrent",), why, hoisted_locals=hoisted, readout_locals=readout_locals)
+    try:
+        states = tuple(p.plan_state(s) for s in cell.states)
+        reads = tuple(p.reads())
+    except NoPlan as e:
+        for m in parallel:
+            why[m] = f"not generated yet: {e}"
+        return KernelPlan(("recurrent",), why, hoisted_locals=hoisted, readout_locals=readout_locals)
+    for sp in states:
+        if sp.gate_axis == "both" and "chunk" in modes:
+            modes.remove("chunk")
+            why["chunk"] = f"the decay of '{sp.state}' varies along both axes of the state"
+        if sp.kind == "dense" and "chunk" in modes:
+            modes.remove("chunk")
+            why["chunk"] = "a dense transition has no chunkwise form"
+        if sp.kind == "delta" and "scan" in modes:
+            modes.remove("scan")
+    return KernelPlan(tuple(modes), why, states, reads, hoisted, readout_locals)

@@ -1,0 +1,188 @@
+"""The op a compiled spec returns: fla-compatible calling conventions around a generated module.
+
+    o, final_state = op(q=q, k=k, v=v, g=g, initial_state=None, output_final_state=True,
+                        mode="chunk", cu_seqlens=None, scale=None)
+
+Streams are ``[B, T, *dims]`` (the cell axis first among dims: fla's ``[B, T, H, D]``), params their
+declared shape. States are ``[N, H, *dims]`` (``[N, *dims]`` for a cell over no axis), one tensor or
+a tuple in declaration order, returned in fp32 (fp64 for fp64 inputs; complex for complex states).
+Computation runs in fp32 for fp32/bf16/fp16 inputs and in fp64 for fp64 inputs; outputs come back
+in the dtype of the first stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CompiledOp:
+    """A generated op. ``modes`` lists its forms; ``inputs`` the tensors it takes (streams, then params)."""
+
+    def __init__(self, module, checked, plan, backend: str, path: str):
+        self.module = module
+        self.checked = checked
+        self.plan = plan
+        self.backend = backend
+        self.path = path
+        self.name = checked.model.name
+        self.modes: tuple[str, ...] = tuple(module.MODES)
+        self.inputs: tuple[str, ...] = tuple(module.INPUTS)
+        self.args: dict[str, float] = dict(module.ARGS)
+        self.states: tuple[str, ...] = tuple(module.STATES)
+        self.axis = checked.cell_axis
+        self.axis_size = checked.dim_sizes[self.axis] if self.axis else 1
+
+    def __repr__(self) -> str:
+        return f"<seqdsl op {self.name} ({self.backend}) modes={self.modes} inputs={self.inputs}>"
+
+    # ------------------------------------------------------------------ shapes
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sequence shape of each state: (H, *dims) or (*dims,) without a cell axis."""
+        c = self.checked
+        lead = (self.axis_size,) if self.axis else ()
+        return {s: lead + tuple(c.dim_sizes[d] for d in c.cell_types[s].dims) for s in self.states}
+
+    def _dims(self, name: str) -> tuple[int, ...]:
+        c = self.checked
+        return tuple(c.dim_sizes[d] for d in c.types[name].dims)
+
+    def _has_axis(self, name: str) -> bool:
+        dims = self.checked.types[name].dims
+        return bool(self.axis) and dims[:1] == (self.axis,)
+
+    # ------------------------------------------------------------------ call
+    def default_mode(self) -> str:
+        return "chunk" if "chunk" in self.modes else "scan" if "scan" in self.modes else "recurrent"
+
+    def __call__(self, initial_state=None, output_final_state: bool = False, mode: str | None = None,
+                 cu_seqlens=None, chunk_size: int = 64, **kwargs):
+        mode = mode or self.default_mode()
+        if mode not in self.modes:
+            why = self.plan.why_not.get(mode, "it is not generated")
+            raise ValueError(f"{self.name}: mode '{mode}' is not available for the {self.module.CLASS} class "
+                             f"({why}); available: {', '.join(self.modes)}")
+        args = dict(self.args)
+        for name in list(kwargs):
+            if name in args:
+                value = kwargs.pop(name)
+                if value is not None:
+                    args[name] = float(value)
+        missing = [n for n in self.inputs if n not in kwargs]
+        unknown = [n for n in kwargs if n not in self.inputs]
+        if missing or unknown:
+            raise TypeError(f"{self.name}: takes {', '.join(self.inputs)} (and {', '.join(args) or 'no args'}); "
+                            f"missing {missing}, unknown {unknown}")
+        inputs = {n: kwargs[n] for n in self.inputs}
+        first = inputs[self.checked.op_streams[0]]
+        if first.dim() < 2:
+            raise ValueError(f"{self.name}: streams are [B, T, ...]; '{self.checked.op_streams[0]}' has shape "
+                             f"{tuple(first.shape)}")
+        B, T = first.shape[0], first.shape[1]
+        for n in self.checked.op_streams:
+            expected = (B, T) + self._dims(n)
+            if tuple(inputs[n].shape) != expected:
+                raise ValueError(f"{self.name}: '{n}' must have shape {list(expected)} ([B, T, "
+                                 f"{', '.join(map(str, self.checked.types[n].dims))}]); got {list(inputs[n].shape)}")
+        for n in self.checked.op_params:
+            if tuple(inputs[n].shape) != self._dims(n):
+                raise ValueError(f"{self.name}: '{n}' must have shape {list(self._dims(n))}; got {list(inputs[n].shape)}")
+        out_dtype = first.dtype
+        compute = torch.float64 if any(t.dtype in (torch.float64, torch.complex128) for t in inputs.values()) \
+            else torch.float32
+        lifted = {n: self._lift(n, t, compute) for n, t in inputs.items()}
+        states = self._initial_states(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1, compute,
+                                      first.device)
+        fn = getattr(self.module, mode)
+        extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
+        if cu_seqlens is None:
+            outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
+        else:
+            if B != 1:
+                raise ValueError(f"{self.name}: with cu_seqlens the batch size must be 1; got {B}")
+            bounds = [int(b) for b in cu_seqlens]
+            if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
+                raise ValueError(f"{self.name}: cu_seqlens must rise from 0 to T={T}; got {bounds}")
+            pieces, finals_list = [], []
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                seq = [lifted[n][:, lo:hi] if n in self.checked.op_streams else lifted[n] for n in self.inputs]
+                h0 = tuple(s[i:i + 1] for s in states)
+                o, ht = fn(h0, *seq, **args, **extra)
+                pieces.append(o)
+                finals_list.append(ht)
+            outs = tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(len(pieces[0])))
+            finals = tuple(torch.cat([f[j] for f in finals_list]) for j in range(len(self.states)))
+        outs = tuple(self._unlift_output(o, out_dtype) for o in outs)
+        o = outs[0] if len(outs) == 1 else outs
+        if not output_final_state:
+            return o, None
+        finals = tuple(self._unlift_state(s) for s in finals)
+        return o, finals[0] if len(finals) == 1 else finals
+
+    def decode(self, state, **kwargs):
+        """One token (O(1) per token generation): streams [B, *dims] -> (o [B, *dims], new state).
+
+        ``state`` is what a previous call returned as the final state (None: zeros).
+        """
+        args = dict(self.args)
+        for name in list(kwargs):
+            if name in args:
+                value = kwargs.pop(name)
+                if value is not None:
+                    args[name] = float(value)
+        seq = {n: (t.unsqueeze(1) if n in self.checked.op_streams else t) for n, t in kwargs.items()}
+        o, final = self(initial_state=state, output_final_state=True, mode="recurrent", **seq, **args)
+        if isinstance(o, tuple):
+            return tuple(x[:, 0] for x in o), final
+        return o[:, 0], final
+
+    # ------------------------------------------------------------------ layout helpers
+    def _lift(self, name: str, t: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+        """Streams -> [B, T, H, *dims]; params -> [1, 1, H, *dims] (H = 1 without the cell axis)."""
+        t = t.to(torch.complex128 if compute == torch.float64 else torch.complex64) if t.is_complex() else t.to(compute)
+        if name in self.checked.op_streams:
+            return t if self._has_axis(name) else t.unsqueeze(2)
+        t = t if self._has_axis(name) else t.unsqueeze(0)
+        return t.reshape((1, 1) + tuple(t.shape))
+
+    def _initial_states(self, initial_state, n: int, compute, device) -> tuple[torch.Tensor, ...]:
+        shapes = self.state_shapes()
+        c = self.checked
+        given = initial_state
+        if given is not None and not isinstance(given, (tuple, list)):
+            given = (given,)
+        if given is not None and len(given) != len(self.states):
+            raise ValueError(f"{self.name}: initial_state needs {len(self.states)} tensor(s) ({', '.join(self.states)}); "
+                             f"got {len(given)}")
+        out = []
+        for i, s in enumerate(self.states):
+            cplx = c.cell_types[s].complex
+            dtype = (torch.complex128 if compute == torch.float64 else torch.complex64) if cplx else compute
+            if given is None or given[i] is None:
+                value = self._state_init(s, n, dtype, device)
+            else:
+                value = given[i]
+                if tuple(value.shape) != (n,) + shapes[s]:
+                    raise ValueError(f"{self.name}: initial state '{s}' must have shape {[n, *shapes[s]]}; "
+                                     f"got {list(value.shape)}")
+                value = value.to(dtype)
+            out.append(value if self.axis else value.unsqueeze(1))
+        return tuple(out)
+
+    def _state_init(self, s: str, n: int, dtype, device) -> torch.Tensor:
+        from seqdsl import ir
+
+        shape = (n,) + self.state_shapes()[s]
+        decl = next(d for d in self.checked.model.cell.states if d.name == s)
+        if isinstance(decl.init, ir.Num):
+            return torch.full(shape, float(decl.init.value), dtype=dtype, device=device)
+        raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")
+
+    def _unlift_output(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if not self.axis:
+            o = o.squeeze(2)
+        if o.is_complex():
+            return o
+        return o.to(dtype) if dtype.is_floating_point else o
+
+    def _unlift_state(self, s: torch.Tensor) -> torch.Tensor:
+        return s if self.axis else s.squeeze(1)

@@ -1,0 +1,187 @@
+"""Every form of every example, generated for the torch backend, against the fp64 interpreter.
+
+Outputs, final states and gradients (of every input and of the initial state); odd lengths,
+K != V; varlen packing; splitting a sequence in two and carrying the state; decode steps.
+"""
+
+import pytest
+import torch
+from conftest import EXAMPLES
+
+import seqdsl
+from seqdsl.testing import FORM_FACTOR, assert_close, random_state, sample_inputs, small_hparams
+
+MODELS = {p.stem: p for p in EXAMPLES}
+
+
+def small(name):
+    m = seqdsl.load(MODELS[name])
+    return m.with_hparams(**small_hparams(m))
+
+
+_OPS = {}
+
+
+def compiled(name):
+    if name not in _OPS:
+        m = small(name)
+        _OPS[name] = (m, seqdsl.compile(m, backend="torch"), seqdsl.reference(m))
+    return _OPS[name]
+
+
+def cases():
+    for name in sorted(MODELS):
+        m = small(name)
+        from seqdsl.plan import plan
+
+        for mode in plan(m.checked, m.analysis()).modes:
+            yield pytest.param(name, mode, id=f"{name}-{mode}")
+
+
+def _flat(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+@pytest.mark.parametrize("T", [1, 63, 65])
+def test_forward_matches_interpreter(name, mode, T):
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 2, T, seed=T)
+    h0 = random_state(ref, 2)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=16)
+    for i, (a, b) in enumerate(zip(_flat(o_ref), _flat(o))):
+        assert_close(f"{name}/{mode}/o{i}", a, b, torch.float64, FORM_FACTOR[mode])
+    for s, a, b in zip(op.states, _flat(ht_ref), _flat(ht)):
+        assert_close(f"{name}/{mode}/final {s}", a, b, torch.float64, FORM_FACTOR[mode])
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+def test_float32_within_tolerance(name, mode):
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 1, 40, seed=3)
+    o_ref, ht_ref = ref(**inputs, output_final_state=True)
+    low = {k: (v.to(torch.complex64) if v.is_complex() else v.float()) for k, v in inputs.items()}
+    o, ht = op(**low, output_final_state=True, mode=mode, chunk_size=16)
+    for a, b in zip(_flat(o_ref), _flat(o)):
+        assert b.dtype in (torch.float32, torch.complex64)
+        assert_close(f"{name}/{mode}/o fp32", a, b, torch.float32, FORM_FACTOR[mode])
+    for a, b in zip(_flat(ht_ref), _flat(ht)):
+        assert_close(f"{name}/{mode}/state fp32", a, b, torch.float32, FORM_FACTOR[mode])
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+def test_gradients_match_interpreter(name, mode):
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 1, 21, seed=5)
+    h0 = random_state(ref, 1, scale=0.3)
+
+    def grads(fn):
+        xs = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        hs = tuple(h.detach().clone().requires_grad_(True) for h in _flat(h0))
+        o, ht = fn(xs, hs if len(hs) > 1 else hs[0])
+        g = torch.Generator().manual_seed(0)
+        loss = 0
+        for t in _flat(o) + _flat(ht):
+            w = torch.randn(t.shape, generator=g, dtype=torch.float64)
+            loss = loss + (t.real * w).sum() + ((t.imag * w).sum() if t.is_complex() else 0)
+        loss.backward()
+        return {**{k: v.grad for k, v in xs.items()}, **{f"h0[{i}]": h.grad for i, h in enumerate(hs)}}
+
+    g_ref = grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True))
+    g_op = grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode, chunk_size=8))
+    for k in g_ref:
+        if g_ref[k] is None:
+            assert g_op[k] is None or g_op[k].abs().max() == 0, f"{name}/{mode}: unexpected gradient for {k}"
+            continue
+        assert g_op[k] is not None, f"{name}/{mode}: no gradient for {k}"
+        assert_close(f"{name}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+def test_varlen_equals_separate_runs(name, mode):
+    m, op, ref = compiled(name)
+    lengths = [5, 1, 17]
+    inputs = sample_inputs(ref, 1, sum(lengths), seed=9)
+    h0 = random_state(ref, len(lengths))
+    cu = torch.tensor([0, 5, 6, 23])
+    o, ht = op(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu, mode=mode, chunk_size=4)
+    for i, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = {k: (v[:, lo:hi] if k in op.checked.op_streams else v) for k, v in inputs.items()}
+        hi0 = tuple(h[i:i + 1] for h in _flat(h0))
+        o_i, ht_i = op(**part, initial_state=hi0 if len(hi0) > 1 else hi0[0], output_final_state=True, mode=mode)
+        for a, b in zip(_flat(o_i), _flat(o)):
+            assert_close(f"{name}/{mode}/varlen o seq{i}", a, b[:, lo:hi], torch.float64, FORM_FACTOR[mode])
+        for a, b in zip(_flat(ht_i), _flat(ht)):
+            assert_close(f"{name}/{mode}/varlen state seq{i}", a, b[i:i + 1], torch.float64, FORM_FACTOR[mode])
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+def test_split_sequence_carrying_state_equals_one_pass(name, mode):
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 2, 30, seed=11)
+    o_full, ht_full = op(**inputs, output_final_state=True, mode=mode, chunk_size=8)
+    first = {k: (v[:, :13] if k in op.checked.op_streams else v) for k, v in inputs.items()}
+    second = {k: (v[:, 13:] if k in op.checked.op_streams else v) for k, v in inputs.items()}
+    o1, h1 = op(**first, output_final_state=True, mode=mode, chunk_size=8)
+    o2, h2 = op(**second, initial_state=h1, output_final_state=True, mode=mode, chunk_size=8)
+    for a, b1, b2 in zip(_flat(o_full), _flat(o1), _flat(o2)):
+        assert_close(f"{name}/{mode}/split o", a, torch.cat([b1, b2], dim=1), torch.float64, FORM_FACTOR[mode])
+    for a, b in zip(_flat(ht_full), _flat(h2)):
+        assert_close(f"{name}/{mode}/split state", a, b, torch.float64, FORM_FACTOR[mode])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_decode_steps_equal_a_full_pass(name):
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 2, 6, seed=13)
+    o_full, _ = op(**inputs, mode="recurrent")
+    state = None
+    for t in range(6):
+        step_in = {k: (v[:, t] if k in op.checked.op_streams else v) for k, v in inputs.items()}
+        o_t, state = op.decode(state, **step_in)
+        for a, b in zip(_flat(o_full), _flat(o_t)):
+            assert_close(f"{name}/decode t={t}", a[:, t], b, torch.float64)
+
+
+def test_modes_follow_the_class_and_unavailable_mode_is_a_clear_error():
+    _, op, _ = compiled("lstm")
+    assert op.modes == ("recurrent",)
+    inputs = sample_inputs(compiled("lstm")[2], 1, 3)
+    with pytest.raises(ValueError, match="mode 'chunk' is not available for the nonlinear class"):
+        op(**inputs, mode="chunk")
+    assert compiled("gated_deltanet")[1].modes == ("recurrent", "chunk")
+    assert compiled("gla")[1].modes == ("recurrent", "scan", "chunk")
+
+
+def test_bad_inputs_are_clear_errors():
+    _, op, ref = compiled("gla")
+    inputs = sample_inputs(ref, 1, 4)
+    with pytest.raises(TypeError, match="missing \\['gk'\\]"):
+        op(**{k: v for k, v in inputs.items() if k != "gk"})
+    bad = dict(inputs, q=inputs["q"][..., :3])
+    with pytest.raises(ValueError, match="'q' must have shape"):
+        op(**bad)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        op(**inputs, cu_seqlens=torch.tensor([0, 2, 1, 4]))
+
+
+def test_generated_source_is_cached_readable_and_headed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
+    m = small("gla")
+    op = seqdsl.compile(m)
+    text = open(op.path).read()
+    assert text.startswith('"""Generated by seqdsl') and "do not edit" in text and "Spec hash (sha256)" in text
+    assert "def step(" in text and "def chunk(" in text and "def scan(" in text
+    again = seqdsl.compile(m)
+    assert again.path == op.path and len(list(tmp_path.glob("*.py"))) == 1
+    other = seqdsl.compile(m.with_hparams(heads=4))
+    assert other.path != op.path
+
+
+def test_scale_arg_overrides_default():
+    _, op, ref = compiled("gla")
+    inputs = sample_inputs(ref, 1, 7)
+    o1, _ = op(**inputs, scale=0.5)
+    o2, _ = ref(**inputs, scale=0.5)
+    assert_close("scale", o2, o1, torch.float64, 10)
