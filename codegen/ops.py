@@ -14,6 +14,8 @@ Kinds (how the type checker treats an op):
     reduce     drops the last axis                        sum(x)
     outer      a[i] b[j] -> [i, j]                        outer(k, v)
     transpose  [i, j] -> [j, i]
+    inverse    [n, n] -> [n, n] matrix inverse
+    eye        eye(axis) -> [axis, axis]
     complex    complex(re, im)
     token      needs the time axis or a learned weight: streams and out only (linear, conv, ...)
 """
@@ -83,6 +85,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
        doc="outer(a, b)[i, j] = a[i] b[j]"),
     Op("transpose", "transpose", "{0}.transpose(-1, -2)", complex_ok=True, real_only=False,
        doc="swap the two axes of a matrix"),
+    Op("inv", "inverse", "torch.linalg.inv({0})", complex_ok=True, real_only=False,
+       doc="inverse of a square matrix (bilinear discretisation of dense SSMs)"),
+    Op("eye", "eye", "torch.eye({0}, dtype=torch.float64)", arity=1, doc="eye(axis): the [axis, axis] identity matrix"),
     # -- token-parallel operators with learned weights or a time axis (streams / out only)
     Op("linear", "token", "", options={"bias": False},
        doc="linear(x[, [dims]], bias=0|1): a learned projection to the declared (or given) shape"),
@@ -90,6 +95,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        doc="lowrank(x, r[, [dims]]): linear(linear(x, [r])), a rank-r projection"),
     Op("conv", "token", "", arity=2, doc="conv(x, w): causal depthwise convolution over w tokens"),
     Op("shift", "token", "", options={"n": 1}, doc="shift(x[, n=1]): the value n tokens earlier (0 before t=0)"),
+    Op("position", "token", "", arity=0, doc="position(): the token's index in its sequence, 0, 1, 2, ... (a scalar)"),
 ]}
 
 # Functions of parameter initialisers (``A_log: [heads] ~ log(uniform(1, 16))``). Elementwise math

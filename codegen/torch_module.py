@@ -274,6 +274,8 @@ class _Gen:
 
         def token(e: ir.Call, r: TorchRenderer) -> Code:
             owned = c.implicit_of.get(id(e), ())
+            if e.func == "position":
+                return Code("_ops.position(x)", ())
             src = r(e.args[0])
             n_in = len(src.dims)
             if e.func in ("linear", "lowrank"):

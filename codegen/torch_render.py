@@ -135,6 +135,12 @@ class TorchRenderer:
         op = OPS[e.func]
         if op.kind == "token":
             return self.token(e, self)
+        if op.kind == "eye":
+            n = self.c.dim_sizes[e.args[0].id]
+            return Code(f"torch.eye({n}, dtype=torch.float64)", (e.args[0].id, e.args[0].id))
+        if op.kind == "inverse":
+            a = self.render(e.args[0])
+            return Code(f"torch.linalg.inv({a.text})", a.dims, a.complex)
         args = [self.render(a) for a in e.args]
         opts = {k: k for k in op.options}
         for kw in e.kwargs:

@@ -103,6 +103,13 @@ class _Linearizer:
         return any(n.id in self.stream_dependent for n in ir.names_in(e))
 
     def lin(self, e: ir.Expr) -> Lin:
+        out = self._lin(e)
+        recorded = self.c.expr_types.get(id(e))
+        if recorded is not None and recorded != out.ty:
+            out = Lin(recorded, out.terms, out.nonlinear, out.data_dependent, out.complex_coef)
+        return out
+
+    def _lin(self, e: ir.Expr) -> Lin:
         c = self.c
         if isinstance(e, (ir.Num, ir.Imag)):
             return Lin(Ty((), isinstance(e, ir.Imag)))

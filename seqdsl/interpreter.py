@@ -149,6 +149,12 @@ class _Eval:
             return self.initialiser(e)
         if op.kind == "token":
             return self.token(e)
+        if op.kind == "eye":
+            n = self.c.dim_sizes[e.args[0].id]
+            return NT(torch.eye(n, dtype=REAL), (e.args[0].id, e.args[0].id))
+        if op.kind == "inverse":
+            v = self.ev(e.args[0])
+            return NT(torch.linalg.inv(v.t), v.names)
         kwargs = {k.name: self.number(k.value) for k in e.kwargs}
         args = [self.ev(a) for a in e.args]
         fn = op_callable(e.func)
@@ -175,6 +181,9 @@ class _Eval:
     # -------------------------------------------------------------- token-parallel operators ([B, T] lead)
     def token(self, e: ir.Call) -> NT:
         owned = self.c.implicit_of.get(id(e), ())
+        if e.func == "position":
+            T = self.lookup(LAYER_INPUT).t.shape[1]
+            return NT(torch.arange(T, dtype=REAL).reshape(1, T), ())
         v = self.ev(e.args[0])
         v = self._lift(v, self.nlead)
         B, T = v.t.shape[0], v.t.shape[1]

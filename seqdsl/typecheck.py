@@ -340,10 +340,19 @@ class _Checker:
                 raise SpecError.at(f"the option '{kw.name}' must be a number", kw.span)
         if op.kind == "token":
             return self.token_op(e, op, ctx, hint)
+        if op.kind == "eye":
+            if len(e.args) != 1 or not isinstance(e.args[0], ir.Name) or e.args[0].id not in self.dim_sizes:
+                raise SpecError.at("eye() takes one dim name, e.g. eye(n)", e.span)
+            return Ty((e.args[0].id, e.args[0].id))
         n_args = op.arity
         if len(e.args) != n_args:
             raise SpecError.at(f"{e.func}() takes {n_args} argument{'s' if n_args != 1 else ''}; got {len(e.args)}",
                                e.span)
+        if op.kind == "inverse":
+            t = self.infer(e.args[0], ctx)
+            if len(t.dims) != 2 or t.dims[0] != t.dims[1]:
+                raise SpecError.at(f"inv() needs a square matrix [n, n]; got {t.show()}", e.span)
+            return t
         if op.kind in ("unary", "lastaxis", "norm", "reduce", "transpose"):
             t = self.infer(e.args[0], ctx, hint)
             if op.real_only:
@@ -445,6 +454,10 @@ class _Checker:
             self.dim_sizes[width] = width
             self.own(e, ctx, "conv", (t.dims, (width,)))
             return t
+        if e.func == "position":
+            if args or e.kwargs:
+                raise SpecError.at("position() takes no arguments", e.span)
+            return SCALAR
         if e.func == "shift":
             if len(args) != 1:
                 raise SpecError.at("shift() takes shift(x[, n=1])", e.span)

@@ -87,3 +87,8 @@ def norm_affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """The learned scale (and bias) of rmsnorm / layernorm over the last axis."""
     y = y * weight.to(y.dtype)
     return y if bias is None else y + bias.to(y.dtype)
+
+
+def position(x: torch.Tensor) -> torch.Tensor:
+    """Token index within the sequence, [1, T], in x's dtype."""
+    return torch.arange(x.shape[1], dtype=x.dtype, device=x.device).unsqueeze(0)
