@@ -160,6 +160,25 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_zoo(args) -> int:
+    from seqdsl import zoo
+
+    if args.run_tests:
+        import subprocess
+
+        if os.path.exists(args.results):
+            os.remove(args.results)   # outcomes of renamed or removed tests must not survive
+        status = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests"])
+        if status not in (0, 1):
+            print(f"pytest exited with {status}", file=sys.stderr)
+    text = zoo.main(args.examples, args.output, args.results)
+    if args.output:
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqdsl",
@@ -191,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write into")
     sp.add_argument("--backend", choices=("torch", "triton", "none"), default="torch",
                     help="code generator (default torch; none writes only IR, graph and analysis)")
+    sp = sub.add_parser("zoo", help="regenerate the model table (examples/README.md) from the specs and test results",
+                        description="Regenerate the table of examples/README.md from the specs' headers, their "
+                                    "analysis and the latest test results.")
+    sp.add_argument("--examples", default="examples", help="folder of .seq specs (default examples)")
+    sp.add_argument("-o", "--output", default="examples/README.md", help="file to write ('' prints it)")
+    sp.add_argument("--results", default=".seqdsl_cache/test-results.json",
+                    help="test outcomes recorded by the test suite (default .seqdsl_cache/test-results.json)")
+    sp.add_argument("--run-tests", action="store_true", help="run the test suite first to refresh the results")
+    sp.set_defaults(func=cmd_zoo)
     return p
 
 

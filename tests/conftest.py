@@ -9,3 +9,25 @@ warnings.filterwarnings("ignore", message=".*Triton is not supported on current 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.seq"))
+
+# ---- record outcomes for `seqdsl zoo` (examples/README.md shows which tests check each model)
+import json  # noqa: E402
+
+RESULTS = ROOT / ".seqdsl_cache" / "test-results.json"
+_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _outcomes[report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _outcomes:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged.update(_outcomes)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
+    tmp.replace(RESULTS)
