@@ -1,4 +1,4 @@
-"""Compile and run one example: print its analysis, run the layer on random input, print shapes.
+"""Compile and run one example: print its analysis, compile its forms, run the layer, print shapes.
 
     python examples/demo.py examples/gla.seq
 """
@@ -21,17 +21,21 @@ def main(path: str) -> int:
         print(e.render(), file=sys.stderr)
         return 2
     sys.stdout.write(explain_text(model))
-    ref = seqdsl.reference(model)
-    params = ref.init_params(seed=0)
-    d_model = model.checked.dim_sizes["d_model"]
-    x = torch.randn(2, 64, d_model, dtype=torch.float64)
-    start = time.perf_counter()
-    y, state = ref.layer(x, params, output_final_state=True)
-    ms = (time.perf_counter() - start) * 1e3
-    states = state if isinstance(state, tuple) else (state,)
-    print(f"\nreference layer (fp64 interpreter): x {tuple(x.shape)} -> y {tuple(y.shape)} in {ms:.1f} ms")
-    print("final state: " + ", ".join(str(tuple(s.shape)) for s in states))
-    print(f"parameters: {sum(p.numel() for p in params.values()):,} in {len(params)} tensors")
+    op = seqdsl.compile(model, backend="torch")
+    print(f"\ncompiled: {op.path}\n  modes {op.modes}, inputs {op.inputs}")
+    layer = seqdsl.build(model)
+    x = torch.randn(2, 256, layer.d_model)
+    for mode in op.modes:
+        start = time.perf_counter()
+        with torch.no_grad():
+            y, cache = layer(x, mode=mode, output_final_state=True)
+        ms = (time.perf_counter() - start) * 1e3
+        print(f"  layer[{mode:9s}] x {tuple(x.shape)} -> y {tuple(y.shape)} in {ms:7.1f} ms")
+    states = cache["state"] if isinstance(cache["state"], tuple) else (cache["state"],)
+    print("final state: " + ", ".join(str(tuple(s.shape)) for s in states)
+          + f"; state size per sequence {layer.state_size():,}; parameters {layer.num_parameters():,}")
+    y_t, _ = layer.step(x[:, 0])
+    print(f"decode step: x_t {tuple(x[:, 0].shape)} -> y_t {tuple(y_t.shape)}")
     return 0
 
 
