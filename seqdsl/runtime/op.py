@@ -52,7 +52,10 @@ class CompiledOp:
 
     # ------------------------------------------------------------------ call
     def default_mode(self) -> str:
-        return "chunk" if "chunk" in self.modes else "scan" if "scan" in self.modes else "recurrent"
+        """chunk for matrix states (matmul-rich); scan for vector states (chunking K x 1 states wastes work)."""
+        vector_only = all(len(self.checked.cell_types[s].dims) <= 1 for s in self.states)
+        order = ("scan", "chunk") if vector_only else ("chunk", "scan")
+        return next((m for m in order if m in self.modes), "recurrent")
 
     def __call__(self, initial_state=None, output_final_state: bool = False, mode: str | None = None,
                  cu_seqlens=None, chunk_size: int = 64, **kwargs):
