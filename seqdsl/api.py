@@ -55,18 +55,22 @@ class Model:
         return f"seqdsl.Model({self.name!r}, inputs={self.inputs})"
 
 
-def loads(text: str, name: str | None = None, path: str | None = None, **hparams) -> Model:
-    """Parse and validate spec text. ``name`` labels errors (default ``<string>``). Raises SpecError."""
+def loads(text: str, name: str | None = None, path: str | None = None, **hparams):
+    """Parse and validate spec text: a ``Model`` (or a ``CheckedStack`` for a stack). Raises SpecError."""
     where = path or (f"<{name}>" if name else "<string>")
     model_ir = parse(text, where)
     try:
+        if isinstance(model_ir, ir.Stack):
+            from seqdsl.stack import check_stack
+
+            return check_stack(model_ir, path, hparams)
         return Model(model_ir, check(model_ir, hparams), where, text)
     except SpecError as e:
         raise e.located(where, text) from None
 
 
-def load(path: str | os.PathLike, **hparams) -> Model:
-    """Parse and validate a .seq file. Raises SpecError (also for unreadable files)."""
+def load(path: str | os.PathLike, **hparams):
+    """Parse and validate a .seq file: a ``Model``, or a ``CheckedStack`` for a stack spec. Raises SpecError."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:

@@ -78,7 +78,10 @@ def cmd_check(args) -> int:
     for path in args.specs:
         try:
             m = _load(path, _hparams(args.define))
-            print(f"ok  {path}: model {m.name}, inputs {', '.join(m.inputs) or '-'}")
+            if hasattr(m, "layers"):
+                print(f"ok  {path}: stack {m.name}, {len(m.layers)} layers ({', '.join(m.layers)})")
+            else:
+                print(f"ok  {path}: model {m.name}, inputs {', '.join(m.inputs) or '-'}")
         except SpecError as e:
             print(e.located(path, None).render(), file=sys.stderr)
             status = EXIT_SPEC_ERROR

@@ -75,6 +75,9 @@ class _ToIR(Transformer_NonRecursive):
     def imag(self, tok):
         return ir.Imag(value=float(str(tok)[:-1]), span=_sp(tok))
 
+    def string(self, tok):
+        return ir.Str(value=str(tok)[1:-1], span=_sp(tok))
+
     def name(self, tok):
         return ir.Name(id=str(tok), span=_sp(tok))
 
@@ -213,6 +216,29 @@ class _ToIR(Transformer_NonRecursive):
                         params=fields.get("params", ()), streams=fields.get("streams", ()),
                         cell=fields.get("cell"), outs=fields.get("out", ()), span=_sp(name)), order
 
+    def block_def(self, name, value):
+        return ir.BlockDef(name=str(name), value=value, span=_sp(name))
+
+    @v_args(inline=True, meta=True)
+    def blocks_section(self, meta, *defs):
+        return ("blocks", _span(meta), tuple(defs))
+
+    @v_args(inline=True, meta=True)
+    def layers_def(self, meta, value):
+        return ("layers", _span(meta), value)
+
+    @v_args(inline=True, meta=True)
+    def stack(self, meta, name, hparams, *sections):
+        fields: dict = {}
+        for key, span, payload in sections:
+            if key in fields:
+                raise SpecError(f"the section '{key}' appears twice; merge them", span.line, span.column)
+            fields[key] = payload
+        if "layers" not in fields:
+            raise SpecError("a stack needs 'layers = [...]'", name.line, name.column)
+        return ir.Stack(name=str(name), hparams=tuple(hparams or ()), blocks=fields.get("blocks", ()),
+                        layers=fields["layers"], span=_sp(name)), ()
+
     def start(self, model_and_order):
         return model_and_order[0]
 
@@ -291,9 +317,12 @@ def _check_text(text: str) -> None:
         raise SpecError("the spec is empty; it must define a model", 1, 1)
 
 
-def _check_depth(model: ir.Model) -> None:
+def _check_depth(model: ir.Model | ir.Stack) -> None:
     """Reject expressions nested deeper than MAX_DEPTH, iteratively (later passes recurse)."""
     roots: list[ir.Expr] = []
+    if isinstance(model, ir.Stack):
+        roots += [h.default for h in model.hparams] + [b.value for b in model.blocks] + [model.layers]
+        model = ir.Model(name=model.name)
     roots += [h.default for h in model.hparams] + [d.value for d in model.dims]
     roots += [p.init for p in model.params] + [s.value for s in model.streams]
     if model.cell is not None:
@@ -310,8 +339,8 @@ def _check_depth(model: ir.Model) -> None:
             stack.extend((c, depth + 1) for c in ir.children(e))
 
 
-def parse(text: str, path: str | None = None) -> ir.Model:
-    """Parse .seq text into the IR (no validation beyond syntax). Raises SpecError."""
+def parse(text: str, path: str | None = None) -> ir.Model | ir.Stack:
+    """Parse .seq text into the IR (a model or a stack; no validation beyond syntax). Raises SpecError."""
     try:
         _check_text(text)
         try:

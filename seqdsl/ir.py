@@ -92,6 +92,13 @@ class Index(Node):
     index: int
 
 
+class Str(Node):
+    """A string literal: the path of a spec in a stack, ``cell("gla.seq")``."""
+
+    kind: Literal["str"] = "str"
+    value: str
+
+
 class ListExpr(Node):
     """``[a, b]``: a shape given as an argument (``linear(x, [heads, dk])``)."""
 
@@ -99,7 +106,7 @@ class ListExpr(Node):
     items: tuple[Expr, ...] = ()
 
 
-Expr = Annotated[Union[Num, Imag, Name, Unary, Binary, Call, Index, ListExpr], Field(discriminator="kind")]
+Expr = Annotated[Union[Num, Imag, Name, Unary, Binary, Call, Index, ListExpr, Str], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- declarations
@@ -200,7 +207,24 @@ class Model(Node):
     outs: tuple[OutDef, ...] = ()
 
 
-for _cls in (Unary, Binary, KwArg, Call, Index, ListExpr, ParamDef, StreamDef, StateDecl, CellArg,
+class BlockDef(Node):
+    """``mixer = cell("gla.seq", heads = 2)``: a named block of a stack."""
+
+    name: str
+    value: Expr
+
+
+class Stack(Node):
+    """A stack spec: named blocks and the layer sequence (pre-norm residual blocks between an
+    embedding and a head)."""
+
+    name: str
+    hparams: tuple[HParam, ...] = ()
+    blocks: tuple[BlockDef, ...] = ()
+    layers: Expr
+
+
+for _cls in (BlockDef, Stack, Unary, Binary, KwArg, Call, Index, ListExpr, ParamDef, StreamDef, StateDecl, CellArg,
              Update, Local, Cell, OutDef, HParam, DimDef, Model):
     _cls.model_rebuild()
 

@@ -44,6 +44,8 @@ def _expr(e: ir.Expr) -> tuple[str, int]:
         return f"{_wrap(e.target, _POSTFIX)}[{e.index}]", _POSTFIX
     if isinstance(e, ir.ListExpr):
         return "[" + ", ".join(expr(i) for i in e.items) + "]", _ATOM
+    if isinstance(e, ir.Str):
+        return f'"{e.value}"', _ATOM
     raise TypeError(f"cannot print {type(e).__name__}")
 
 
@@ -51,8 +53,10 @@ def type_shape(t: ir.TypeShape) -> str:
     return ("complex" if t.complex else "") + "[" + ", ".join(str(d) for d in t.dims) + "]"
 
 
-def print_model(m: ir.Model) -> str:
+def print_model(m: ir.Model | ir.Stack) -> str:
     """The model as canonical .seq text (sections in the order dims, params, streams, cell, out)."""
+    if isinstance(m, ir.Stack):
+        return print_stack(m)
     header = ", ".join(f"{h.name}{': ' + h.type if h.type else ''} = {expr(h.default)}" for h in m.hparams)
     lines = [f"model {m.name}({header}):"]
     if m.dims:
@@ -78,4 +82,15 @@ def print_model(m: ir.Model) -> str:
     if m.outs:
         lines.append("  out:")
         lines += [f"    {o.name} = {expr(o.value)}" for o in m.outs]
+    return "\n".join(lines) + "\n"
+
+
+def print_stack(s: ir.Stack) -> str:
+    """A stack as canonical .seq text."""
+    header = ", ".join(f"{h.name}{': ' + h.type if h.type else ''} = {expr(h.default)}" for h in s.hparams)
+    lines = [f"stack {s.name}({header}):"]
+    if s.blocks:
+        lines.append("  blocks:")
+        lines += [f"    {b.name} = {expr(b.value)}" for b in s.blocks]
+    lines.append(f"  layers = {expr(s.layers)}")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,312 @@
+"""Stacks: language models assembled from blocks, written as specs.
+
+    stack hybrid(d_model = 64, vocab = 64, depth = 2):
+      blocks:
+        gdn = cell("../gated_deltanet.seq", heads = 2)    # a cell spec (path relative to this file)
+        attn = attention(heads = 2, window = 32)          # causal softmax attention, optional window
+        mlp = swiglu(expand = 4)                          # or mlp(expand = 4)
+      layers = ([gdn, mlp] * 3 + [attn, mlp]) * depth
+
+Every layer is a pre-norm residual block ``x + block(rmsnorm(x))`` between a token embedding and a
+linear head. ``build_stack`` returns an nn.Module with ``forward(tokens)``, a generation ``step``
+carrying every layer's state, ``state_size()`` and ``num_parameters()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from seqdsl import ir
+from seqdsl.errors import SpecError
+
+BLOCK_KINDS = {
+    "cell": "cell(\"path.seq\", hparam = value, ...): the layer of a cell spec (d_model is the stack's)",
+    "attention": "attention(heads = h[, window = w]): causal softmax attention, sliding window if given",
+    "mlp": "mlp(expand = 4): Linear, GELU, Linear",
+    "swiglu": "swiglu(expand = 4): (silu(x W1) * x W3) W2",
+}
+BLOCK_OPTIONS = {"attention": {"heads": None, "window": 0}, "mlp": {"expand": 4}, "swiglu": {"expand": 4}}
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    name: str
+    kind: str
+    options: dict = field(default_factory=dict)
+    model: object = None          # cell: the loaded seqdsl.Model
+
+
+@dataclass(frozen=True)
+class CheckedStack:
+    ir: ir.Stack
+    path: str | None
+    values: dict
+    blocks: dict[str, BlockSpec]
+    layers: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def d_model(self) -> int:
+        return int(self.values["d_model"])
+
+
+def _number(e: ir.Expr, values: dict, what: str):
+    if isinstance(e, ir.Num):
+        return e.value
+    if isinstance(e, ir.Unary) and e.op == "-":
+        return -_number(e.operand, values, what)
+    if isinstance(e, ir.Name) and e.id in values:
+        return values[e.id]
+    if isinstance(e, ir.Binary) and e.op in ("+", "-", "*", "/"):
+        a, b = _number(e.left, values, what), _number(e.right, values, what)
+        if e.op == "/":
+            if b == 0:
+                raise SpecError.at(f"division by zero in {what}", e.span)
+            return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        return a + b if e.op == "+" else a - b if e.op == "-" else a * b
+    if isinstance(e, ir.Name):
+        raise SpecError.at(f"unknown name '{e.id}' in {what}", e.span)
+    raise SpecError.at(f"{what} must be a number", e.span)
+
+
+def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = None) -> CheckedStack:
+    """Validate a stack: hyper-parameters, blocks (loading cell specs) and the layer sequence."""
+    from seqdsl.api import load
+
+    overrides = dict(overrides or {})
+    values: dict = {}
+    for h in s.hparams:
+        if h.name in values:
+            raise SpecError.at(f"duplicate name '{h.name}'", h.span)
+        v = overrides.pop(h.name, None)
+        values[h.name] = v if v is not None else _number(h.default, values, f"the default of '{h.name}'")
+        if h.type == "int" or (h.type is None and isinstance(values[h.name], int)):
+            values[h.name] = int(values[h.name])
+    if overrides:
+        raise SpecError.at(f"unknown hyper-parameter {', '.join(sorted(overrides))}; the stack has "
+                           f"{', '.join(values) or 'none'}", s.span)
+    if "d_model" not in values:
+        raise SpecError.at("a stack needs a d_model hyper-parameter", s.span)
+    base = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    blocks: dict[str, BlockSpec] = {}
+    for b in s.blocks:
+        if b.name in blocks or b.name in values:
+            raise SpecError.at(f"duplicate name '{b.name}'", b.span)
+        call = b.value
+        if not isinstance(call, ir.Call) or call.func not in BLOCK_KINDS:
+            kinds = ", ".join(BLOCK_KINDS)
+            raise SpecError.at(f"the block '{b.name}' must be one of {kinds}", b.span)
+        opts = {k.name: k.value for k in call.kwargs}
+        if call.func == "cell":
+            if len(call.args) != 1 or not isinstance(call.args[0], ir.Str):
+                raise SpecError.at('cell() takes the path of a spec: cell("gla.seq", heads = 2)', call.span)
+            spec_path = os.path.join(base, call.args[0].value)
+            if not os.path.exists(spec_path):
+                raise SpecError.at(f"the spec '{call.args[0].value}' does not exist (looked in {base})",
+                                   call.args[0].span)
+            hp = {k: _number(v, values, f"the option '{k}'") for k, v in opts.items()}
+            hp["d_model"] = values["d_model"]
+            try:
+                model = load(spec_path, **hp)
+            except SpecError as e:
+                raise SpecError.at(f"in the block '{b.name}': {e}", call.span) from None
+            if not model.ir.outs:
+                raise SpecError.at(f"the spec of block '{b.name}' has no 'out' section producing y", call.span)
+            blocks[b.name] = BlockSpec(b.name, "cell", hp, model)
+        else:
+            if call.args:
+                raise SpecError.at(f"{BLOCK_KINDS[call.func]} (options by name)", call.span)
+            allowed = BLOCK_OPTIONS[call.func]
+            for k in opts:
+                if k not in allowed:
+                    raise SpecError.at(f"{call.func}() has no option '{k}' (options: {', '.join(allowed)})",
+                                       call.span)
+            resolved = {k: int(_number(opts[k], values, f"the option '{k}'")) if k in opts else d
+                        for k, d in allowed.items()}
+            for k, v in resolved.items():
+                if v is None:
+                    raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
+            if call.func == "attention" and values["d_model"] % resolved["heads"]:
+                raise SpecError.at(f"attention: d_model = {values['d_model']} is not divisible by heads = "
+                                   f"{resolved['heads']}", call.span)
+            blocks[b.name] = BlockSpec(b.name, call.func, resolved)
+    layers = tuple(_layer_list(s.layers, values, blocks))
+    if not layers:
+        raise SpecError.at("the stack has no layers", s.layers.span)
+    return CheckedStack(s, path, values, blocks, layers)
+
+
+def _layer_list(e: ir.Expr, values: dict, blocks: dict) -> list[str]:
+    if isinstance(e, ir.ListExpr):
+        out = []
+        for item in e.items:
+            out += _layer_list(item, values, blocks)
+        return out
+    if isinstance(e, ir.Name) and e.id in blocks:
+        return [e.id]
+    if isinstance(e, ir.Binary) and e.op == "+":
+        return _layer_list(e.left, values, blocks) + _layer_list(e.right, values, blocks)
+    if isinstance(e, ir.Binary) and e.op == "*":
+        lst, times = (e.left, e.right) if not isinstance(e.left, (ir.Num,)) else (e.right, e.left)
+        n = _number(times, values, "a repetition count")
+        if not isinstance(n, int) or n < 0:
+            raise SpecError.at(f"a repetition count must be a non-negative integer; got {n}", e.span)
+        return _layer_list(lst, values, blocks) * n
+    if isinstance(e, ir.Name):
+        raise SpecError.at(f"'{e.id}' is not a block of this stack (blocks: {', '.join(blocks) or 'none'})", e.span)
+    raise SpecError.at("layers are lists of block names joined with + and repeated with * n", e.span)
+
+
+# ---------------------------------------------------------------------------------------------- modules
+def _torch_modules():
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        """Causal multi-head softmax attention (no positional encoding); sliding window if window > 0."""
+
+        def __init__(self, d: int, heads: int, window: int = 0):
+            super().__init__()
+            self.heads, self.window = heads, window
+            self.qkv = nn.Linear(d, 3 * d, bias=False)
+            self.out = nn.Linear(d, d, bias=False)
+
+        def forward(self, x, cache=None):
+            B, T, D = x.shape
+            q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+            past = 0
+            if cache is not None and cache.get("k") is not None:
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            i = torch.arange(T, device=x.device)[:, None] + past
+            j = torch.arange(k.shape[2], device=x.device)[None, :]
+            allowed = j <= i
+            if self.window:
+                allowed = allowed & (i - j < self.window)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            new_cache = None
+            if cache is not None:
+                keep = self.window if self.window else k.shape[2]
+                new_cache = {"k": k[:, :, -keep:], "v": v[:, :, -keep:]} if self.window else {"k": k, "v": v}
+                if self.window:   # positions are relative: the kept window starts at 0 next time
+                    new_cache = {"k": k[:, :, -(self.window - 1):] if self.window > 1 else k[:, :, :0],
+                                 "v": v[:, :, -(self.window - 1):] if self.window > 1 else v[:, :, :0]}
+            return self.out(o.transpose(1, 2).reshape(B, T, D)), new_cache
+
+    class MLP(nn.Module):
+        def __init__(self, d: int, expand: int, gated: bool):
+            super().__init__()
+            self.gated = gated
+            self.up = nn.Linear(d, expand * d, bias=False)
+            self.gate = nn.Linear(d, expand * d, bias=False) if gated else None
+            self.down = nn.Linear(expand * d, d, bias=False)
+
+        def forward(self, x, cache=None):
+            h = torch.nn.functional.silu(self.gate(x)) * self.up(x) if self.gated else \
+                torch.nn.functional.gelu(self.up(x))
+            return self.down(h), cache
+
+    class CellBlock(nn.Module):
+        def __init__(self, model, seed: int):
+            super().__init__()
+            from seqdsl.layer import Layer
+
+            self.layer = Layer(model, seed=seed)
+
+        def forward(self, x, cache=None):
+            if cache is None:
+                return self.layer(x), None
+            inner = cache.get("layer")
+            y, inner = self.layer(x, cache=inner, output_final_state=True, mode="recurrent" if x.shape[1] == 1 else None)
+            return y, {"layer": inner}
+
+    class StackModel(nn.Module):
+        """tokens [B, T] -> logits [B, T, vocab] (or [N, vocab] at the given positions)."""
+
+        def __init__(self, cs: CheckedStack, vocab: int, seed: int = 0, input_dim: int | None = None,
+                     output_dim: int | None = None):
+            super().__init__()
+            torch.manual_seed(seed)
+            d = cs.d_model
+            self.spec = cs
+            self.vocab = vocab
+            self.embed = nn.Linear(input_dim, d) if input_dim else nn.Embedding(vocab, d)
+            blocks = []
+            for i, name in enumerate(cs.layers):
+                b = cs.blocks[name]
+                if b.kind == "cell":
+                    blocks.append(CellBlock(b.model, seed + i))
+                elif b.kind == "attention":
+                    blocks.append(Attention(d, b.options["heads"], b.options["window"]))
+                else:
+                    blocks.append(MLP(d, b.options["expand"], gated=b.kind == "swiglu"))
+            self.blocks = nn.ModuleList(blocks)
+            self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in blocks)
+            self.final_norm = nn.RMSNorm(d)
+            self.head = nn.Linear(d, output_dim or vocab, bias=False)
+
+        def forward(self, tokens, positions=None):
+            """tokens [B, T] (or floats [B, T, input_dim]); positions (b_idx, t_idx): the head only there."""
+            x = self.embed(tokens)
+            for norm, block in zip(self.norms, self.blocks):
+                x = x + block(norm(x))[0]
+            if positions is not None:
+                x = x[positions[0], positions[1]]
+            return self.head(self.final_norm(x))
+
+        def step(self, token, cache=None):
+            """One token [B] -> (logits [B, vocab], cache carrying every layer's state)."""
+            if cache is None:
+                cache = [{} for _ in self.blocks]
+            x = self.embed(token.unsqueeze(1))
+            new = []
+            for norm, block, c in zip(self.norms, self.blocks, cache):
+                y, c = block(norm(x), c)
+                x = x + y
+                new.append(c if c is not None else {})
+            return self.head(self.final_norm(x))[:, 0], new
+
+        def state_size(self, seq_len: int = 1) -> int:
+            """Numbers carried per sequence during generation after seq_len tokens (attention: its KV cache)."""
+            total = 0
+            d = self.spec.d_model
+            for block in self.blocks:
+                if isinstance(block, CellBlock):
+                    total += block.layer.state_size()
+                elif isinstance(block, Attention):
+                    kept = min(seq_len, block.window) if block.window else seq_len
+                    total += 2 * d * kept
+            return total
+
+        def num_parameters(self) -> int:
+            return sum(p.numel() for p in self.parameters())
+
+    return StackModel
+
+
+def build_stack(cs: CheckedStack, vocab: int | None = None, seed: int = 0, input_dim: int | None = None,
+                output_dim: int | None = None):
+    """The nn.Module of a checked stack (vocab defaults to the stack's ``vocab`` hyper-parameter)."""
+    vocab = vocab or int(cs.values.get("vocab", 0))
+    if not vocab and not output_dim:
+        raise SpecError("the stack needs a vocab (a 'vocab' hyper-parameter or the task's)", path=cs.path)
+    StackModel = _torch_modules()
+    return StackModel(cs, vocab, seed=seed, input_dim=input_dim, output_dim=output_dim)
+
+
+def parameter_count_estimate(cs: CheckedStack) -> int:
+    """Parameters without building torch modules (rough: blocks only)."""
+    d = cs.d_model
+    total = 0
+    for name in cs.layers:
+        b = cs.blocks[name]
+        if b.kind == "attention":
+            total += 4 * d * d
+        elif b.kind in ("mlp", "swiglu"):
+            total += (3 if b.kind == "swiglu" else 2) * b.options["expand"] * d * d
+    return total + int(math.prod((1,)))
