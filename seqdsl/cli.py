@@ -163,6 +163,61 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _settings(pairs) -> dict:
+    out = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SpecError(f"--set takes NAME=VALUE; got '{pair}'")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from seqdsl.train import train
+
+    out = args.out or os.path.join("runs", f"{os.path.splitext(os.path.basename(args.stack))[0]}-{args.task}")
+    try:
+        result = train(args.stack, args.task, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                       seed=args.seed, out_dir=out, task_settings=_settings(args.set),
+                       stack_hparams=_hparams(args.define), threads=args.threads)
+    except (ValueError, FloatingPointError) as e:
+        print(f"seqdsl train: {e}", file=sys.stderr)
+        return 2
+    metric = "eval_accuracy" if "eval_accuracy" in result else "eval_mse"
+    print(f"{result['stack']} on {result['task']}: {metric} {result[metric]:.4f}, train loss "
+          f"{result['train_loss']:.4f}, {result['num_parameters']:,} parameters, state {result['state_size']:,}, "
+          f"{result['seconds']:.0f} s ({result['tokens_per_s']:,.0f} tok/s)")
+    print(f"wrote {out}/result.json and {out}/checkpoint.pt")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from seqdsl.search import search
+
+    path = search(args.search, out=args.out, workers=args.workers, executor=args.executor)
+    print(f"results: {path} (rerun the same command to resume; `seqdsl report {path}` for the leaderboard)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from seqdsl.report import report
+
+    if not os.path.exists(args.results):
+        raise SpecError(f"no results at {args.results}")
+    md, term, pngs = report(args.results, out=args.out, make_plots=not args.no_plots)
+    sys.stdout.write(md if args.markdown else term)
+    for p in pngs:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     from seqdsl import zoo
 
@@ -213,6 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="DIR", required=True, help="folder to write into")
     sp.add_argument("--backend", choices=("torch", "triton", "none"), default="torch",
                     help="code generator (default torch; none writes only IR, graph and analysis)")
+    sp = sub.add_parser("train", help="train a stack on a synthetic task (CPU), evaluate, save checkpoint and result",
+                        description="Train a stack spec on a synthetic task with a progress bar (loss, accuracy, "
+                                    "tokens/s, ETA); evaluate; write checkpoint.pt and result.json.")
+    sp.add_argument("stack", metavar="STACK", help="a stack .seq file")
+    sp.add_argument("--task", required=True, help="mqar, in_context_recall, fuzzy_in_context_recall, "
+                    "noisy_in_context_recall, selective_copying, compression, memorization, induction_heads, "
+                    "parity, adding")
+    sp.add_argument("--steps", type=int, default=1000)
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    sp.add_argument("--out", help="output folder (default runs/STACK-TASK)")
+    sp.add_argument("--set", action="append", metavar="NAME=VALUE", help="a task setting, e.g. --set num_kv_pairs=16")
+    sp.add_argument("-D", dest="define", action="append", metavar="NAME=VALUE",
+                    help="override a stack hyper-parameter, e.g. -D d_model=128")
+    sp.set_defaults(func=cmd_train)
+    sp = sub.add_parser("search", help="architecture search by editing a stack spec (grid, random, successive halving)",
+                        description="Run or resume a search file (TOML: base stack, task, space of spec edits, "
+                                    "strategy). Results are appended to OUT/results.jsonl; rerunning skips finished runs.")
+    sp.add_argument("search", metavar="SEARCH_SPEC", help="a search .toml file")
+    sp.add_argument("--out", help="output folder (default runs/search-NAME)")
+    sp.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local processes, or a Ray cluster (RAY_ADDRESS, else a local Ray instance)")
+    sp.set_defaults(func=cmd_search)
+    sp = sub.add_parser("report", help="leaderboard (terminal or markdown) and plots from search or train results",
+                        description="Render a leaderboard and matplotlib plots (accuracy vs state size and vs "
+                                    "parameters, per task) from results.jsonl, result.json, or a folder of them.")
+    sp.add_argument("results", metavar="RESULTS")
+    sp.add_argument("--out", help="folder for leaderboard.md and plots/ (default: beside the results)")
+    sp.add_argument("--markdown", action="store_true", help="print markdown instead of the terminal table")
+    sp.add_argument("--no-plots", action="store_true")
+    sp.set_defaults(func=cmd_report)
     sp = sub.add_parser("zoo", help="regenerate the model table (examples/README.md) from the specs and test results",
                         description="Regenerate the table of examples/README.md from the specs' headers, their "
                                     "analysis and the latest test results.")

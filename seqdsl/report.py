@@ -1,0 +1,112 @@
+"""``seqdsl report RESULTS``: a leaderboard (markdown and terminal) and plots from search or train results.
+
+RESULTS is a results.jsonl of ``seqdsl search``, a result.json of ``seqdsl train``, or a folder holding
+either. Plots (matplotlib PNGs): accuracy vs state size and accuracy vs parameters, one per task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from seqdsl.search import read_results
+
+
+def load_results(path: str) -> list[dict]:
+    if os.path.isdir(path):
+        found = []
+        for root, _, files in os.walk(path):
+            for f in files:
+                if f in ("results.jsonl", "result.json"):
+                    found += load_results(os.path.join(root, f))
+        return found
+    if path.endswith(".jsonl"):
+        return read_results(path)
+    with open(path, encoding="utf-8") as f:
+        return [json.load(f)]
+
+
+def _label(r: dict) -> str:
+    cand = r.get("candidate")
+    if cand:
+        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in cand.items())
+    return r.get("stack", "?")
+
+
+def leaderboard(results: list[dict]) -> list[dict]:
+    rows = []
+    for r in results:
+        if "error" in r:
+            continue
+        score = r.get("eval_accuracy", None)
+        rows.append({"task": r.get("task", "?"), "model": _label(r), "stack": r.get("stack", ""),
+                     "score": score if score is not None else -r.get("eval_mse", float("nan")),
+                     "metric": "accuracy" if score is not None else "-mse",
+                     "params": r.get("num_parameters", 0), "state": r.get("state_size", 0),
+                     "steps": r.get("steps", r.get("train", {}).get("steps")), "lr": r.get("lr", r.get("train", {}).get("lr")),
+                     "seconds": r.get("seconds", 0.0)})
+    rows.sort(key=lambda x: (x["task"], -x["score"]))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| task | rank | model | score | parameters | state size | steps | lr | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rank, last = 0, None
+    for r in rows:
+        rank = rank + 1 if r["task"] == last else 1
+        last = r["task"]
+        lines.append(f"| {r['task']} | {rank} | {r['model']} | {r['score']:.3f} ({r['metric']}) | {r['params']:,} | "
+                     f"{r['state']:,} | {r['steps']} | {r['lr']} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def terminal(rows: list[dict]) -> str:
+    head = f"{'task':18s} {'#':>2s} {'score':>7s} {'params':>9s} {'state':>9s}  model"
+    out = [head, "-" * len(head)]
+    rank, last = 0, None
+    for r in rows:
+        rank = rank + 1 if r["task"] == last else 1
+        last = r["task"]
+        out.append(f"{r['task'][:18]:18s} {rank:2d} {r['score']:7.3f} {r['params']:9,d} {r['state']:9,d}  {r['model']}")
+    return "\n".join(out) + "\n"
+
+
+def plots(rows: list[dict], folder: str) -> list[str]:
+    """accuracy vs state size and vs parameters, per task; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for task in sorted({r["task"] for r in rows}):
+        sub = [r for r in rows if r["task"] == task]
+        for key, label in (("state", "state size (numbers per sequence)"), ("params", "parameters")):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for r in sub:
+                ax.scatter(max(r[key], 1), r["score"])
+                ax.annotate(r["model"][:30], (max(r[key], 1), r["score"]), fontsize=6)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(sub[0]["metric"])
+            ax.set_title(f"{task}: {sub[0]['metric']} vs {key}")
+            fig.tight_layout()
+            p = os.path.join(folder, f"{task}_{key}.png")
+            fig.savefig(p, dpi=120)
+            plt.close(fig)
+            paths.append(p)
+    return paths
+
+
+def report(path: str, out: str | None = None, make_plots: bool = True) -> tuple[str, str, list[str]]:
+    """(markdown, terminal table, plot paths); writes leaderboard.md and plots under ``out``."""
+    rows = leaderboard(load_results(path))
+    md, term = markdown(rows), terminal(rows)
+    folder = out or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "leaderboard.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    pngs = plots(rows, os.path.join(folder, "plots")) if make_plots and rows else []
+    return md, term, pngs
