@@ -201,8 +201,27 @@ class _Gen:
         if sp.kind == "delta":
             beta = r(sp.beta)
             out.add(f"_{n}_beta = {self._full(beta.text if not beta.plain else f'torch.tensor({beta.text})', [])}", 1)
+        if any(rd.before for rd in reads):
+            # S_{t-1} is the state of the same recurrence fed one step late (decay 1, write 0 at t = 0)
+            out.add(f"_{n}_kp, _{n}_vp = _ops.shift_time(_{n}_k), _ops.shift_time(_{n}_v)", 1)
+            if sp.gate_axis != "none":
+                out.add(f"_{n}_gp = _ops.shift_time(_{n}_g)", 1)
         for j, rd in enumerate(reads):
             var = f"_{n}_read{j}"
+            if rd.before:
+                q = r(rd.q)
+                qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
+                gp = gate_kw.replace(f"_{n}_g", f"_{n}_gp")
+                out.add(f"{var}, _{n}_lastp = _forms.chunk_gated({qtext}, _{n}_kp, _{n}_vp{gp}, initial_state={h0}, "
+                        f"output_final_state=True, chunk_size=chunk_size)", 1)
+                axis = sp.gate_axis if sp.gate_axis != "none" else "none"
+                gate = f"_{n}_g[:, -1]" if sp.gate_axis != "none" else "None"
+                out.add(f"_{n}_last = _ops.gated_step(_{n}_lastp, {gate}, {axis!r}, _{n}_k[:, -1], _{n}_v[:, -1])", 1)
+                if sp.vector:
+                    out.add(f"{var} = {var}[..., 0]", 1)
+                    out.add(f"_{n}_last = _{n}_last[..., 0]", 1)
+                read_vars[rd.node] = var
+                continue
             if rd.q is None:   # whole vector state: one head per element, K = V = 1
                 out.add(f"_{n}_ones = _{n}_k.new_ones(_B, _T, _H * {sizes[0]}, 1)", 1)
                 gk = ""
@@ -250,14 +269,18 @@ class _Gen:
             out.add(f"_{n}_a = {a}", 1)
             out.add(f"_{n}_all, _{n}_last = _forms.scan_diagonal(a=_ops.as_tensor_like(_{n}_a, _{n}_b), b=_{n}_b, "
                     f"initial_state=_state[{idx}], output_final_state=True)", 1)
+        if any(rd.before for rd in reads):   # S_{t-1}: the initial state, then every state but the last
+            out.add(f"_{n}_prev = torch.cat([_state[{idx}].to(_{n}_all.dtype)[:, None], "
+                    f"_{n}_all[:, :-1]], dim=1)", 1)
         for j, rd in enumerate(reads):
             var = f"_{n}_read{j}"
+            states_var = f"_{n}_prev" if rd.before else f"_{n}_all"
             if rd.q is None:
-                out.add(f"{var} = _{n}_all", 1)
+                out.add(f"{var} = {states_var}", 1)
             else:
                 q = r(rd.q)
                 spec = "'...i,...i->...'" if sp.vector else "'...i,...ij->...j'"
-                out.add(f"{var} = _ops.einsum({spec}, {align(q, (sdims[0],))}, _{n}_all)", 1)
+                out.add(f"{var} = _ops.einsum({spec}, {align(q, (sdims[0],))}, {states_var})", 1)
             read_vars[rd.node] = var
         finals[n] = f"_{n}_last"
 
@@ -275,7 +298,7 @@ class _Gen:
         def token(e: ir.Call, r: TorchRenderer) -> Code:
             owned = c.implicit_of.get(id(e), ())
             if e.func == "position":
-                return Code("_ops.position(x)", ())
+                return Code("_ops.position(x, cache, new_cache)", ())
             src = r(e.args[0])
             n_in = len(src.dims)
             if e.func in ("linear", "lowrank"):

@@ -54,6 +54,7 @@ class Read:
     node: int                                 # id() of the IR node replaced by the read's result
     state: str
     q: ir.Expr | None                         # None: the whole (vector) state
+    before: bool = False                      # reads S_{t-1} (the readout precedes the update: RWKV's bonus)
 
 
 @dataclass(frozen=True)
@@ -269,18 +270,19 @@ class _Planner:
         c = self.c
         out: list[Read] = []
         cell = c.model.cell
-        updated_at = {}
+        updates: dict[str, list[int]] = {}
         for i, st in enumerate(cell.body):
             if isinstance(st, ir.Update):
-                updated_at[st.target] = i
+                updates.setdefault(st.target, []).append(i)
         for i, st in enumerate(cell.body):
             if not (isinstance(st, ir.Local) and st.name in self.state_locals):
                 continue
-            for node in self._state_reads(st.value):
-                out.append(node)
-            for n in ir.names_in(st.value):
-                if n.id in self.states and updated_at.get(n.id, -1) > i:
-                    raise NoPlan(f"'{st.name}' reads '{n.id}' before its update in the step")
+            for read in self._state_reads(st.value):
+                at = updates.get(read.state, [])
+                if at and at[0] < i < at[-1]:
+                    raise NoPlan(f"'{st.name}' reads '{read.state}' between two of its updates")
+                before = bool(at) and i < at[0]
+                out.append(Read(read.node, read.state, read.q, before))
         return out
 
     def _state_reads(self, e: ir.Expr) -> list[Read]:
@@ -330,6 +332,11 @@ def plan(c: Checked, a: Analysis) -> KernelPlan:
             why[m] = f"not generated yet: {e}"
         return KernelPlan(("recurrent",), why, hoisted_locals=hoisted, readout_locals=readout_locals)
     for sp in states:
+        before = [r for r in reads if r.state == sp.state and r.before]
+        if before and "chunk" in modes and (sp.kind != "gated" or any(r.q is None for r in before)):
+            modes.remove("chunk")
+            why["chunk"] = (f"'{sp.state}' is read before its update; the chunk form takes such reads for gated "
+                            "states read as q @ S (the scan form takes all)")
         if sp.gate_axis == "both" and "chunk" in modes:
             modes.remove("chunk")
             why["chunk"] = f"the decay of '{sp.state}' varies along both axes of the state"

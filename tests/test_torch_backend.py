@@ -185,3 +185,32 @@ def test_scale_arg_overrides_default():
     o1, _ = op(**inputs, scale=0.5)
     o2, _ = ref(**inputs, scale=0.5)
     assert_close("scale", o2, o1, torch.float64, 10)
+
+
+BONUS_SPECS = {
+    # RWKV-style: read the state before the update (plus a current-token bonus), key-axis decay
+    "matrix": ("model bonus(d_model = 8, heads = 2, dk = 4, dv = 3):\n  streams:\n    q: [heads, dk] = linear(x)\n"
+               "    k: [heads, dk] = linear(x)\n    v: [heads, dv] = linear(x)\n"
+               "    w: [heads, dk] = -exp(linear(x))\n  cell over heads:\n    state S: [dk, dv] = 0\n"
+               "    o = q @ S + sum(q * k) * v\n    S <- exp(w) * S + outer(k, v)\n  out:\n    y = linear(o)\n",
+               ("recurrent", "scan", "chunk")),
+    # a vector state read whole before its update: the scan takes it, the chunk form says why not
+    "vector": ("model vbonus(d_model = 8, n = 5):\n  streams:\n    b: [n] = linear(x)\n    a: [n] = sigmoid(linear(x))\n"
+               "  cell:\n    state h: [n] = 0\n    o = h * 2\n    h <- a * h + b\n  out:\n    y = linear(o)\n",
+               ("recurrent", "scan")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BONUS_SPECS))
+def test_reads_before_the_update_get_parallel_forms(kind):
+    text, modes = BONUS_SPECS[kind]
+    m = seqdsl.loads(text)
+    op, ref = seqdsl.compile(m), seqdsl.reference(m)
+    assert op.modes == modes
+    inputs = sample_inputs(ref, 2, 29, seed=4)
+    h0 = random_state(ref, 2)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    for mode in op.modes:
+        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
+        assert_close(f"{kind}/{mode}/o", o_ref, o, torch.float64, FORM_FACTOR[mode])
+        assert_close(f"{kind}/{mode}/state", ht_ref, ht, torch.float64, FORM_FACTOR[mode])

@@ -89,6 +89,24 @@ def norm_affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y if bias is None else y + bias.to(y.dtype)
 
 
-def position(x: torch.Tensor) -> torch.Tensor:
-    """Token index within the sequence, [1, T], in x's dtype."""
-    return torch.arange(x.shape[1], dtype=x.dtype, device=x.device).unsqueeze(0)
+def position(x: torch.Tensor, cache: dict | None = None, new_cache: dict | None = None) -> torch.Tensor:
+    """Token index within the sequence, [1, T], in x's dtype; continues from ``cache["position"]`` (the
+    number of tokens a previous call processed) and leaves the count after this call in ``new_cache``."""
+    start = 0 if cache is None else cache.get("position", 0)
+    if new_cache is not None:
+        new_cache["position"] = start + x.shape[1]
+    return (torch.arange(x.shape[1], dtype=x.dtype, device=x.device) + start).unsqueeze(0)
+
+
+def shift_time(x: torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] delayed by one step along T, zeros first (a log-gate of 0 is a decay of 1)."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+def gated_step(state: torch.Tensor, g, axis: str, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One gated step S = exp(g) * S + k v^T on [B, H, K, V] states (g: None, [B, H], [B, H, K] or [B, H, V])."""
+    if g is not None:
+        decay = torch.exp(g).to(state.dtype)
+        decay = decay[..., None, None] if axis == "scalar" else decay[..., :, None] if axis == "key" else decay[..., None, :]
+        state = decay * state
+    return state + (k[..., :, None] * v[..., None, :]).to(state.dtype)
