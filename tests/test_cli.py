@@ -80,3 +80,10 @@ def test_quick_commands_do_not_import_torch():
             "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'imported torch'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_compile_writes_the_generated_module(tmp_path):
+    assert main(["compile", "examples/gla.seq", "-o", str(tmp_path), "-D", "heads=2"]) == 0
+    source = (tmp_path / "gla_torch.py").read_text()
+    assert "def chunk(" in source and "def streams(" in source and "do not edit" in source
+    compile(source, "gla_torch.py", "exec")     # it is valid Python
