@@ -177,6 +177,11 @@ def _run_one(job: dict) -> dict:
 def _append(path: str, record: dict) -> None:
     """Append one JSON line in a single write, flushed to disk (a kill loses at most the run in flight)."""
     line = json.dumps(record, sort_keys=True) + "\n"
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:                 # a kill can leave half a line: start on a fresh one
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()

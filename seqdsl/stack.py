@@ -250,14 +250,31 @@ def _torch_modules():
             self.final_norm = nn.RMSNorm(d)
             self.head = nn.Linear(d, output_dim or vocab, bias=False)
 
-        def forward(self, tokens, positions=None):
-            """tokens [B, T] (or floats [B, T, input_dim]); positions (b_idx, t_idx): the head only there."""
+        def hidden(self, tokens):
+            """The last block's output [B, T, d_model] (before the final norm and the head)."""
             x = self.embed(tokens)
             for norm, block in zip(self.norms, self.blocks):
                 x = x + block(norm(x))[0]
+            return x
+
+        def forward(self, tokens, positions=None):
+            """tokens [B, T] (or floats [B, T, input_dim]); positions (b_idx, t_idx): the head only there."""
+            x = self.hidden(tokens)
             if positions is not None:
                 x = x[positions[0], positions[1]]
             return self.head(self.final_norm(x))
+
+        def enable_autoencoder(self, seq_len: int) -> None:
+            """Compression (MAD): rebuild every token from the last position's vector plus a position embedding."""
+            d = self.spec.d_model
+            self.decode_pos = nn.Embedding(seq_len, d)
+            self.decode = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+        def reconstruct(self, tokens, positions):
+            """Autoencoder readout at positions (b_idx, t_idx): only h[:, -1] carries the sequence."""
+            last = self.final_norm(self.hidden(tokens)[:, -1])           # [B, d]
+            z = last[positions[0]] + self.decode_pos(positions[1])
+            return self.head(self.final_norm(self.decode(z)))
 
         def step(self, token, cache=None):
             """One token [B] -> (logits [B, vocab], cache carrying every layer's state)."""

@@ -31,7 +31,10 @@ def _loss_and_acc(model, batch, regression: bool):
     import torch
 
     b_idx, t_idx = batch.mask.nonzero(as_tuple=True)
-    out = model(batch.inputs, positions=(b_idx, t_idx))
+    if getattr(model, "decode_pos", None) is not None:
+        out = model.reconstruct(batch.inputs, (b_idx, t_idx))
+    else:
+        out = model(batch.inputs, positions=(b_idx, t_idx))
     target = batch.targets[b_idx, t_idx]
     if regression:
         pred = out[..., 0]
@@ -63,6 +66,8 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
     input_dim = probe.inputs.shape[-1] if probe.inputs.is_floating_point() else None
     model = build_stack(cs, vocab=t.vocab_size, seed=seed, input_dim=input_dim,
                         output_dim=1 if regression else None)
+    if getattr(t, "readout", "lm") == "autoencoder":
+        model.enable_autoencoder(t.seq_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
