@@ -26,8 +26,10 @@ BLOCK_KINDS = {
     "attention": "attention(heads = h[, window = w]): causal softmax attention, sliding window if given",
     "mlp": "mlp(expand = 4): Linear, GELU, Linear",
     "swiglu": "swiglu(expand = 4): (silu(x W1) * x W3) W2",
+    "shortconv": "shortconv(width = 4): a depthwise causal convolution over the last width tokens",
 }
-BLOCK_OPTIONS = {"attention": {"heads": None, "window": 0}, "mlp": {"expand": 4}, "swiglu": {"expand": 4}}
+BLOCK_OPTIONS = {"attention": {"heads": None, "window": 0}, "mlp": {"expand": 4}, "swiglu": {"expand": 4},
+                 "shortconv": {"width": 4}}
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,19 @@ def _torch_modules():
                 torch.nn.functional.gelu(self.up(x))
             return self.down(h), cache
 
+    class ShortConv(nn.Module):
+        """Depthwise causal convolution (H3's shift SSM, the short conv of Zoology's mixers)."""
+
+        def __init__(self, d: int, width: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(d, width) / math.sqrt(width))
+
+        def forward(self, x, cache=None):
+            from seqdsl.runtime.torch_ops import causal_conv
+
+            y, new = causal_conv(x, 1, self.weight, None if cache is None else cache.get("conv"))
+            return y, (None if cache is None else {"conv": new})
+
     class CellBlock(nn.Module):
         def __init__(self, model, seed: int):
             super().__init__()
@@ -243,6 +258,8 @@ def _torch_modules():
                     blocks.append(CellBlock(b.model, seed + i))
                 elif b.kind == "attention":
                     blocks.append(Attention(d, b.options["heads"], b.options["window"]))
+                elif b.kind == "shortconv":
+                    blocks.append(ShortConv(d, b.options["width"]))
                 else:
                     blocks.append(MLP(d, b.options["expand"], gated=b.kind == "swiglu"))
             self.blocks = nn.ModuleList(blocks)
@@ -298,6 +315,8 @@ def _torch_modules():
                 elif isinstance(block, Attention):
                     kept = min(seq_len, block.window) if block.window else seq_len
                     total += 2 * d * kept
+                elif isinstance(block, ShortConv):
+                    total += d * (block.weight.shape[1] - 1)
             return total
 
         def num_parameters(self) -> int:
