@@ -22,7 +22,7 @@ def test_stack_round_trips_and_steps_match_forward(path):
     model = build_stack(cs, seed=0).double()
     tokens = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(0))
     logits = model(tokens)
-    assert logits.shape == (2, 11, 64)
+    assert logits.shape == (2, 11, int(cs.values["vocab"]))
     cache, steps = None, []
     with torch.no_grad():
         for t in range(tokens.shape[1]):
