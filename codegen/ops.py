@@ -22,7 +22,7 @@ Kinds (how the type checker treats an op):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class Op:
     returns_real: bool = False       # result is real even for complex operands (abs, real, imag)
     options: dict = field(default_factory=dict)   # keyword options and their defaults
     doc: str = ""
+    triton: str = ""                 # Triton expression template on register blocks ("": no Triton form)
+    triton_complex: tuple = ()       # complex operands: (real, imaginary) templates over {0.re} {0.im}
 
 
 def _unary(name, torch, doc, complex_ok=False, returns_real=False):
@@ -98,6 +100,51 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("position", "token", "", arity=0, doc="position(): the token's index in its sequence, 0, 1, 2, ... (a scalar)"),
 ]}
 
+# Triton templates (codegen/triton_render.py), filled into the entries above. Operands are register
+# blocks padded to powers of two: ``{m}`` is the mask of the operand's last axis, ``{ax}`` its index and
+# ``{n}`` its true size (for ``inv``: ``{o}`` the lane offsets, ``{m}`` the mask of its axis, ``{n}`` its
+# size); ``_tlib`` is ``seqdsl.runtime.triton_lib`` (stable helpers). ``triton_complex``:
+# for complex operands, (real, imaginary) templates over the parts ``{0.re}``, ``{0.im}`` (one template:
+# the result is real), "parts" (the op is real-linear: the real template applies to each part) or
+# "product" (a product of its operands: complex operands multiply as complex numbers).
+_TRITON: dict[str, tuple[str, object]] = {
+    "exp": ("tl.exp({0})", ("tl.exp({0.re}) * tl.cos({0.im})", "tl.exp({0.re}) * tl.sin({0.im})")),
+    "log": ("tl.log({0})", ("(0.5 * tl.log({0.re} * {0.re} + {0.im} * {0.im}))", "_tlib.atan2({0.im}, {0.re})")),
+    "sqrt": ("tl.sqrt({0})", ("_tlib.csqrt_re({0.re}, {0.im})", "_tlib.csqrt_im({0.re}, {0.im})")),
+    "abs": ("tl.abs({0})", ("tl.sqrt({0.re} * {0.re} + {0.im} * {0.im})",)),
+    "real": ("{0}", ("{0.re}",)),
+    "imag": ("({0} * 0.0)", ("{0.im}",)),
+    "conj": ("{0}", ("{0.re}", "(-{0.im})")),
+    "cos": ("tl.cos({0})", ()),
+    "sin": ("tl.sin({0})", ()),
+    "tanh": ("_tlib.tanh({0})", ()),
+    "sigmoid": ("tl.sigmoid({0})", ()),
+    "logsigmoid": ("_tlib.logsigmoid({0})", ()),
+    "silu": ("({0} * tl.sigmoid({0}))", ()),
+    "relu": ("tl.maximum({0}, 0.0)", ()),
+    "relu2": ("_tlib.relu2({0})", ()),
+    "elu1": ("tl.where({0} > 0, {0} + 1.0, tl.exp(tl.minimum({0}, 0.0)))", ()),
+    "elu": ("tl.where({0} > 0, {0}, tl.exp(tl.minimum({0}, 0.0)) - 1.0)", ()),
+    "gelu": ("(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))", ()),
+    "softplus": ("_tlib.softplus({0})", ()),
+    "inv_softplus": ("({0} + tl.log(1.0 - tl.exp(-{0})))", ()),
+    "max": ("tl.maximum({0}, {1})", ()),
+    "min": ("tl.minimum({0}, {1})", ()),
+    "lerp": ("({0} + ({1} - {0}) * {2})", ()),
+    "complex": ("", ("{0}", "{1}")),
+    "l2norm": ("({0} * tl.rsqrt(_tlib.lastsum({0} * {0}, {m}, {ax}) + {eps}))", ()),
+    "softmax": ("_tlib.softmax({0}, {m}, {ax})", ()),
+    "rmsnorm": ("({0} * tl.rsqrt(_tlib.lastsum({0} * {0}, {m}, {ax}) / {n} + {eps}))", ()),
+    "layernorm": ("_tlib.layernorm({0}, {m}, {ax}, {n}, {eps})", ()),
+    "sum": ("tl.sum(tl.where({m}, {0}, 0.0), axis={ax})", "parts"),
+    "mean": ("(tl.sum(tl.where({m}, {0}, 0.0), axis={ax}) / {n})", "parts"),
+    "outer": ("({0}[:, None] * {1}[None, :])", "product"),
+    "transpose": ("tl.trans({0})", "parts"),
+    "inv": ("_tlib.inv({0}, {o}, {m}, {n})", ()),
+}
+for _name, (_template, _complex) in _TRITON.items():
+    OPS[_name] = replace(OPS[_name], triton=_template, triton_complex=_complex)
+
 # Functions of parameter initialisers (``A_log: [heads] ~ log(uniform(1, 16))``). Elementwise math
 # from OPS is also allowed there; these produce values of the parameter's shape.
 INITIALISERS: dict[str, str] = {
@@ -111,9 +158,13 @@ INITIALISERS: dict[str, str] = {
     "orthogonal": "orthogonal(): a random orthogonal [n, n] matrix",
     "hippo_legs": "hippo_legs(): the HiPPO-LegS state matrix A for an [n, n] parameter",
     "hippo_legs_b": "hippo_legs_b(): the HiPPO-LegS input vector B for an [n] parameter",
+    "hippo_n_imag": ("hippo_n_imag(): imaginary parts of the eigenvalues of HiPPO-N, the normal part of the 2N x 2N "
+                     "HiPPO-LegS matrix (-1/2 I + skew; real parts -1/2): the N positive ones, largest first, along "
+                     "the parameter's last axis (DSS skew-HiPPO, S4D-LegS, S5 HiPPO-N initialisation)"),
 }
 INITIALISER_ARITY = {"uniform": 2, "log_uniform": 2, "normal": 2, "zeros": 0, "ones": 0, "index": 1,
-                     "xavier": 0, "orthogonal": 0, "hippo_legs": 0, "hippo_legs_b": 0}
+                     "xavier": 0, "orthogonal": 0, "hippo_legs": 0, "hippo_legs_b": 0,
+                     "hippo_n_imag": 0}
 
 CONSTANTS = {"pi": 3.141592653589793}
 

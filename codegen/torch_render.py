@@ -148,8 +148,13 @@ class TorchRenderer:
         for k, default in op.options.items():
             if opts[k] == k:
                 opts[k] = repr(default)
+        if op.kind == "complex" and sum(a.plain for a in args) == 1:   # torch.complex needs equal dtypes
+            tensor = next(a for a in args if not a.plain)
+            args = [Code(f"torch.full_like({tensor.text}, {a.text})", tensor.dims) if a.plain else a for a in args]
         if any(a.plain for a in args):      # a function of plain numbers: make it a tensor first
-            args = [Code(f"torch.tensor({a.text})", a.dims, a.complex) if a.plain else a for a in args]
+            # fp64 / complex128 0-dim tensors: exact constants that do not promote the other operands
+            args = [Code(f"torch.tensor({a.text}, dtype=torch.{'complex128' if a.complex else 'float64'})",
+                         a.dims, a.complex) if a.plain else a for a in args]
         if op.kind in ("unary", "lastaxis", "norm", "reduce", "transpose"):
             a = args[0]
             text = op.torch.format(a.text, **opts)

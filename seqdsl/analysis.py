@@ -338,6 +338,8 @@ def analyse(c: Checked, chunk_size: int = DEFAULT_CHUNK) -> Analysis:
             lz.env[st.name] = Lin(ty, frozenset({Term(st.name, "id")}))
         elif isinstance(st, ir.Local):
             lz.env[st.name] = lz.lin(st.value)
+            if lz.depends_on_streams(st.value):       # a local computed from streams varies per token
+                lz.stream_dependent.add(st.name)
         elif isinstance(st, ir.Update):
             ty = c.cell_types[st.target]
             sc = _classify_update(st.target, ty, lz.lin(st.value))

@@ -250,6 +250,8 @@ class _Eval:
             return NT(hippo_legs(sizes[0]), shape)
         if e.func == "hippo_legs_b":
             return NT(torch.sqrt(2 * torch.arange(sizes[0], dtype=REAL) + 1), shape)
+        if e.func == "hippo_n_imag":
+            return NT(hippo_n_imag(sizes[-1]), shape[-1:])
         raise SpecError.at(f"unknown initialiser '{e.func}'", e.span)
 
 
@@ -259,6 +261,20 @@ def hippo_legs(n: int) -> torch.Tensor:
     r = torch.sqrt(2 * i + 1)
     a = -torch.tril(r[:, None] * r[None, :], diagonal=-1)
     return a - torch.diag(i + 1)
+
+
+def hippo_n_imag(n: int) -> torch.Tensor:
+    """Imaginary parts of the eigenvalues of HiPPO-N (Gu et al. 2022, S4D; DSS's skew-HiPPO), descending.
+
+    HiPPO-LegS of size 2n plus P P^T (P_i = sqrt(i + 1/2)) is normal: -1/2 I + S with S skew-symmetric,
+    S[i, j] = -sqrt(2i+1) sqrt(2j+1) / 2 (i > j). Its eigenvalues are -1/2 +- i w_k; this returns the n
+    positive w_k, largest first (the half kept with conjugate symmetry).
+    """
+    r = torch.sqrt(2 * torch.arange(2 * n, dtype=REAL) + 1)
+    lower = torch.tril(r[:, None] * r[None, :], diagonal=-1) / 2
+    skew = lower.T - lower
+    w = torch.linalg.eigvalsh(1j * skew.to(COMPLEX))         # i S is Hermitian: S's eigenvalues are -i w
+    return torch.sort(w, descending=True).values[:n].contiguous()
 
 
 class Reference:
