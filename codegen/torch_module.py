@@ -201,6 +201,24 @@ class _Gen:
         if sp.kind == "delta":
             beta = r(sp.beta)
             out.add(f"_{n}_beta = {self._full(beta.text if not beta.plain else f'torch.tensor({beta.text})', [])}", 1)
+        steps = 1 + len(sp.more)
+        if steps > 1:
+            # n delta updates per token = one delta rule over n sub-steps per token: the gate acts at the
+            # first sub-step, the readout reads after the last (DeltaProduct's Householder products)
+            ks, vs, bs = [f"_{n}_k"], [f"_{n}_v"], [f"_{n}_beta"]
+            for j, (k2, v2, b2) in enumerate(sp.more, 1):
+                kc, vc, bc = r(k2), r(v2), r(b2)
+                out.add(f"_{n}_k{j} = {self._full(align(kc, (sdims[0],)), [sizes[0]])}", 1)
+                out.add(f"_{n}_v{j} = {self._full(align(vc, (sdims[1],)), [sizes[1]])}", 1)
+                out.add(f"_{n}_beta{j} = {self._full(bc.text if not bc.plain else f'torch.tensor({bc.text})', [])}", 1)
+                ks.append(f"_{n}_k{j}")
+                vs.append(f"_{n}_v{j}")
+                bs.append(f"_{n}_beta{j}")
+            out.add(f"_{n}_k = _ops.interleave([{', '.join(ks)}])", 1)
+            out.add(f"_{n}_v = _ops.interleave([{', '.join(vs)}])", 1)
+            out.add(f"_{n}_beta = _ops.interleave([{', '.join(bs)}])", 1)
+            if gate_kw:
+                out.add(f"_{n}_g = _ops.interleave([_{n}_g] + [torch.zeros_like(_{n}_g)] * {steps - 1})", 1)
         if any(rd.before for rd in reads):
             # S_{t-1} is the state of the same recurrence fed one step late (decay 1, write 0 at t = 0)
             out.add(f"_{n}_kp, _{n}_vp = _ops.shift_time(_{n}_k), _ops.shift_time(_{n}_v)", 1)
@@ -236,6 +254,8 @@ class _Gen:
             else:
                 q = r(rd.q)
                 qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
+                if steps > 1:
+                    qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
                 if sp.kind == "delta":
                     call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}, initial_state={h0}, "
                             f"output_final_state=True, chunk_size=chunk_size)")
@@ -243,6 +263,8 @@ class _Gen:
                     call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}, initial_state={h0}, "
                             f"output_final_state=True, chunk_size=chunk_size)")
                 out.add(f"{var}, _{n}_last = {call}", 1)
+                if steps > 1:
+                    out.add(f"{var} = {var}[:, {steps - 1}::{steps}]", 1)
                 if sp.vector:
                     out.add(f"{var}, _{n}_last = {var}[..., 0], _{n}_last[..., 0]", 1)
             read_vars[rd.node] = var

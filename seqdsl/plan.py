@@ -45,6 +45,7 @@ class StatePlan:
     v: ir.Expr | None = None                  # write value (None for a vector state)
     beta: ir.Expr | None = None               # delta rule strength
     dense: ir.Expr | None = None              # dense: the matrix M_t
+    more: tuple[tuple[ir.Expr, ir.Expr, ir.Expr], ...] = ()   # delta: further (k, v, beta) updates in the step
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class _Planner:
         decay: list[Factor] = []
         write: tuple[ir.Expr, ir.Expr | None] | None = None
         delta = None
+        deltas: list = []      # several delta updates in one step (DeltaProduct's Householder products)
         dense = None
         updates = [u for u in c.model.cell.body if isinstance(u, ir.Update) and u.target == name]
         for u in updates:
@@ -159,13 +161,14 @@ class _Planner:
                     has_state = True
                     if sign < 0:
                         factors.append(Factor(ir.Num(value=-1)))
-                    if write is not None or delta is not None:
+                    if factors and (write is not None or delta is not None):
                         raise NoPlan(f"'{name}' is decayed after it is written in the same step")
                     decay += factors
                 elif isinstance(core, ir.Call) and core.func == "outer":
-                    if delta is not None or write is not None:
-                        raise NoPlan(f"'{name}' has more than one write per step")
-                    delta = self.match_delta(name, sign, factors, core)
+                    if write is not None or any(u2 is u for u2, _ in deltas):
+                        raise NoPlan(f"'{name}' has more than one write in one update")
+                    deltas.append((u, self.match_delta(name, sign, factors, core)))
+                    delta = deltas[0][1]
                 elif isinstance(core, ir.Binary) and core.op == "@" and isinstance(core.right, ir.Name) \
                         and core.right.id == name and vector:
                     if factors or sign < 0 or dense is not None:
@@ -190,7 +193,8 @@ class _Planner:
             if axis not in ("none", "scalar"):
                 raise NoPlan(f"the delta rule of '{name}' has a decay along {axis}; the chunk form takes a scalar gate")
             k, v, beta = delta
-            return StatePlan(name, "delta", vector, axis, tuple(decay), k=k, v=v, beta=beta)
+            return StatePlan(name, "delta", vector, axis, tuple(decay), k=k, v=v, beta=beta,
+                             more=tuple(d for _, d in deltas[1:]))
         if write is None:
             raise NoPlan(f"'{name}' is never written")
         return StatePlan(name, "gated", vector, axis, tuple(decay), k=write[0], v=write[1])

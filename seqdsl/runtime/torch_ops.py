@@ -110,3 +110,9 @@ def gated_step(state: torch.Tensor, g, axis: str, k: torch.Tensor, v: torch.Tens
         decay = decay[..., None, None] if axis == "scalar" else decay[..., :, None] if axis == "key" else decay[..., None, :]
         state = decay * state
     return state + (k[..., :, None] * v[..., None, :]).to(state.dtype)
+
+
+def interleave(xs: list[torch.Tensor]) -> torch.Tensor:
+    """[x1, x2, ...] each [B, T, ...] -> [B, n T, ...] with x1[t], x2[t], ... consecutive (sub-steps of token t)."""
+    stacked = torch.stack(xs, dim=2)
+    return stacked.reshape(stacked.shape[0], -1, *stacked.shape[3:])
