@@ -226,6 +226,21 @@ class _Gen:
                 out.add(f"_{n}_gp = _ops.shift_time(_{n}_g)", 1)
         for j, rd in enumerate(reads):
             var = f"_{n}_read{j}"
+            if rd.before and rd.q is None:   # whole vector state before its update: per-element heads, shifted
+                out.add(f"_{n}_ones = _{n}_k.new_ones(_B, _T, _H * {sizes[0]}, 1)", 1)
+                gk = ""
+                if sp.gate_axis != "none":
+                    gsrc = f"_{n}_gp" if sp.gate_axis == "key" else f"_{n}_gp[..., None].expand(_B, _T, _H, {sizes[0]})"
+                    gk = f", gk={gsrc}.reshape(_B, _T, _H * {sizes[0]}, 1)"
+                out.add(f"{var}, _{n}_lastp = _forms.chunk_gated(_{n}_ones, _{n}_kp.reshape(_B, _T, _H * {sizes[0]}, 1), "
+                        f"_{n}_ones{gk}, initial_state=_state[{idx}].reshape(_state[{idx}].shape[0], _H * {sizes[0]}, 1, 1), "
+                        f"output_final_state=True, chunk_size=chunk_size)", 1)
+                out.add(f"{var} = {var}.reshape(_B, _T, _H, {sizes[0]})", 1)
+                decay = "1.0" if sp.gate_axis == "none" else (
+                    f"torch.exp(_{n}_g[:, -1])" if sp.gate_axis == "key" else f"torch.exp(_{n}_g[:, -1])[..., None]")
+                out.add(f"_{n}_last = {decay} * _{n}_lastp.reshape(-1, _H, {sizes[0]}) + _{n}_k[:, -1]", 1)
+                read_vars[rd.node] = var
+                continue
             if rd.before:
                 q = r(rd.q)
                 qtext = self._full(align(q, (sdims[0],)), [sizes[0]])

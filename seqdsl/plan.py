@@ -337,10 +337,10 @@ def plan(c: Checked, a: Analysis) -> KernelPlan:
         return KernelPlan(("recurrent",), why, hoisted_locals=hoisted, readout_locals=readout_locals)
     for sp in states:
         before = [r for r in reads if r.state == sp.state and r.before]
-        if before and "chunk" in modes and (sp.kind != "gated" or any(r.q is None for r in before)):
+        if before and "chunk" in modes and sp.kind != "gated":
             modes.remove("chunk")
             why["chunk"] = (f"'{sp.state}' is read before its update; the chunk form takes such reads for gated "
-                            "states read as q @ S (the scan form takes all)")
+                            "states (the scan form takes all)")
         if sp.gate_axis == "both" and "chunk" in modes:
             modes.remove("chunk")
             why["chunk"] = f"the decay of '{sp.state}' varies along both axes of the state"

@@ -194,10 +194,10 @@ BONUS_SPECS = {
                "    w: [heads, dk] = -exp(linear(x))\n  cell over heads:\n    state S: [dk, dv] = 0\n"
                "    o = q @ S + sum(q * k) * v\n    S <- exp(w) * S + outer(k, v)\n  out:\n    y = linear(o)\n",
                ("recurrent", "scan", "chunk")),
-    # a vector state read whole before its update: the scan takes it, the chunk form says why not
+    # a vector state read whole before its update (RWKV-4's numerator and denominator)
     "vector": ("model vbonus(d_model = 8, n = 5):\n  streams:\n    b: [n] = linear(x)\n    a: [n] = sigmoid(linear(x))\n"
                "  cell:\n    state h: [n] = 0\n    o = h * 2\n    h <- a * h + b\n  out:\n    y = linear(o)\n",
-               ("recurrent", "scan")),
+               ("recurrent", "scan", "chunk")),
 }
 
 
