@@ -226,19 +226,13 @@ class _Gen:
                 out.add(f"_{n}_gp = _ops.shift_time(_{n}_g)", 1)
         for j, rd in enumerate(reads):
             var = f"_{n}_read{j}"
-            if rd.before and rd.q is None:   # whole vector state before its update: per-element heads, shifted
-                out.add(f"_{n}_ones = _{n}_k.new_ones(_B, _T, _H * {sizes[0]}, 1)", 1)
-                gk = ""
-                if sp.gate_axis != "none":
-                    gsrc = f"_{n}_gp" if sp.gate_axis == "key" else f"_{n}_gp[..., None].expand(_B, _T, _H, {sizes[0]})"
-                    gk = f", gk={gsrc}.reshape(_B, _T, _H * {sizes[0]}, 1)"
-                out.add(f"{var}, _{n}_lastp = _forms.chunk_gated(_{n}_ones, _{n}_kp.reshape(_B, _T, _H * {sizes[0]}, 1), "
-                        f"_{n}_ones{gk}, initial_state=_state[{idx}].reshape(_state[{idx}].shape[0], _H * {sizes[0]}, 1, 1), "
-                        f"output_final_state=True, chunk_size=chunk_size)", 1)
-                out.add(f"{var} = {var}.reshape(_B, _T, _H, {sizes[0]})", 1)
-                decay = "1.0" if sp.gate_axis == "none" else (
-                    f"torch.exp(_{n}_g[:, -1])" if sp.gate_axis == "key" else f"torch.exp(_{n}_g[:, -1])[..., None]")
-                out.add(f"_{n}_last = {decay} * _{n}_lastp.reshape(-1, _H, {sizes[0]}) + _{n}_k[:, -1]", 1)
+            if rd.q is None:   # the whole vector state: one head per element, K = V = 1
+                suffix = "p" if rd.before else ""
+                self.whole_vector_read(out, sp, sizes[0], idx, var, suffix)
+                if rd.before:   # one more step from S_{T-2} gives the final state
+                    decay = "1.0" if sp.gate_axis == "none" else (
+                        f"torch.exp(_{n}_g[:, -1])" if sp.gate_axis == "key" else f"torch.exp(_{n}_g[:, -1])[..., None]")
+                    out.add(f"_{n}_last = {decay} * _{n}_lastp + _{n}_k[:, -1]", 1)
                 read_vars[rd.node] = var
                 continue
             if rd.before:
@@ -255,37 +249,44 @@ class _Gen:
                     out.add(f"_{n}_last = _{n}_last[..., 0]", 1)
                 read_vars[rd.node] = var
                 continue
-            if rd.q is None:   # whole vector state: one head per element, K = V = 1
-                out.add(f"_{n}_ones = _{n}_k.new_ones(_B, _T, _H * {sizes[0]}, 1)", 1)
-                gk = ""
-                if sp.gate_axis != "none":
-                    gsrc = f"_{n}_g" if sp.gate_axis == "key" else f"_{n}_g[..., None].expand(_B, _T, _H, {sizes[0]})"
-                    gk = f", gk={gsrc}.reshape(_B, _T, _H * {sizes[0]}, 1)"
-                out.add(f"{var}, _{n}_last = _forms.chunk_gated(_{n}_ones, _{n}_k.reshape(_B, _T, _H * {sizes[0]}, 1), "
-                        f"_{n}_ones{gk}, initial_state=_state[{idx}].reshape(_state[{idx}].shape[0], _H * {sizes[0]}, 1, 1), "
-                        f"output_final_state=True, chunk_size=chunk_size)", 1)
-                out.add(f"{var} = {var}.reshape(_B, _T, _H, {sizes[0]})", 1)
-                out.add(f"_{n}_last = _{n}_last.reshape(-1, _H, {sizes[0]})", 1)
+            q = r(rd.q)
+            qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
+            if steps > 1:
+                qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
+            if sp.kind == "delta":
+                call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}, initial_state={h0}, "
+                        f"output_final_state=True, chunk_size=chunk_size)")
             else:
-                q = r(rd.q)
-                qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
-                if steps > 1:
-                    qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
-                if sp.kind == "delta":
-                    call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}, initial_state={h0}, "
-                            f"output_final_state=True, chunk_size=chunk_size)")
-                else:
-                    call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}, initial_state={h0}, "
-                            f"output_final_state=True, chunk_size=chunk_size)")
-                out.add(f"{var}, _{n}_last = {call}", 1)
-                if steps > 1:
-                    out.add(f"{var} = {var}[:, {steps - 1}::{steps}]", 1)
-                if sp.vector:
-                    out.add(f"{var}, _{n}_last = {var}[..., 0], _{n}_last[..., 0]", 1)
+                call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}, initial_state={h0}, "
+                        f"output_final_state=True, chunk_size=chunk_size)")
+            out.add(f"{var}, _{n}_last = {call}", 1)
+            if steps > 1:
+                out.add(f"{var} = {var}[:, {steps - 1}::{steps}]", 1)
+            if sp.vector:
+                out.add(f"{var}, _{n}_last = {var}[..., 0], _{n}_last[..., 0]", 1)
             read_vars[rd.node] = var
         if not reads:
             raise AssertionError("a state without reads has no parallel form")
         finals[n] = f"_{n}_last"
+
+    def whole_vector_read(self, out: _Lines, sp: StatePlan, size: int, idx: int, var: str, suffix: str) -> None:
+        """Read a whole vector state h [n] by running each element as a head with K = V = 1.
+
+        suffix "p" uses the time-shifted inputs (reads of h_{t-1}); the final state is left in
+        ``_<state>_last<suffix>`` as [B, H, n].
+        """
+        n = sp.state
+        out.add(f"_{n}_ones = _{n}_k.new_ones(_B, _T, _H * {size}, 1)", 1)
+        gk = ""
+        if sp.gate_axis != "none":
+            g = f"_{n}_g{suffix}"
+            gsrc = g if sp.gate_axis == "key" else f"{g}[..., None].expand(_B, _T, _H, {size})"
+            gk = f", gk={gsrc}.reshape(_B, _T, _H * {size}, 1)"
+        out.add(f"{var}, _{n}_last{suffix} = _forms.chunk_gated(_{n}_ones, _{n}_k{suffix}.reshape(_B, _T, _H * {size}, 1), "
+                f"_{n}_ones{gk}, initial_state=_state[{idx}].reshape(_state[{idx}].shape[0], _H * {size}, 1, 1), "
+                f"output_final_state=True, chunk_size=chunk_size)", 1)
+        out.add(f"{var} = {var}.reshape(_B, _T, _H, {size})", 1)
+        out.add(f"_{n}_last{suffix} = _{n}_last{suffix}.reshape(-1, _H, {size})", 1)
 
     def gen_scan_state(self, out, r, sp, idx, sdims, sizes, reads, finals, read_vars) -> None:
         n = sp.state
