@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
 def cmd_search(args) -> int:
     from seqdsl.search import search
 
-    path = search(args.search, out=args.out, workers=args.workers, executor=args.executor)
+    path = search(args.search, out=args.out, workers=args.workers, executor=args.executor, threads=args.threads)
     print(f"results: {path} (rerun the same command to resume; `seqdsl report {path}` for the leaderboard)")
     return 0
 
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("search", metavar="SEARCH_SPEC", help="a search .toml file")
     sp.add_argument("--out", help="output folder (default runs/search-NAME)")
     sp.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    sp.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     sp.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local processes, or a Ray cluster (RAY_ADDRESS, else a local Ray instance)")
     sp.set_defaults(func=cmd_search)

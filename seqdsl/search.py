@@ -210,8 +210,10 @@ def _metric(r: dict) -> float:
     return float("-inf")
 
 
-def search(path: str, out: str | None = None, workers: int = 2, executor: str = "local", log=sys.stderr) -> str:
-    """Run (or resume) a search; returns the results file."""
+def search(path: str, out: str | None = None, workers: int = 2, executor: str = "local", log=sys.stderr,
+           threads: int | None = None) -> str:
+    """Run (or resume) a search; returns the results file. ``threads``: torch threads per run (default:
+    the cores divided among the workers; more threads than cores makes torch much slower, not faster)."""
     s = load_search(path)
     out = out or os.path.join("runs", f"search-{s.name}")
     os.makedirs(os.path.join(out, "specs"), exist_ok=True)
@@ -220,7 +222,7 @@ def search(path: str, out: str | None = None, workers: int = 2, executor: str = 
     cands = candidates(s)
     rungs = [int(x) for x in s.strategy.get("rungs", [])] if s.strategy.get("kind") == "halving" else [None]
     eta = int(s.strategy.get("eta", 2))
-    threads = max(1, (os.cpu_count() or 2) // max(1, workers))
+    threads = threads or max(1, (os.cpu_count() or 2) // max(1, workers))
     survivors = cands
     for rung, rung_steps in enumerate(rungs):
         jobs = []
