@@ -52,12 +52,15 @@ class SpecError(Exception):
         """The error as the CLI prints it: location and message, the source line, a caret."""
         out = [f"{self}"]
         if self.source is not None and self.line is not None:
-            lines = self.source.splitlines()
+            lines = [ln.rstrip("\r") for ln in self.source.split("\n")]   # as the parser counts lines
             if 1 <= self.line <= len(lines):
-                text = lines[self.line - 1].replace("\t", " ")
-                if len(text) > 200:
-                    text = text[:200] + " ..."
+                raw = lines[self.line - 1]
+                col = max(1, self.column or 1)
+                start = 0 if col <= 160 else col - 80          # a long line: show a window around the column
+                text = ("... " if start else "") + "".join(c if c.isprintable() else " " for c in raw[start:start + 200])
+                if start + 200 < len(raw):
+                    text += " ..."
                 out.append(f"  {text}")
-                col = max(1, min(self.column or 1, len(text) + 1))
+                col = min(col - start + (4 if start else 0), len(text) + 1)
                 out.append("  " + " " * (col - 1) + "^")
         return "\n".join(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.indenter import Indenter
@@ -11,11 +13,13 @@ from seqdsl.errors import SpecError
 from seqdsl.grammar import GRAMMAR_TEXT
 
 MAX_SOURCE_BYTES = 1 << 20   # a spec is twenty lines; refuse megabytes before lexing them
+MAX_INT_DIGITS = 18          # integer literals stay below 10**18 (Python refuses to convert huge digit strings)
+MAX_TOKENS = 20_000         # the largest example has under 1000; lark parses ~20k tokens a second
 MAX_DEPTH = 64               # expression nesting; deeper is certainly a mistake (and would overflow recursion)
 
 # What the parser's terminal names mean to a person reading an error.
 _TOKEN_WORDS = {
-    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "IMAG": "an imaginary number",
+    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "IMAG": "an imaginary number", "STRING": "a string",
     "_NL": "end of line", "_INDENT": "an indented block", "_DEDENT": "end of block", "$END": "end of file",
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "COLON": "':'", "COMMA": "','",
     "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'",
@@ -30,6 +34,18 @@ class _SeqIndenter(Indenter):
     INDENT_type = "_INDENT"
     DEDENT_type = "_DEDENT"
     tab_len = 8
+
+    def process(self, stream):
+        return super().process(self._counted(stream))
+
+    @staticmethod
+    def _counted(stream):
+        """Refuse absurdly long token streams before lark spends seconds on them."""
+        for n, token in enumerate(stream, 1):
+            if n > MAX_TOKENS:
+                raise SpecError(f"the spec has more than {MAX_TOKENS} tokens; a spec is a short file",
+                                token.line, token.column)
+            yield token
 
     def handle_NL(self, token: Token):
         if self.paren_level > 0:
@@ -46,8 +62,9 @@ class _SeqIndenter(Indenter):
                 yield Token.new_borrow_pos(self.DEDENT_type, indent_str, token)
             if indent != self.indent_level[-1]:
                 line = token.end_line if token.end_line is not None else token.line
-                raise SpecError(f"indentation does not match any outer block (column {indent + 1})",
-                                line, indent + 1)
+                tabs = " (a tab counts as 8 spaces; indent with spaces)" if "\t" in indent_str else ""
+                raise SpecError(f"this line's indentation matches no enclosing block; line it up with the lines "
+                                f"above{tabs}", line, len(indent_str) + 1)
 
 
 def _span(meta_or_token) -> ir.Span | None:
@@ -62,6 +79,15 @@ def _sp(tok: Token) -> ir.Span:
     return ir.Span(line=tok.line, column=tok.column)
 
 
+def _int(tok: Token) -> int:
+    """An integer literal, refusing absurd lengths before converting them."""
+    text = str(tok)
+    if len(text.lstrip("0")) > MAX_INT_DIGITS:
+        raise SpecError(f"the integer {text[:12]}... has more than {MAX_INT_DIGITS} digits; use a smaller number",
+                        tok.line, tok.column)
+    return int(text)
+
+
 @v_args(inline=True)
 class _ToIR(Transformer_NonRecursive):
     """Builds IR nodes from the parse tree (iteratively: no recursion limit at any depth)."""
@@ -69,7 +95,7 @@ class _ToIR(Transformer_NonRecursive):
     # ---- expressions
     def number(self, tok):
         text = str(tok)
-        value = int(text) if text.isdigit() else float(text)
+        value = _int(tok) if text.isdigit() else float(text)
         return ir.Num(value=value, span=_sp(tok))
 
     def imag(self, tok):
@@ -128,7 +154,7 @@ class _ToIR(Transformer_NonRecursive):
         return [i for i in items if i is not None]
 
     def index(self, target, i):
-        return ir.Index(target=target, index=int(i), span=target.span)
+        return ir.Index(target=target, index=_int(i), span=target.span)
 
     @v_args(inline=True, meta=True)
     def list(self, meta, items=None):
@@ -142,7 +168,7 @@ class _ToIR(Transformer_NonRecursive):
     def type_shape(self, meta, dtype, dims):
         out = []
         for d in dims or ():
-            out.append(int(d) if d.type == "INT" else str(d))
+            out.append(_int(d) if d.type == "INT" else str(d))
         return ir.TypeShape(complex=dtype is not None, dims=tuple(out), span=_span(meta))
 
     # ---- declarations
@@ -270,7 +296,36 @@ def _token_text(tok: Token) -> str:
         return "end of block"
     if tok.type == "$END":
         return "end of file"
-    return f"'{tok}'"
+    text = str(tok)
+    return f"'{text}'" if len(text) <= 30 else f"'{text[:27]}...'"
+
+
+def _brackets(text: str, line: int, col: int) -> tuple[list, list]:
+    """The brackets open just before (line, col) and at the end of the text, as (char, line, col)."""
+    stack: list[tuple[str, int, int]] = []
+    at: list | None = None
+    for ln, row in enumerate(text.split("\n"), 1):
+        in_string = False
+        for c, ch in enumerate(row, 1):
+            if at is None and (ln, c) >= (line, col):
+                at = list(stack)
+            if in_string:
+                in_string = ch != '"'
+            elif ch == "#":
+                break
+            elif ch == '"':
+                in_string = True
+            elif ch in "([":
+                stack.append((ch, ln, c))
+            elif ch in ")]" and stack:
+                stack.pop()
+    return (at if at is not None else list(stack)), stack
+
+
+def _end_of_text(text: str) -> tuple[int, int]:
+    """line, column just after the last non-blank line."""
+    lines = text.rstrip("\n").split("\n")
+    return len(lines), len(lines[-1]) + 1
 
 
 def _syntax_error(err: UnexpectedInput, text: str) -> SpecError:
@@ -281,15 +336,29 @@ def _syntax_error(err: UnexpectedInput, text: str) -> SpecError:
     if isinstance(err, UnexpectedToken):
         tok = err.token
         line, col = tok.line, tok.column
+        what = _token_text(tok)
         if tok.type in ("_INDENT", "_DEDENT"):   # positioned on the newline before the new indent
             line, col = tok.end_line, tok.end_column
+            if tok.end_pos is not None and not text[tok.end_pos:].strip():   # the blocks still open at the end
+                what, line = "end of file", None
         if tok.type == "$END" or line is None:
-            lines = text.rstrip("\n").splitlines() or [""]
-            line, col = len(lines), len(lines[-1]) + 1
-        return SpecError(f"unexpected {_token_text(tok)}; expected {_describe_expected(err.expected)}", line, col)
+            what = "end of file"
+            line, col = _end_of_text(text)
+        open_then, open_at_end = _brackets(text, line, col)
+        if open_then and open_then[-1] in open_at_end and (open_then[-1][1] < line or what == "end of file"):
+            ch, bline, bcol = open_then[-1]
+            return SpecError(f"'{ch}' is never closed; add the matching '{')' if ch == '(' else ']'}'", bline, bcol)
+        if tok.type in ("RPAR", "RSQB") and not open_then:
+            return SpecError(f"'{tok}' closes nothing; remove it or add the matching '{'(' if tok == ')' else '['}'",
+                             line, col)
+        if "MODEL" in err.expected:
+            return SpecError("a spec starts with 'model NAME(hyper = value, ...):' (or 'stack NAME(...):')", line, col)
+        if tok.type == "_INDENT":
+            tabs = " (a tab counts as 8 spaces; indent with spaces)" if "\t" in str(tok) else ""
+            return SpecError(f"unexpected indentation; line it up with the lines above{tabs}", line, col)
+        return SpecError(f"unexpected {what}; expected {_describe_expected(err.expected)}", line, col)
     if isinstance(err, UnexpectedEOF):
-        lines = text.rstrip("\n").splitlines() or [""]
-        return SpecError("unexpected end of file", len(lines), len(lines[-1]) + 1)
+        return SpecError("unexpected end of file", *_end_of_text(text))
     return SpecError(str(err).splitlines()[0])
 
 
@@ -301,20 +370,56 @@ def decode(data: bytes) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})", line, col) from None
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        col = len(data[line_start: e.start].decode("utf-8", "replace")) + 1    # in characters, as the caret needs
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8", line, col,
+                        source=data.decode("utf-8", "replace")) from None
     return text
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f]")    # all but tab, newline, form feed, carriage return
 
 
 def _check_text(text: str) -> None:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise SpecError(f"the text has more than {MAX_SOURCE_BYTES} bytes; a spec is a short file")
-    for lineno, line in enumerate(text.splitlines(), 1):
-        for col, ch in enumerate(line, 1):
-            if ch == "\x00" or (ord(ch) < 32 and ch not in "\t\r\f"):
-                raise SpecError(f"control character {ch!r} in the text; is this a binary file?", lineno, col)
-    if not text.strip():
+    bad = _CONTROL.search(text)
+    if bad:   # lines and columns as the parser counts them ('\n' only, not str.splitlines)
+        pos = bad.start()
+        line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        raise SpecError(f"control character {bad.group()!r} in the text; is this a binary file?", line, col)
+    if all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n")):
         raise SpecError("the spec is empty; it must define a model", 1, 1)
+
+
+_NESTING = re.compile(r'[()\[\]#"\n]|(?:[-+][\t \f]*){%d,}' % (MAX_DEPTH + 1))
+
+
+def _check_nesting(text: str) -> None:
+    """Reject brackets or runs of signs nested deeper than MAX_DEPTH before the parser spends time on them."""
+    depth, in_comment, in_string = 0, False, False
+    for m in _NESTING.finditer(text):
+        ch = m.group()
+        if ch == "\n":
+            in_comment = in_string = False
+            continue
+        if in_comment:
+            continue
+        if in_string:
+            in_string = ch != '"'
+            continue
+        if ch == "#":
+            in_comment = True
+        elif ch == '"':
+            in_string = True
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch in "([":
+            depth += 1
+        if depth > MAX_DEPTH or len(ch) > 1:     # too many brackets open, or a run of more than MAX_DEPTH signs
+            pos = m.start()
+            line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+            raise SpecError(f"expression nested more than {MAX_DEPTH} levels deep", line, col)
 
 
 def _check_depth(model: ir.Model | ir.Stack) -> None:
@@ -343,6 +448,7 @@ def parse(text: str, path: str | None = None) -> ir.Model | ir.Stack:
     """Parse .seq text into the IR (a model or a stack; no validation beyond syntax). Raises SpecError."""
     try:
         _check_text(text)
+        _check_nesting(text)
         try:
             tree = _parser().parse(text if text.endswith("\n") else text + "\n")
             result = _ToIR().transform(tree)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from seqdsl import ir
 from seqdsl.errors import SpecError
+from seqdsl.frontend import parse
 
 BLOCK_KINDS = {
     "cell": "cell(\"path.seq\", hparam = value, ...): the layer of a cell spec (d_model is the stack's)",
@@ -108,11 +109,21 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
             if len(call.args) != 1 or not isinstance(call.args[0], ir.Str):
                 raise SpecError.at('cell() takes the path of a spec: cell("gla.seq", heads = 2)', call.span)
             spec_path = os.path.join(base, call.args[0].value)
-            if not os.path.exists(spec_path):
+            if not os.path.isfile(spec_path):
                 raise SpecError.at(f"the spec '{call.args[0].value}' does not exist (looked in {base})",
                                    call.args[0].span)
             hp = {k: _number(v, values, f"the option '{k}'") for k, v in opts.items()}
             hp["d_model"] = values["d_model"]
+            try:
+                with open(spec_path, encoding="utf-8", errors="replace") as f:
+                    is_stack = isinstance(parse(f.read(), spec_path), ir.Stack)
+            except OSError as e:
+                raise SpecError.at(f"cannot read the spec '{call.args[0].value}': {e.strerror}", call.span) from None
+            except SpecError as e:
+                raise SpecError.at(f"in the block '{b.name}': {e}", call.span) from None
+            if is_stack:   # checked before loading it: a stack that names itself would recurse
+                raise SpecError.at(f"the block '{b.name}' names a stack spec; cell() takes a model spec "
+                                   "(a stack cannot be a block)", call.args[0].span)
             try:
                 model = load(spec_path, **hp)
             except SpecError as e:
@@ -133,6 +144,9 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
             for k, v in resolved.items():
                 if v is None:
                     raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
+                if v < (0 if k == "window" else 1):
+                    least = "0 (no window)" if k == "window" else "1"
+                    raise SpecError.at(f"{call.func}(): {k} must be at least {least}; got {v}", call.span)
             if call.func == "attention" and values["d_model"] % resolved["heads"]:
                 raise SpecError.at(f"attention: d_model = {values['d_model']} is not divisible by heads = "
                                    f"{resolved['heads']}", call.span)

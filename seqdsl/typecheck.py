@@ -27,6 +27,10 @@ OP_KEYWORDS = ("initial_state", "output_final_state", "cu_seqlens", "mode", "chu
 GENERATED_NAMES = ("torch", "triton", "tl", "math", "F", "nn", "self", "cls", "super", "print")
 RESERVED = set(OPS) | set(INITIALISERS) | set(CONSTANTS) | {LAYER_INPUT} | set(OP_KEYWORDS) | set(GENERATED_NAMES)
 MAX_NAME_LENGTH = 64
+# What each kind of name is, in words: "'n' is a float hyper-parameter".
+KIND_WORDS = {"hparam": "a hyper-parameter", "dim": "a dim", "param": "a param", "stream": "a stream",
+              "state": "a state", "arg": "a cell arg", "local": "a cell value", "out": "an output"}
+_MAX_INT_BITS = 1000     # compile-time integers stay convertible to float (and quick to compute)
 _NUMERIC_FUNCS = {"exp": math.exp, "log": math.log, "sqrt": math.sqrt, "abs": abs, "tanh": math.tanh,
                   "cos": math.cos, "sin": math.sin}
 
@@ -126,9 +130,31 @@ class _Checker:
         self.implicit: list[ImplicitParam] = []
         self.implicit_of: dict[int, tuple[str, ...]] = {}
         self._hint_memo: dict[int, bool] = {}
+        # every name the spec defines, wherever: errors about a name used before its definition say what it is
+        self.spec_names: dict[str, tuple[str, ir.Span | None]] = {}
+        body = model.cell.body if model.cell is not None else ()
+        for kind, defs in (("hparam", model.hparams), ("dim", model.dims), ("param", model.params),
+                           ("stream", model.streams), ("arg", [st for st in body if isinstance(st, ir.CellArg)]),
+                           ("state", [st for st in body if isinstance(st, ir.StateDecl)]),
+                           ("local", [st for st in body if isinstance(st, ir.Local)]), ("out", model.outs)):
+            for d in defs:
+                self.spec_names.setdefault(d.name, (kind, d.span))
         self.expr_types: dict[int, Ty] = {}
 
     # -------------------------------------------------------------- names
+    def kind_of(self, name: str) -> str | None:
+        """The kind of a name declared so far, else of a name the spec defines later, else None."""
+        if name in self.kinds:
+            return self.kinds[name]
+        return self.spec_names[name][0] if name in self.spec_names else None
+
+    def kind_words(self, name: str) -> str:
+        """What a name is, in words: "a stream", "a float hyper-parameter"."""
+        kind = self.kind_of(name)
+        if kind == "hparam" and isinstance(self.values.get(name), float):
+            return "a float hyper-parameter"
+        return KIND_WORDS.get(kind, f"a {kind}")
+
     def declare(self, name: str, kind: str, span: ir.Span | None) -> None:
         if len(name) > MAX_NAME_LENGTH:
             raise SpecError.at(f"the name '{name[:20]}...' is longer than {MAX_NAME_LENGTH} characters", span)
@@ -142,6 +168,10 @@ class _Checker:
                     "an op keyword argument" if name in OP_KEYWORDS else
                     "a constant" if name in CONSTANTS else "a name generated code uses")
             raise SpecError.at(f"'{name}' is reserved ({what}); choose another name", span)
+        implicit = next((p for p in self.implicit if p.name == name), None)
+        if implicit is not None:
+            raise SpecError.at(f"'{name}' is the name of the {implicit.role} parameter that '{implicit.owner}' creates; "
+                               "choose another name", span)
         if name in self.kinds:
             first = self.where.get(name)
             at = f" (first defined at line {first.line})" if first else ""
@@ -159,8 +189,12 @@ class _Checker:
                 return CONSTANTS[e.id]
             if e.id in self.values:
                 return self.values[e.id]
-            if e.id in self.kinds:
-                raise SpecError.at(f"{what} must be a number known at compile time; '{e.id}' is a {self.kinds[e.id]}",
+            if self.kind_of(e.id) in ("hparam", "dim"):
+                first = self.spec_names[e.id][1]
+                at = f" (line {first.line})" if first and e.span and first.line != e.span.line else ""
+                raise SpecError.at(f"'{e.id}' is used before it is defined{at}; define it first", e.span)
+            if e.id in self.kinds or e.id in self.spec_names:
+                raise SpecError.at(f"{what} must be a number known at compile time; '{e.id}' is {self.kind_words(e.id)}",
                                    e.span)
             raise SpecError.at(f"unknown name '{e.id}'", e.span)
         if isinstance(e, ir.Unary):
@@ -170,31 +204,48 @@ class _Checker:
             v = self.number(e.args[0], what)
             try:
                 return _NUMERIC_FUNCS[e.func](v)
-            except (ValueError, OverflowError):
+            except ValueError:
                 raise SpecError.at(f"{what}: {e.func}({v}) is undefined", e.span) from None
+            except OverflowError:
+                raise SpecError.at(f"{what}: {e.func}({v}) overflows", e.span) from None
         if isinstance(e, ir.Binary) and e.op != "@":
             a, b = self.number(e.left, what), self.number(e.right, what)
             try:
                 if e.op == "+":
-                    return a + b
-                if e.op == "-":
-                    return a - b
-                if e.op == "*":
-                    return a * b
-                if e.op == "/":
+                    result = a + b
+                elif e.op == "-":
+                    result = a - b
+                elif e.op == "*":
+                    result = a * b
+                elif e.op == "/":
                     if b == 0:
                         raise SpecError.at(f"division by zero in {what}", e.span)
                     if isinstance(a, int) and isinstance(b, int):
                         if a % b:
                             raise SpecError.at(f"{what}: {a} is not divisible by {b}", e.span)
-                        return a // b
-                    return a / b
-                result = a ** b
-                if isinstance(result, complex):
-                    raise SpecError.at(f"{what}: {a} ** {b} is not a real number", e.span)
+                        result = a // b
+                    else:
+                        result = a / b
+                else:
+                    if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b * math.log2(abs(a)) > _MAX_INT_BITS:
+                        raise OverflowError   # 10 ** 10 ** 10 would take forever
+                    result = a ** b
+                    if isinstance(result, complex):
+                        raise SpecError.at(f"{what}: {f'({a})' if a < 0 else a} ** {b} is not a real number", e.span)
+                if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
+                    raise OverflowError
                 return result
             except (OverflowError, ZeroDivisionError):
                 raise SpecError.at(f"{what}: the arithmetic overflows", e.span) from None
+        if isinstance(e, ir.Call) and e.func in _NUMERIC_FUNCS:
+            if e.kwargs:
+                raise SpecError.at(f"{e.func}() takes no options", e.kwargs[0].span)
+            raise SpecError.at(f"{e.func}() takes 1 argument; got {len(e.args)}", e.span)
+        if isinstance(e, ir.Call) and e.func not in OPS and e.func not in INITIALISERS:
+            raise SpecError.at(f"unknown function '{e.func}'", e.span)
+        if isinstance(e, ir.Call):
+            raise SpecError.at(f"{what} must be a number known at compile time; {e.func}() is not evaluated there "
+                               f"(use + - * / ** and {', '.join(_NUMERIC_FUNCS)})", e.span)
         raise SpecError.at(f"{what} must be a number known at compile time", e.span)
 
     def hparams_and_dims(self) -> None:
@@ -239,8 +290,8 @@ class _Checker:
                     raise SpecError.at(f"a dim must be positive; got {d}", t.span)
                 self.dim_sizes[d] = d
             elif d not in self.dim_sizes:
-                if d in self.kinds:
-                    raise SpecError.at(f"'{d}' is a {self.kinds[d]}, not an integer dim", t.span)
+                if d in self.kinds or d in self.spec_names:
+                    raise SpecError.at(f"'{d}' is {self.kind_words(d)}, not an integer dim", t.span)
                 raise SpecError.at(f"unknown dim '{d}'", t.span)
         return Ty(tuple(t.dims), t.complex)
 
@@ -287,8 +338,13 @@ class _Checker:
                 raise SpecError.at("cannot index a scalar", e.span)
             size = self.dim_sizes[t.dims[0]]
             if not 0 <= e.index < size:
-                raise SpecError.at(f"index {e.index} is out of range for axis '{t.dims[0]}' of size {size}", e.span)
+                axis = f"axis '{t.dims[0]}'" if isinstance(t.dims[0], str) else "the first axis"
+                raise SpecError.at(f"index {e.index} is out of range: {axis} has size {size} (indices start at 0)",
+                                   e.span)
             return Ty(t.dims[1:], t.complex)
+        if isinstance(e, ir.Str):
+            raise SpecError.at("a string is only allowed as the spec path of a stack block, e.g. cell(\"gla.seq\")",
+                               e.span)
         if isinstance(e, ir.ListExpr):
             raise SpecError.at("a list [...] is only allowed as a shape argument, e.g. linear(x, [heads, dk])", e.span)
         if isinstance(e, ir.Call):
@@ -326,7 +382,7 @@ class _Checker:
         op = OPS.get(e.func)
         if op is None:
             if e.func in INITIALISERS and ctx.kind != "init":
-                raise SpecError.at(f"'{e.func}' is a parameter initialiser; it is only allowed after '~' in params",
+                raise SpecError.at(f"'{e.func}' is a parameter initialiser; it is only allowed in params",
                                    e.span)
             if ctx.kind == "init" and e.func in INITIALISERS:
                 return self.initialiser(e, ctx, hint)
@@ -351,7 +407,7 @@ class _Checker:
         if op.kind == "inverse":
             t = self.infer(e.args[0], ctx)
             if len(t.dims) != 2 or t.dims[0] != t.dims[1]:
-                raise SpecError.at(f"inv() needs a square matrix [n, n]; got {t.show()}", e.span)
+                raise SpecError.at(f"{e.func}() needs a square matrix [n, n]; got {t.show()}", e.span)
             return t
         if op.kind in ("unary", "lastaxis", "norm", "reduce", "transpose"):
             t = self.infer(e.args[0], ctx, hint)
@@ -489,7 +545,11 @@ class _Checker:
     def initialiser(self, e: ir.Call, ctx: _Ctx, hint: Ty | None) -> Ty:
         arity = INITIALISER_ARITY[e.func]
         if len(e.args) != arity or e.kwargs:
-            raise SpecError.at(f"{INITIALISERS[e.func]}: takes {arity} argument{'s' if arity != 1 else ''}", e.span)
+            usage = INITIALISERS[e.func].split(":")[0]
+            if e.kwargs:
+                raise SpecError.at(f"{e.func}() takes no options (usage: {usage})", e.kwargs[0].span)
+            raise SpecError.at(f"{e.func}() takes {arity} argument{'s' if arity != 1 else ''}; got {len(e.args)} "
+                               f"(usage: {usage})", e.span)
         if e.func == "index":
             axis = e.args[0]
             if not isinstance(axis, ir.Name) or axis.id not in ctx.param_dims:
@@ -498,16 +558,30 @@ class _Checker:
             return Ty((axis.id,))
         for a in e.args:
             self.number(a, f"an argument of {e.func}()")
-        if e.func in ("hippo_legs", "orthogonal", "xavier") and len(ctx.param_dims) != 2:
-            raise SpecError.at(f"{e.func}() initialises a matrix; the parameter has dims {list(ctx.param_dims)}",
+        if e.func in ("hippo_legs", "orthogonal", "xavier", "legt", "reservoir") and len(ctx.param_dims) != 2:
+            raise SpecError.at(f"{e.func}() initialises a matrix; the parameter is {Ty(ctx.param_dims).show()}",
                                e.span)
-        if e.func in ("hippo_legs", "orthogonal") and ctx.param_dims[0] != ctx.param_dims[1]:
+        if e.func in ("hippo_legs", "orthogonal", "legt", "reservoir") and ctx.param_dims[0] != ctx.param_dims[1]:
             raise SpecError.at(f"{e.func}() initialises a square matrix", e.span)
         return Ty(ctx.param_dims)
 
     # -------------------------------------------------------------- sections
+    def model_name(self) -> None:
+        """The model's name names generated modules and classes: a plain identifier."""
+        name, span = self.m.name, self.m.span
+        if len(name) > MAX_NAME_LENGTH:
+            raise SpecError.at(f"the model name '{name[:20]}...' is longer than {MAX_NAME_LENGTH} characters", span)
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            raise SpecError.at(f"'{name}' is a Python keyword and cannot name the model", span)
+        if name.startswith("_"):
+            raise SpecError.at(f"the model name '{name}' starts with '_', which is reserved for generated code", span)
+        if name in GENERATED_NAMES:
+            raise SpecError.at(f"the model name '{name}' is reserved (a name generated code uses); choose another",
+                               span)
+
     def run(self) -> Checked:
         m = self.m
+        self.model_name()
         self.hparams_and_dims()
         params = {}
         for p in m.params:
@@ -543,11 +617,11 @@ class _Checker:
                        implicit_of=dict(self.implicit_of), readouts=readouts, op_streams=op_streams,
                        op_params=op_params, kinds=dict(self.kinds), expr_types=dict(self.expr_types))
 
-    def assign(self, declared: Ty, got: Ty, what: str, span) -> None:
+    def assign(self, declared: Ty, got: Ty, what: str, span, value: str = "its value") -> None:
         if got.complex and not declared.complex:
-            raise SpecError.at(f"{what} is declared real but its value is complex", span)
+            raise SpecError.at(f"{what} is declared real but {value} is complex", span)
         if broadcast(got.dims, declared.dims) != declared.dims:
-            raise SpecError.at(f"{what} is declared {declared.show()} but its value has shape {got.show()}", span)
+            raise SpecError.at(f"{what} is declared {declared.show()} but {value} has shape {got.show()}", span)
 
     def cell_view(self, name: str, t: Ty, axis: str | None, span) -> Ty:
         if axis is None or axis not in t.dims:
@@ -587,7 +661,8 @@ class _Checker:
                                        "(the cell already runs over it)", st.type.span)
                 init_ctx = _Ctx(self, "state_init", st.name)
                 init_ctx.cell_visible = {n: v for n, v in ctx.cell_visible.items() if self.kinds[n] in ("param", "arg")}
-                self.assign(t, self.infer(st.init, init_ctx, t), f"the initial value of '{st.name}'", st.init.span)
+                self.assign(t, self.infer(st.init, init_ctx, t), f"the state '{st.name}'", st.init.span,
+                            "its initial value")
                 ctx.cell_visible[st.name] = t
                 self.cell_types[st.name] = t
                 states.append(st.name)
@@ -599,11 +674,14 @@ class _Checker:
                     raise SpecError.at(f"'{st.target}' is not a state; declare it with 'state {st.target}: [...] = 0'",
                                        st.span)
                 if self.kinds[st.target] != "state":
-                    raise SpecError.at(f"only states can be updated with '<-'; '{st.target}' is a "
-                                       f"{self.kinds[st.target]}", st.span)
+                    raise SpecError.at(f"only states can be updated with '<-'; '{st.target}' is "
+                                       f"{self.kind_words(st.target)}", st.span)
                 t = self.cell_types[st.target]
-                self.assign(t, self.infer(st.value, ctx, t), f"the update of '{st.target}'", st.value.span)
+                self.assign(t, self.infer(st.value, ctx, t), f"the state '{st.target}'", st.value.span,
+                            "the update")
             elif isinstance(st, ir.Local):
+                if self.kinds.get(st.name) == "state":
+                    raise SpecError.at(f"'{st.name}' is a state; update it with '{st.name} <- ...', not '='", st.span)
                 self.declare(st.name, "local", st.span)
                 t = self.infer(st.value, ctx)
                 ctx.cell_visible[st.name] = t
@@ -671,7 +749,8 @@ class _Ctx:
 
     def lookup(self, e: ir.Name) -> Ty:
         c, name = self.c, e.id
-        kind = c.kinds.get(name)
+        declared = name in c.kinds
+        kind = c.kind_of(name)      # also for names the spec defines further down
         if name in CONSTANTS or kind in ("hparam", "dim"):
             return SCALAR
         if name == LAYER_INPUT:
@@ -683,22 +762,33 @@ class _Ctx:
         if kind is None:
             raise SpecError.at(f"unknown name '{name}'", e.span)
         if self.kind == "init":
-            raise SpecError.at(f"an initialiser may use numbers and dims only; '{name}' is a {kind}", e.span)
+            raise SpecError.at(f"an initialiser may use numbers and dims only; '{name}' is {c.kind_words(name)}",
+                               e.span)
         if self.kind in ("cell", "state_init"):
             if name in self.cell_visible:
                 self.read.add(name)
                 t = self.cell_visible[name]
                 return c.cell_view(name, t, c.m.cell.over, e.span) if kind in ("param", "stream") else t
-            if kind == "state":
-                raise SpecError.at(f"the state '{name}' is read before it is declared", e.span)
-            if kind == "local":
-                raise SpecError.at(f"'{name}' is read before it is assigned", e.span)
             if kind == "out":
                 raise SpecError.at(f"the cell cannot read the output '{name}'", e.span)
-            raise SpecError.at(f"'{name}' is a {kind} and is not visible here", e.span)
+            if self.kind == "state_init" and (declared or kind != "arg"):
+                raise SpecError.at(f"the initial value of the state '{self.owner}' may use numbers, dims, params and "
+                                   f"args only; '{name}' is {c.kind_words(name)}", e.span)
+            first = c.spec_names[name][1] if name in c.spec_names else None
+            at = f" (line {first.line})" if first is not None else ""
+            if kind == "state":
+                raise SpecError.at(f"the state '{name}' is read before it is declared{at}", e.span)
+            if kind == "local":
+                raise SpecError.at(f"'{name}' is read before it is assigned{at}", e.span)
+            if kind == "arg":
+                raise SpecError.at(f"the cell arg '{name}' is used before it is declared{at}", e.span)
+            raise SpecError.at(f"'{name}' is {c.kind_words(name)} and is not visible here", e.span)
         # stream / out
-        if kind in ("state", "local", "arg"):
-            what = {"state": "the state", "local": "the cell value", "arg": "the cell arg"}[kind]
+        if kind in ("state", "local", "arg") or (kind == "out" and self.kind == "stream"):
+            what = {"state": "the state", "local": "the cell value", "arg": "the cell arg", "out": "the output"}[kind]
+            if self.kind == "stream" and kind == "out":
+                raise SpecError.at(f"the stream '{self.owner}' reads the output '{name}'; streams are computed before "
+                                   "the cell and cannot read out", e.span)
             if self.kind == "stream":
                 raise SpecError.at(f"the stream '{self.owner}' reads {what} '{name}'; streams are token-parallel and "
                                    "cannot depend on the recurrence (move it into the cell)", e.span)
