@@ -14,7 +14,7 @@ Kinds (how the type checker treats an op):
     reduce     drops the last axis                        sum(x)
     outer      a[i] b[j] -> [i, j]                        outer(k, v)
     transpose  [i, j] -> [j, i]
-    inverse    [n, n] -> [n, n] matrix inverse
+    inverse    [n, n] -> [n, n] function of a square matrix (inv, expm)
     eye        eye(axis) -> [axis, axis]
     complex    complex(re, im)
     token      needs the time axis or a learned weight: streams and out only (linear, conv, ...)
@@ -89,6 +89,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
        doc="swap the two axes of a matrix"),
     Op("inv", "inverse", "torch.linalg.inv({0})", complex_ok=True, real_only=False,
        doc="inverse of a square matrix (bilinear discretisation of dense SSMs)"),
+    Op("expm", "inverse", "torch.linalg.matrix_exp({0})", complex_ok=True, real_only=False,
+       doc="matrix exponential of a square matrix (zero-order-hold discretisation of dense SSMs)"),
     Op("eye", "eye", "torch.eye({0}, dtype=torch.float64)", arity=1, doc="eye(axis): the [axis, axis] identity matrix"),
     # -- token-parallel operators with learned weights or a time axis (streams / out only)
     Op("linear", "token", "", options={"bias": False},
@@ -158,13 +160,18 @@ INITIALISERS: dict[str, str] = {
     "orthogonal": "orthogonal(): a random orthogonal [n, n] matrix",
     "hippo_legs": "hippo_legs(): the HiPPO-LegS state matrix A for an [n, n] parameter",
     "hippo_legs_b": "hippo_legs_b(): the HiPPO-LegS input vector B for an [n] parameter",
+    "legt": ("legt(): the LegT / LMU state matrix A for an [n, n] parameter (Voelker et al. 2019, the translated "
+             "Legendre measure of HiPPO-LegT in the LMU's scaling): A[i, j] = (2i+1) (-1 if i < j else (-1)^(i-j+1))"),
+    "legt_b": "legt_b(): the LegT / LMU input vector B for an [n] parameter: B_i = (2i+1) (-1)^i",
+    "reservoir": ("reservoir(density, radius): a sparse random [n, n] matrix (each entry nonzero with probability "
+                  "density, uniform in [-1, 1)) scaled to spectral radius radius (echo state network reservoirs)"),
     "hippo_n_imag": ("hippo_n_imag(): imaginary parts of the eigenvalues of HiPPO-N, the normal part of the 2N x 2N "
                      "HiPPO-LegS matrix (-1/2 I + skew; real parts -1/2): the N positive ones, largest first, along "
                      "the parameter's last axis (DSS skew-HiPPO, S4D-LegS, S5 HiPPO-N initialisation)"),
 }
 INITIALISER_ARITY = {"uniform": 2, "log_uniform": 2, "normal": 2, "zeros": 0, "ones": 0, "index": 1,
                      "xavier": 0, "orthogonal": 0, "hippo_legs": 0, "hippo_legs_b": 0,
-                     "hippo_n_imag": 0}
+                     "hippo_n_imag": 0, "legt": 0, "legt_b": 0, "reservoir": 2}
 
 CONSTANTS = {"pi": 3.141592653589793}
 

@@ -140,7 +140,7 @@ class TorchRenderer:
             return Code(f"torch.eye({n}, dtype=torch.float64)", (e.args[0].id, e.args[0].id))
         if op.kind == "inverse":
             a = self.render(e.args[0])
-            return Code(f"torch.linalg.inv({a.text})", a.dims, a.complex)
+            return Code(op.torch.format(a.text), a.dims, a.complex)
         args = [self.render(a) for a in e.args]
         opts = {k: k for k in op.options}
         for kw in e.kwargs:

@@ -154,7 +154,7 @@ class _Eval:
             return NT(torch.eye(n, dtype=REAL), (e.args[0].id, e.args[0].id))
         if op.kind == "inverse":
             v = self.ev(e.args[0])
-            return NT(torch.linalg.inv(v.t), v.names)
+            return NT(op_callable(e.func)(v.t), v.names)
         kwargs = {k.name: self.number(k.value) for k in e.kwargs}
         args = [self.ev(a) for a in e.args]
         fn = op_callable(e.func)
@@ -252,6 +252,13 @@ class _Eval:
             return NT(torch.sqrt(2 * torch.arange(sizes[0], dtype=REAL) + 1), shape)
         if e.func == "hippo_n_imag":
             return NT(hippo_n_imag(sizes[-1]), shape[-1:])
+        if e.func == "legt":
+            return NT(legt(sizes[0]), shape)
+        if e.func == "legt_b":
+            i = torch.arange(sizes[0], dtype=REAL)
+            return NT((2 * i + 1) * (-1.0) ** i, shape)
+        if e.func == "reservoir":
+            return NT(reservoir(sizes[0], args[0], args[1], g), shape)
         raise SpecError.at(f"unknown initialiser '{e.func}'", e.span)
 
 
@@ -261,6 +268,22 @@ def hippo_legs(n: int) -> torch.Tensor:
     r = torch.sqrt(2 * i + 1)
     a = -torch.tril(r[:, None] * r[None, :], diagonal=-1)
     return a - torch.diag(i + 1)
+
+
+def legt(n: int) -> torch.Tensor:
+    """LegT / LMU state matrix (Voelker et al. 2019): A[i, j] = (2i+1) * (-1 if i < j else (-1)^(i-j+1))."""
+    i = torch.arange(n, dtype=REAL)
+    sign = torch.where(i[:, None] < i[None, :], -1.0, (-1.0) ** (i[:, None] - i[None, :] + 1))
+    return (2 * i[:, None] + 1) * sign
+
+
+def reservoir(n: int, density: float, radius: float, g: torch.Generator) -> torch.Tensor:
+    """A sparse random reservoir (Jaeger 2001): entries U[-1, 1) kept with probability density, rescaled to
+    spectral radius ``radius`` (left unscaled if the draw is nilpotent, i.e. its spectral radius is 0)."""
+    keep = torch.rand(n, n, generator=g, dtype=REAL) < density
+    w = (torch.rand(n, n, generator=g, dtype=REAL) * 2 - 1) * keep
+    rho = torch.linalg.eigvals(w).abs().max()
+    return w * (radius / rho) if rho > 1e-12 else w
 
 
 def hippo_n_imag(n: int) -> torch.Tensor:
