@@ -57,24 +57,28 @@ class Layer(nn.Module):
             raise ValueError(f"{self.model.name}: x must be [B, T, {self.d_model}]; got {list(x.shape)}")
         P = self._params()
         c = self.model.checked
-        if cu_seqlens is not None:
+        cache = cache or {}
+        if cu_seqlens is not None:   # token-parallel parts must not see across sequence boundaries
             bounds = [int(b) for b in cu_seqlens]
-            parts = [self.module.streams(x[:, lo:hi], P, None)[0] for lo, hi in zip(bounds[:-1], bounds[1:])]
+            pieces = list(zip(bounds[:-1], bounds[1:]))
+            parts = [self.module.streams(x[:, lo:hi], P, None)[0] for lo, hi in pieces]
             streams = {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
-            conv_cache = {}
         else:
-            streams, conv_cache = self.module.streams(x, P, None if cache is None else cache.get("conv"))
+            streams, conv_cache = self.module.streams(x, P, cache.get("conv"))
         inputs = {n: streams[n] for n in c.op_streams}
         inputs.update({n: P[n] for n in c.op_params})
-        state = None if cache is None else cache.get("state")
-        o, final = self.op(**inputs, initial_state=state, output_final_state=True, mode=mode or self.mode,
-                           cu_seqlens=cu_seqlens)
+        o, final = self.op(**inputs, initial_state=cache.get("state"), output_final_state=True,
+                           mode=mode or self.mode, cu_seqlens=cu_seqlens)
         readouts = o if isinstance(o, tuple) else (o,)
         readouts = tuple(r.to(x.dtype) if not r.is_complex() else r for r in readouts)
-        y, _ = self.module.outputs(x, P, streams, *readouts)
+        if cu_seqlens is not None:
+            y = torch.cat([self.module.outputs(x[:, lo:hi], P, {k: v[:, lo:hi] for k, v in streams.items()},
+                                               *(r[:, lo:hi] for r in readouts))[0] for lo, hi in pieces], dim=1)
+            return y if not output_final_state else (y, {"state": final, "conv": {}, "out": {}})
+        y, out_cache = self.module.outputs(x, P, streams, *readouts, cache=cache.get("out"))
         if not output_final_state:
             return y
-        return y, {"state": final, "conv": conv_cache}
+        return y, {"state": final, "conv": conv_cache, "out": out_cache}
 
     def step(self, x_t: torch.Tensor, cache: dict | None = None):
         """One token: x_t [B, d_model] -> (y_t [B, d_model], cache). Start with cache=None."""

@@ -29,6 +29,7 @@ BLOCK_KINDS = {
     "swiglu": "swiglu(expand = 4): (silu(x W1) * x W3) W2",
     "shortconv": "shortconv(width = 4): a depthwise causal convolution over the last width tokens",
 }
+MAX_LAYERS = 1024
 BLOCK_OPTIONS = {"attention": {"heads": None, "window": 0}, "mlp": {"expand": 4}, "swiglu": {"expand": 4},
                  "shortconv": {"width": 4}}
 
@@ -81,8 +82,16 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
     """Validate a stack: hyper-parameters, blocks (loading cell specs) and the layer sequence."""
     from seqdsl.api import load
 
+    from seqdsl.typecheck import RESERVED
+
     overrides = dict(overrides or {})
     values: dict = {}
+    import keyword
+
+    for name, span in [(s.name, s.span)] + [(h.name, h.span) for h in s.hparams] + [(b.name, b.span) for b in s.blocks]:
+        if keyword.iskeyword(name) or name.startswith("_") or name in RESERVED or len(name) > 64:
+            raise SpecError.at(f"'{name}' cannot name a stack, hyper-parameter or block (a Python keyword, a "
+                               "reserved name, or a leading '_')", span)
     for h in s.hparams:
         if h.name in values:
             raise SpecError.at(f"duplicate name '{h.name}'", h.span)
@@ -139,8 +148,12 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
                 if k not in allowed:
                     raise SpecError.at(f"{call.func}() has no option '{k}' (options: {', '.join(allowed)})",
                                        call.span)
-            resolved = {k: int(_number(opts[k], values, f"the option '{k}'")) if k in opts else d
-                        for k, d in allowed.items()}
+            resolved = {}
+            for k, d in allowed.items():
+                v = _number(opts[k], values, f"the option '{k}'") if k in opts else d
+                if v is not None and (not isinstance(v, int) and not float(v).is_integer()):
+                    raise SpecError.at(f"{call.func}(): {k} must be a whole number; got {v}", call.span)
+                resolved[k] = int(v) if v is not None else None
             for k, v in resolved.items():
                 if v is None:
                     raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
@@ -172,6 +185,8 @@ def _layer_list(e: ir.Expr, values: dict, blocks: dict) -> list[str]:
         n = _number(times, values, "a repetition count")
         if not isinstance(n, int) or n < 0:
             raise SpecError.at(f"a repetition count must be a non-negative integer; got {n}", e.span)
+        if n > MAX_LAYERS:
+            raise SpecError.at(f"a stack has at most {MAX_LAYERS} layers; this repeats {n} times", e.span)
         return _layer_list(lst, values, blocks) * n
     if isinstance(e, ir.Name):
         raise SpecError.at(f"'{e.id}' is not a block of this stack (blocks: {', '.join(blocks) or 'none'})", e.span)

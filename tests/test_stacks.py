@@ -87,3 +87,15 @@ def test_cell_errors_name_the_block(tmp_path):
     f.write_text(f'stack s(d_model = 8):\n  blocks:\n    g = cell("{gla}", nope = 3)\n  layers = [g]\n')
     with pytest.raises(seqdsl.SpecError, match="in the block 'g'"):
         seqdsl.load(f)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("stack s(d_model = 8):\n  blocks:\n    a = mlp()\n  layers = [a] * 1000000000\n", "at most 1024 layers"),
+    ("stack class(d_model = 8):\n  blocks:\n    a = mlp()\n  layers = [a]\n", "cannot name a stack"),
+    ("stack s(d_model = 8):\n  blocks:\n    a = attention(heads = 2.5)\n  layers = [a]\n", "whole number"),
+])
+def test_stack_limits_and_names(tmp_path, text, message):
+    f = tmp_path / "s.seq"
+    f.write_text(text)
+    with pytest.raises(seqdsl.SpecError, match=message):
+        seqdsl.load(f)
