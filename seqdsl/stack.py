@@ -82,16 +82,14 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
     """Validate a stack: hyper-parameters, blocks (loading cell specs) and the layer sequence."""
     from seqdsl.api import load
 
-    from seqdsl.typecheck import RESERVED
-
     overrides = dict(overrides or {})
     values: dict = {}
     import keyword
 
     for name, span in [(s.name, s.span)] + [(h.name, h.span) for h in s.hparams] + [(b.name, b.span) for b in s.blocks]:
-        if keyword.iskeyword(name) or name.startswith("_") or name in RESERVED or len(name) > 64:
+        if keyword.iskeyword(name) or name.startswith("_") or len(name) > 64:
             raise SpecError.at(f"'{name}' cannot name a stack, hyper-parameter or block (a Python keyword, a "
-                               "reserved name, or a leading '_')", span)
+                               "leading '_' or over 64 characters)", span)
     for h in s.hparams:
         if h.name in values:
             raise SpecError.at(f"duplicate name '{h.name}'", h.span)
