@@ -24,7 +24,6 @@ k v^T and read S^T q without conjugation, and a complex log-gate's real part is 
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -48,6 +47,10 @@ __all__ = [
 
 
 _WIDE = (torch.float64, torch.complex128)
+
+# Elements of one [B, H, chunks, C, D] temporary per slab of the chunk forms (see
+# _ChunkLayout.slabs): 2^18 fp32 = 1 MiB, about one core's L2.
+_SLAB_ELEMENTS = 1 << 18
 
 
 def _compute_dtype(*tensors: Optional[Tensor], state: Optional[Tensor] = None) -> torch.dtype:
@@ -109,18 +112,20 @@ def _per_sequence(run, cu_seqlens, initial_state, output_final_state, seq_inputs
 
 
 class _ChunkLayout:
-    """Where each token sits in a [B, H, NC, C, D] chunked layout, zero padded.
+    """Where each token sits in a [B, H, NC, C, D] chunked layout (zero padded), and the
+    sequential pass over the chunks (start / advance / final_state).
 
     Dense batches pad T at the end. With cu_seqlens every sequence is padded to a whole number of
     chunks and the sequences are laid end to end, so no chunk straddles two sequences; the
     chunk loop restarts from a sequence's own initial state at its first chunk. Zero padding is
-    inert: k = v = beta = 0 writes nothing and a log-gate of 0 decays nothing.
+    inert: k = v = beta = 0 writes nothing and a log-gate of 0 decays nothing. The chunk forms
+    process the chunks in slabs (see slabs), advancing the state slab after slab.
     """
 
-    def __init__(self, B: int, T: int, chunk_size: int, cu_seqlens: Optional[Tensor], device):
+    def __init__(self, B: int, T: int, H: int, chunk_size: int, cu_seqlens: Optional[Tensor], device):
         if chunk_size < 1 or chunk_size & (chunk_size - 1):
             raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-        self.B, self.T, self.C = B, T, chunk_size
+        self.B, self.T, self.H, self.C = B, T, H, chunk_size
         C = chunk_size
         if cu_seqlens is None:
             self.num_chunks = -(-T // C)
@@ -154,34 +159,51 @@ class _ChunkLayout:
             x = x.new_zeros(B, H, L, *D).index_copy(2, self.slots, x)
         return x.view(B, H, self.num_chunks, self.C, *D)
 
-    def from_chunks(self, y: Tensor, dtype: torch.dtype) -> Tensor:
-        """[B, H, NC, C, *D] -> [B, T, H, *D] in dtype."""
-        B, H, NC, C, *D = y.shape
-        y = y.reshape(B, H, NC * C, *D)
-        y = y[:, :, : self.T] if self.slots is None else y.index_select(2, self.slots)
-        return y.movedim(2, 1).to(dtype, memory_format=torch.contiguous_format)
+    def slabs(self, width: int):
+        """(c0, c1) ranges of consecutive chunks covering all chunks, each about _SLAB_ELEMENTS
+        elements for a [B, H, c1 - c0, C, width] tensor. The chunk forms work slab by slab:
+        temporaries stay cache-sized and the allocator reuses them instead of paging in fresh
+        memory for every sequence-long intermediate."""
+        n = max(1, _SLAB_ELEMENTS // (self.B * self.H * self.C * width))
+        return [(c0, min(c0 + n, self.num_chunks)) for c0 in range(0, self.num_chunks, n)]
 
-    def run(self, init: Callable[[Optional[int]], Tensor], step: Callable[[int, Tensor], Tensor]):
-        """Runs S <- step(c, S) over the chunks in order, (re)starting each sequence from init(i).
-
-        Returns the state entering every chunk, stacked [B, NC, ...] along dim 2 of [B, H, ...]
-        states, and the final states ([B, ...] dense, [N, ...] varlen)."""
-        states, finals, S = [], {}, None
-        for c in range(self.num_chunks):
-            if c in self.start_of:
-                S = init(self.start_of[c])
-            states.append(S)
-            S = step(c, S)
-            if c in self.end_of:
-                finals[self.end_of[c]] = S
-        if self.num_seqs is None:
-            final = finals.get(None)
-            if final is None:
-                final = init(None)
+    def from_chunks(self, pieces: list[Tensor], dtype: torch.dtype) -> Tensor:
+        """Slab outputs [B, H, n, C, *D], in chunk order -> [B, T, H, *D] in dtype (one copy)."""
+        if self.slots is None:
+            flat = [y.reshape(*y.shape[:2], -1, *y.shape[4:]) for y in pieces]    # [B, H, n C, *D]
+            extra = self.num_chunks * self.C - self.T
+            if extra:
+                flat[-1] = flat[-1][:, :, : flat[-1].shape[2] - extra]
+            y = torch.cat([x.movedim(2, 1) for x in flat], 1) if len(flat) > 1 else flat[0].movedim(2, 1)
         else:
-            final = torch.cat([finals[i] if i in finals else init(i) for i in range(self.num_seqs)], 0)
-        stacked = torch.stack(states, 2) if states else None
-        return stacked, final
+            y = torch.cat(pieces, 2)
+            y = y.reshape(*y.shape[:2], -1, *y.shape[4:]).index_select(2, self.slots).movedim(2, 1)
+        return y.to(dtype, memory_format=torch.contiguous_format)
+
+    def start(self, init: Callable[[Optional[int]], Tensor]) -> None:
+        """Begins the sequential pass over the chunks; init(i) is sequence i's initial state."""
+        self._init, self._S, self._finals = init, None, {}
+
+    def advance(self, c0: int, c1: int, step: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """Runs S <- step(c - c0, S) over chunks c0..c1-1, (re)starting each sequence from its
+        initial state at its first chunk. Returns the states entering these chunks, stacked
+        along dim 2: [B, H, c1 - c0, ...]."""
+        states = []
+        for c in range(c0, c1):
+            if c in self.start_of:
+                self._S = self._init(self.start_of[c])
+            states.append(self._S)
+            self._S = step(c - c0, self._S)
+            if c in self.end_of:
+                self._finals[self.end_of[c]] = self._S
+        return torch.stack(states, 2)
+
+    def final_state(self) -> Tensor:
+        """The state after each sequence's last chunk: [B, ...] dense, [N, ...] varlen."""
+        if self.num_seqs is None:
+            return self._finals[None] if None in self._finals else self._init(None)
+        return torch.cat([self._finals[i] if i in self._finals else self._init(i)
+                          for i in range(self.num_seqs)], 0)
 
 
 def _initial_state_fn(initial_state, B, H, K, V, dtype, device, varlen):
@@ -254,13 +276,20 @@ def recurrent_gated(
 # 2. chunkwise form of gated linear attention
 
 
+def _lower_left_blocks(A: Tensor, n: int) -> Tensor:
+    """View [..., n, P, P] of the lower-left quarter of each of the n diagonal 2P-blocks of
+    A [..., C, C] (rows of the block's second half, columns of its first half)."""
+    *lead, C, _ = A.shape
+    P = C // (2 * n)
+    blocks = A.view(*lead, n, 2, P, n, 2, P)[..., :, 1, :, :, 0, :]               # [..., n, P, n, P]
+    return torch.diagonal(blocks, dim1=-4, dim2=-2).movedim(-1, -3)
+
+
 def _place_blocks(A: Tensor, X: Tensor) -> None:
     """Writes X [..., n, P, P] into the lower-left quarter of each diagonal 2P-block of A [..., C, C].
 
     In place on a fresh buffer (autograd records it as CopySlices)."""
-    *lead, n, P, _ = X.shape
-    blocks = A.view(*lead, n, 2, P, n, 2, P)[..., :, 1, :, :, 0, :]               # [..., n, P, n, P]
-    torch.diagonal(blocks, dim1=-4, dim2=-2).copy_(X.movedim(-3, -1))            # [..., P, P, n]
+    _lower_left_blocks(A, X.shape[-3]).copy_(X)
 
 
 def _halve(x: Tensor, n: int) -> Tensor:
@@ -300,6 +329,31 @@ def _decay_matrix(decay: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return D, fwd[..., 0], rev[..., 0]
 
 
+def _matmul_add(o: Tensor, a: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
+    """scale * (o + a @ b) for [..., m, k] @ [..., k, n] with equal leading dims, as one GEMM
+    that accumulates into o (no temporary for a @ b, no separate passes for + and *)."""
+    *lead, m, n = o.shape
+    k = a.shape[-1]
+    o3, a3, b3 = o.reshape(-1, m, n), a.reshape(-1, m, k), b.reshape(-1, k, n)
+    return torch.baddbmm(o3, a3, b3, beta=scale, alpha=scale).view(*lead, m, n)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _scale_half(x: Tensor, n: int, half: int, factor: Tensor, inplace: bool) -> Tensor:
+    """x [..., C, D] with the first (half=0) or second (half=1) half of each of its n blocks
+    multiplied by factor [..., n, 1, D]. In place when no autograd history needs x (inference):
+    that halves the memory traffic and skips a fresh allocation."""
+    xh = _halve(x, n)
+    if inplace:
+        xh[..., half, :, :].mul_(factor)
+        return x
+    ones = torch.ones_like(factor)
+    return (xh * torch.stack([ones, factor] if half else [factor, ones], -3)).view(x.shape)
+
+
 def _key_gated_attention(q: Tensor, k: Tensor, decay: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A_ts = sum_i q_t,i k_s,i exp(G_t,i - G_s,i) for s <= t (0 above), by recursive halving.
 
@@ -312,14 +366,15 @@ def _key_gated_attention(q: Tensor, k: Tensor, decay: Tensor) -> tuple[Tensor, T
     exp(G_t - G_s) = exp(G_t - G_r) exp(G_r - G_s), both products of decays <= 1, so
     X = (q ⊙ fwd) (k ⊙ rev)^T is one matmul that cannot overflow. The decayed q and k are
     carried from level to level (fwd grows across the first half, rev across the second), so
-    each level costs two elementwise passes and one batched matmul; the last level leaves exactly
-    the inter-chunk factors. The size-1 diagonal blocks are q_t . k_t.
+    each level costs one elementwise pass over half of q and of k and one batched matmul; the
+    last level leaves exactly the inter-chunk factors. The size-1 diagonal blocks are q_t . k_t.
     """
     *lead, C, K = q.shape
+    inplace = not _needs_grad(q, k, decay)
     A = q.new_zeros(*lead, C, C)
     A.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
-    qf = q * decay              # q ⊙ decay within its P-block up to t (inclusive)
-    kr = k                      # k ⊙ decay within its P-block after t
+    qf = q * decay                          # q ⊙ decay within its P-block up to t (inclusive)
+    kr = k.clone() if inplace else k        # k ⊙ decay within its P-block after t
     total = decay               # decay over each whole P-block: [..., C / P, K]
     P = 1
     while P < C:
@@ -327,9 +382,8 @@ def _key_gated_attention(q: Tensor, k: Tensor, decay: Tensor) -> tuple[Tensor, T
         qh, kh = _halve(qf, n), _halve(kr, n)                                  # [..., n, 2, P, K]
         _place_blocks(A, qh[..., 1, :, :] @ kh[..., 0, :, :].transpose(-1, -2))
         t = total.view(*lead, n, 2, 1, K)
-        one = torch.ones_like(t[..., :1, :, :])
-        qf = (qh * torch.cat([one, t[..., 0:1, :, :]], -3)).view(*lead, C, K)
-        kr = (kh * torch.cat([t[..., 1:2, :, :], one], -3)).view(*lead, C, K)
+        qf = _scale_half(qf, n, 1, t[..., 0, :, :], inplace)
+        kr = _scale_half(kr, n, 0, t[..., 1, :, :], inplace)
         total = (t[..., 0, :, :] * t[..., 1, :, :]).view(*lead, n, K)
         P *= 2
     return A, qf, kr, total.view(*lead, 1, K)
@@ -348,9 +402,7 @@ def _value_gated_apply(A: Tensor, v: Tensor, decay: Tensor) -> tuple[Tensor, Ten
     while P < C:
         n = C // (2 * P)
         f, vh = _halve(fwd, n), _halve(vr, n)
-        blocks = A.view(*lead, n, 2, P, n, 2, P)[..., :, 1, :, :, 0, :]          # [..., n, P, n, P]
-        X = torch.diagonal(blocks, dim1=-4, dim2=-2).movedim(-1, -3)           # [..., n, P, P]
-        contrib = (X @ vh[..., 0, :, :]) * f[..., 1, :, :]
+        contrib = (_lower_left_blocks(A, n) @ vh[..., 0, :, :]) * f[..., 1, :, :]
         o = o + torch.stack([torch.zeros_like(contrib), contrib], -3).view(*lead, C, V)
         t = total.view(*lead, n, 2, 1, V)
         one = torch.ones_like(t[..., :1, :, :])
@@ -376,11 +428,13 @@ def chunk_gated(
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Chunkwise form of recurrent_gated (same arguments and results), any mix of g / gk / gv.
 
-    Per chunk of C tokens (all chunks at once): chunk-local cumulative log-gates G; the causal
-    intra-chunk attention A (pairwise exp(G_t - G_s) for scalar gates, recursive secondary
-    chunking for key-axis gates) applied to V; the chunk's state update. Then a loop over chunks
-    passes the state (S <- decay ⊙ S + update, elementwise) and one batched matmul reads it out.
-    chunk_size must be a power of two; T need not be a multiple of it.
+    Per chunk of C tokens, batched over all chunks of a slab: the causal intra-chunk attention A
+    with its decays (the pairwise decay matrix exp(G_t - G_s) for a scalar gate, secondary
+    chunking by recursive halving for key- and value-axis gates, both built from products of
+    per-step decays so that no gate value can overflow), applied to V, and the chunk's state
+    update. A loop over the chunks then passes the state (S <- decay ⊙ S + update, elementwise)
+    and one batched GEMM reads it out. chunk_size must be a power of two; T need not be a
+    multiple of it.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -388,52 +442,94 @@ def chunk_gated(
     cd = _compute_dtype(q, k, v, g, gk, gv, state=initial_state)
     out_dtype = _output_dtype(cd, q, k, v)
     scale = _default_scale(scale, K)
-    lay = _ChunkLayout(B, T, chunk_size, cu_seqlens, q.device)
+    lay = _ChunkLayout(B, T, H, chunk_size, cu_seqlens, q.device)
 
-    q, k, v = (lay.to_chunks(x, cd) for x in (q, k, v))     # [B, H, NC, C, D]
-    q = q * scale
     # A scalar gate rides on the key-axis gate when both are given (log gates add).
     if gk is not None and g is not None:
         gk, g = gk + g[..., None], None
+    q, k, v = (lay.to_chunks(x, cd) for x in (q, k, v))                    # [B, H, NC, C, D]
+    g, gk, gv = (None if x is None else lay.to_chunks(x, cd) for x in (g, gk, gv))
+    if g is not None:   # a scalar gate's decays are small next to q, k, v: all chunks at once
+        D_all, fwd_all, rev_all = _decay_matrix(torch.exp(g))
+    lay.start(_initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None))
 
-    # Intra-chunk causal attention A with its decays, plus the factors for the inter-chunk part:
-    # queries see the entering state through exp(G_t), keys write the leaving state through
-    # exp(G_C - G_t), and the state itself decays by exp(G_C) (decay_k, decay_v).
-    decay_k = decay_v = None
-    if gk is not None:
-        A, qd, kd, total = _key_gated_attention(q, k, torch.exp(lay.to_chunks(gk, cd)))
-        decay_k = total.transpose(-1, -2)                                    # [B, H, NC, K, 1]
-    elif g is not None:
-        D, fwd, rev = _decay_matrix(torch.exp(lay.to_chunks(g, cd)))
-        A = (q @ k.transpose(-1, -2)) * D
-        qd, kd = q * fwd[..., None], k * rev[..., None]
-        decay_k = fwd[..., -1:, None]                                        # [B, H, NC, 1, 1]
-    else:
-        A = (q @ k.transpose(-1, -2)).tril()
-        qd, kd = q, k
-    if gv is None:
-        o, vd = A @ v, v
-    else:
-        o, fwd_v, vd, decay_v = _value_gated_apply(A, v, torch.exp(lay.to_chunks(gv, cd)))
-    decay = decay_k if decay_v is None else decay_v if decay_k is None else decay_k * decay_v
-    update = kd.transpose(-1, -2) @ vd                                       # [B, H, NC, K, V]
+    def slab(c0: int, c1: int) -> Tensor:
+        """Output of chunks c0..c1-1 ([B, H, n, C, V]); advances the state past them."""
+        part = lambda x: None if x is None else x[:, :, c0:c1]
+        q_, k_, v_ = part(q), part(k), part(v)
+        # Intra-chunk causal attention A with its decays, plus the inter-chunk factors: queries
+        # see the entering state through exp(G_t), keys write the leaving state through
+        # exp(G_C - G_t), and the state itself decays by exp(G_C) (decay_k, decay_v).
+        decay_k = decay_v = None
+        if gk is not None:
+            A, qd, kd, total = _key_gated_attention(q_, k_, torch.exp(part(gk)))
+            decay_k = total.transpose(-1, -2)                                # [B, H, n, K, 1]
+        elif g is not None:
+            D, fwd, rev = part(D_all), part(fwd_all), part(rev_all)
+            A = (q_ @ k_.transpose(-1, -2)) * D
+            qd, kd = q_ * fwd[..., None], k_ * rev[..., None]
+            decay_k = fwd[..., -1:, None]                                    # [B, H, n, 1, 1]
+        else:
+            A = (q_ @ k_.transpose(-1, -2)).tril()
+            qd, kd = q_, k_
+        if gv is None:
+            o, vd = A @ v_, v_
+        else:
+            o, fwd_v, vd, decay_v = _value_gated_apply(A, v_, torch.exp(part(gv)))
+        decay = decay_k if decay_v is None else decay_v if decay_k is None else decay_k * decay_v
+        update = kd.transpose(-1, -2) @ vd                                   # [B, H, n, K, V]
 
-    # Inter-chunk: pass the state along the chunks (elementwise), then read it out in one matmul.
-    init = _initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None)
-    if decay is None:
-        step = lambda c, S: S + update[:, :, c]
-    else:
-        step = lambda c, S: decay[:, :, c] * S + update[:, :, c]
-    states, final = lay.run(init, step)                                      # [B, H, NC, K, V]
-    if states is not None:
-        inter = qd @ states
-        o = o + (inter if gv is None else inter * fwd_v)
-    o = lay.from_chunks(o, out_dtype)
-    return o, (final if output_final_state else None)
+        # Inter-chunk: pass the state along the chunks (elementwise), read it out in one GEMM.
+        updates = update.unbind(2)                       # per-chunk views, sliced once
+        if decay is None:
+            states = lay.advance(c0, c1, lambda c, S: S + updates[c])
+        else:
+            decays = decay.unbind(2)
+            states = lay.advance(c0, c1, lambda c, S: torch.addcmul(updates[c], decays[c], S))
+        # o is linear in q, so `scale` is applied to o here, inside the last GEMM.
+        if gv is None:
+            return _matmul_add(o, qd, states, scale)
+        return (o + (qd @ states) * fwd_v) * scale
+
+    pieces = [slab(c0, c1) for c0, c1 in lay.slabs(max(lay.C, K, V))]
+    o = lay.from_chunks(pieces, out_dtype) if pieces else v.new_zeros(B, 0, H, V, dtype=out_dtype)
+    return o, (lay.final_state() if output_final_state else None)
 
 
 # ----------------------------------------------------------------------------------------------
 # 3. (gated) delta rule
+
+
+def _unit_lower_inverse(L: Tensor) -> Tensor:
+    """(I + tril(L, -1))^-1 for L [..., C, C], C a power of two (only the strictly lower
+    triangle of L is read), by recursive doubling:
+        inv([[I + L11, 0], [L21, I + L22]]) = [[T1, 0], [-T2 L21 T1, T2]],
+    T1, T2 the inverses of the diagonal blocks. Every level is two batched matmuls over all
+    blocks of that size (small-batch LAPACK triangular solves are several times slower on CPU).
+    """
+    *lead, C, _ = L.shape
+    inplace = not _needs_grad(L)
+    if inplace:     # fill the lower-left quarters of an identity in place, level by level
+        Tinv = torch.eye(C, dtype=L.dtype, device=L.device).expand(*lead, C, C).clone()
+    else:           # blocks of the current size, [..., C / P, P, P], assembled functionally
+        Tinv = torch.ones(*lead, C, 1, 1, dtype=L.dtype, device=L.device)
+    P = 1
+    while P < C:
+        n = C // (2 * P)
+        L21 = _lower_left_blocks(L, n)                                          # [..., n, P, P]
+        if inplace:
+            diag = torch.diagonal(Tinv.view(*lead, 2 * n, P, 2 * n, P), dim1=-4, dim2=-2)
+            diag = diag.movedim(-1, -3).view(*lead, n, 2, P, P)                 # [..., n, 2, P, P]
+            X = -(diag[..., 1, :, :] @ (L21 @ diag[..., 0, :, :]))
+            _place_blocks(Tinv, X)
+        else:
+            Tb = Tinv.view(*lead, n, 2, P, P)
+            T1, T2 = Tb[..., 0, :, :], Tb[..., 1, :, :]
+            X = -(T2 @ (L21 @ T1))
+            top = torch.cat([T1, torch.zeros_like(X)], -1)
+            Tinv = torch.cat([top, torch.cat([X, T2], -1)], -2)                 # [..., n, 2P, 2P]
+        P *= 2
+    return Tinv.view(*lead, C, C)
 
 
 def recurrent_delta(
@@ -497,12 +593,12 @@ def chunk_delta(
     """Chunkwise (gated) delta rule via the WY / UT transform; same arguments as recurrent_delta.
 
     Per chunk, with D_ts = exp(G_t - G_s) (s <= t) and Γ_t = exp(G_t):
-        L = I + tril(diag(beta) K K^T ⊙ D, -1)
-        [W | U] = L^-1 [diag(beta Γ) K | diag(beta) V]        (one triangular solve)
+        T = (I + tril(diag(beta) K K^T ⊙ D, -1))^-1           (recursive doubling)
+        W = T diag(beta Γ) K,   U = T diag(beta) V
     so that, from the state S entering the chunk, the chunk's corrected values are
         v_new = U - W S,   o = (Q K^T ⊙ D) v_new + (Q ⊙ Γ) S,
         S' = Γ_C S + (K ⊙ exp(G_C - G))^T v_new.
-    Only the last two lines run chunk by chunk; everything else is batched over all chunks.
+    Only v_new and S' run chunk by chunk; everything else is batched over the chunks of a slab.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -510,51 +606,59 @@ def chunk_delta(
     cd = _compute_dtype(q, k, v, beta, g, state=initial_state)
     out_dtype = _output_dtype(cd, q, k, v)
     scale = _default_scale(scale, K)
-    lay = _ChunkLayout(B, T, chunk_size, cu_seqlens, q.device)
+    lay = _ChunkLayout(B, T, H, chunk_size, cu_seqlens, q.device)
     C = chunk_size
 
     q, k, v = (lay.to_chunks(x, cd) for x in (q, k, v))      # [B, H, NC, C, D]
     beta = lay.to_chunks(beta, cd)[..., None]                 # [B, H, NC, C, 1]
-    q = q * scale
-    kb = k * beta
+    if g is not None:   # the decays are small next to q, k, v: all chunks at once
+        D_all, fwd_all, rev_all = _decay_matrix(torch.exp(lay.to_chunks(g, cd)))
+    lay.start(_initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None))
+    BH = B * H
 
-    if g is None:
-        D = None
-        qd, kbd, kd = q, kb, k
-    else:
-        D, fwd, rev = _decay_matrix(torch.exp(lay.to_chunks(g, cd)))
-        gamma = fwd[..., None]                                # exp(G_t) <= 1
-        qd, kbd, kd = q * gamma, kb * gamma, k * rev[..., None]
-        chunk_decay = gamma[..., -1:, :]                      # [B, H, NC, 1, 1]
+    def slab(c0: int, c1: int) -> Tensor:
+        """Output of chunks c0..c1-1 ([B, H, n, C, V]); advances the state past them."""
+        q_, k_, v_, beta_ = (x[:, :, c0:c1] for x in (q, k, v, beta))
+        kb = k_ * beta_
+        if g is None:
+            D = None
+            qd, kbd, kd = q_, kb, k_
+        else:
+            D, fwd, rev = (x[:, :, c0:c1] for x in (D_all, fwd_all, rev_all))
+            gamma = fwd[..., None]                            # exp(G_t) <= 1
+            qd, kbd, kd = q_ * gamma, kb * gamma, k_ * rev[..., None]
+            chunk_decay = gamma[..., -1:, :]                  # [B, H, n, 1, 1]
 
-    KK = kb @ k.transpose(-1, -2)
-    if D is not None:
-        KK = KK * D
-    WU = torch.linalg.solve_triangular(
-        KK.tril(-1), torch.cat([kbd, v * beta], -1), upper=False, unitriangular=True
-    )
-    W, U = WU[..., :K], WU[..., K:]
+        KK = kb @ k_.transpose(-1, -2)
+        if D is not None:
+            KK = KK * D
+        Tinv = _unit_lower_inverse(KK)                        # (I + tril(diag(beta) K K^T ⊙ D, -1))^-1
+        W, U = Tinv @ kbd, Tinv @ (v_ * beta_)                # [B, H, n, C, K], [B, H, n, C, V]
 
-    init = _initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None)
-    kd_t = kd.transpose(-1, -2)
-    v_new = []
+        # The chunk loop works on [B * H, ...] matrices, sliced into per-chunk views once.
+        n = c1 - c0
+        Ws, Us = W.reshape(BH, n, C, K).unbind(1), U.reshape(BH, n, C, V).unbind(1)
+        kd_ts = kd.reshape(BH, n, C, K).transpose(-1, -2).unbind(1)              # [B H, K, C]
+        decays = None if D is None else chunk_decay.reshape(BH, n, 1, 1).unbind(1)
+        v_new = []
 
-    def step(c, S):
-        vn = U[:, :, c] - W[:, :, c] @ S
-        v_new.append(vn)
-        S_next = kd_t[:, :, c] @ vn
-        return S_next + (S if D is None else chunk_decay[:, :, c] * S)
+        def step(c, S):                                      # S [B, H, K, V]
+            S = S.reshape(BH, K, V)
+            vn = torch.baddbmm(Us[c], Ws[c], S, alpha=-1)    # values minus what S predicts
+            v_new.append(vn)
+            S = S if decays is None else S * decays[c]
+            return torch.baddbmm(S, kd_ts[c], vn).view(B, H, K, V)
 
-    states, final = lay.run(init, step)
-    if states is None:                                       # T == 0
-        o = v.new_zeros(v.shape)
-    else:
-        v_new = torch.stack(v_new, 2)                         # [B, H, NC, C, V]
-        Aqk = q @ k.transpose(-1, -2)
+        states = lay.advance(c0, c1, step)                    # [B, H, n, K, V]
+        Aqk = q_ @ k_.transpose(-1, -2)
         Aqk = Aqk.tril() if D is None else Aqk * D
-        o = Aqk @ v_new + qd @ states
-    o = lay.from_chunks(o, out_dtype)
-    return o, (final if output_final_state else None)
+        # o is linear in q, so `scale` is applied to o here, inside the last GEMM.
+        v_new = torch.stack(v_new, 1).view(B, H, n, C, V)
+        return _matmul_add(Aqk @ v_new, qd, states, scale)
+
+    pieces = [slab(c0, c1) for c0, c1 in lay.slabs(max(C, K, V))]
+    o = lay.from_chunks(pieces, out_dtype) if pieces else v.new_zeros(B, 0, H, V, dtype=out_dtype)
+    return o, (lay.final_state() if output_final_state else None)
 
 
 # ----------------------------------------------------------------------------------------------
