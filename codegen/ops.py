@@ -105,7 +105,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
 # Triton templates (codegen/triton_render.py), filled into the entries above. Operands are register
 # blocks padded to powers of two: ``{m}`` is the mask of the operand's last axis, ``{ax}`` its index and
 # ``{n}`` its true size (for ``inv``: ``{o}`` the lane offsets, ``{m}`` the mask of its axis, ``{n}`` its
-# size); ``_tlib`` is ``seqdsl.runtime.triton_lib`` (stable helpers). ``triton_complex``:
+# size); ``_tlib`` is ``seqdsl.runtime.triton_lib`` (``_tlib.add``: tl.sum's combine function, so a
+# sum is ``tl.reduce(x, axis, _tlib.add)``; helpers for rare functions). ``triton_complex``:
 # for complex operands, (real, imaginary) templates over the parts ``{0.re}``, ``{0.im}`` (one template:
 # the result is real), "parts" (the op is real-linear: the real template applies to each part) or
 # "product" (a product of its operands: complex operands multiply as complex numbers).
@@ -119,27 +120,29 @@ _TRITON: dict[str, tuple[str, object]] = {
     "conj": ("{0}", ("{0.re}", "(-{0.im})")),
     "cos": ("tl.cos({0})", ()),
     "sin": ("tl.sin({0})", ()),
-    "tanh": ("_tlib.tanh({0})", ()),
-    "sigmoid": ("tl.sigmoid({0})", ()),
-    "logsigmoid": ("_tlib.logsigmoid({0})", ()),
-    "silu": ("({0} * tl.sigmoid({0}))", ()),
+    "tanh": ("(2.0 / (1.0 + tl.exp(-2.0 * {0})) - 1.0)", ()),
+    "sigmoid": ("(1.0 / (1.0 + tl.exp(-{0})))", ()),
+    "logsigmoid": ("(tl.minimum({0}, 0.0) - tl.log(1.0 + tl.exp(-tl.abs({0}))))", ()),
+    "silu": ("({0} / (1.0 + tl.exp(-{0})))", ()),
     "relu": ("tl.maximum({0}, 0.0)", ()),
-    "relu2": ("_tlib.relu2({0})", ()),
+    "relu2": ("(tl.maximum({0}, 0.0) * tl.maximum({0}, 0.0))", ()),
     "elu1": ("tl.where({0} > 0, {0} + 1.0, tl.exp(tl.minimum({0}, 0.0)))", ()),
     "elu": ("tl.where({0} > 0, {0}, tl.exp(tl.minimum({0}, 0.0)) - 1.0)", ()),
     "gelu": ("(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))", ()),
-    "softplus": ("_tlib.softplus({0})", ()),
+    "softplus": ("(tl.maximum({0}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({0}))))", ()),
     "inv_softplus": ("({0} + tl.log(1.0 - tl.exp(-{0})))", ()),
     "max": ("tl.maximum({0}, {1})", ()),
     "min": ("tl.minimum({0}, {1})", ()),
     "lerp": ("({0} + ({1} - {0}) * {2})", ()),
     "complex": ("", ("{0}", "{1}")),
-    "l2norm": ("({0} * tl.rsqrt(_tlib.lastsum({0} * {0}, {m}, {ax}) + {eps}))", ()),
+    "l2norm": ("({0} * tl.rsqrt(tl.reduce(tl.where({m}, {0} * {0}, 0.0), {ax}, _tlib.add, keep_dims=True) + {eps}))",
+               ()),
     "softmax": ("_tlib.softmax({0}, {m}, {ax})", ()),
-    "rmsnorm": ("({0} * tl.rsqrt(_tlib.lastsum({0} * {0}, {m}, {ax}) / {n} + {eps}))", ()),
+    "rmsnorm": ("({0} * tl.rsqrt(tl.reduce(tl.where({m}, {0} * {0}, 0.0), {ax}, _tlib.add, keep_dims=True) / {n} "
+                "+ {eps}))", ()),
     "layernorm": ("_tlib.layernorm({0}, {m}, {ax}, {n}, {eps})", ()),
-    "sum": ("tl.sum(tl.where({m}, {0}, 0.0), axis={ax})", "parts"),
-    "mean": ("(tl.sum(tl.where({m}, {0}, 0.0), axis={ax}) / {n})", "parts"),
+    "sum": ("tl.reduce(tl.where({m}, {0}, 0.0), {ax}, _tlib.add)", "parts"),
+    "mean": ("(tl.reduce(tl.where({m}, {0}, 0.0), {ax}, _tlib.add) / {n})", "parts"),
     "outer": ("({0}[:, None] * {1}[None, :])", "product"),
     "transpose": ("tl.trans({0})", "parts"),
     "inv": ("_tlib.inv({0}, {o}, {m}, {n})", ()),

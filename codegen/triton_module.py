@@ -1,0 +1,674 @@
+"""Generate the Triton module of a spec: a fused recurrent kernel, its launcher and its autograd wrapper.
+
+The RECURRENT form (every class, nonlinear cells included): one ``@triton.jit`` kernel per spec,
+grid ``(B, H, tiles)``; each program keeps the states of one sequence and one cell-axis element (and
+one tile of the state's value axis, where the cell allows splitting it) in registers, walks the
+sequence, loads each token's stream values, evaluates the cell's statements (rendered from the IR by
+``triton_render`` through the op table) and writes the readouts of every token and the final states.
+The template below owns pointers, masks and the time loop; the rendered fragments own the math.
+
+Backward: NOT a Triton kernel yet. ``recurrent`` is wrapped in an ``autograd.Function`` whose
+backward recomputes the forward through the torch twin (the torch backend's module of the same spec,
+embedded as source) under autograd and backpropagates through it; nothing is stored per step.
+
+Conventions are those of the torch module (the op wrapper ``seqdsl.runtime.op`` prepares them):
+streams ``[B, T, H, *dims]`` (H = 1 when the cell runs over no axis or the stream lacks it), params
+``[1, 1, H, *dims]``, states ``[B, H, *dims]``; computation in the inputs' dtype (fp32, or fp64 for
+fp64 inputs), complex values as (real, imaginary) register pairs.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from seqdsl import ir
+from seqdsl.analysis import Analysis
+from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
+from seqdsl.plan import KernelPlan
+from seqdsl.typecheck import Checked, Ty
+
+INDENT = "    "
+_INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", "USE_INITIAL_STATE", "STORE_FINAL_STATE",
+             "tl", "triton", "torch", "_tlib", "_rt"}
+_TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
+_TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
+
+
+class _Lines:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def add(self, text: str = "", level: int = 0) -> None:
+        self.lines.append(INDENT * level + text if text else "")
+
+    def extend(self, texts, level: int) -> None:
+        for t in texts:
+            self.add(t, level)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _mentions(e: ir.Expr, names: set[str]) -> bool:
+    return any(n.id in names for n in ir.names_in(e))
+
+
+class _Gen:
+    def __init__(self, c: Checked, a: Analysis, p: KernelPlan):
+        self.c, self.a, self.p = c, a, p
+        self.cell = c.model.cell
+        self.states = [s.name for s in self.cell.states]
+        self.inputs = list(c.op_inputs)
+        self.args = [x.name for x in self.cell.args]
+        self.name = c.model.name
+        self.kernel_name = f"{self.name}_recurrent_fwd_kernel"
+        self.axis_size = c.dim_sizes[c.cell_axis] if c.cell_axis else 1
+        self.locals = [st for st in self.cell.body if isinstance(st, ir.Local)]
+        invariant_sources = set(c.op_params) | set(self.args)
+        self.invariant: list[str] = []
+        for st in self.locals:
+            names = {n.id for n in ir.names_in(st.value)}
+            if all(n in invariant_sources or c.kinds.get(n) in ("hparam", "dim") or n not in c.kinds
+                   or n in self.invariant for n in names):
+                self.invariant.append(st.name)
+
+    def is_invariant(self, e: ir.Expr) -> bool:
+        """Whether e depends on params, args and constants only (the same at every step)."""
+        sources = set(self.c.op_params) | set(self.args) | set(self.invariant)
+        return all(n.id in sources or self.c.kinds.get(n.id) in ("hparam", "dim") or n.id not in self.c.kinds
+                   for n in ir.names_in(e))
+
+    # ------------------------------------------------------------------ types and dims
+    def cell_ty(self, name: str) -> Ty:
+        t = self.c.cell_types.get(name)
+        if t is not None:
+            return t
+        t = self.c.types[name]
+        axis = self.c.cell_axis
+        if axis and t.dims[:1] == (axis,):
+            return Ty(t.dims[1:], t.complex)
+        return t
+
+    def cell_dims(self) -> list:
+        """Every named dim a value of the cell has (the blocks the kernel needs), in first-seen order."""
+        seen: list = []
+        names = list(self.c.op_inputs) + self.states + [st.name for st in self.locals]
+        tys = [self.cell_ty(n) for n in names]
+        for st in self.cell.body:
+            if isinstance(st, (ir.Local, ir.Update)):
+                tys += [self.c.expr_types[id(e)] for e in ir.walk(st.value) if id(e) in self.c.expr_types]
+        for t in tys:
+            for d in t.dims:
+                if d not in seen:
+                    seen.append(d)
+        return seen
+
+    def tile_candidate(self):
+        """The value axis of the matrix states, when every matrix state ends with it (else None)."""
+        lasts = {self.c.cell_types[s].dims[-1] for s in self.states if len(self.c.cell_types[s].dims) == 2}
+        if len(lasts) != 1:
+            return None
+        d = lasts.pop()
+        for s in self.states:
+            if self.c.cell_types[s].dims[:1] == (d,):
+                return None
+        names = list(self.c.op_inputs) + self.states + [st.name for st in self.locals]
+        tys = [self.cell_ty(n) for n in names] + list(self.c.expr_types.values())
+        if any(list(t.dims).count(d) > 1 for t in tys):
+            return None
+        return d
+
+    def kernel_names(self, dims: list) -> dict:
+        """Every identifier the kernel gives a spec name, unique against the template's own names.
+
+        Values are ``b_<name>`` (complex: ``b_<name>_re`` / ``b_<name>_im``), inputs are pointer
+        arguments under their own names with strides ``s_<name>_<axis>``, running pointers ``p_<name>``,
+        states ``h0_<s>`` / ``ht_<s>``, readouts ``out_<o>``; a clash appends ``_``.
+        """
+        taken = set(_INTERNAL) | {f"{p}{dim_id(d)}" for d in dims for p in ("o_", "m_", "SIZE_", "BLOCK_")}
+
+        def fresh(want: str) -> str:
+            while want in taken or _TEMP.match(want):
+                want += "_"
+            taken.add(want)
+            return want
+
+        values = list(self.c.op_inputs) + self.states + [st.name for st in self.locals] + self.args
+        names: dict = {"value": {}, "ptr": {}, "stride": {}, "p": {}, "h0": {}, "ht": {}}
+        for n in values:
+            if self.cell_ty(n).complex:
+                base = f"b_{n}"
+                while {f"{base}_re", f"{base}_im"} & taken:
+                    base += "_"
+                names["value"][n] = (fresh(f"{base}_re"), fresh(f"{base}_im"))
+            else:
+                names["value"][n] = (fresh(f"b_{n}"), None)
+        for n in self.c.op_inputs:
+            names["ptr"][n] = fresh(n)
+            dims_n = self.cell_ty(n).dims
+            keys = [dim_id(d) for d in dims_n]
+            if len(set(keys)) != len(keys):
+                keys = [f"{k}{i}" for i, k in enumerate(keys)]
+            lead = ["b", "t", "h"] if n in self.c.op_streams else ["h"]
+            names["stride"][n] = [fresh(f"s_{n}_{k}") for k in lead + keys]
+        for n in list(self.c.op_streams) + list(self.c.readouts):
+            names["p"][n] = fresh(f"p_{n}")
+        for s_ in self.states:
+            names["h0"][s_], names["ht"][s_] = fresh(f"h0_{s_}"), fresh(f"ht_{s_}")
+        for o in self.c.readouts:
+            names["ptr"][o] = fresh(f"out_{o}")
+        return names
+
+    # ------------------------------------------------------------------ the kernel
+    def kernel(self, tiled) -> list[str]:
+        """Source lines of the recurrent kernel (raises Unsupported)."""
+        c = self.c
+        dims = self.cell_dims()
+        blocks = Blocks({d: c.dim_sizes[d] for d in dims}, tiled)
+        out = _Lines()
+        env: dict[str, Val] = {}
+
+        N = self.kernel_names(dims)
+
+        def var(name: str, ty: Ty) -> Val:
+            re_, im = N["value"][name]
+            return Val(re_, ty.dims, im if ty.complex else None)
+
+        def resolve(name: str) -> Val:
+            if name in env:
+                return env[name]
+            raise Unsupported(f"'{name}' is not available inside the kernel")
+
+        r = TritonRenderer(c, resolve, blocks)
+
+        def offsets(ds: tuple, strides: list[str]) -> str:
+            terms = [f"{blocks.offset(d)}{index_at(i, len(ds))}{'' if s == '1' else ' * ' + s}"
+                     for i, (d, s) in enumerate(zip(ds, strides))]
+            return " + ".join(terms) if terms else "0"
+
+        def mask(ds: tuple, extra: str = "") -> str | None:
+            """The mask of a [*ds] block's real lanes (None: no lane is padding)."""
+            ms = [f"{blocks.mask(d)}{index_at(i, len(ds))}" for i, d in enumerate(ds) if blocks.padded(d)]
+            if extra:
+                ms.append(extra)
+            return " & ".join(ms) if ms else None
+
+        def contiguous(ds: tuple, cplx: bool) -> tuple[str, str]:
+            """(offsets, numel) of a contiguous [..., *ds] block (complex: real view, x2)."""
+            strides = []
+            for i in range(len(ds)):
+                rest = [blocks.size(d) for d in ds[i + 1:]]
+                strides.append(" * ".join(rest) if rest else "1")
+            offs = offsets(ds, strides)
+            numel = " * ".join(blocks.size(d) for d in ds) or "1"
+            if cplx:
+                offs, numel = f"({offs}) * 2", f"{numel} * 2" if ds else "2"
+            return offs, numel
+
+        def dims_text(t: Ty) -> str:
+            return "".join(f", {d}" for d in t.dims)
+
+        # ---- signature
+        sig: list[str] = []
+        for n in c.op_streams:
+            t = self.cell_ty(n)
+            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},"
+                       f"  # stream {n}: [B, T, H{dims_text(t)}]{' complex' if t.complex else ''}")
+        for n in c.op_params:
+            t = self.cell_ty(n)
+            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},"
+                       f"  # param {n}: [H{dims_text(t)}]{' complex' if t.complex else ''}")
+        for s in self.states:
+            t = c.cell_types[s]
+            sig.append(f"{N['h0'][s]}, {N['ht'][s]},  # state {s}: [B, H{dims_text(t)}] initial / final"
+                       f"{' (complex: real view)' if t.complex else ''}")
+        for o in c.readouts:
+            t = self.cell_ty(o)
+            sig.append(f"{N['ptr'][o]},  # readout {o}: [B, T, H{dims_text(t)}]"
+                       f"{' (complex: real view)' if t.complex else ''}")
+        if self.args:
+            sig.append(f"args,  # cell args: {', '.join(self.args)}")
+        sig.append("T,")
+        sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in dims) + ",")
+        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,")
+        out.add("@triton.jit")
+        out.add(f"def {self.kernel_name}(")
+        out.extend(sig, 1)
+        out.add("):")
+        L = 1
+        out.add("i_b, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)", L)
+        if tiled is not None:
+            out.add(f"i_v = tl.program_id(2)  # tile of the {tiled} axis", L)
+            out.add("first_tile = (tl.zeros([1], dtype=tl.int32) + i_v) == 0  # stores the values without that axis", L)
+        out.add("H = tl.num_programs(1)", L)
+        for d in dims:
+            base = f"i_v * {blocks.block(d)} + " if d == tiled else ""
+            out.add(f"{blocks.offset(d)} = {base}tl.arange(0, {blocks.block(d)})", L)
+            out.add(f"{blocks.mask(d)} = {blocks.offset(d)} < {blocks.size(d)}", L)
+        for i, a in enumerate(self.args):
+            env[a] = var(a, Ty())
+            out.add(f"{env[a].re} = tl.load(args + {i})", L)
+
+        def load(dst: _Lines, level: int, ptr: str, t: Ty, m: str | None, name: str) -> None:
+            opts = f", mask={m}, other=0.0" if m else ""
+            target = var(name, t)
+            dst.add(f"{target.re} = tl.load({ptr}{opts})", level)
+            if t.complex:
+                dst.add(f"{target.im} = tl.load({ptr} + 1{opts})", level)
+
+        # ---- params: loaded once
+        if c.op_params:
+            out.add("# params (constant over time)", L)
+        for n in c.op_params:
+            t = self.cell_ty(n)
+            st = N["stride"][n]
+            ptr = f"{N['ptr'][n]} + i_h * {st[0]}" + (f" + {offsets(t.dims, st[1:])}" if t.dims else "")
+            load(out, L, ptr, t, mask(t.dims), n)
+            env[n] = var(n, t)
+
+        def statement(dst: _Lines, st, level: int) -> None:
+            if isinstance(st, ir.Local):
+                v = r(st.value)
+                dst.extend(r.take_lines(), level)
+                if v.plain:
+                    env[st.name] = v
+                    if st.name not in c.readouts:
+                        return
+                    v = Val(f"tl.full([], {v.re}, DTYPE)", (), None if v.im is None else f"tl.full([], {v.im}, DTYPE)")
+                target = var(st.name, Ty(v.dims, v.complex))
+                dst.add(f"{target.re} = {v.re}", level)
+                if v.complex:
+                    dst.add(f"{target.im} = {v.im}", level)
+                env[st.name] = target
+            elif isinstance(st, ir.Update):
+                t = c.cell_types[st.target]
+                v = r(st.value)
+                dst.extend(r.take_lines(), level)
+                if v.complex and not t.complex:
+                    raise Unsupported(f"a complex value assigned to the real state {st.target}")
+                target = var(st.target, t)
+
+                def fit(text: str, vd: tuple) -> str:
+                    if v.plain or vd != t.dims:
+                        shape = ", ".join(blocks.block(d) for d in t.dims)
+                        aligned = text if v.plain else r.align(text, vd, t.dims)
+                        return f"{aligned} + tl.zeros([{shape}], dtype=DTYPE)"
+                    return text
+
+                dst.add(f"{target.re} = {fit(v.re, v.dims)}", level)
+                if t.complex:
+                    dst.add(f"{target.im} = {fit(v.im if v.im is not None else '0.0', v.dims)}", level)
+
+        # ---- loop-invariant locals
+        inv = [st for st in self.locals if st.name in self.invariant]
+        if inv:
+            out.add("# cell locals that depend on params only", L)
+        for st in inv:
+            statement(out, st, L)
+
+        # ---- states
+        out.add("# states: registers for the whole sequence", L)
+        state_offs = {}
+        for s in self.states:
+            t = c.cell_types[s]
+            offs, numel = contiguous(t.dims, t.complex)
+            shape = ", ".join(blocks.block(d) for d in t.dims)
+            decl = next(d for d in self.cell.states if d.name == s)
+            init = number(decl.init.value).re if isinstance(decl.init, ir.Num) else "0.0"
+            base = f"(i_b * H + i_h) * {numel}"
+            ptr_off = f"{base} + {offs}" if t.dims else base
+            state_offs[s] = ptr_off
+            m = mask(t.dims)
+            opts = f", mask={m}, other=0.0" if m else ""
+            tv = var(s, t)
+            out.add("if USE_INITIAL_STATE:", L)
+            out.add(f"{tv.re} = tl.load({N['h0'][s]} + {ptr_off}{opts})", L + 1)
+            if t.complex:
+                out.add(f"{tv.im} = tl.load({N['h0'][s]} + {ptr_off} + 1{opts})", L + 1)
+            out.add("else:", L)
+            out.add(f"{tv.re} = tl.zeros([{shape}], dtype=DTYPE){'' if init == '0.0' else ' + ' + init}", L + 1)
+            if t.complex:
+                out.add(f"{tv.im} = tl.zeros([{shape}], dtype=DTYPE)", L + 1)
+            env[s] = tv
+
+        # ---- pointers at t = 0
+        out.add("# pointers at t = 0", L)
+        for n in c.op_streams:
+            t = self.cell_ty(n)
+            st = N["stride"][n]
+            offs = f" + {offsets(t.dims, st[3:])}" if t.dims else ""
+            out.add(f"{N['p'][n]} = {N['ptr'][n]} + i_b * {st[0]} + i_h * {st[2]}{offs}", L)
+        out_step = {}
+        for o in c.readouts:
+            t = self.cell_ty(o)
+            offs, numel = contiguous(t.dims, t.complex)
+            out.add(f"{N['p'][o]} = {N['ptr'][o]} + (i_b * T * H + i_h){'' if numel == '1' else ' * ' + numel}"
+                    + (f" + {offs}" if t.dims else ""), L)
+            out_step[o] = "H" if numel == "1" else f"H * {numel}"
+
+        # ---- the time loop (its body first: loop-invariant subexpressions are hoisted before it)
+        body = _Lines()
+        lvl = L + 1
+        for n in c.op_streams:
+            t = self.cell_ty(n)
+            load(body, lvl, N["p"][n], t, mask(t.dims), n)
+            env[n] = var(n, t)
+        r.invariant = self.is_invariant
+        for st in self.cell.body:
+            if isinstance(st, ir.Local) and st.name in self.invariant:
+                continue
+            if isinstance(st, (ir.Local, ir.Update)):
+                statement(body, st, lvl)
+        r.invariant = None
+        for o in c.readouts:
+            t = self.cell_ty(o)
+            v = env[o]
+            whole = tiled is None or tiled in t.dims
+            m = mask(t.dims, "" if whole else "first_tile" if t.dims else "i_v == 0")
+            opts = f", mask={m}" if m else ""
+            body.add(f"tl.store({N['p'][o]}, {v.re}{opts})", lvl)
+            if t.complex:
+                im = v.im if v.im is not None else f"{v.re} * 0.0"
+                body.add(f"tl.store({N['p'][o]} + 1, {im}{opts})", lvl)
+        for n in c.op_streams:
+            body.add(f"{N['p'][n]} += {N['stride'][n][1]}", lvl)
+        for o in c.readouts:
+            body.add(f"{N['p'][o]} += {out_step[o]}", lvl)
+        if r.hoisted:
+            out.add("# loop-invariant parts of the step", L)
+            out.extend(r.hoisted, L)
+        out.add("for t in range(0, T):", L)
+        out.lines += body.lines
+
+        # ---- final states
+        out.add("if STORE_FINAL_STATE:", L)
+        for s in self.states:
+            t = c.cell_types[s]
+            tv = env[s]
+            whole = tiled is None or tiled in t.dims
+            m = mask(t.dims, "" if whole else "first_tile" if t.dims else "i_v == 0")
+            opts = f", mask={m}" if m else ""
+            ht = N["ht"][s]
+            out.add(f"tl.store({ht} + {state_offs[s]}, {tv.re}{opts})", L + 1)
+            if t.complex:
+                out.add(f"tl.store({ht} + {state_offs[s]} + 1, {tv.im}{opts})", L + 1)
+        self.blocks = blocks
+        self.dims = dims
+        self.tiled = tiled
+        return inline_single_use_temporaries(drop_dead_temporaries(out.lines))
+
+    # ------------------------------------------------------------------ host side
+    def signature(self, with_state: bool = True) -> str:
+        parts = (["_state"] if with_state else []) + self.inputs
+        kw = ", ".join(self.args)
+        return ", ".join(parts) + (f", *, {kw}" if kw else "")
+
+    def launcher(self, out: _Lines) -> None:
+        c = self.c
+        first = c.op_streams[0]
+        sizes = {d: c.dim_sizes[d] for d in self.dims}
+        out.add(f"def _launch_recurrent({self.signature()}, use_initial_state=True):")
+        out.add('"""Run the recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [B, H, ...]))."""', 1)
+        out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
+        out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
+        for s in self.states:
+            t = c.cell_types[s]
+            shape = ", ".join(str(sizes[d]) for d in t.dims)
+            out.add(f"_ht_{s} = _rt.empty((_B, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
+        for o in c.readouts:
+            t = self.cell_ty(o)
+            shape = ", ".join(str(sizes[d]) for d in t.dims)
+            out.add(f"_out_{o} = _rt.empty((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
+        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
+        tiled_size = sizes[self.tiled] if self.tiled is not None else None
+        out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size={tiled_size}, state_numel={state_numel}, "
+                "device=_device)", 1)
+        grid = "(_B, _H)" if self.tiled is None else f"(_B, _H, triton.cdiv({tiled_size}, _cfg['block']))"
+        out.add(f"{self.kernel_name}[{grid}](", 1)
+        for n in c.op_streams:
+            dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
+            out.add(f"*_rt.stream({n}, _B, _T, _H, {dims}, _dtype),", 2)
+        for n in c.op_params:
+            dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
+            out.add(f"*_rt.param({n}, _H, {dims}, _dtype),", 2)
+        for i, s in enumerate(self.states):
+            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else _ht_{s}, _ht_{s},", 2)
+        for o in c.readouts:
+            out.add(f"_out_{o},", 2)
+        if self.args:
+            out.add(f"_rt.cell_args([{', '.join(self.args)}], _dtype, _device),", 2)
+        out.add("_T,", 2)
+        consts = []
+        for d in self.dims:
+            block = "_cfg['block']" if d == self.tiled else str(_next_pow2(sizes[d]))
+            consts.append(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={block}")
+        out.add(", ".join(consts) + ",", 2)
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True,", 2)
+        out.add("num_warps=_cfg['num_warps'],", 2)
+        out.add(")", 1)
+        outs = ", ".join(f"torch.view_as_complex(_out_{o})" if self.cell_ty(o).complex else f"_out_{o}"
+                         for o in c.readouts)
+        finals = ", ".join(f"torch.view_as_complex(_ht_{s})" if c.cell_types[s].complex else f"_ht_{s}"
+                           for s in self.states)
+        out.add(f"return ({outs},), ({finals},)", 1)
+
+    def wrappers(self, out: _Lines) -> None:
+        kws = ", ".join(f"{a}={a}" for a in self.args)
+        kwdict = "{" + ", ".join(f"{a!r}: {a}" for a in self.args) + "}"
+        inputs = ", ".join(self.inputs)
+        out.add(f"def recurrent({self.signature()}):")
+        out.add('"""The recurrence as one fused Triton kernel. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).',
+                1)
+        out.add("", 0)
+        out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [B, H, *dims] tensors.", 1)
+        out.add("Backward (autograd): no Triton kernel yet -- it recomputes the forward through the torch twin", 1)
+        out.add("(the torch backend's module of this spec) and backpropagates through that.", 1)
+        out.add('"""', 1)
+        out.add(f"return _rt.apply_form(_launch_recurrent, _twin_recurrent, tuple(_state), ({inputs},), "
+                f"{kwdict}, n_outs={len(self.c.readouts)})", 1)
+        out.add()
+        out.add()
+        out.add(f"def step({self.signature()}):")
+        out.add('"""One token: streams [B, H, *dims], params [1, H, *dims], state: tuple of [B, H, *dims].', 1)
+        out.add("", 0)
+        out.add(f"Returns ((readouts...), (new states...)). Readouts: {', '.join(self.c.readouts)}.", 1)
+        out.add('"""', 1)
+        lifted = ", ".join(f"{n}[:, None]" for n in self.inputs)
+        out.add(f"_readouts, _state = recurrent(_state, {lifted}{', ' + kws if kws else ''})", 1)
+        out.add("return tuple(_r[:, 0] for _r in _readouts), _state", 1)
+        out.add()
+        out.add()
+        out.add("def _twin_recurrent(*inputs, **args):")
+        out.add('"""The torch twin\'s recurrent form (the backward recomputes through it)."""', 1)
+        out.add("return _TWIN.module.recurrent(*inputs, **args)", 1)
+
+    # ------------------------------------------------------------------ chunk form
+    def chunk_unsupported(self, twin_source: str) -> str | None:
+        """Why the Triton chunk form is not offered (None: it is)."""
+        if "chunk" not in self.p.modes:
+            return None
+        for sp in self.p.states:
+            if sp.kind != "gated":
+                return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated states only"
+            if sp.gate_axis not in ("none", "scalar", "key"):
+                return f"the state {sp.state} decays along its {sp.gate_axis} axis; the Triton chunk kernels " \
+                       "take scalar or key-axis gates"
+            if self.c.cell_types[sp.state].complex:
+                return f"the state {sp.state} is complex; the Triton chunk kernels are real"
+        if _TORCH_FORMS_IMPORT not in twin_source:
+            return "the torch module does not import its forms as the Triton chunk form expects"
+        return None
+
+    def chunk_wrapper(self, out: _Lines) -> None:
+        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'chunk_size': chunk_size}"
+        inputs = ", ".join(self.inputs)
+        out.add(f"def chunk({self.signature()}, chunk_size=64):")
+        out.add('"""Chunkwise form. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
+        out.add("", 0)
+        out.add("The torch twin's chunk function (the spec's token-parallel preparation, rendered from the IR)", 1)
+        out.add("with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local", 1)
+        out.add("cumsum of the log gates, the state entering each chunk, the outputs (fla's stages).", 1)
+        out.add("Backward (autograd): no Triton kernel yet -- it recomputes through the torch twin's chunk form.", 1)
+        out.add('"""', 1)
+        out.add(f"return _rt.apply_form(_CHUNK_TWIN.module.chunk, _TWIN.module.chunk, tuple(_state), ({inputs},), "
+                f"{kwdict}, n_outs={len(self.c.readouts)})", 1)
+
+    # ------------------------------------------------------------------ module
+    def module(self, header: str, twin_source: str) -> str:
+        c = self.c
+        why_not = dict(self.p.why_not)
+        kernel_lines = None
+        try:
+            candidate = self.tile_candidate()
+            try:
+                kernel_lines = self.kernel(candidate)
+            except Unsupported:
+                if candidate is None:
+                    raise
+                kernel_lines = self.kernel(None)
+        except Unsupported as e:
+            why_not["recurrent"] = f"the Triton backend cannot express the cell: {e}"
+        modes = ("recurrent",) if kernel_lines is not None else ()
+        no_chunk = self.chunk_unsupported(twin_source)
+        if "chunk" in self.p.modes and no_chunk is None:
+            modes += ("chunk",)
+        elif "chunk" in self.p.modes:
+            why_not["chunk"] = no_chunk
+        if "scan" in self.p.modes:
+            why_not["scan"] = "the Triton backend does not generate the scan form yet (use the torch backend)"
+        out = _Lines()
+        out.add(f'"""{header}"""')
+        out.add()
+        out.add("import torch")
+        out.add("import triton")
+        out.add("import triton.language as tl")
+        out.add()
+        out.add("from seqdsl.runtime import triton_lib as _tlib  # noqa: F401")
+        out.add("from seqdsl.runtime import triton_runtime as _rt")
+        out.add()
+        out.add(f"MODEL = {c.model.name!r}")
+        out.add(f"INPUTS = {tuple(self.inputs)!r}")
+        out.add(f"STREAMS = {tuple(c.op_streams)!r}")
+        out.add(f"PARAMS = {tuple(c.op_params)!r}")
+        out.add(f"ARGS = {({a: float(c.values[a]) for a in self.args})!r}")
+        out.add(f"STATES = {tuple(self.states)!r}")
+        out.add(f"READOUTS = {tuple(c.readouts)!r}")
+        out.add(f"MODES = {modes!r}")
+        out.add(f"WHY_NOT = {why_not!r}")
+        out.add(f"CLASS = {self.a.cls!r}")
+        out.add(f"AXIS_SIZE = {self.axis_size}")
+        if kernel_lines is not None:
+            out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
+            out.add()
+            out.add()
+            for line in kernel_lines:
+                out.add(line)
+            out.add()
+            out.add()
+            self.launcher(out)
+            out.add()
+            out.add()
+            self.wrappers(out)
+        if "chunk" in modes:
+            out.add()
+            out.add()
+            self.chunk_wrapper(out)
+        if modes:
+            out.add()
+            out.add()
+            out.add("# The torch backend's module of the same spec: the backward recomputes through it; with its")
+            out.add("# form algorithms taken from seqdsl.runtime.triton_chunk it is the chunk form's forward.")
+            out.add(f"_TWIN_SOURCE = {_source_literal(twin_source)}")
+            out.add("_TWIN = _rt.TorchTwin(_TWIN_SOURCE, MODEL)")
+            if "chunk" in modes:
+                out.add("_CHUNK_TWIN = _rt.TorchTwin(_rt.with_triton_forms(_TWIN_SOURCE), MODEL + '_triton_chunk')")
+        return out.text()
+
+
+_ASSIGN = re.compile(r"^\s*(_(?:t|c|inv)\d+) = ")
+
+
+def drop_dead_temporaries(lines: list[str]) -> list[str]:
+    """Remove assignments to rendering temporaries that nothing reads (e.g. the unused imaginary part)."""
+    while True:
+        text = "\n".join(lines)
+        dead = set()
+        for line in lines:
+            m = _ASSIGN.match(line)
+            if m and len(re.findall(rf"\b{m.group(1)}\b", text)) == 1:
+                dead.add(m.group(1))
+        if not dead:
+            return lines
+        lines = [line for line in lines if not ((m := _ASSIGN.match(line)) and m.group(1) in dead)]
+
+
+_ANY_ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\+)?= ")
+
+
+def inline_single_use_temporaries(lines: list[str]) -> list[str]:
+    """Substitute a temporary read exactly once into its reader, when nothing it reads changes in between."""
+    changed = True
+    while changed:
+        changed = False
+        text = "\n".join(lines)
+        for i, line in enumerate(lines):
+            m = _ASSIGN.match(line)
+            if not m:
+                continue
+            name = m.group(1)
+            uses = [j for j, other in enumerate(lines) if j != i and re.search(rf"\b{name}\b", other)]
+            if len(uses) != 1 or len(re.findall(rf"\b{name}\b", text)) != 2 or uses[0] < i:
+                continue
+            j = uses[0]
+            if len(line) - len(line.lstrip()) != len(lines[j]) - len(lines[j].lstrip()):
+                continue             # another block (e.g. hoisted before the loop, read inside it)
+            expr = line[m.end():]
+            reads = set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", expr))
+            between = [_ANY_ASSIGN.match(x) for x in lines[i + 1:j]]
+            if any(b and b.group(1) in reads for b in between):
+                continue
+            target = _ANY_ASSIGN.match(lines[j])
+            whole = target is not None and lines[j][target.end():].strip() == name
+            value = expr if whole or _atomic(expr) else f"({expr})"
+            lines[j] = re.sub(rf"\b{name}\b", lambda _: value, lines[j])
+            del lines[i]
+            changed = True
+            break
+    return lines
+
+
+def _atomic(expr: str) -> bool:
+    """Whether an expression's text can replace a name anywhere without parentheses."""
+    expr = expr.strip()
+    if expr.startswith("("):
+        depth = 0
+        for i, ch in enumerate(expr):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                return i == len(expr) - 1
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return False
+    return isinstance(node, (ast.Name, ast.Call, ast.Attribute, ast.Subscript, ast.Constant))
+
+
+def _source_literal(text: str) -> str:
+    """A readable literal of generated source text (raw triple-quoted where that is exact)."""
+    if "'''" not in text and not text.endswith("\\"):
+        return "r'''" + text + "'''"
+    return repr(text)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def generate(c: Checked, a: Analysis, p: KernelPlan, header: str) -> str:
+    """Source text of the Triton module of a checked model (the recurrent form; see the module doc)."""
+    from seqdsl.codegen.torch_module import generate as torch_generate
+
+    twin_header = header.replace("(triton backend)", "(torch backend, twin of a Triton module)")
+    return _Gen(c, a, p).module(header, torch_generate(c, a, p, twin_header))

@@ -1,0 +1,248 @@
+"""Chunkwise gated linear attention as Triton kernels, in fla's stage structure (forward only).
+
+    S_t = exp(g_t) exp(gk_t)[:, None] ⊙ S_{t-1} + k_t v_t^T,    o_t = S_t^T q_t
+
+for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or none. Stages:
+
+1. ``chunk_local_cumsum_kernel``: G = the cumulative sums of the log gates within each chunk.
+2. ``chunk_fwd_h_kernel``: the state entering every chunk, h[c] ([B, H, NT, K, V]), sequentially
+   over the chunks: h[c+1] = exp(G_last) ⊙ h[c] + (k ⊙ exp(G_last - G))^T v.
+3. ``chunk_intra_gk_kernel`` (key gates only): the causal intra-chunk scores
+   A_ts = sum_i q_ti k_si exp(G_ti - G_si), by secondary chunking into sub-chunks of BC tokens: an
+   off-diagonal sub-block uses the first row of its query sub-chunk as the reference point, so
+   both exponentials are of non-positive numbers; a diagonal sub-block goes column by column (or,
+   with DIAG_3D, as one [BC, BC, BK] product: the launch policy's choice under the interpreter).
+4. ``chunk_fwd_o_kernel``: o = (q ⊙ exp(G)) h[c] + A v, with A computed here for a scalar gate
+   (A = (q k^T) ⊙ exp(G_t - G_s), causal) or read from stage 3.
+
+Layouts are fla's: ``[B, T, H, D]``, contiguous; every exponential is of a non-positive number
+(log gates are non-positive), so nothing overflows. Accumulation in fp32 (fp64 for fp64 inputs).
+The backward is not a Triton kernel: generated modules recompute through their torch twin.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+import torch
+
+from seqdsl.runtime import triton_lib as _tlib
+from seqdsl.runtime import triton_runtime as _rt
+
+GATE_NONE, GATE_SCALAR, GATE_KEY = 0, 1, 2
+
+
+@triton.jit
+def chunk_local_cumsum_kernel(g, gc, T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """gc[b, t, h, :] = sum of g[b, s, h, :] for s from t's chunk start to t.   g, gc: [B, T, H, D]."""
+    i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m = (o_t < T)[:, None] & (o_d < D)[None, :]
+    p = ((i_b * T + o_t[:, None]) * H + i_h) * D + o_d[None, :]
+    b_g = tl.load(g + p, mask=m, other=0.0)                                  # [BT, BD]
+    tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m)
+
+
+@triton.jit
+def chunk_fwd_h_kernel(
+    k, v, gc,            # [B, T, H, K], [B, T, H, V], G: [B, T, H] (scalar) or [B, T, H, K] (key)
+    h, h0, ht,           # h: [B, H, NT, K, V] the state entering each chunk; h0, ht: [B, H, K, V]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=DTYPE)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    NT = tl.cdiv(T, BT)
+    for i_t in range(0, NT):
+        tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        last = tl.minimum(i_t * BT + BT, T) - 1
+        b_k = tl.load(k + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)              # [BT, BK]
+        b_v = tl.load(v + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+                      mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
+        if GATE == 1:
+            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
+            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_h *= tl.exp(b_glast)
+            b_v = b_v * tl.exp(b_glast - b_g)[:, None]
+        if GATE == 2:
+            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+                           mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)         # [BT, BK]
+            b_gklast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_h *= tl.exp(b_gklast)[:, None]
+            b_k = tl.where(m_t[:, None], b_k * tl.exp(b_gklast[None, :] - b_gk), 0.0)
+        b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def chunk_intra_gk_kernel(
+    q, k, gc, A,         # [B, T, H, K] x3; A: [B, T, H, BT] the causal scores within each chunk
+    T, H: tl.constexpr, K: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DIAG_3D: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    o_c = tl.arange(0, BC)
+    for i_i in tl.static_range(NC):
+        o_i = i_t * BT + i_i * BC + o_c                                       # query rows
+        m_i = o_i < T
+        ref = tl.minimum(i_t * BT + i_i * BC, T - 1)                          # reference row
+        for i_j in tl.static_range(i_i + 1):
+            o_j = i_t * BT + i_j * BC + o_c                                   # key rows
+            m_j = o_j < T
+            b_A = tl.zeros([BC, BC], dtype=DTYPE)
+            for i_k in range(0, tl.cdiv(K, BK)):
+                o_k = i_k * BK + tl.arange(0, BK)
+                m_k = o_k < K
+                m_ik = m_i[:, None] & m_k[None, :]
+                b_q = tl.load(q + ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(DTYPE)
+                b_gi = tl.load(gc + ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(DTYPE)
+                if i_i > i_j:
+                    m_jk = m_j[:, None] & m_k[None, :]
+                    b_k = tl.load(k + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_gj = tl.load(gc + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+                    b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
+                    b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
+                    b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
+                elif DIAG_3D:       # the diagonal sub-block at once: a [BC, BC, BK] product
+                    m_jk = m_j[:, None] & m_k[None, :]
+                    b_k = tl.load(k + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_gj = tl.load(gc + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_e = tl.exp(tl.minimum(b_gi[:, None, :] - b_gj[None, :, :], 0.0))
+                    b_a = tl.reduce(b_q[:, None, :] * b_k[None, :, :] * b_e, 2, _tlib.add)
+                    b_A += tl.where(o_i[:, None] >= o_j[None, :], b_a, 0.0)
+                else:               # column by column (fewer registers)
+                    for j in range(0, BC):
+                        s = i_t * BT + i_j * BC + j
+                        s_in = tl.minimum(s, T - 1)       # rows past T only meet rows past T (not stored)
+                        b_ks = tl.load(k + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+                        b_gs = tl.load(gc + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+                        b_a = tl.reduce(b_q * b_ks[None, :] * tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0)), 1, _tlib.add)
+                        b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
+                        b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
+            p_A = A + ((i_b * T + o_i[:, None]) * H + i_h) * BT + i_j * BC + o_c[None, :]
+            tl.store(p_A, b_A.to(A.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
+
+
+@triton.jit
+def chunk_fwd_o_kernel(
+    q, k, v, gc, h, A, o,   # q, k [B, T, H, K], v, o [B, T, H, V], h [B, H, NT, K, V], A [B, T, H, BT]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    b_o = tl.zeros([BT, BV], dtype=DTYPE)
+    b_A = tl.zeros([BT, BT], dtype=DTYPE)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
+                      mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BK, BV]
+        if GATE == 2:
+            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_o += tl.dot(b_q * tl.exp(b_gk), b_h, input_precision=PREC)
+        else:
+            b_o += tl.dot(b_q, b_h, input_precision=PREC)
+            b_k = tl.load(k + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    causal = o_t[:, None] >= o_t[None, :]
+    if GATE == 2:
+        b_A = tl.load(A + ((i_b * T + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
+                      mask=m_t[:, None], other=0.0).to(DTYPE)
+    if GATE == 1:
+        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_o = b_o * tl.exp(b_g)[:, None]
+        b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+    b_A = tl.where(causal, b_A, 0.0)
+    b_v = tl.load(v + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+                  mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)
+    b_o += tl.dot(b_A, b_v, input_precision=PREC)
+    tl.store(o + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+def _block(n: int, cap: int = 64) -> int:
+    return min(cap, max(16, _rt.next_pow2(n)))
+
+
+def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None, output_final_state=False,
+                cu_seqlens=None, chunk_size=64):
+    """Chunkwise S_t = exp(g_t) exp(gk_t)[:, None] ⊙ S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t (Triton).
+
+    q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] or gk [B, T, H, K] log gates (or neither),
+    initial_state [B, H, K, V]. Returns (o [B, T, H, V], final state [B, H, K, V] or None), computed
+    in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates,
+    cu_seqlens and complex values are not supported here. chunk_size is rounded up to a power of
+    two >= 16.
+    """
+    if gv is not None or cu_seqlens is not None:
+        raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates, one sequence per row")
+    if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
+        raise NotImplementedError("the Triton chunk kernels are real")
+    chunk_size = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64
+                                 for t in (q, k, v, g, gk, initial_state)) else torch.float32
+    if g is not None and gk is not None:
+        gk, g = gk + g[..., None], None
+    if scale is None:
+        scale = K ** -0.5
+    q = q * scale if scale != 1.0 else q
+    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+    BT, BK, BV = chunk_size, _block(K), _block(V)
+    NT = triton.cdiv(T, BT)
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=q.device)
+    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
+    common = dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, num_warps=cfg["num_warps"])
+    gate, gc = GATE_NONE, q
+    if g is not None or gk is not None:
+        gate = GATE_SCALAR if g is not None else GATE_KEY
+        graw = (g[..., None] if g is not None else gk).to(dtype).contiguous()
+        D = graw.shape[-1]
+        gc = torch.empty_like(graw)
+        BD = 1 if D == 1 else _block(D)
+        chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, B * H)](graw, gc, T, H=H, D=D, BT=BT, BD=BD,
+                                                                  num_warps=cfg["num_warps"])
+    h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
+    ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
+    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
+    chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+        k, v, gc, h, h0, ht, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+        USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+    A = q
+    if gate == GATE_KEY:
+        A = torch.zeros(B, T, H, BT, dtype=dtype, device=q.device)
+        chunk_intra_gk_kernel[(NT, B * H)](q, k, gc, A, T, H=H, K=K, BT=BT, BC=16, BK=BK,
+                                           DIAG_3D=cfg.get("diag_3d", False), **common)
+    o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gc, h, A, o, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+                                                        GATE=gate, **common)
+    return o, (ht if output_final_state else None)

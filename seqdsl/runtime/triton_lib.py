@@ -1,0 +1,122 @@
+"""Triton helpers that generated kernels call (``_tlib.<name>`` in codegen/ops.py's Triton templates).
+
+``add`` is the combine function of ``tl.sum``: kernels sum with ``tl.reduce(x, axis, _tlib.add)``,
+which compiles to exactly what ``tl.sum`` does, and which ``TRITON_INTERPRET=1`` evaluates with one
+numpy call (``tl.sum`` is itself a jit function, and the interpreter re-patches the language on
+every nested jit call: about 1.5 ms each, per step of a recurrence). For the same reason the
+templates write elementwise functions inline; the helpers here are for rarer operations: functions
+Triton's core lacks (``libdevice`` does not run under the interpreter) and reductions over the last
+axis of a register block padded to a power of two (``m``: the mask of the real lanes, broadcastable
+to ``x``; ``AXIS``: the reduced axis).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min(a, b):
+    return tl.minimum(a, b)
+
+
+add = getattr(tl.standard, "_sum_combine", _add)                # tl.reduce(x, axis, add) == tl.sum
+largest = getattr(tl.standard, "_elementwise_max", _max)       # tl.reduce(x, axis, largest) == tl.max
+smallest = getattr(tl.standard, "_elementwise_min", _min)      # tl.reduce(x, axis, smallest) == tl.min
+
+
+@triton.jit
+def softmax(x, m, AXIS: tl.constexpr):
+    top = tl.reduce(tl.where(m, x, -float("inf")), AXIS, largest, keep_dims=True)
+    e = tl.where(m, tl.exp(x - top), 0.0)
+    return e / tl.reduce(e, AXIS, add, keep_dims=True)
+
+
+@triton.jit
+def layernorm(x, m, AXIS: tl.constexpr, N, eps):
+    mean = tl.reduce(tl.where(m, x, 0.0), AXIS, add, keep_dims=True) / N
+    d = tl.where(m, x - mean, 0.0)
+    var = tl.reduce(d * d, AXIS, add, keep_dims=True) / N
+    return (x - mean) * tl.rsqrt(var + eps)
+
+
+@triton.jit
+def csqrt_re(re, im):
+    """Real part of the principal square root of re + i im."""
+    r = tl.sqrt(re * re + im * im)
+    return tl.sqrt(tl.maximum((r + re) * 0.5, 0.0))
+
+
+@triton.jit
+def csqrt_im(re, im):
+    """Imaginary part of the principal square root of re + i im (the sign of im)."""
+    r = tl.sqrt(re * re + im * im)
+    b = tl.sqrt(tl.maximum((r - re) * 0.5, 0.0))
+    return tl.where(im < 0, -b, b)
+
+
+@triton.jit
+def atan2(y, x):
+    """The angle of x + i y in (-pi, pi] (0 at the origin).
+
+    A coarse octant-reduced guess (error < 4e-3) refined by three Newton steps on
+    f(a) = x sin(a) - y cos(a), whose root is the angle: full precision in fp32 and fp64.
+    """
+    ax = tl.abs(x)
+    ay = tl.abs(y)
+    big = tl.maximum(ax, ay)
+    z = tl.minimum(ax, ay) / tl.where(big > 0, big, 1.0)
+    a = z * (0.7853981633974483 + 0.273 * (1.0 - z))
+    a = tl.where(ay > ax, 1.5707963267948966 - a, a)
+    a = tl.where(x < 0, 3.141592653589793 - a, a)
+    a = tl.where(y < 0, -a, a)
+    for _ in tl.static_range(3):
+        s = tl.sin(a)
+        c = tl.cos(a)
+        den = x * c + y * s
+        a = a - (x * s - y * c) / tl.where(den == 0, 1.0, den)
+    a = tl.where(a > 3.141592653589793, a - 6.283185307179586, a)
+    a = tl.where(a <= -3.141592653589793, a + 6.283185307179586, a)
+    return tl.where(big > 0, a, 0.0)
+
+
+@triton.jit
+def inv(a, o, m, N: tl.constexpr):
+    """Inverse of the [N, N] matrix held in a padded [BLOCK, BLOCK] block ``a``.
+
+    Gauss-Jordan elimination with partial pivoting; ``o`` are the lane offsets, ``m`` the real lanes.
+    Padded lanes are treated as the identity, so the result's padded part is the identity too.
+    """
+    eye = o[:, None] == o[None, :]
+    real = m[:, None] & m[None, :]
+    a = tl.where(real, a, tl.where(eye, 1.0, 0.0))
+    b = tl.where(eye, 1.0, 0.0) + a * 0.0
+    for k in range(N):
+        col = tl.reduce(tl.where(o[None, :] == k, a, 0.0), 1, add)                 # a[:, k]
+        cand = tl.where(m & (o >= k), tl.abs(col), -1.0)
+        p = tl.reduce(tl.where(cand == tl.reduce(cand, 0, largest), o, N), 0, smallest)   # pivot row
+        row_k = tl.reduce(tl.where(o[:, None] == k, a, 0.0), 0, add)
+        row_p = tl.reduce(tl.where(o[:, None] == p, a, 0.0), 0, add)
+        brow_k = tl.reduce(tl.where(o[:, None] == k, b, 0.0), 0, add)
+        brow_p = tl.reduce(tl.where(o[:, None] == p, b, 0.0), 0, add)
+        a = tl.where(o[:, None] == k, row_p[None, :], tl.where(o[:, None] == p, row_k[None, :], a))
+        b = tl.where(o[:, None] == k, brow_p[None, :], tl.where(o[:, None] == p, brow_k[None, :], b))
+        piv = tl.reduce(tl.where(o == k, row_p, 0.0), 0, add)
+        r = row_p / piv
+        rb = brow_p / piv
+        col = tl.reduce(tl.where(o[None, :] == k, a, 0.0), 1, add)
+        col = tl.where(o == k, 0.0, col)
+        a = a - col[:, None] * r[None, :]
+        b = b - col[:, None] * rb[None, :]
+        a = tl.where(o[:, None] == k, r[None, :], a)
+        b = tl.where(o[:, None] == k, rb[None, :], b)
+    return b

@@ -1,0 +1,201 @@
+"""Host side of generated Triton modules: launch policy, argument layout, autograd, the torch twin.
+
+Generated Triton modules (``codegen/triton_module.py``) call these helpers around their kernels:
+
+* ``launch_config``: the launch policy, kept outside the kernels. Under ``TRITON_INTERPRET=1`` (or
+  without a GPU) it returns exactly one configuration; ``override_launch`` forces one (tests).
+* ``stream`` / ``param`` / ``state_in`` / ``cell_args``: kernel arguments in the layout the kernels
+  index. Streams keep their strides (a stream without the cell axis is broadcast over it with stride
+  0); complex tensors are passed as real views ``[..., 2]`` (real part, imaginary part at +1).
+* ``FormFunction``: the autograd wrapper. Forward runs the kernels; backward RECOMPUTES the
+  forward through the *torch twin* (the torch backend's generated module of the same spec) under
+  autograd and backpropagates through it. There is no Triton backward kernel yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+
+import torch
+
+_OVERRIDE: dict | None = None
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@contextlib.contextmanager
+def override_launch(**config):
+    """Force launch settings (e.g. ``block=4`` to split the tiled state axis) inside the block."""
+    global _OVERRIDE
+    saved, _OVERRIDE = _OVERRIDE, dict(config)
+    try:
+        yield
+    finally:
+        _OVERRIDE = saved
+
+
+def launch_config(form: str, tiled_size: int | None, state_numel: int, device: torch.device | None = None) -> dict:
+    """The one launch configuration of a kernel call.
+
+    form: "recurrent" or "chunk". tiled_size: the true size of the state axis split across programs
+    (None: not tiled). state_numel: register elements of the whole state per program before tiling.
+    Returns {"block": block of the tiled axis (0 when not tiled), "num_warps": ..., "precision": the
+    tl.dot input precision of fp32 chunk kernels, "diag_3d": whether the key-gated intra-chunk kernel
+    computes a diagonal sub-block as one 3-d product (fast to interpret) or column by column}.
+    """
+    full = next_pow2(tiled_size) if tiled_size else 0
+    if _OVERRIDE is not None:
+        cfg = {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
+        cfg.update(_OVERRIDE)
+        if tiled_size:
+            cfg["block"] = min(next_pow2(cfg["block"]), full)
+        else:
+            cfg["block"] = 0
+        return cfg
+    if interpreting() or device is None or device.type != "cuda":
+        return {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
+    if form == "chunk":
+        return {"block": 0, "num_warps": 4, "precision": "tf32x3", "diag_3d": False}
+    block = min(full, 64) if tiled_size else 0
+    numel = state_numel * block // full if tiled_size else state_numel
+    num_warps = 1 if numel <= 1024 else 2 if numel <= 4096 else 4 if numel <= 16384 else 8
+    return {"block": block, "num_warps": num_warps}
+
+
+# ------------------------------------------------------------------ argument layout
+def real_dtype(t: torch.Tensor) -> torch.dtype:
+    """The real compute dtype of a (possibly complex) lifted tensor."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(t.dtype, t.dtype)
+
+
+def tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.float64: tl.float64}[dtype]
+
+
+def _real_view(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in the compute dtype (complex: its complex counterpart): the kernels load without casting."""
+    if t.is_complex():
+        return t.to({torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype])
+    return t.to(dtype)
+
+
+def stream(t: torch.Tensor, B: int, T: int, H: int, dims: tuple[int, ...], dtype: torch.dtype) -> tuple:
+    """A lifted stream [B, T, 1 or H, *dims] -> (tensor, stride_b, stride_t, stride_h, *dim strides)."""
+    t = _real_view(_as(t, dtype).expand(B, T, H, *dims))
+    return (t, *t.stride()[: 3 + len(dims)])
+
+
+def param(t: torch.Tensor, H: int, dims: tuple[int, ...], dtype: torch.dtype) -> tuple:
+    """A lifted param [1, 1, 1 or H, *dims] -> (tensor, stride_h, *dim strides)."""
+    t = _real_view(_as(t[0, 0], dtype).expand(H, *dims))
+    return (t, *t.stride()[: 1 + len(dims)])
+
+
+def state_in(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An initial state [B, H, *dims] as the contiguous (real view) tensor the kernel reads."""
+    return _real_view(_as(t, dtype)).contiguous()
+
+
+def empty(shape: tuple, dtype: torch.dtype, device, complex_: bool) -> torch.Tensor:
+    """A contiguous output buffer (complex values: a real [..., 2] buffer)."""
+    return torch.empty(tuple(shape) + ((2,) if complex_ else ()), dtype=dtype, device=device)
+
+
+def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
+    """The cell's scalar args as a tensor of the compute dtype (exact in fp64, unlike float kernel args)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+# ------------------------------------------------------------------ the torch twin and autograd
+_TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
+_TRITON_FORMS_IMPORT = "from seqdsl.runtime import triton_chunk as _forms"
+
+
+def with_triton_forms(source: str) -> str:
+    """A torch module's source with its form algorithms (``_forms.chunk_gated``) taken from Triton."""
+    if _TORCH_FORMS_IMPORT not in source:
+        raise ValueError("the torch module does not import its forms as expected")
+    return source.replace(_TORCH_FORMS_IMPORT, _TRITON_FORMS_IMPORT + "  # Triton chunk stages")
+
+
+class TorchTwin:
+    """The torch backend's module of the same spec, from its source embedded in the Triton module.
+
+    Written to the cache (a real file: readable tracebacks) and imported on first use.
+    """
+
+    def __init__(self, source: str, name: str):
+        self.source = source
+        self.name = name
+        self._module = None
+
+    @property
+    def module(self):
+        if self._module is None:
+            from seqdsl.cache import cache_dir, import_path, write_atomic
+
+            digest = hashlib.sha256(self.source.encode()).hexdigest()[:20]
+            path = cache_dir() / f"{self.name}_torchtwin_{digest}.py"
+            if not path.exists():
+                write_atomic(path, self.source)
+            self._module = import_path(path, f"seqdsl_generated_{self.name}_torchtwin_{digest}")
+        return self._module
+
+
+class FormFunction(torch.autograd.Function):
+    """Forward: a form run by Triton kernels. Backward: recompute through the torch twin, then autograd.
+
+    ``apply(forward, twin_form, n_states, kwargs, *states, *inputs)`` returns readouts then final states.
+    """
+
+    @staticmethod
+    def forward(ctx, forward, twin_form, n_states, kwargs, *tensors):
+        states, inputs = tensors[:n_states], tensors[n_states:]
+        outs, finals = forward(tuple(states), *inputs, **kwargs)
+        ctx.forward_meta = (twin_form, n_states, kwargs, len(outs))
+        ctx.save_for_backward(*tensors)
+        return (*outs, *finals)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        twin_form, n_states, kwargs, n_outs = ctx.forward_meta
+        tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[4:]
+        with torch.enable_grad():
+            xs = [t.detach().requires_grad_(bool(need)) for t, need in zip(tensors, needs)]
+            outs, finals = twin_form(tuple(xs[:n_states]), *xs[n_states:], **kwargs)
+            ys = [*outs, *finals]
+            pairs = [(y, g) for y, g in zip(ys, grads) if g is not None and y.requires_grad]
+            wanted = [x for x in xs if x.requires_grad]
+            got = torch.autograd.grad([y for y, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) \
+                if pairs and wanted else [None] * len(wanted)
+        it = iter(got)
+        result = [next(it) if x.requires_grad else None for x in xs]
+        return (None, None, None, None, *result)
+
+
+def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int):
+    """Run a form under ``FormFunction``: ((readouts...), (final states...)).
+
+    forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); twin_form (same signature,
+    plain torch) is what the backward differentiates, recomputing the forward.
+    """
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
+        return forward(tuple(states), *inputs, **kwargs)
+    ys = FormFunction.apply(forward, twin_form, len(states), kwargs, *states, *inputs)
+    return tuple(ys[:n_outs]), tuple(ys[n_outs:])
