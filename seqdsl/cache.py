@@ -16,7 +16,7 @@ import pathlib
 import sys
 import tempfile
 
-_GENERATOR_FILES = ("torch_module.py", "torch_render.py", "ops.py", "triton_module.py")
+_GENERATOR_FILES = ("torch_module.py", "torch_render.py", "ops.py", "triton_module.py", "triton_render.py")
 
 
 def cache_dir() -> pathlib.Path:

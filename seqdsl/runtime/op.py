@@ -61,7 +61,7 @@ class CompiledOp:
                  cu_seqlens=None, chunk_size: int = 64, **kwargs):
         mode = mode or self.default_mode()
         if mode not in self.modes:
-            why = self.plan.why_not.get(mode, "it is not generated")
+            why = getattr(self.module, "WHY_NOT", {}).get(mode) or self.plan.why_not.get(mode, "it is not generated")
             raise ValueError(f"{self.name}: mode '{mode}' is not available for the {self.module.CLASS} class "
                              f"({why}); available: {', '.join(self.modes)}")
         args = dict(self.args)
