@@ -29,8 +29,8 @@ from seqdsl.plan import KernelPlan
 from seqdsl.typecheck import Checked, Ty
 
 INDENT = "    "
-_INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", "USE_INITIAL_STATE", "STORE_FINAL_STATE",
-             "tl", "triton", "torch", "_tlib", "_rt"}
+_INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", "USE_INITIAL_STATE",
+             "STORE_FINAL_STATE", "tl", "triton", "torch", "_tlib", "_rt"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
 
@@ -409,7 +409,7 @@ class _Gen:
         first = c.op_streams[0]
         sizes = {d: c.dim_sizes[d] for d in self.dims}
         out.add(f"def _launch_recurrent({self.signature()}, use_initial_state=True):")
-        out.add('"""Run the recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [B, H, ...]))."""', 1)
+        out.add('"""The recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [B, H, ...]))."""', 1)
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
         for s in self.states:
@@ -419,7 +419,8 @@ class _Gen:
         for o in c.readouts:
             t = self.cell_ty(o)
             shape = ", ".join(str(sizes[d]) for d in t.dims)
-            out.add(f"_out_{o} = _rt.empty((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
+            out.add(f"_out_{o} = _rt.empty((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, "
+                    f"{t.complex})", 1)
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
         tiled_size = sizes[self.tiled] if self.tiled is not None else None
         out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size={tiled_size}, state_numel={state_numel}, "
@@ -458,8 +459,7 @@ class _Gen:
         kwdict = "{" + ", ".join(f"{a!r}: {a}" for a in self.args) + "}"
         inputs = ", ".join(self.inputs)
         out.add(f"def recurrent({self.signature()}):")
-        out.add('"""The recurrence as one fused Triton kernel. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).',
-                1)
+        out.add('"""The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
         out.add("", 0)
         out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [B, H, *dims] tensors.", 1)
         out.add("Backward (autograd): no Triton kernel yet -- it recomputes the forward through the torch twin", 1)
@@ -537,6 +537,7 @@ class _Gen:
             why_not["chunk"] = no_chunk
         if "scan" in self.p.modes:
             why_not["scan"] = "the Triton backend does not generate the scan form yet (use the torch backend)"
+        header = re.sub(r"Forms: [^.]*\.", f"Forms (Triton): {', '.join(modes) or 'none'}.", header, count=1)
         out = _Lines()
         out.add(f'"""{header}"""')
         out.add()

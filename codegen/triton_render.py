@@ -3,10 +3,11 @@
 A value of named dims ``(a, b)`` is a register block ``[BLOCK_a, BLOCK_b]`` (block sizes are powers
 of two, the real lanes masked by ``m_a``); a value without dims is a scalar. Operands are aligned
 statically by name with ``x[:, None]`` / ``x[None, :]`` / ``tl.trans(x)``; contractions ``a @ b``
-become sums (``tl.reduce(.., _tlib.add)``, i.e. ``tl.sum``) of a broadcast product over the contracted
-axis, masked where it is padded, and so do the op table's reductions. Complex values are carried as two real blocks (real and imaginary
-parts), bound to temporaries so that no text is duplicated. Plain numbers (literals, hyper-parameters)
-are folded at generation time and stay Python literals.
+become sums (``tl.reduce(.., _tlib.add)``, i.e. ``tl.sum``) of a broadcast product over the
+contracted axis, masked where it is padded, and so do the op table's reductions. Complex values are
+carried as two real blocks (real and imaginary parts), bound to temporaries so that no text is
+duplicated. Plain numbers (literals, hyper-parameters) are folded at generation time and stay Python
+literals.
 
 Rendering may need statements before the expression (temporaries): they collect in ``lines`` and the
 caller writes them out before the statement that uses the returned text.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from seqdsl import ir
 from seqdsl.codegen.ops import CONSTANTS, OPS
-from seqdsl.typecheck import Checked, Ty, broadcast, matmul_dims
+from seqdsl.typecheck import Checked, broadcast, matmul_dims
 
 
 class Unsupported(Exception):

@@ -9,6 +9,8 @@ states; varlen; the tiled state axis; decode steps. Interpreted Triton is slow (
 step, every op is Python), so the dims are tiny. Larger shapes and bf16 run only on a GPU (``gpu``).
 """
 
+import atexit
+import shutil
 import tempfile
 
 import pytest
@@ -49,6 +51,7 @@ def tiny(name):
 
 _OPS = {}
 _CACHE = tempfile.mkdtemp(prefix="seqdsl_triton_test_")   # generated files from the current generators
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def compiled(name):

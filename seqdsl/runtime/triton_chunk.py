@@ -111,21 +111,21 @@ def chunk_intra_gk_kernel(
             for i_k in range(0, tl.cdiv(K, BK)):
                 o_k = i_k * BK + tl.arange(0, BK)
                 m_k = o_k < K
-                m_ik = m_i[:, None] & m_k[None, :]
-                b_q = tl.load(q + ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(DTYPE)
-                b_gi = tl.load(gc + ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(DTYPE)
+                m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
+                p_i = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] query rows
+                p_j = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] key rows
+                b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE)
+                b_gi = tl.load(gc + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 if i_i > i_j:
-                    m_jk = m_j[:, None] & m_k[None, :]
-                    b_k = tl.load(k + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
-                    b_gj = tl.load(gc + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
+                    b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
                     b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
                     b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
                     b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
                 elif DIAG_3D:       # the diagonal sub-block at once: a [BC, BC, BK] product
-                    m_jk = m_j[:, None] & m_k[None, :]
-                    b_k = tl.load(k + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
-                    b_gj = tl.load(gc + ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(DTYPE)
+                    b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
+                    b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_e = tl.exp(tl.minimum(b_gi[:, None, :] - b_gj[None, :, :], 0.0))
                     b_a = tl.reduce(b_q[:, None, :] * b_k[None, :, :] * b_e, 2, _tlib.add)
                     b_A += tl.where(o_i[:, None] >= o_j[None, :], b_a, 0.0)
@@ -133,9 +133,11 @@ def chunk_intra_gk_kernel(
                     for j in range(0, BC):
                         s = i_t * BT + i_j * BC + j
                         s_in = tl.minimum(s, T - 1)       # rows past T only meet rows past T (not stored)
-                        b_ks = tl.load(k + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
-                        b_gs = tl.load(gc + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
-                        b_a = tl.reduce(b_q * b_ks[None, :] * tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0)), 1, _tlib.add)
+                        p_s = ((i_b * T + s_in) * H + i_h) * K + o_k
+                        b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
+                        b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
+                        b_e = tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0))
+                        b_a = tl.reduce(b_q * b_ks[None, :] * b_e, 1, _tlib.add)
                         b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
                         b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
             p_A = A + ((i_b * T + o_i[:, None]) * H + i_h) * BT + i_j * BC + o_c[None, :]

@@ -1,0 +1,272 @@
+"""GPU timings: seqdsl's generated Triton forms next to flash-linear-attention's kernels and SDPA.
+
+    python benchmarks/gpu_vs_fla.py [--shapes 0 2 4] [--reps 10] [--no-backward] [--smoke]
+
+At fla's benchmark shapes (B, T, H, D) = (1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128),
+(4, 4096, 64, 128), (8, 1024, 8, 64), (8, 2048, 32, 256), bf16 inputs, it times forward and
+forward+backward (median of --reps runs, CUDA events) of:
+
+* simple GLA (a data-dependent scalar gate, written below as a spec) vs fla ``chunk_simple_gla``;
+* GLA (examples/gla.seq) vs fla ``chunk_gla``;
+* DeltaNet / Gated DeltaNet (examples) vs fla ``chunk_delta_rule`` / ``chunk_gated_delta_rule``;
+* Mamba (examples/mamba.seq, d_inner = H * D channels, n = 16) vs mamba_ssm's ``selective_scan_fn``
+  where it is installed;
+* causal ``torch.nn.functional.scaled_dot_product_attention`` at the same (B, T, H, D).
+
+seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
+Triton backend has one (gated classes; Mamba's vector state runs it with one head per state element);
+the delta rule has no Triton chunk kernels yet and nothing has a Triton scan. Its backward is not a
+Triton kernel: it recomputes through the generated torch module, so forward+backward times measure
+that. The op computes in fp32 from bf16 inputs (DESIGN §6).
+
+Without a CUDA GPU (or under TRITON_INTERPRET=1) it says so and exits 0. ``--smoke`` runs the seqdsl
+and SDPA rows on CPU under the Triton interpreter at one tiny shape (a check that the script works;
+the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import warnings
+
+warnings.filterwarnings("ignore")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHAPES = [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128), (8, 1024, 8, 64),
+          (8, 2048, 32, 256)]
+
+SIMPLE_GLA = """
+model simple_gla(d_model = 64, heads = 4, dk = 64, dv = 64):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dv] = linear(x)
+    g: [heads] = logsigmoid(linear(x))
+  cell over heads:
+    arg scale = dk ** -0.5
+    state S: [dk, dv] = 0
+    S <- exp(g) * S + outer(k, v)
+    o = (q * scale) @ S
+"""
+
+
+def bench(fn, reps: int) -> float:
+    """Median milliseconds of fn() over reps runs (two warm-ups), timed with CUDA events."""
+    import torch
+
+    for _ in range(2):
+        fn()
+    if not torch.cuda.is_available():          # --smoke
+        import time
+
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def timed(make, reps: int, backward: bool) -> tuple[str, str]:
+    """(forward ms, forward+backward ms) of make() -> (run, inputs needing grads); errors reported."""
+    import torch
+
+    def fmt(f):
+        try:
+            return f"{f():.2f}"
+        except Exception as e:  # noqa: BLE001 - report OOM / unsupported and go on
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return f"error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:60]}"
+
+    run, grads = make()
+
+    def forward():
+        with torch.no_grad():
+            run()
+
+    def both():
+        out = run()
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().sum().backward()
+        for t in grads:
+            t.grad = None
+
+    fwd = fmt(lambda: bench(forward, reps))
+    bwd = fmt(lambda: bench(both, reps)) if backward else "-"
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return fwd, bwd
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))),
+                        help="indices into the shape list (default: all)")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny shape on CPU under TRITON_INTERPRET=1")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_vs_fla: no CUDA GPU here; nothing to time (the Triton kernels are tested on CPU under "
+              "TRITON_INTERPRET=1 by tests/test_triton_backend.py).")
+        return 0
+    if not args.smoke and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("gpu_vs_fla: TRITON_INTERPRET is set; unset it to time compiled kernels.")
+        return 0
+
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT))
+    import seqdsl
+
+    fla_ops = selective_scan_fn = None
+    if not args.smoke:
+        try:
+            import fla.ops as fla_ops
+        except ImportError:
+            pass
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except ImportError:
+            pass
+
+    dev, bf16 = ("cpu" if args.smoke else "cuda"), torch.bfloat16
+    shapes = [(1, 40, 2, 16)] if args.smoke else [SHAPES[i] for i in args.shapes]
+    where = "CPU, TRITON_INTERPRET=1 (smoke run)" if args.smoke else torch.cuda.get_device_name()
+    print(f"# seqdsl Triton forms vs fla and SDPA on {where} (bf16 inputs, median of {args.reps}, ms)\n")
+    print("| B, T, H, D | op | implementation | form | fwd | fwd+bwd |")
+    print("|---|---|---|---|---|---|")
+    backward = not args.no_backward
+
+    def row(shape, op, impl, form, times):
+        print(f"| {shape} | {op} | {impl} | {form} | {times[0]} | {times[1]} |", flush=True)
+
+    for B, T, H, D in shapes:
+        shape = f"{B}, {T}, {H}, {D}"
+        g = torch.Generator(device=dev).manual_seed(0)
+
+        def rnd(*s, dtype=bf16, grad=True):
+            return torch.randn(*s, generator=g, device=dev, dtype=dtype).requires_grad_(grad)
+
+        def qkv():
+            q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+            return q, k, v
+
+        def seqdsl_op(model):
+            op = seqdsl.compile(model, backend="triton")
+            return op, op.modes
+
+        # ---- simple GLA
+        m = seqdsl.loads(SIMPLE_GLA, name="simple_gla").with_hparams(heads=H, dk=D, dv=D)
+        op, forms = seqdsl_op(m)
+
+        def make_simple(ours=True, form="chunk"):
+            q, k, v = qkv()
+            gate = F.logsigmoid(rnd(B, T, H, dtype=torch.float32, grad=False)).requires_grad_(True)
+            if ours:
+                return (lambda: op(q=q, k=k, v=v, g=gate, mode=form)), (q, k, v, gate)
+            return (lambda: fla_ops.chunk_simple_gla(q, k, v, g=gate)), (q, k, v, gate)
+
+        for form in forms:
+            row(shape, "simple_gla", "seqdsl", form, timed(lambda: make_simple(True, form), args.reps, backward))
+        if fla_ops:
+            row(shape, "simple_gla", "fla chunk_simple_gla", "chunk",
+                timed(lambda: make_simple(False), args.reps, backward))
+
+        # ---- GLA
+        m = seqdsl.load(ROOT / "examples/gla.seq").with_hparams(heads=H, dk=D, dv=D)
+        op, forms = seqdsl_op(m)
+
+        def make_gla(ours=True, form="chunk"):
+            q, k, v = qkv()
+            gk = (F.logsigmoid(rnd(B, T, H, D, dtype=torch.float32, grad=False)) / 16).requires_grad_(True)
+            if ours:
+                return (lambda: op(q=q, k=k, v=v, gk=gk, mode=form)), (q, k, v, gk)
+            return (lambda: fla_ops.chunk_gla(q, k, v, g=gk)), (q, k, v, gk)
+
+        for form in forms:
+            row(shape, "gla", "seqdsl", form, timed(lambda: make_gla(True, form), args.reps, backward))
+        if fla_ops:
+            row(shape, "gla", "fla chunk_gla", "chunk", timed(lambda: make_gla(False), args.reps, backward))
+
+        # ---- DeltaNet / Gated DeltaNet
+        for name in ("deltanet", "gated_deltanet"):
+            m = seqdsl.load(ROOT / f"examples/{name}.seq").with_hparams(heads=H, dk=D, dv=D)
+            op, forms = seqdsl_op(m)
+
+            def make_delta(ours=True, name=name, op=op, form="recurrent"):
+                q, v = rnd(B, T, H, D), rnd(B, T, H, D)
+                k = F.normalize(rnd(B, T, H, D, grad=False).float(), dim=-1).to(bf16).requires_grad_(True)
+                beta = torch.sigmoid(rnd(B, T, H, grad=False)).requires_grad_(True)
+                gate = F.logsigmoid(rnd(B, T, H, dtype=torch.float32, grad=False)).requires_grad_(True)
+                extra = {"g": gate} if name == "gated_deltanet" else {}
+                grads = (q, k, v, beta) + tuple(extra.values())
+                if ours:
+                    return (lambda: op(q=q, k=k, v=v, beta=beta, **extra, mode=form)), grads
+                if name == "deltanet":
+                    return (lambda: fla_ops.chunk_delta_rule(q, k, v, beta)), grads
+                return (lambda: fla_ops.chunk_gated_delta_rule(q, k, v, gate, beta)), grads
+
+            for form in forms:
+                row(shape, name, "seqdsl", form, timed(lambda: make_delta(True, form=form), args.reps, backward))
+            if fla_ops:
+                fla_name = "chunk_delta_rule" if name == "deltanet" else "chunk_gated_delta_rule"
+                row(shape, name, f"fla {fla_name}", "chunk", timed(lambda: make_delta(False), args.reps, backward))
+
+        # ---- Mamba (selective scan): d_inner = H * D channels, n = 16
+        Dn, n = H * D, 16
+        m = seqdsl.load(ROOT / "examples/mamba.seq").with_hparams(d_model=Dn // 2, n=n)
+        op, forms = seqdsl_op(m)
+
+        def make_mamba(ours=True, form="recurrent"):
+            u = rnd(B, T, Dn)
+            delta = F.softplus(rnd(B, T, Dn, grad=False).float() - 4).to(bf16).requires_grad_(True)
+            Bm, Cm = rnd(B, T, n), rnd(B, T, n)
+            A_log = torch.log(torch.arange(1, n + 1.0, device=dev)).repeat(Dn, 1).requires_grad_(True)
+            Dp = torch.ones(Dn, device=dev, requires_grad=True)
+            grads = (u, delta, Bm, Cm, A_log, Dp)
+            if ours:
+                return (lambda: op(u=u, delta=delta, B=Bm, C=Cm, A_log=A_log, D=Dp, mode=form)), grads
+            A = -torch.exp(A_log)
+            return (lambda: selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2)[:, None],
+                                              Cm.transpose(1, 2)[:, None], Dp)), grads
+
+        for form in forms:
+            row(shape, "mamba", "seqdsl", form, timed(lambda: make_mamba(True, form), args.reps, backward))
+        if selective_scan_fn is not None:
+            row(shape, "mamba", "mamba_ssm selective_scan_fn", "scan",
+                timed(lambda: make_mamba(False), args.reps, backward))
+        else:
+            row(shape, "mamba", "mamba_ssm selective_scan_fn", "-", ("not installed", "-"))
+
+        # ---- SDPA
+        def make_sdpa():
+            q, k, v = (t.transpose(1, 2) for t in qkv())
+            return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)), ()
+
+        row(shape, "attention", "torch SDPA (causal)", "-", timed(make_sdpa, args.reps, backward))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
