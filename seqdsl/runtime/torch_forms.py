@@ -125,7 +125,7 @@ class _ChunkLayout:
     def __init__(self, B: int, T: int, H: int, chunk_size: int, cu_seqlens: Optional[Tensor], device):
         if chunk_size < 1 or chunk_size & (chunk_size - 1):
             raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-        self.B, self.T, self.H, self.C = B, T, H, chunk_size
+        self.B, self.T, self.H, self.C, self.device = B, T, H, chunk_size, device
         C = chunk_size
         if cu_seqlens is None:
             self.num_chunks = -(-T // C)
@@ -158,6 +158,43 @@ class _ChunkLayout:
         else:
             x = x.new_zeros(B, H, L, *D).index_copy(2, self.slots, x)
         return x.view(B, H, self.num_chunks, self.C, *D)
+
+    def slicer(self, x: Optional[Tensor], dtype: torch.dtype) -> Callable[[int, int], Optional[Tensor]]:
+        """(c0, c1) -> chunks c0..c1-1 of x [B, T, H, *D] as [B, H, c1 - c0, C, *D] in dtype.
+
+        Dense batches are laid out slab by slab (no sequence-long copy); packed sequences are
+        packed once."""
+        if x is None:
+            return lambda c0, c1: None
+        if self.slots is not None:
+            packed = self.to_chunks(x, dtype)
+            return lambda c0, c1: packed[:, :, c0:c1]
+        B, T, H, *D = x.shape
+
+        def get(c0: int, c1: int) -> Tensor:
+            t0, t1 = c0 * self.C, min(c1 * self.C, T)
+            part = x[:, t0:t1].movedim(1, 2).to(dtype)
+            pad = (c1 - c0) * self.C - (t1 - t0)
+            part = F.pad(part, (0, 0) * len(D) + (0, pad)) if pad else part.contiguous()
+            return part.view(B, H, c1 - c0, self.C, *D)
+
+        return get
+
+    def assemble(self, slab: Callable[[int, int], Tensor], width: int, shape, dtype, in_place: bool) -> Tensor:
+        """Runs slab(c0, c1) -> [B, H, n, C, *D] over all slabs, in order, and returns the output
+        [B, T, H, *D] (shape) in dtype. in_place (no autograd): dense slab outputs are copied
+        straight into the output; otherwise they are concatenated at the end."""
+        if self.num_chunks == 0:
+            return torch.zeros(shape, dtype=dtype, device=self.device)
+        if in_place and self.slots is None:
+            out = torch.empty(shape, dtype=dtype, device=self.device)
+            for c0, c1 in self.slabs(width):
+                y = slab(c0, c1)
+                t0, t1 = c0 * self.C, min(c1 * self.C, self.T)
+                y = y.reshape(*y.shape[:2], -1, *y.shape[4:])[:, :, : t1 - t0]
+                out[:, t0:t1].copy_(y.movedim(2, 1))
+            return out
+        return self.from_chunks([slab(c0, c1) for c0, c1 in self.slabs(width)], dtype)
 
     def slabs(self, width: int):
         """(c0, c1) ranges of consecutive chunks covering all chunks, each about _SLAB_ELEMENTS
@@ -338,8 +375,9 @@ def _matmul_add(o: Tensor, a: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
     return torch.baddbmm(o3, a3, b3, beta=scale, alpha=scale).view(*lead, m, n)
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd records ops on these tensors (else in-place shortcuts are safe)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _scale_half(x: Tensor, n: int, half: int, factor: Tensor, inplace: bool) -> Tensor:
@@ -447,22 +485,22 @@ def chunk_gated(
     # A scalar gate rides on the key-axis gate when both are given (log gates add).
     if gk is not None and g is not None:
         gk, g = gk + g[..., None], None
-    q, k, v = (lay.to_chunks(x, cd) for x in (q, k, v))                    # [B, H, NC, C, D]
-    g, gk, gv = (None if x is None else lay.to_chunks(x, cd) for x in (g, gk, gv))
+    in_place = not _needs_grad(q, k, v, g, gk, gv, initial_state)
+    chunks = {n: lay.slicer(x, cd) for n, x in dict(q=q, k=k, v=v, gk=gk, gv=gv).items()}
     if g is not None:   # a scalar gate's decays are small next to q, k, v: all chunks at once
-        D_all, fwd_all, rev_all = _decay_matrix(torch.exp(g))
+        D_all, fwd_all, rev_all = _decay_matrix(torch.exp(lay.to_chunks(g, cd)))
     lay.start(_initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None))
 
     def slab(c0: int, c1: int) -> Tensor:
         """Output of chunks c0..c1-1 ([B, H, n, C, V]); advances the state past them."""
         part = lambda x: None if x is None else x[:, :, c0:c1]
-        q_, k_, v_ = part(q), part(k), part(v)
+        q_, k_, v_ = (chunks[n](c0, c1) for n in "qkv")
         # Intra-chunk causal attention A with its decays, plus the inter-chunk factors: queries
         # see the entering state through exp(G_t), keys write the leaving state through
         # exp(G_C - G_t), and the state itself decays by exp(G_C) (decay_k, decay_v).
         decay_k = decay_v = None
         if gk is not None:
-            A, qd, kd, total = _key_gated_attention(q_, k_, torch.exp(part(gk)))
+            A, qd, kd, total = _key_gated_attention(q_, k_, torch.exp(chunks["gk"](c0, c1)))
             decay_k = total.transpose(-1, -2)                                # [B, H, n, K, 1]
         elif g is not None:
             D, fwd, rev = part(D_all), part(fwd_all), part(rev_all)
@@ -475,7 +513,7 @@ def chunk_gated(
         if gv is None:
             o, vd = A @ v_, v_
         else:
-            o, fwd_v, vd, decay_v = _value_gated_apply(A, v_, torch.exp(part(gv)))
+            o, fwd_v, vd, decay_v = _value_gated_apply(A, v_, torch.exp(chunks["gv"](c0, c1)))
         decay = decay_k if decay_v is None else decay_v if decay_k is None else decay_k * decay_v
         update = kd.transpose(-1, -2) @ vd                                   # [B, H, n, K, V]
 
@@ -491,8 +529,7 @@ def chunk_gated(
             return _matmul_add(o, qd, states, scale)
         return (o + (qd @ states) * fwd_v) * scale
 
-    pieces = [slab(c0, c1) for c0, c1 in lay.slabs(max(lay.C, K, V))]
-    o = lay.from_chunks(pieces, out_dtype) if pieces else v.new_zeros(B, 0, H, V, dtype=out_dtype)
+    o = lay.assemble(slab, max(lay.C, K, V), (B, T, H, V), out_dtype, in_place)
     return o, (lay.final_state() if output_final_state else None)
 
 
@@ -609,8 +646,8 @@ def chunk_delta(
     lay = _ChunkLayout(B, T, H, chunk_size, cu_seqlens, q.device)
     C = chunk_size
 
-    q, k, v = (lay.to_chunks(x, cd) for x in (q, k, v))      # [B, H, NC, C, D]
-    beta = lay.to_chunks(beta, cd)[..., None]                 # [B, H, NC, C, 1]
+    in_place = not _needs_grad(q, k, v, beta, g, initial_state)
+    chunks = [lay.slicer(x, cd) for x in (q, k, v, beta)]
     if g is not None:   # the decays are small next to q, k, v: all chunks at once
         D_all, fwd_all, rev_all = _decay_matrix(torch.exp(lay.to_chunks(g, cd)))
     lay.start(_initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None))
@@ -618,7 +655,8 @@ def chunk_delta(
 
     def slab(c0: int, c1: int) -> Tensor:
         """Output of chunks c0..c1-1 ([B, H, n, C, V]); advances the state past them."""
-        q_, k_, v_, beta_ = (x[:, :, c0:c1] for x in (q, k, v, beta))
+        q_, k_, v_, beta_ = (get(c0, c1) for get in chunks)   # [B, H, n, C, D], beta [B, H, n, C]
+        beta_ = beta_[..., None]
         kb = k_ * beta_
         if g is None:
             D = None
@@ -656,8 +694,7 @@ def chunk_delta(
         v_new = torch.stack(v_new, 1).view(B, H, n, C, V)
         return _matmul_add(Aqk @ v_new, qd, states, scale)
 
-    pieces = [slab(c0, c1) for c0, c1 in lay.slabs(max(C, K, V))]
-    o = lay.from_chunks(pieces, out_dtype) if pieces else v.new_zeros(B, 0, H, V, dtype=out_dtype)
+    o = lay.assemble(slab, max(C, K, V), (B, T, H, V), out_dtype, in_place)
     return o, (lay.final_state() if output_final_state else None)
 
 
