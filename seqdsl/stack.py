@@ -17,21 +17,58 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from seqdsl import ir
 from seqdsl.errors import SpecError
 from seqdsl.frontend import parse
 
-BLOCK_KINDS = {
-    "cell": "cell(\"path.seq\", hparam = value, ...): the layer of a cell spec (d_model is the stack's)",
-    "attention": "attention(heads = h[, window = w]): causal softmax attention, sliding window if given",
-    "mlp": "mlp(expand = 4): Linear, GELU, Linear",
-    "swiglu": "swiglu(expand = 4): (silu(x W1) * x W3) W2",
-    "shortconv": "shortconv(width = 4): a depthwise causal convolution over the last width tokens",
-}
 MAX_LAYERS = 1024
-BLOCK_OPTIONS = {"attention": {"heads": None, "window": 0}, "mlp": {"expand": 4}, "swiglu": {"expand": 4},
-                 "shortconv": {"width": 4}}
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """One kind of block a stack can use: ``name(option = value, ...)``.
+
+    ``options`` maps option names to defaults (``None``: required). ``build(d_model, options, seed, shared)``
+    returns an ``nn.Module`` whose ``forward(x [B, T, d], cache) -> (y [B, T, d], cache)`` (cache is
+    None during training; a dict when generating) and whose ``state_size(seq_len)`` counts the numbers
+    it carries per sequence. ``parse(call, ctx)``, if given, replaces the default option parsing (whole
+    numbers only); ``ctx`` is a ``ParseContext``. ``shared`` is a dict owned by the model being built:
+    a kind whose module is reused at several layers (weight sharing) stores it there under its own key.
+    """
+
+    name: str
+    usage: str
+    options: dict
+    build: Callable
+    parse: Callable | None = None
+
+
+@dataclass(frozen=True)
+class ParseContext:
+    values: dict                  # the stack's hyper-parameters
+    blocks: dict                  # blocks defined above this one (name -> BlockSpec)
+    base: str                     # the folder of the stack file (cell paths are relative to it)
+    block: str = ""               # the name of the block being parsed (for messages)
+
+    def number(self, e, what: str):
+        return _number(e, self.values, what)
+
+
+BLOCK_REGISTRY: dict[str, BlockKind] = {}
+
+
+def register_block(kind: BlockKind) -> BlockKind:
+    """Add a block kind (modules defining kinds call this at import; see seqdsl/blocks/)."""
+    BLOCK_REGISTRY[kind.name] = kind
+    return kind
+
+
+def _ensure_kinds() -> dict[str, BlockKind]:
+    import seqdsl.blocks  # noqa: F401  (registers the built-in kinds)
+
+    return BLOCK_REGISTRY
 
 
 @dataclass(frozen=True)
@@ -108,64 +145,71 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
         if b.name in blocks or b.name in values:
             raise SpecError.at(f"duplicate name '{b.name}'", b.span)
         call = b.value
-        if not isinstance(call, ir.Call) or call.func not in BLOCK_KINDS:
-            kinds = ", ".join(BLOCK_KINDS)
-            raise SpecError.at(f"the block '{b.name}' must be one of {kinds}", b.span)
-        opts = {k.name: k.value for k in call.kwargs}
-        if call.func == "cell":
-            if len(call.args) != 1 or not isinstance(call.args[0], ir.Str):
-                raise SpecError.at('cell() takes the path of a spec: cell("gla.seq", heads = 2)', call.span)
-            spec_path = os.path.join(base, call.args[0].value)
-            if not os.path.isfile(spec_path):
-                raise SpecError.at(f"the spec '{call.args[0].value}' does not exist (looked in {base})",
-                                   call.args[0].span)
-            hp = {k: _number(v, values, f"the option '{k}'") for k, v in opts.items()}
-            hp["d_model"] = values["d_model"]
-            try:
-                with open(spec_path, encoding="utf-8", errors="replace") as f:
-                    is_stack = isinstance(parse(f.read(), spec_path), ir.Stack)
-            except OSError as e:
-                raise SpecError.at(f"cannot read the spec '{call.args[0].value}': {e.strerror}", call.span) from None
-            except SpecError as e:
-                raise SpecError.at(f"in the block '{b.name}': {e}", call.span) from None
-            if is_stack:   # checked before loading it: a stack that names itself would recurse
-                raise SpecError.at(f"the block '{b.name}' names a stack spec; cell() takes a model spec "
-                                   "(a stack cannot be a block)", call.args[0].span)
-            try:
-                model = load(spec_path, **hp)
-            except SpecError as e:
-                raise SpecError.at(f"in the block '{b.name}': {e}", call.span) from None
-            if not model.ir.outs:
-                raise SpecError.at(f"the spec of block '{b.name}' has no 'out' section producing y", call.span)
-            blocks[b.name] = BlockSpec(b.name, "cell", hp, model)
-        else:
-            if call.args:
-                raise SpecError.at(f"{BLOCK_KINDS[call.func]} (options by name)", call.span)
-            allowed = BLOCK_OPTIONS[call.func]
-            for k in opts:
-                if k not in allowed:
-                    raise SpecError.at(f"{call.func}() has no option '{k}' (options: {', '.join(allowed)})",
-                                       call.span)
-            resolved = {}
-            for k, d in allowed.items():
-                v = _number(opts[k], values, f"the option '{k}'") if k in opts else d
-                if v is not None and (not isinstance(v, int) and not float(v).is_integer()):
-                    raise SpecError.at(f"{call.func}(): {k} must be a whole number; got {v}", call.span)
-                resolved[k] = int(v) if v is not None else None
-            for k, v in resolved.items():
-                if v is None:
-                    raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
-                if v < (0 if k == "window" else 1):
-                    least = "0 (no window)" if k == "window" else "1"
-                    raise SpecError.at(f"{call.func}(): {k} must be at least {least}; got {v}", call.span)
-            if call.func == "attention" and values["d_model"] % resolved["heads"]:
-                raise SpecError.at(f"attention: d_model = {values['d_model']} is not divisible by heads = "
-                                   f"{resolved['heads']}", call.span)
-            blocks[b.name] = BlockSpec(b.name, call.func, resolved)
+        kinds = _ensure_kinds()
+        if not isinstance(call, ir.Call) or call.func not in kinds:
+            raise SpecError.at(f"the block '{b.name}' must be one of {', '.join(kinds)}", b.span)
+        kind = kinds[call.func]
+        ctx = ParseContext(values, dict(blocks), base, b.name)
+        options = kind.parse(call, ctx) if kind.parse else parse_whole_number_options(kind, call, ctx)
+        blocks[b.name] = BlockSpec(b.name, call.func, options, options.get("model"))
     layers = tuple(_layer_list(s.layers, values, blocks))
     if not layers:
         raise SpecError.at("the stack has no layers", s.layers.span)
     return CheckedStack(s, path, values, blocks, layers)
+
+
+def parse_whole_number_options(kind: BlockKind, call: ir.Call, ctx: ParseContext) -> dict:
+    """The default option parsing: every option a whole number (``window`` may be 0, others >= 1)."""
+    if call.args:
+        raise SpecError.at(f"{kind.usage} (options by name)", call.span)
+    opts = {k.name: k.value for k in call.kwargs}
+    for k in opts:
+        if k not in kind.options:
+            raise SpecError.at(f"{call.func}() has no option '{k}' (options: {', '.join(kind.options)})", call.span)
+    resolved = {}
+    for k, d in kind.options.items():
+        v = ctx.number(opts[k], f"the option '{k}'") if k in opts else d
+        if v is not None and (not isinstance(v, int) and not float(v).is_integer()):
+            raise SpecError.at(f"{call.func}(): {k} must be a whole number; got {v}", call.span)
+        resolved[k] = int(v) if v is not None else None
+    for k, v in resolved.items():
+        if v is None:
+            raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
+        if v < (0 if k == "window" else 1):
+            least = "0 (no window)" if k == "window" else "1"
+            raise SpecError.at(f"{call.func}(): {k} must be at least {least}; got {v}", call.span)
+    return resolved
+
+
+def load_cell_block(call: ir.Call, ctx: ParseContext, what: str = "cell") -> dict:
+    """``cell("path.seq", hparam = value, ...)``: load the model spec at d_model = the stack's."""
+    from seqdsl.api import load
+
+    if len(call.args) != 1 or not isinstance(call.args[0], ir.Str):
+        raise SpecError.at(f'{what}() takes the path of a spec: {what}("gla.seq", heads = 2)', call.span)
+    rel = call.args[0].value
+    spec_path = os.path.join(ctx.base, rel)
+    if not os.path.isfile(spec_path):
+        raise SpecError.at(f"the spec '{rel}' does not exist (looked in {ctx.base})", call.args[0].span)
+    hp = {k.name: ctx.number(k.value, f"the option '{k.name}'") for k in call.kwargs}
+    hp["d_model"] = ctx.values["d_model"]
+    try:
+        with open(spec_path, encoding="utf-8", errors="replace") as f:
+            is_stack = isinstance(parse(f.read(), spec_path), ir.Stack)
+    except OSError as e:
+        raise SpecError.at(f"cannot read the spec '{rel}': {e.strerror}", call.span) from None
+    except SpecError as e:
+        raise SpecError.at(f"in the block '{ctx.block}': {e}", call.span) from None
+    if is_stack:   # checked before loading it: a stack that names itself would recurse
+        raise SpecError.at(f"the block '{ctx.block}' names a stack spec; {what}() takes a model spec "
+                           "(a stack cannot be a block)", call.args[0].span)
+    try:
+        model = load(spec_path, **hp)
+    except SpecError as e:
+        raise SpecError.at(f"in the block '{ctx.block}': {e}", call.span) from None
+    if not model.ir.outs:
+        raise SpecError.at(f"the spec of block '{ctx.block}' has no 'out' section producing y", call.span)
+    return {**hp, "model": model}
 
 
 def _layer_list(e: ir.Expr, values: dict, blocks: dict) -> list[str]:
@@ -196,77 +240,6 @@ def _torch_modules():
     import torch
     from torch import nn
 
-    class Attention(nn.Module):
-        """Causal multi-head softmax attention (no positional encoding); sliding window if window > 0."""
-
-        def __init__(self, d: int, heads: int, window: int = 0):
-            super().__init__()
-            self.heads, self.window = heads, window
-            self.qkv = nn.Linear(d, 3 * d, bias=False)
-            self.out = nn.Linear(d, d, bias=False)
-
-        def forward(self, x, cache=None):
-            B, T, D = x.shape
-            q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-            past = 0
-            if cache is not None and cache.get("k") is not None:
-                past = cache["k"].shape[2]
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            i = torch.arange(T, device=x.device)[:, None] + past
-            j = torch.arange(k.shape[2], device=x.device)[None, :]
-            allowed = j <= i
-            if self.window:
-                allowed = allowed & (i - j < self.window)
-            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-            new_cache = None
-            if cache is not None:
-                keep = self.window if self.window else k.shape[2]
-                new_cache = {"k": k[:, :, -keep:], "v": v[:, :, -keep:]} if self.window else {"k": k, "v": v}
-                if self.window:   # positions are relative: the kept window starts at 0 next time
-                    new_cache = {"k": k[:, :, -(self.window - 1):] if self.window > 1 else k[:, :, :0],
-                                 "v": v[:, :, -(self.window - 1):] if self.window > 1 else v[:, :, :0]}
-            return self.out(o.transpose(1, 2).reshape(B, T, D)), new_cache
-
-    class MLP(nn.Module):
-        def __init__(self, d: int, expand: int, gated: bool):
-            super().__init__()
-            self.gated = gated
-            self.up = nn.Linear(d, expand * d, bias=False)
-            self.gate = nn.Linear(d, expand * d, bias=False) if gated else None
-            self.down = nn.Linear(expand * d, d, bias=False)
-
-        def forward(self, x, cache=None):
-            h = torch.nn.functional.silu(self.gate(x)) * self.up(x) if self.gated else \
-                torch.nn.functional.gelu(self.up(x))
-            return self.down(h), cache
-
-    class ShortConv(nn.Module):
-        """Depthwise causal convolution (H3's shift SSM, the short conv of Zoology's mixers)."""
-
-        def __init__(self, d: int, width: int):
-            super().__init__()
-            self.weight = nn.Parameter(torch.randn(d, width) / math.sqrt(width))
-
-        def forward(self, x, cache=None):
-            from seqdsl.runtime.torch_ops import causal_conv
-
-            y, new = causal_conv(x, 1, self.weight, None if cache is None else cache.get("conv"))
-            return y, (None if cache is None else {"conv": new})
-
-    class CellBlock(nn.Module):
-        def __init__(self, model, seed: int):
-            super().__init__()
-            from seqdsl.layer import Layer
-
-            self.layer = Layer(model, seed=seed)
-
-        def forward(self, x, cache=None):
-            if cache is None:
-                return self.layer(x), None
-            inner = cache.get("layer")
-            y, inner = self.layer(x, cache=inner, output_final_state=True, mode="recurrent" if x.shape[1] == 1 else None)
-            return y, {"layer": inner}
-
     class StackModel(nn.Module):
         """tokens [B, T] -> logits [B, T, vocab] (or [N, vocab] at the given positions)."""
 
@@ -278,19 +251,11 @@ def _torch_modules():
             self.spec = cs
             self.vocab = vocab
             self.embed = nn.Linear(input_dim, d) if input_dim else nn.Embedding(vocab, d)
-            blocks = []
-            for i, name in enumerate(cs.layers):
-                b = cs.blocks[name]
-                if b.kind == "cell":
-                    blocks.append(CellBlock(b.model, seed + i))
-                elif b.kind == "attention":
-                    blocks.append(Attention(d, b.options["heads"], b.options["window"]))
-                elif b.kind == "shortconv":
-                    blocks.append(ShortConv(d, b.options["width"]))
-                else:
-                    blocks.append(MLP(d, b.options["expand"], gated=b.kind == "swiglu"))
-            self.blocks = nn.ModuleList(blocks)
-            self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in blocks)
+            kinds = _ensure_kinds()
+            shared: dict = {}    # blocks that reuse one module at several layers (e.g. Zamba) keep it here
+            self.blocks = nn.ModuleList(kinds[cs.blocks[name].kind].build(d, cs.blocks[name].options, seed + i, shared)
+                                        for i, name in enumerate(cs.layers))
+            self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in self.blocks)
             self.final_norm = nn.RMSNorm(d)
             self.head = nn.Linear(d, output_dim or vocab, bias=False)
 
@@ -334,17 +299,7 @@ def _torch_modules():
 
         def state_size(self, seq_len: int = 1) -> int:
             """Numbers carried per sequence during generation after seq_len tokens (attention: its KV cache)."""
-            total = 0
-            d = self.spec.d_model
-            for block in self.blocks:
-                if isinstance(block, CellBlock):
-                    total += block.layer.state_size()
-                elif isinstance(block, Attention):
-                    kept = min(seq_len, block.window) if block.window else seq_len
-                    total += 2 * d * kept
-                elif isinstance(block, ShortConv):
-                    total += d * (block.weight.shape[1] - 1)
-            return total
+            return sum(int(block.state_size(seq_len)) for block in self.blocks)
 
         def num_parameters(self) -> int:
             return sum(p.numel() for p in self.parameters())
