@@ -149,7 +149,8 @@ class _Gen:
         out.add(f"def {form}({self.signature()}, chunk_size=64):" if form == "chunk" else
                 f"def {form}({self.signature()}):")
         doc = {"chunk": "Chunkwise form: intra-chunk matmuls, inter-chunk state passing.",
-               "scan": "Parallel-scan form: a log-depth associative scan over time."}[form]
+               "scan": "Parallel-scan form: a log-depth associative scan over time.",
+               "conv": "Convolution form (time-invariant system): impulse responses, then FFT convolutions."}[form]
         out.add(f'"""{doc} Returns ((readouts [B, T, H, ...]), states)."""', 1)
         first = self.c.op_streams[0]
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], {first}.shape[2]", 1)
@@ -167,6 +168,8 @@ class _Gen:
             reads = [rd for rd in self.p.reads if rd.state == sp.state]
             if form == "chunk":
                 self.gen_chunk_state(out, r, sp, idx, sdims, sizes, reads, finals, read_vars)
+            elif form == "conv":
+                self.gen_conv_state(out, r, sp, idx, sdims, sizes, reads, finals, read_vars)
             else:
                 self.gen_scan_state(out, r, sp, idx, sdims, sizes, reads, finals, read_vars)
         r2 = TorchRenderer(self.c, self.resolver(), subst=read_vars)
@@ -287,6 +290,41 @@ class _Gen:
                 f"output_final_state=True, chunk_size=chunk_size)", 1)
         out.add(f"{var} = {var}.reshape(_B, _T, _H, {size})", 1)
         out.add(f"_{n}_last{suffix} = _{n}_last{suffix}.reshape(-1, _H, {size})", 1)
+
+    def gen_conv_state(self, out, r, sp, idx, sdims, sizes, reads, finals, read_vars) -> None:
+        """h_t = a ⊙ h_{t-1} + c u_t^T with fixed a, c: _forms.conv_lti per read (see plan.ConvPlan)."""
+        n = sp.state
+        cp = next(x for x in self.p.conv if x.state == sp.state)
+        key = (sdims[0],)
+        K = sizes[0]
+
+        def fixed(text: str) -> str:      # a time-invariant value as [H, K]
+            return f"_ops.lti_coefficient({text}, _H, {K})"
+
+        factors = [(align(r(f.expr), key) if not r(f.expr).plain else r(f.expr).text, f.divide) for f in sp.factors]
+        a = " * ".join(f"(1.0 / {t})" if d else t for t, d in factors) or "1.0"
+        out.add(f"_{n}_a = {fixed(a)}", 1)
+        c = r(cp.coefficient)
+        out.add(f"_{n}_c = {fixed(align(c, key) if not c.plain else c.text)}", 1)
+        u = r(cp.value)
+        if sp.vector:
+            out.add(f"_{n}_u = {self._full(u.text if not u.plain else f'torch.tensor({u.text})', [])}[..., None]", 1)
+            h0 = f"_state[{idx}][..., None]"
+        else:
+            out.add(f"_{n}_u = {self._full(align(u, (sdims[1],)), [sizes[1]])}", 1)
+            h0 = f"_state[{idx}]"
+        for j, rd in enumerate(reads):
+            var = f"_{n}_read{j}"
+            q = "None" if rd.q is None else fixed(align(r(rd.q), key) if not r(rd.q).plain else r(rd.q).text)
+            last = f"_{n}_last" if j == 0 else "_"
+            out.add(f"{var}, {last} = _forms.conv_lti(_{n}_a, _{n}_c, _{n}_u, q={q}, initial_state={h0}, "
+                    f"output_final_state={j == 0})", 1)
+            if sp.vector:
+                out.add(f"{var} = {var}[..., 0]", 1)
+            read_vars[rd.node] = var
+        if sp.vector:
+            out.add(f"_{n}_last = _{n}_last[..., 0]", 1)
+        finals[n] = f"_{n}_last"
 
     def gen_scan_state(self, out, r, sp, idx, sdims, sizes, reads, finals, read_vars) -> None:
         n = sp.state
@@ -435,7 +473,7 @@ class _Gen:
         out.add()
         out.add()
         self.gen_recurrent(out)
-        for form in ("scan", "chunk"):
+        for form in ("scan", "chunk", "conv"):
             if form in self.p.modes:
                 out.add()
                 out.add()

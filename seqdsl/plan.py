@@ -59,6 +59,19 @@ class Read:
 
 
 @dataclass(frozen=True)
+class ConvPlan:
+    """A time-invariant state as a convolution: h_t = a ⊙ h_{t-1} + c u_t^T with a, c fixed.
+
+    ``coefficient`` is c (a [K] vector, no time dependence) and ``value`` is u (a scalar per token
+    for a vector state, the write value for a matrix state).
+    """
+
+    state: str
+    coefficient: ir.Expr
+    value: ir.Expr
+
+
+@dataclass(frozen=True)
 class KernelPlan:
     """Which forms the generated op offers and how each state maps onto the form algorithms."""
 
@@ -69,6 +82,7 @@ class KernelPlan:
     hoisted_locals: tuple[str, ...] = ()      # state-free cell locals (vectorised in parallel forms)
     readout_locals: tuple[str, ...] = ()      # state-dependent locals, in order
     extra: dict = field(default_factory=dict)
+    conv: tuple[ConvPlan, ...] = ()           # the conv form's split of each state (when "conv" is a mode)
 
 
 def _mentions(e: ir.Expr, names: set[str]) -> bool:
@@ -315,6 +329,62 @@ class _Planner:
         return reads
 
 
+def _product(e: ir.Expr) -> list[Factor]:
+    """Flatten a product: a * b / c -> [a, b, 1/c]; a leading minus becomes a factor -1."""
+    if isinstance(e, ir.Binary) and e.op == "*":
+        return _product(e.left) + _product(e.right)
+    if isinstance(e, ir.Binary) and e.op == "/":
+        return _product(e.left) + [Factor(e.right, divide=True)]
+    if isinstance(e, ir.Unary) and e.op == "-":
+        return [Factor(ir.Num(value=-1))] + _product(e.operand)
+    return [Factor(e)]
+
+
+def _rebuild(factors: list[Factor]) -> ir.Expr:
+    out: ir.Expr = ir.Num(value=1)
+    for f in factors:
+        out = ir.Binary(op="/" if f.divide else "*", left=out, right=f.expr)
+    return out
+
+
+def conv_plan(p: "_Planner", states: tuple[StatePlan, ...], reads: tuple[Read, ...]) -> tuple[ConvPlan, ...]:
+    """Split every state into a fixed impulse response and a time-varying input, or say why not (NoPlan).
+
+    The conv form needs an LTI system: decays, write coefficients and read vectors that do not change
+    with time (no stream in them), and a time-varying input that is a scalar per token for a vector
+    state (SISO, as in S4/S4D/DSS) or the write value of a matrix state.
+    """
+    varying = set(p.c.op_streams)
+    for st in p.c.model.cell.body:
+        if isinstance(st, ir.Local) and _mentions(st.value, varying):
+            varying.add(st.name)
+
+    def fixed(e: ir.Expr) -> bool:
+        return not _mentions(e, varying)
+
+    out = []
+    for sp in states:
+        if sp.kind != "gated" or sp.gate_axis not in ("none", "scalar", "key"):
+            raise NoPlan(f"'{sp.state}' is not a gated state with a scalar or key-axis decay")
+        if not all(fixed(f.expr) for f in sp.factors):
+            raise NoPlan(f"the decay of '{sp.state}' changes with time (it reads a stream)")
+        for rd in reads:
+            if rd.state == sp.state and (rd.before or (rd.q is not None and not fixed(rd.q))):
+                raise NoPlan(f"a readout reads '{sp.state}' with a time-varying vector or before its update")
+        if sp.vector:
+            parts = _product(sp.k)
+            coefficient = [f for f in parts if fixed(f.expr)]
+            value = [f for f in parts if not fixed(f.expr)]
+            if any(p.ty(f.expr).dims for f in value):
+                raise NoPlan(f"the input of '{sp.state}' is not a fixed vector times a scalar per token (MIMO)")
+            out.append(ConvPlan(sp.state, _rebuild(coefficient), _rebuild(value)))
+        else:
+            if not fixed(sp.k):
+                raise NoPlan(f"the write key of '{sp.state}' changes with time")
+            out.append(ConvPlan(sp.state, sp.k, sp.v))
+    return tuple(out)
+
+
 def plan(c: Checked, a: Analysis) -> KernelPlan:
     """The forms the torch/Triton backends generate for a checked, analysed model."""
     modes = list(a.forms)
@@ -349,4 +419,10 @@ def plan(c: Checked, a: Analysis) -> KernelPlan:
             why["chunk"] = "a dense transition has no chunkwise form"
         if sp.kind == "delta" and "scan" in modes:
             modes.remove("scan")
-    return KernelPlan(tuple(modes), why, states, reads, hoisted, readout_locals)
+    conv: tuple[ConvPlan, ...] = ()
+    try:
+        conv = conv_plan(p, states, reads)
+        modes.append("conv")
+    except NoPlan as e:
+        why["conv"] = f"not a time-invariant system: {e}"
+    return KernelPlan(tuple(modes), why, states, reads, hoisted, readout_locals, conv=conv)

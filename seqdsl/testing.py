@@ -12,7 +12,7 @@ RTOL = {torch.float64: 1e-9, torch.complex128: 1e-9, torch.float32: 2e-4, torch.
         torch.bfloat16: 2e-2, torch.float16: 5e-3}
 ATOL = 1e-12
 # chunkwise / scan forms reassociate sums; allow this factor more than the recurrent form
-FORM_FACTOR = {"recurrent": 1.0, "scan": 10.0, "chunk": 10.0}
+FORM_FACTOR = {"recurrent": 1.0, "scan": 10.0, "chunk": 10.0, "conv": 10.0}
 
 # Small dims for fast tests (applied where a spec has the hyper-parameter); K != V on purpose.
 SMALL_HPARAMS = {"d_model": 16, "heads": 2, "dk": 8, "dv": 12, "n": 6, "hidden": 8, "headdim": 4, "expand": 2,

@@ -152,6 +152,11 @@ def test_modes_follow_the_class_and_unavailable_mode_is_a_clear_error():
         op(**inputs, mode="chunk")
     assert compiled("gated_deltanet")[1].modes == ("recurrent", "chunk")
     assert compiled("gla")[1].modes == ("recurrent", "scan", "chunk")
+    # time-invariant (LTI) systems get the convolution form, and use it by default
+    assert compiled("s4d")[1].modes == ("recurrent", "scan", "chunk", "conv")
+    assert compiled("s4d")[1].default_mode() == "conv"
+    with pytest.raises(ValueError, match="mode 'conv' is not available.*decay of 'S' changes with time"):
+        compiled("gla")[1](**sample_inputs(compiled("gla")[2], 1, 3), mode="conv")
 
 
 def test_bad_inputs_are_clear_errors():

@@ -14,6 +14,8 @@ from seqdsl.runtime.torch_forms import (
     scan_dense,
     scan_diagonal,
     scan_gated,
+    causal_conv_fft,
+    conv_lti,
 )
 
 __all__ = [
@@ -24,4 +26,6 @@ __all__ = [
     "scan_dense",
     "scan_diagonal",
     "scan_gated",
+    "causal_conv_fft",
+    "conv_lti",
 ]

@@ -52,9 +52,10 @@ class CompiledOp:
 
     # ------------------------------------------------------------------ call
     def default_mode(self) -> str:
-        """chunk for matrix states (matmul-rich); scan for vector states (chunking K x 1 states wastes work)."""
+        """conv for time-invariant systems (FFT, independent of the state size); else chunk for matrix states
+        (matmul-rich) and scan for vector states (chunking K x 1 states wastes work)."""
         vector_only = all(len(self.checked.cell_types[s].dims) <= 1 for s in self.states)
-        order = ("scan", "chunk") if vector_only else ("chunk", "scan")
+        order = ("conv", "scan", "chunk") if vector_only else ("conv", "chunk", "scan")
         return next((m for m in order if m in self.modes), "recurrent")
 
     def __call__(self, initial_state=None, output_final_state: bool = False, mode: str | None = None,

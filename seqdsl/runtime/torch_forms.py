@@ -861,3 +861,71 @@ def scan_dense(
     out_dtype = _output_dtype(cd, b, A)
     h, final = _scan_with_state(A.to(cd), b.to(cd), initial_state, cu_seqlens, torch.matmul, _matvec, b.shape[2:])
     return h.to(out_dtype), (final if output_final_state else None)
+
+
+# ---------------------------------------------------------------------------------------------- conv
+def causal_conv_fft(kernel: Tensor, u: Tensor) -> Tensor:
+    """o[:, t] = sum_{s <= t} kernel[t - s] * u[:, s], by FFT along time.
+
+    kernel [T, *C] (time-invariant filter per channel), u [B, T, *C'] with C and C' broadcastable;
+    returns [B, T, *broadcast(C, C')]. Real inputs use rfft; complex ones fft. Zero padding to a
+    power of two >= 2T keeps the circular convolution causal.
+    """
+    T = u.shape[1]
+    n = 1 << max(1, (2 * T - 1).bit_length())
+    if kernel.is_complex() or u.is_complex():
+        kf = torch.fft.fft(kernel, n=n, dim=0)
+        uf = torch.fft.fft(u, n=n, dim=1)
+        return torch.fft.ifft(kf.unsqueeze(0) * uf, n=n, dim=1)[:, :T]
+    kf = torch.fft.rfft(kernel, n=n, dim=0)
+    uf = torch.fft.rfft(u, n=n, dim=1)
+    return torch.fft.irfft(kf.unsqueeze(0) * uf, n=n, dim=1)[:, :T]
+
+
+def conv_lti(
+    a: Tensor,
+    c: Tensor,
+    u: Tensor,
+    q: Optional[Tensor] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Convolution form of a time-invariant (LTI) linear recurrence.
+
+        h_t = a ⊙ h_{t-1} + c u_t^T          a, c: [H, K] (no time axis), u: [B, T, H, V]
+        o_t = h_t^T q  (q [H, K]) -> [B, T, H, V],   or the whole state h_t -> [B, T, H, K, V]
+
+    unrolls to o_t = sum_{s<=t} (q ⊙ a^{t-s} ⊙ c) u_s + (q ⊙ a^{t+1}) · h_0: one impulse response
+    per head (and key, for whole-state reads) from the powers a^0..a^T (a cumulative product, so
+    negative and complex decays work), then a causal FFT convolution, O(T log T) per channel and
+    independent of the state size. initial_state [B, H, K, V]. Real or complex. Returns
+    (o, final state [B, H, K, V] or None).
+    """
+    B, T, H, V = u.shape
+    K = a.shape[-1]
+    cd = _compute_dtype(a, c, u, q, state=initial_state)
+    a, c, u = a.to(cd), c.to(cd), u.to(cd)
+    if q is not None:
+        q = q.to(cd)
+        if q.is_complex() and not cd.is_complex:
+            cd = q.dtype
+    powers = torch.cat([torch.ones(1, H, K, dtype=a.dtype, device=a.device),
+                        torch.cumprod(a.expand(T, H, K), dim=0)])            # [T + 1, H, K]: a^0 .. a^T
+    h0 = None if initial_state is None else initial_state.to(torch.promote_types(initial_state.dtype, a.dtype))
+    if q is not None:
+        kernel = (q * powers[:T] * c).sum(-1, keepdim=True)                  # [T, H, 1]
+        o = causal_conv_fft(kernel, u)                                       # [B, T, H, V]
+        if h0 is not None:
+            o = o + torch.einsum("thk,bhkv->bthv", q * powers[1:], h0)
+    else:
+        kernel = (powers[:T] * c)[..., None]                                 # [T, H, K, 1]
+        o = causal_conv_fft(kernel, u[:, :, :, None, :])                     # [B, T, H, K, V]
+        if h0 is not None:
+            o = o + powers[1:][None, ..., None] * h0[:, None]
+    final = None
+    if output_final_state:
+        weights = powers[:T].flip(0) * c                                     # a^{T-1-s} c
+        final = torch.einsum("shk,bshv->bhkv", weights.to(torch.promote_types(weights.dtype, u.dtype)), u)
+        if h0 is not None:
+            final = final + powers[T][None, ..., None] * h0
+    return o, final

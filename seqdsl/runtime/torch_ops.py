@@ -62,6 +62,15 @@ def shift(x: torch.Tensor, n: int, cache: torch.Tensor | None = None):
     return padded[:, : x.shape[1]], padded[:, padded.shape[1] - n:]
 
 
+def lti_coefficient(x, H: int, K: int) -> torch.Tensor:
+    """A time-invariant cell value (a number, or a tensor [1, 1, H or 1, K or 1]) as [H, K]."""
+    t = torch.as_tensor(x, dtype=torch.get_default_dtype()) if not torch.is_tensor(x) else x
+    t = t.reshape((1,) * max(0, 4 - t.dim()) + tuple(t.shape))
+    if t.dim() != 4 or t.shape[0] != 1 or t.shape[1] != 1:
+        raise ValueError(f"a time-invariant coefficient has a batch or time axis: shape {tuple(t.shape)}")
+    return t.expand(1, 1, H, K)[0, 0]
+
+
 def as_tensor_like(a, b: torch.Tensor) -> torch.Tensor:
     """a (a tensor or a Python number) as a tensor of b's dtype family with b's number of dims."""
     if torch.is_tensor(a):

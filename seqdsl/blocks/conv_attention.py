@@ -1,0 +1,1 @@
+"""Block kinds: conv_attention (see seqdsl/blocks/__init__.py)."""

@@ -1,0 +1,1 @@
+"""Block kinds: hybrid (see seqdsl/blocks/__init__.py)."""

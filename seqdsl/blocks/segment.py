@@ -1,0 +1,1 @@
+"""Block kinds: segment (see seqdsl/blocks/__init__.py)."""
