@@ -15,6 +15,8 @@ A search file (TOML) names a base stack, a task and a space of edits:
     "hparams.d_model" = [32, 64]              # a stack hyper-parameter
     "layers" = ["[mixer, mlp] * depth", "[mixer, mixer, mlp]"]   # the layer pattern
     lr = [1e-3, 3e-3]                         # training settings are edits too (lr, steps, batch_size)
+    task = ["mqar", "selective_copying"]       # and so is the task (then `task = ...` above is optional);
+                                              # per-task settings: [task_settings.selective_copying]
 
     [strategy]
     kind = "grid"                             # grid | random | halving
@@ -77,6 +79,8 @@ def load_search(path: str) -> SearchSpec:
         raise SpecError(f"cannot read the search file: {e.strerror}", path=path) from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"not valid TOML: {e}", path=path) from None
+    if isinstance(data.get("space", {}).get("task"), list) and data["space"]["task"] and "task" not in data:
+        data["task"] = data["space"]["task"][0]
     for key in ("base", "task"):
         if key not in data:
             raise SpecError(f"the search file needs '{key} = ...'", path=path)
@@ -85,9 +89,15 @@ def load_search(path: str) -> SearchSpec:
     for key, values in space.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"space.{key} must be a non-empty list of alternatives", path=path)
-        if not (key in TRAIN_KEYS or key == "layers" or key.startswith(("blocks.", "hparams.", "cell."))):
-            raise SpecError(f"unknown edit '{key}': use blocks.NAME, hparams.NAME, cell.BLOCK.HPARAM, layers, "
+        if not (key in TRAIN_KEYS or key in ("layers", "task") or key.startswith(("blocks.", "hparams.", "cell."))):
+            raise SpecError(f"unknown edit '{key}': use blocks.NAME, hparams.NAME, cell.BLOCK.HPARAM, layers, task, "
                             f"or one of {', '.join(TRAIN_KEYS)}", path=path)
+        if key == "task":
+            from seqdsl.tasks import TASKS
+
+            unknown = [t for t in values if str(t).strip().lower().replace("-", "_") not in TASKS]
+            if unknown:
+                raise SpecError(f"space.task: unknown task(s) {unknown}; available: {', '.join(TASKS)}", path=path)
     strategy = data.get("strategy", {"kind": "grid"})
     if strategy.get("kind", "grid") not in ("grid", "random", "halving"):
         raise SpecError(f"strategy.kind must be grid, random or halving; got {strategy.get('kind')!r}", path=path)
@@ -149,6 +159,17 @@ def resolve(s: SearchSpec, cand: Candidate) -> tuple[str, dict]:
     lines += [f"    {k} = {v}" for k, v in blocks.items()]
     lines.append(f"  layers = {layers}")
     return "\n".join(lines) + "\n", train
+
+
+def task_of(s: SearchSpec, cand: Candidate) -> tuple[str, dict]:
+    """The candidate's task and its settings: ``[task_settings.NAME]`` tables when the task is searched."""
+    task = str(cand.as_dict().get("task", s.task))
+    per_task = s.task_settings.get(task)
+    if isinstance(per_task, dict):
+        return task, dict(per_task)
+    if any(isinstance(v, dict) for v in s.task_settings.values()):
+        return task, {}
+    return task, dict(s.task_settings) if task == s.task else {}
 
 
 def run_id(spec_text: str, train: dict, task: str, task_settings: dict, seed: int) -> str:
@@ -230,8 +251,9 @@ def search(path: str, out: str | None = None, workers: int = 2, executor: str = 
             spec_text, train = resolve(s, cand)
             if rung_steps is not None:
                 train = dict(train, steps=rung_steps)
+            task, task_settings = task_of(s, cand)
             for seed in s.seeds:
-                rid = run_id(spec_text, train, s.task, s.task_settings, seed)
+                rid = run_id(spec_text, train, task, task_settings, seed)
                 spec_path = os.path.join(out, "specs", f"{rid}.seq")
                 if not os.path.exists(spec_path):
                     from seqdsl.cache import write_atomic
@@ -239,7 +261,7 @@ def search(path: str, out: str | None = None, workers: int = 2, executor: str = 
 
                     write_atomic(pathlib.Path(spec_path), spec_text)
                 job = {"id": rid, "spec_text": spec_text, "spec_path": spec_path, "train": train, "seed": seed,
-                       "task": s.task, "task_settings": s.task_settings, "candidate": cand.as_dict(), "rung": rung,
+                       "task": task, "task_settings": task_settings, "candidate": cand.as_dict(), "rung": rung,
                        "threads": threads}
                 if rid not in done:
                     jobs.append(job)

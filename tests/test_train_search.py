@@ -115,3 +115,30 @@ def test_bad_search_file_is_a_clear_error(tmp_path):
     f.write_text('base = "x.seq"\ntask = "mqar"\n[space]\n"wat.x" = [1]\n')
     with pytest.raises(seqdsl.SpecError, match="unknown edit 'wat.x'"):
         load_search(str(f))
+
+
+def test_the_task_is_an_edit_with_its_own_settings(tmp_path):
+    f = tmp_path / "tasks.toml"
+    f.write_text(f'''base = "{ROOT / 'examples/stacks/gla.seq'}"
+steps = 2
+batch_size = 4
+[task_settings.mqar]
+seq_len = 16
+num_kv_pairs = 2
+vocab_size = 32
+[space]
+"hparams.d_model" = [16]
+task = ["mqar", "compression"]
+"blocks.mixer" = ['attention(heads = 2)']
+''')
+    rows = read_results(search(str(f), out=str(tmp_path / "out"), workers=1))
+    assert sorted(r["task"] for r in rows) == ["compression", "mqar"]
+    by_task = {r["task"]: r for r in rows}
+    assert by_task["mqar"]["task_settings"] == {"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 32}
+    assert by_task["compression"]["task_settings"] == {}
+    bad = tmp_path / "bad_task.toml"
+    bad.write_text('base = "x.seq"\n[space]\ntask = ["mqar", "sorting"]\n')
+    import seqdsl
+
+    with pytest.raises(seqdsl.SpecError, match=r"space.task: unknown task\(s\) \['sorting'\]"):
+        load_search(str(bad))
