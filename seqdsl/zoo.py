@@ -12,7 +12,9 @@ import json
 import pathlib
 import re
 
-ORACLE_FILES = ("test_reference_oracles.py", "tests/zoo/")
+ORACLE_FILES = ("test_reference_oracles.py", "tests/zoo/", "test_survey_blocks.py", "test_survey_hybrids.py",
+                "test_segment_models.py")
+STACK_FOLDERS = ("stacks/survey", "stacks/segment")   # block-level and segment-level models, written as stacks
 
 
 def _header(text: str) -> list[str]:
@@ -30,25 +32,38 @@ def _tests_for(name: str, results: dict[str, str]) -> dict[str, str]:
     return {nodeid: outcome for nodeid, outcome in results.items() if pattern.search(nodeid)}
 
 
+class _Done(Exception):
+    """A row finished early (stacks have no single transition to analyse)."""
+
+
 def rows(examples: pathlib.Path, results: dict[str, str]) -> list[dict]:
     from seqdsl.api import load
     from seqdsl.errors import SpecError
     from seqdsl.plan import plan
 
     out = []
-    for path in sorted(examples.glob("*.seq")):
+    stacks = [p for folder in STACK_FOLDERS for p in sorted((examples / folder).glob("*.seq"))]
+    for path in sorted(examples.glob("*.seq")) + stacks:
         header = _header(path.read_text(encoding="utf-8"))
         text = " ".join(header)
         record = re.search(r"record (M\d+)", text)
         oracle = next((h.split(":", 1)[1].strip() for h in header if h.lower().startswith("oracle:")), "")
         paper = re.split(r"\s(?:Survey|survey)\s", text)[0].strip()
-        row = {"name": path.stem, "id": record.group(1) if record else "-", "paper": paper, "oracle": oracle}
+        row = {"name": path.stem, "id": record.group(1) if record else "-", "paper": paper, "oracle": oracle,
+               "link": path.relative_to(examples).as_posix()}
         try:
             m = load(path)
+            if not hasattr(m, "analysis"):      # a stack: its blocks instead of a transition class
+                kinds = sorted({m.blocks[n].kind for n in m.layers})
+                row.update(cls="stack: " + ", ".join(kinds), forms="-", state=None, error="")
+                raise _Done
+
             a = m.analysis()
             p = plan(m.checked, a)
             row.update(cls=a.cls + (" (complex)" if a.complex else ""), forms=", ".join(p.modes),
                        state=a.state_size_per_token, error="")
+        except _Done:
+            pass
         except SpecError as e:
             row.update(cls="-", forms="-", state=0, error=str(e))
         tests = _tests_for(path.stem, results)
@@ -102,8 +117,9 @@ def render(examples: pathlib.Path, results: dict[str, str], results_path: str) -
     for r in sorted(table, key=lambda r: (r["id"] == "-", int(r["id"][1:]) if r["id"] != "-" else 0, r["name"])):
         checked_by = "<br>".join(f"`{t}`" for t in r["oracle_tests"]) or "-"
         paper = r["paper"].replace("|", "/")
-        lines.append(f"| {r['id']} | [{r['name']}]({r['name']}.seq) | {paper} | {r['cls']} | {r['forms']} | "
-                     f"{r['state']:,} | {r['oracle'] or '-'} | {checked_by} | {_status(r)} |")
+        state = "-" if r["state"] is None else f"{r['state']:,}"
+        lines.append(f"| {r['id']} | [{r['name']}]({r['link']}) | {paper} | {r['cls']} | {r['forms']} | "
+                     f"{state} | {r['oracle'] or '-'} | {checked_by} | {_status(r)} |")
     todo = [p for p in pending(examples) if p[0] not in done_ids]
     if todo:
         lines += ["", "## Not finished", "", "| id | model | why |", "|---|---|---|"]

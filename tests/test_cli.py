@@ -87,3 +87,28 @@ def test_compile_writes_the_generated_module(tmp_path):
     source = (tmp_path / "gla_torch.py").read_text()
     assert "def chunk(" in source and "def streams(" in source and "do not edit" in source
     compile(source, "gla_torch.py", "exec")     # it is valid Python
+
+
+def test_zoo_table_has_model_and_stack_rows_with_test_outcomes(tmp_path):
+    """`seqdsl zoo`: one row per model spec and per survey/segment stack spec, with recorded outcomes."""
+    import shutil
+
+    from seqdsl.zoo import render
+
+    ex = tmp_path / "examples"
+    (ex / "stacks" / "survey").mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "gla.seq", ex / "gla.seq")
+    (ex / "stacks" / "survey" / "tiny_hybrid.seq").write_text(
+        "# Tiny hybrid (Someone 2024, arXiv 0000.00000). Survey §9, record M99.\n"
+        "# oracle: a loop written in the test\n"
+        "stack tiny_hybrid(d_model = 16, vocab = 8):\n  blocks:\n    mixer = cell(\"../../gla.seq\", heads = 2)\n"
+        "    mlp = swiglu(expand = 2)\n  layers = [mixer, mlp]\n")
+    results = {"tests/test_survey_blocks.py::test_block[tiny_hybrid]": "passed",
+               "tests/zoo/test_zoo_gated.py::test_x[gla]": "failed"}
+    text = render(ex, results, "r.json")
+    gla_row = next(line for line in text.splitlines() if "[gla](gla.seq)" in line)
+    stack_row = next(line for line in text.splitlines() if "tiny_hybrid" in line)
+    assert "**1 failing** / 1" in gla_row and "chunk" in gla_row
+    assert stack_row.startswith("| M99 | [tiny_hybrid](stacks/survey/tiny_hybrid.seq) | Tiny hybrid")
+    assert "stack: cell, swiglu" in stack_row and "a loop written in the test" in stack_row
+    assert "test_survey_blocks.py::test_block" in stack_row and "1/1 pass" in stack_row
