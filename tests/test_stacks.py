@@ -20,7 +20,7 @@ def test_stack_round_trips_and_steps_match_forward(path):
     assert parse(print_model(s)) == s
     cs = seqdsl.load(path)
     model = build_stack(cs, seed=0).double()
-    tokens = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, int(cs.values["vocab"]), (2, 11), generator=torch.Generator().manual_seed(0))
     logits = model(tokens)
     assert logits.shape == (2, 11, int(cs.values["vocab"]))
     cache, steps = None, []
