@@ -1,0 +1,135 @@
+"""Compare our training results with the published numbers of benchmarks.md §2-3 (RESULTS.md's tables).
+
+    python benchmarks/compare_published.py results/          # the result lines kept in the repository
+
+Reads every results.jsonl / result.json under the given paths, names each run by its mixer (the
+``blocks.mixer`` edit: attention, gla, deltanet, ...), and prints, per setting, our accuracy beside
+the published or calibration number, and the Spearman rank correlation of the two orderings over
+the mixers present in both. The published numbers below are copied from ../shared/reference/benchmarks.md
+(Zoology MQAR calibration runs §3.3; MAD table as printed in the DeltaNet paper §2.2).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
+
+from seqdsl.report import load_results  # noqa: E402
+
+# published / calibration accuracies (0-1) per setting and mixer
+PUBLISHED = {
+    ("mqar", 128, 16, 64): {"source": "benchmarks.md §3.3 calibration (2-core CPU, lr 1e-3, ~2k steps)",
+                            "values": {"attention": 0.991, "deltanet": 0.929, "linear_attention": 0.960,
+                                       "gla": 0.986, "mamba2": 0.977, "s4d": 0.040}},
+    ("mqar", 128, 32, 32): {"source": "benchmarks.md §3.3 calibration (d = 32, 3-minute budget)",
+                            "values": {"attention": 0.993, "linear_attention": 0.66, "mamba2": 0.55,
+                                       "deltanet": 0.27, "gla": 0.08}},
+}
+MAD = {   # DeltaNet paper's MAD table (benchmarks.md §2.2), accuracy in %; Mamba-2 has no published row
+    "compression": {"attention": 51.6, "mamba": 52.7, "gla": 38.8, "deltanet": 42.2},
+    "fuzzy_in_context_recall": {"attention": 29.8, "mamba": 6.7, "gla": 6.9, "deltanet": 35.7},
+    "in_context_recall": {"attention": 94.1, "mamba": 90.4, "gla": 80.8, "deltanet": 100.0},
+    "memorization": {"attention": 85.2, "mamba": 89.5, "gla": 63.3, "deltanet": 52.8},
+    "noisy_in_context_recall": {"attention": 86.8, "mamba": 90.1, "gla": 81.6, "deltanet": 100.0},
+    "selective_copying": {"attention": 99.6, "mamba": 86.3, "gla": 88.6, "deltanet": 100.0},
+}
+
+
+def mixer(r: dict) -> str:
+    m = (r.get("candidate") or {}).get("blocks.mixer", r.get("stack", "?"))
+    if m.startswith("attention"):
+        return "attention" + ("_window" if "window" in m else "")
+    found = re.search(r'cell\("(?:[^"]*/)?([A-Za-z0-9_]+)\.seq"', m)
+    name = found.group(1) if found else m
+    extra = re.search(r"\bn = (\d+)", m)
+    return name + (f" (n={extra.group(1)})" if extra and name == "mamba2" else "")
+
+
+def ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va and vb else None
+
+
+def setting(r: dict) -> tuple:
+    ts = r.get("task_settings") or {}
+    d = int((r.get("candidate") or {}).get("hparams.d_model", 64))
+    if r["task"] == "mqar":
+        return ("mqar", ts.get("seq_len"), ts.get("num_kv_pairs"), d)
+    return (r["task"],)
+
+
+def table(title: str, ours: dict[str, dict], published: dict[str, float], scale: float = 1.0) -> str:
+    lines = [f"### {title}", "", "| mixer | ours | published | steps | lr | seconds |", "|---|---|---|---|---|---|"]
+    both_ours, both_pub = [], []
+    for name, r in sorted(ours.items(), key=lambda kv: -kv[1]["eval_accuracy"]):
+        key = name.split(" ")[0]
+        pub = published.get(key)
+        lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g} | {pub if pub is not None else '-'} | "
+                     f"{r['train']['steps']} | {r['train']['lr']} | {r.get('seconds', 0):.0f} |")
+        if pub is not None and key not in [k for k, _ in both_ours]:
+            both_ours.append((key, r["eval_accuracy"]))
+            both_pub.append(pub)
+    rho = spearman([v for _, v in both_ours], both_pub)
+    lines += ["", f"Spearman rank correlation over {len(both_pub)} mixers: "
+              + (f"{rho:+.2f}" if rho is not None else "n/a (fewer than 3)"), ""]
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> str:
+    results = [r for p in paths for r in load_results(p) if "eval_accuracy" in r]
+    by_setting: dict[tuple, dict[str, dict]] = {}
+    for r in results:
+        name = mixer(r)
+        if (r.get("train") or {}).get("lr") is None:
+            r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
+        best = by_setting.setdefault(setting(r), {})
+        if name not in best or r["eval_accuracy"] > best[name]["eval_accuracy"]:
+            best[name] = r                         # the best run of a mixer (over lr / seeds)
+    out = []
+    for key, ours in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
+        if key in PUBLISHED:
+            p = PUBLISHED[key]
+            out.append(table(f"MQAR L={key[1]}, N={key[2]}, d_model={key[3]} (published: {p['source']})",
+                             ours, p["values"]))
+        elif key[0] in MAD:
+            out.append(table(f"MAD {key[0]} (published: DeltaNet paper's MAD table, %)", ours, MAD[key[0]], 100.0))
+        else:
+            out.append(table(f"{' '.join(map(str, key))} (no published table)", ours, {}))
+    if any(k[0] in MAD for k in by_setting):
+        names = sorted({mixer(r) for r in results if r["task"] in MAD})
+        ours_avg, pub_avg = [], []
+        for n in names:
+            accs = [by_setting[(t,)][n]["eval_accuracy"] for t in MAD if (t,) in by_setting and n in by_setting[(t,)]]
+            if len(accs) == len(MAD) and n in MAD["compression"]:
+                ours_avg.append(100 * sum(accs) / len(accs))
+                pub_avg.append(sum(MAD[t][n] for t in MAD) / len(MAD))
+        rho = spearman(ours_avg, pub_avg)
+        out.append(f"MAD average over the six tasks, Spearman over mixers with all six: "
+                   f"{rho:+.2f}" if rho is not None else "MAD average: fewer than 3 mixers with all six tasks")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:] or ["results"]))
