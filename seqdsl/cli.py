@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
     try:
         result = train(args.stack, args.task, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                        seed=args.seed, out_dir=out, task_settings=_settings(args.set),
-                       stack_hparams=_hparams(args.define), threads=args.threads)
+                       stack_hparams=_hparams(args.define), threads=args.threads, schedule=args.schedule)
     except (ValueError, FloatingPointError) as e:
         print(f"seqdsl train: {e}", file=sys.stderr)
         return 2
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=1000)
     sp.add_argument("--lr", type=float, default=1e-3)
     sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                    help="learning-rate schedule after the warmup: cosine decay to 0, or constant")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     sp.add_argument("--out", help="output folder (default runs/STACK-TASK)")

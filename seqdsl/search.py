@@ -14,7 +14,8 @@ A search file (TOML) names a base stack, a task and a space of edits:
     "blocks.mixer" = ['cell("../gla.seq", heads = 2)', 'cell("../mamba.seq")', 'attention(heads = 2)']
     "hparams.d_model" = [32, 64]              # a stack hyper-parameter
     "layers" = ["[mixer, mlp] * depth", "[mixer, mixer, mlp]"]   # the layer pattern
-    lr = [1e-3, 3e-3]                         # training settings are edits too (lr, steps, batch_size)
+    lr = [1e-3, 3e-3]                         # training settings are edits too (lr, steps, batch_size,
+                                              # schedule = "cosine" | "constant"; also top-level keys)
     task = ["mqar", "selective_copying"]       # and so is the task (then `task = ...` above is optional);
                                               # per-task settings: [task_settings.selective_copying]
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 
 from seqdsl.errors import SpecError
 
-TRAIN_KEYS = ("lr", "steps", "batch_size")
+TRAIN_KEYS = ("lr", "steps", "batch_size", "schedule")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class SearchSpec:
     seeds: list
     space: dict
     strategy: dict
+    schedule: str = "cosine"                  # learning-rate schedule (seqdsl.train.SCHEDULES)
 
 
 def load_search(path: str) -> SearchSpec:
@@ -98,12 +100,18 @@ def load_search(path: str) -> SearchSpec:
             unknown = [t for t in values if str(t).strip().lower().replace("-", "_") not in TASKS]
             if unknown:
                 raise SpecError(f"space.task: unknown task(s) {unknown}; available: {', '.join(TASKS)}", path=path)
+    from seqdsl.train import SCHEDULES
+
+    for sched in [data.get("schedule", "cosine")] + list(space.get("schedule", [])):
+        if sched not in SCHEDULES:
+            raise SpecError(f"schedule must be one of {', '.join(SCHEDULES)}; got {sched!r}", path=path)
     strategy = data.get("strategy", {"kind": "grid"})
     if strategy.get("kind", "grid") not in ("grid", "random", "halving"):
         raise SpecError(f"strategy.kind must be grid, random or halving; got {strategy.get('kind')!r}", path=path)
     return SearchSpec(data.get("name", os.path.splitext(os.path.basename(path))[0]), path, base, data["task"],
                       data.get("task_settings", {}), int(data.get("steps", 300)), int(data.get("batch_size", 32)),
-                      float(data.get("lr", 1e-3)), list(data.get("seeds", [0])), space, strategy)
+                      float(data.get("lr", 1e-3)), list(data.get("seeds", [0])), space, strategy,
+                      str(data.get("schedule", "cosine")))
 
 
 def candidates(s: SearchSpec) -> list[Candidate]:
@@ -131,6 +139,8 @@ def resolve(s: SearchSpec, cand: Candidate) -> tuple[str, dict]:
     blocks = {b.name: expr(b.value) for b in base.blocks}
     layers = expr(base.layers)
     train = {"lr": s.lr, "steps": s.steps, "batch_size": s.batch_size}
+    if s.schedule != "cosine":          # (absent for the default, so earlier run ids stay valid)
+        train["schedule"] = s.schedule
     for key, value in cand.edits:
         if key in TRAIN_KEYS:
             train[key] = value
@@ -187,6 +197,7 @@ def _run_one(job: dict) -> dict:
         cs = loads(job["spec_text"], path=job["spec_path"])
         result = train(cs, job["task"], steps=job["train"]["steps"], lr=job["train"]["lr"],
                        batch_size=job["train"]["batch_size"], seed=job["seed"], task_settings=job["task_settings"],
+                       schedule=job["train"].get("schedule", "cosine"),
                        progress=False, threads=job.get("threads"))
     except Exception as e:   # noqa: BLE001 - a failed candidate is a result, not a crash of the search
         result = {"error": f"{type(e).__name__}: {e}"}

@@ -45,11 +45,18 @@ def _loss_and_acc(model, batch, regression: bool):
     return loss, float(acc)
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
           out_dir: str | None = None, eval_batches: int = 8, weight_decay: float = 0.1, warmup: float = 0.05,
           progress: bool = True, task_settings: dict | None = None, stack_hparams: dict | None = None,
-          threads: int | None = None) -> dict:
-    """Train a stack (a path or a CheckedStack) on a task; returns the result dict (also written as JSON)."""
+          threads: int | None = None, schedule: str = "cosine") -> dict:
+    """Train a stack (a path or a CheckedStack) on a task; returns the result dict (also written as JSON).
+
+    schedule: "cosine" (linear warmup, then cosine decay to 0 at the last step) or "constant" (linear
+    warmup, then lr throughout, as in the MQAR calibration runs of benchmarks.md §3.3).
+    """
     import torch
 
     from seqdsl.api import load
@@ -73,8 +80,16 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1)))))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+    def factor(s: int) -> float:
+        ramp = min(1.0, (s + 1) / warm)
+        if schedule == "constant":
+            return ramp
+        return ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     start = time.perf_counter()
     tokens = 0
     loss_ema = acc_ema = None
@@ -108,7 +123,8 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
             losses.append(float(loss))
     result = {
         "stack": cs.name, "stack_path": cs.path, "task": task, "task_settings": dict(task_settings or {}),
-        "stack_hparams": dict(stack_hparams or {}), "steps": steps, "lr": lr, "batch_size": batch_size,
+        "stack_hparams": dict(stack_hparams or {}), "steps": steps, "lr": lr, "schedule": schedule,
+        "batch_size": batch_size,
         "seed": seed, "train_loss": loss_ema, "eval_loss": sum(losses) / len(losses),
         ("eval_mse" if regression else "eval_accuracy"): sum(accs) / len(accs),
         "num_parameters": model.num_parameters(), "state_size": model.state_size(t.seq_len),

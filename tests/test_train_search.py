@@ -142,3 +142,16 @@ task = ["mqar", "compression"]
 
     with pytest.raises(seqdsl.SpecError, match=r"space.task: unknown task\(s\) \['sorting'\]"):
         load_search(str(bad))
+
+
+def test_constant_schedule_is_recorded_and_bad_schedules_are_clear_errors(tmp_path):
+    import seqdsl
+
+    path = write_search(tmp_path)
+    text = open(path).read().replace('batch_size = 4\n', 'batch_size = 4\nschedule = "constant"\n')
+    open(path, "w").write(text)
+    rows = read_results(search(path, out=str(tmp_path / "c"), workers=1))
+    assert rows and all(r["schedule"] == "constant" and r["train"]["schedule"] == "constant" for r in rows)
+    open(path, "w").write(text.replace('"constant"', '"linear"'))
+    with pytest.raises(seqdsl.SpecError, match="schedule must be one of cosine, constant; got 'linear'"):
+        load_search(path)
