@@ -86,18 +86,24 @@ class Layer(nn.Module):
         return y[:, 0], cache
 
     def state_size(self) -> int:
-        """Numbers carried per sequence between tokens: recurrent states (complex counts 2) + conv/shift caches."""
-        c = self.model.checked
-        total = 0
-        for s, shape in self.op.state_shapes().items():
-            n = 1
-            for d in shape:
-                n *= d
-            total += n * (2 if c.cell_types[s].complex else 1)
-        for p in c.implicit:
-            if p.role == "conv":
-                total += c.size(p.groups[0]) * (c.size(p.groups[1]) - 1)
-        return total
+        """Numbers carried per sequence between tokens (complex counts 2): the recurrent states plus the
+        caches of conv() and shift() in the streams and the out section -- counted from the cache a
+        forward pass returns, so every kind of carried value is included."""
+        params = list(self._params().values())
+        with torch.no_grad():   # 64 tokens: longer than any conv width or shift in the examples
+            x = torch.zeros(1, 64, self.d_model, dtype=params[0].dtype if params else torch.float32)
+            _, cache = self.forward(x, output_final_state=True, mode="recurrent")
+
+        def count(v) -> int:
+            if torch.is_tensor(v):
+                return v[0].numel() * (2 if v.is_complex() else 1) if v.dim() else 0
+            if isinstance(v, dict):
+                return sum(count(x) for x in v.values())
+            if isinstance(v, (tuple, list)):
+                return sum(count(x) for x in v)
+            return 0
+
+        return count(cache)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

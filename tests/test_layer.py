@@ -84,6 +84,13 @@ def test_state_size_and_parameter_count():
     conv = (4 * 64 + 4 * 64 + 4 * 64) * 3
     assert gdn.state_size() == 4 * 64 * 64 + conv
     assert gdn.num_parameters() == sum(p.numel() for p in gdn.parameters()) > 0
+    # RWKV-4: numerator and denominator states [d], the max-exponent state [d], and the token shift of
+    # the out section's receptance / key / value mixes: every carried number counts
+    rwkv = seqdsl.build(seqdsl.load("examples/rwkv4.seq", d_model=16))
+    _, cache = rwkv(torch.zeros(1, 3, 16), output_final_state=True)
+    assert cache["out"] and rwkv.state_size() == sum(
+        t[0].numel() for part in (cache["state"], tuple(cache["conv"].values()), tuple(cache["out"].values()))
+        for t in (part if isinstance(part, tuple) else (part,)))
 
 
 def test_bad_layer_input_is_a_clear_error():
