@@ -81,13 +81,14 @@ def setting(r: dict) -> tuple:
 
 
 def table(title: str, ours: dict[str, dict], published: dict[str, float], scale: float = 1.0) -> str:
-    lines = [f"### {title}", "", "| mixer | ours | published | steps | lr | seconds |", "|---|---|---|---|---|---|"]
+    lines = [f"### {title}", "", "| mixer | ours | published | steps | lr | schedule | seconds |",
+             "|---|---|---|---|---|---|---|"]
     both_ours, both_pub = [], []
     for name, r in sorted(ours.items(), key=lambda kv: -kv[1]["eval_accuracy"]):
         key = name.split(" ")[0]
         pub = published.get(key)
         lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g} | {pub if pub is not None else '-'} | "
-                     f"{r['train']['steps']} | {r['train']['lr']} | {r.get('seconds', 0):.0f} |")
+                     f"{r['train']['steps']} | {r['train']['lr']} | {r.get('schedule', 'cosine')} | {r.get('seconds', 0):.0f} |")
         if pub is not None and key not in [k for k, _ in both_ours]:
             both_ours.append((key, r["eval_accuracy"]))
             both_pub.append(pub)

@@ -1,1 +1,120 @@
-"""Block kinds: conv_attention (see seqdsl/blocks/__init__.py)."""
+"""Block kinds: long convolutions and attention variants of the survey's blocks.
+
+- ``hyena(order = 2, filter_order = 64, ...)``: Hyena's implicit long convolutions with data-controlled gates
+  (survey record M57);
+- ``mega(ema = cell("mega_ema.seq", n = 16), ...)``: MEGA's moving-average gated attention (record M35);
+- ``flash(expand = 2, s = 128, chunk = 64)``: FLASH's mixed chunk attention (record M34);
+- ``gau(expand = 2, s = 128, l_max = 512)``: the gated attention unit with causal ReLU^2 attention (record M34).
+
+The modules are in ``conv_attention_torch.py`` (imported only when a stack is built).
+"""
+
+from __future__ import annotations
+
+from seqdsl import ir
+from seqdsl.errors import SpecError
+from seqdsl.stack import BlockKind, load_cell_block, register_block
+
+
+def _build(class_name: str):
+    def build(d: int, options: dict, seed: int, shared: dict):
+        from seqdsl.blocks import conv_attention_torch
+
+        return getattr(conv_attention_torch, class_name)(d, options, seed)
+    return build
+
+
+def _whole_numbers(kind_name: str, usage: str, defaults: dict, least: dict, call: ir.Call, ctx,
+                   nested: tuple = ()) -> dict:
+    """Options by name, each a whole number >= least[name] (1 unless given); ``nested`` names options
+    that are a ``cell(...)`` call instead (loaded with load_cell_block)."""
+    if call.args:
+        raise SpecError.at(f"{usage} (options by name)", call.span)
+    given = {}
+    for kw in call.kwargs:
+        if kw.name not in defaults:
+            raise SpecError.at(f"{kind_name}() has no option '{kw.name}' (options: {', '.join(defaults)})",
+                               kw.span or call.span)
+        if kw.name in given:
+            raise SpecError.at(f"{kind_name}(): the option '{kw.name}' is given twice", kw.span or call.span)
+        given[kw.name] = kw
+    out = {}
+    for name, default in defaults.items():
+        kw = given.get(name)
+        if name in nested:
+            out[name] = _nested_cell(kind_name, name, kw, call, ctx)
+            continue
+        value = default if kw is None else ctx.number(kw.value, f"the option '{name}'")
+        span = call.span if kw is None else kw.span or call.span
+        if value is None:
+            raise SpecError.at(f"{kind_name}() needs {name} = ...", call.span)
+        if isinstance(value, float) and not value.is_integer():
+            raise SpecError.at(f"{kind_name}(): {name} must be a whole number; got {value}", span)
+        value = int(value)
+        if value < least.get(name, 1):
+            raise SpecError.at(f"{kind_name}(): {name} must be at least {least.get(name, 1)}; got {value}", span)
+        out[name] = value
+    return out
+
+
+def _nested_cell(kind_name: str, name: str, kw, call: ir.Call, ctx) -> dict:
+    if kw is None:
+        raise SpecError.at(f'{kind_name}() needs {name} = cell("path.seq", ...)', call.span)
+    if not isinstance(kw.value, ir.Call) or kw.value.func != "cell":
+        raise SpecError.at(f'{kind_name}(): {name} must be a cell spec: {name} = cell("mega_ema.seq", n = 16)',
+                           kw.span or call.span)
+    return load_cell_block(kw.value, ctx)
+
+
+# ------------------------------------------------------------------------------------------------ Hyena
+HYENA_USAGE = ("hyena(order = 2, filter_order = 64, emb_dim = 33, l_max = 1024, short_conv = 3, first_filter = 1): "
+               "Hyena's implicit long convolutions with data-controlled gates")
+HYENA_DEFAULTS = {"order": 2, "filter_order": 64, "emb_dim": 33, "l_max": 1024, "short_conv": 3, "first_filter": 1}
+
+
+def _parse_hyena(call: ir.Call, ctx) -> dict:
+    o = _whole_numbers("hyena", HYENA_USAGE, HYENA_DEFAULTS, {"emb_dim": 3, "first_filter": 0}, call, ctx)
+    if o["emb_dim"] % 2 == 0:
+        raise SpecError.at(f"hyena(): emb_dim must be odd (t and pairs of cos, sin features); got {o['emb_dim']}",
+                           call.span)
+    if o["first_filter"] > 1:
+        raise SpecError.at(f"hyena(): first_filter is 0 (h^1 is the identity) or 1; got {o['first_filter']}",
+                           call.span)
+    if o["order"] == 1 and o["first_filter"] == 0:
+        raise SpecError.at("hyena(): order = 1 with first_filter = 0 has no long convolution", call.span)
+    return o
+
+
+register_block(BlockKind("hyena", HYENA_USAGE, HYENA_DEFAULTS, _build("Hyena"), parse=_parse_hyena))
+
+# ------------------------------------------------------------------------------------------------- MEGA
+MEGA_USAGE = ('mega(ema = cell("mega_ema.seq", n = 16), zdim = 64, expand = 2, chunk = 0, l_max = 1024): MEGA\'s '
+              "moving-average gated attention (chunk = 0: attention over the whole prefix)")
+MEGA_DEFAULTS = {"ema": None, "zdim": 64, "expand": 2, "chunk": 0, "l_max": 1024}
+
+
+def _parse_mega(call: ir.Call, ctx) -> dict:
+    return _whole_numbers("mega", MEGA_USAGE, MEGA_DEFAULTS, {"chunk": 0}, call, ctx, nested=("ema",))
+
+
+register_block(BlockKind("mega", MEGA_USAGE, MEGA_DEFAULTS, _build("Mega"), parse=_parse_mega))
+
+# ----------------------------------------------------------------------------------------- FLASH and GAU
+FLASH_USAGE = ("flash(expand = 2, s = 128, chunk = 64): FLASH's mixed chunk attention (local ReLU^2 attention in a "
+               "chunk plus global linear attention over the previous chunks)")
+FLASH_DEFAULTS = {"expand": 2, "s": 128, "chunk": 64}
+GAU_USAGE = ("gau(expand = 2, s = 128, l_max = 512): the gated attention unit (causal ReLU^2 attention scaled by "
+             "1/l_max)")
+GAU_DEFAULTS = {"expand": 2, "s": 128, "l_max": 512}
+
+
+def _parse_flash(call: ir.Call, ctx) -> dict:
+    return _whole_numbers("flash", FLASH_USAGE, FLASH_DEFAULTS, {}, call, ctx)
+
+
+def _parse_gau(call: ir.Call, ctx) -> dict:
+    return _whole_numbers("gau", GAU_USAGE, GAU_DEFAULTS, {}, call, ctx)
+
+
+register_block(BlockKind("flash", FLASH_USAGE, FLASH_DEFAULTS, _build("Flash"), parse=_parse_flash))
+register_block(BlockKind("gau", GAU_USAGE, GAU_DEFAULTS, _build("GAU"), parse=_parse_gau))
