@@ -254,6 +254,10 @@ class _ToIR(Transformer_NonRecursive):
         return ("layers", _span(meta), value)
 
     @v_args(inline=True, meta=True)
+    def segments_def(self, meta, value):
+        return ("segments", _span(meta), value)
+
+    @v_args(inline=True, meta=True)
     def stack(self, meta, name, hparams, *sections):
         fields: dict = {}
         for key, span, payload in sections:
@@ -263,7 +267,7 @@ class _ToIR(Transformer_NonRecursive):
         if "layers" not in fields:
             raise SpecError("a stack needs 'layers = [...]'", name.line, name.column)
         return ir.Stack(name=str(name), hparams=tuple(hparams or ()), blocks=fields.get("blocks", ()),
-                        layers=fields["layers"], span=_sp(name)), ()
+                        layers=fields["layers"], segments=fields.get("segments"), span=_sp(name)), ()
 
     def start(self, model_and_order):
         return model_and_order[0]
@@ -427,6 +431,7 @@ def _check_depth(model: ir.Model | ir.Stack) -> None:
     roots: list[ir.Expr] = []
     if isinstance(model, ir.Stack):
         roots += [h.default for h in model.hparams] + [b.value for b in model.blocks] + [model.layers]
+        roots += [model.segments] if model.segments is not None else []
         model = ir.Model(name=model.name)
     roots += [h.default for h in model.hparams] + [d.value for d in model.dims]
     roots += [p.init for p in model.params] + [s.value for s in model.streams]

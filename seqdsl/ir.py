@@ -216,12 +216,14 @@ class BlockDef(Node):
 
 class Stack(Node):
     """A stack spec: named blocks and the layer sequence (pre-norm residual blocks between an
-    embedding and a head)."""
+    embedding and a head); ``segments``, if given, runs the stack segment by segment with a carry
+    (``memory_tokens(length = 32, tokens = 4)``: RMT's memory tokens)."""
 
     name: str
     hparams: tuple[HParam, ...] = ()
     blocks: tuple[BlockDef, ...] = ()
     layers: Expr
+    segments: Expr | None = None
 
 
 for _cls in (BlockDef, Stack, Unary, Binary, KwArg, Call, Index, ListExpr, ParamDef, StreamDef, StateDecl, CellArg,

@@ -93,4 +93,6 @@ def print_stack(s: ir.Stack) -> str:
         lines.append("  blocks:")
         lines += [f"    {b.name} = {expr(b.value)}" for b in s.blocks]
     lines.append(f"  layers = {expr(s.layers)}")
+    if s.segments is not None:
+        lines.append(f"  segments = {expr(s.segments)}")
     return "\n".join(lines) + "\n"

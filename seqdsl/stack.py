@@ -6,10 +6,17 @@
         attn = attention(heads = 2, window = 32)          # causal softmax attention, optional window
         mlp = swiglu(expand = 4)                          # or mlp(expand = 4)
       layers = ([gdn, mlp] * 3 + [attn, mlp]) * depth
+      segments = memory_tokens(length = 64, tokens = 4, bptt = 2)   # optional (RMT)
 
 Every layer is a pre-norm residual block ``x + block(rmsnorm(x))`` between a token embedding and a
 linear head. ``build_stack`` returns an nn.Module with ``forward(tokens)``, a generation ``step``
 carrying every layer's state, ``state_size()`` and ``num_parameters()``.
+
+``segments = memory_tokens(length = L, tokens = m[, bptt = k])`` runs the whole stack segment by segment
+(the Recurrent Memory Transformer): m learned memory vectors M_0 are placed before (read) and after (write)
+each segment of L tokens, the layers run on [M_s | segment | M_s], and the last layer's outputs at the
+write positions are the next segment's memory M_{s+1}. Gradient flows through the carries into the last k
+segments (bptt = 0: every carry is stop-gradient; no bptt: through all of them).
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class CheckedStack:
     values: dict
     blocks: dict[str, BlockSpec]
     layers: tuple[str, ...]
+    segments: dict | None = None  # memory_tokens(...): {"length", "tokens", "bptt" (None: all)}
 
     @property
     def name(self) -> str:
@@ -155,7 +163,36 @@ def check_stack(s: ir.Stack, path: str | None = None, overrides: dict | None = N
     layers = tuple(_layer_list(s.layers, values, blocks))
     if not layers:
         raise SpecError.at("the stack has no layers", s.layers.span)
-    return CheckedStack(s, path, values, blocks, layers)
+    segments = _segments(s.segments, values) if s.segments is not None else None
+    return CheckedStack(s, path, values, blocks, layers, segments)
+
+
+SEGMENTS_USAGE = ("segments = memory_tokens(length = L, tokens = m[, bptt = k]): the stack runs on segments of L "
+                  "tokens with m memory tokens read before and written after each segment (gradient through the "
+                  "last k carries; all if bptt is not given)")
+
+
+def _segments(e: ir.Expr, values: dict) -> dict:
+    """``memory_tokens(length = L, tokens = m, bptt = k)`` -> {"length": L, "tokens": m, "bptt": k or None}."""
+    if not isinstance(e, ir.Call) or e.func != "memory_tokens" or e.args:
+        raise SpecError.at(SEGMENTS_USAGE, e.span)
+    least = {"length": 1, "tokens": 1, "bptt": 0}
+    out: dict = {"bptt": None}
+    for kw in e.kwargs:
+        if kw.name in out and kw.name != "bptt" or kw.name == "bptt" and out["bptt"] is not None:
+            raise SpecError.at(f"memory_tokens(): the option '{kw.name}' is given twice", kw.span or e.span)
+        if kw.name not in least:
+            raise SpecError.at(f"memory_tokens() has no option '{kw.name}' (options: length, tokens, bptt)",
+                               kw.span or e.span)
+        v = _number(kw.value, values, f"the option '{kw.name}'")
+        if isinstance(v, float) and not v.is_integer() or int(v) < least[kw.name]:
+            raise SpecError.at(f"memory_tokens(): {kw.name} must be a whole number >= {least[kw.name]}; got {v}",
+                               kw.span or e.span)
+        out[kw.name] = int(v)
+    for name in ("length", "tokens"):
+        if name not in out:
+            raise SpecError.at(f"memory_tokens() needs {name} = ...; {SEGMENTS_USAGE}", e.span)
+    return out
 
 
 def parse_whole_number_options(kind: BlockKind, call: ir.Call, ctx: ParseContext) -> dict:
@@ -258,13 +295,50 @@ def _torch_modules():
             self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in self.blocks)
             self.final_norm = nn.RMSNorm(d)
             self.head = nn.Linear(d, output_dim or vocab, bias=False)
+            self.memory = None   # RMT: the memory tokens M_0 [tokens, d] of a segments section
+            if cs.segments is not None:
+                self.memory = nn.Parameter(torch.randn(cs.segments["tokens"], d))
+
+        def run_layers(self, x):
+            """The residual stream through every block: x [B, T, d] -> [B, T, d] (no cache)."""
+            for norm, block in zip(self.norms, self.blocks):
+                x = x + block(norm(x))[0]
+            return x
+
+        def run_layers_cached(self, x, caches):
+            """The same with each block's generation cache: (x [B, T, d], caches) -> (y, new caches)."""
+            new = []
+            for norm, block, c in zip(self.norms, self.blocks, caches):
+                y, c = block(norm(x), c)
+                x = x + y
+                new.append(c if c is not None else {})
+            return x, new
 
         def hidden(self, tokens):
             """The last block's output [B, T, d_model] (before the final norm and the head)."""
             x = self.embed(tokens)
-            for norm, block in zip(self.norms, self.blocks):
-                x = x + block(norm(x))[0]
-            return x
+            return self.run_layers(x) if self.memory is None else self.segment_hidden(x)
+
+        def segment_hidden(self, x):
+            """RMT: x [B, T, d] -> [B, T, d], the layers run on [M_s | x_s | M_s] for each segment x_s of
+            ``length`` tokens; the outputs at the write positions are M_{s+1}. The last segment (maybe
+            shorter) writes nothing: causal layers make its outputs independent of the write positions."""
+            seg = self.spec.segments
+            B, T, _ = x.shape
+            L, m = seg["length"], seg["tokens"]
+            n = -(-T // L)
+            memory = self.memory.expand(B, -1, -1)
+            outs = []
+            for s in range(n):
+                x_s = x[:, s * L:(s + 1) * L]
+                last = s == n - 1
+                h = self.run_layers(torch.cat([memory, x_s] if last else [memory, x_s, memory], 1))
+                outs.append(h[:, m:m + x_s.shape[1]])
+                if not last:
+                    memory = h[:, m + x_s.shape[1]:]
+                    if seg["bptt"] is not None and s + 1 < n - seg["bptt"]:   # a carry outside the last bptt
+                        memory = memory.detach()
+            return torch.cat(outs, 1)
 
         def forward(self, tokens, positions=None):
             """tokens [B, T] (or floats [B, T, input_dim]); positions (b_idx, t_idx): the head only there."""
@@ -287,19 +361,38 @@ def _torch_modules():
 
         def step(self, token, cache=None):
             """One token [B] -> (logits [B, vocab], cache carrying every layer's state)."""
+            if self.memory is not None:
+                return self.segment_step(token, cache)
             if cache is None:
                 cache = [{} for _ in self.blocks]
-            x = self.embed(token.unsqueeze(1))
-            new = []
-            for norm, block, c in zip(self.norms, self.blocks, cache):
-                y, c = block(norm(x), c)
-                x = x + y
-                new.append(c if c is not None else {})
+            x, new = self.run_layers_cached(self.embed(token.unsqueeze(1)), cache)
             return self.head(self.final_norm(x))[:, 0], new
+
+        def segment_step(self, token, cache=None):
+            """RMT generation, exact w.r.t. forward: at a segment start the read memory M_s goes through the
+            blocks' caches, each token is one cached step, and after ``length`` tokens the write memory is run
+            on the same caches; its outputs become M_{s+1} and the caches restart.
+            cache = {"memory": M_s [B, m, d], "pos": tokens of the segment seen, "layers": block caches}."""
+            x = self.embed(token.unsqueeze(1))
+            if cache is None:
+                cache = {"memory": self.memory.expand(x.shape[0], -1, -1), "pos": 0, "layers": None}
+            memory, pos, caches = cache["memory"], cache["pos"], cache["layers"]
+            if pos == 0:
+                _, caches = self.run_layers_cached(memory, [{} for _ in self.blocks])
+            h, caches = self.run_layers_cached(x, caches)
+            pos += 1
+            if pos == self.spec.segments["length"]:
+                memory, _ = self.run_layers_cached(memory, caches)
+                pos, caches = 0, None
+            return self.head(self.final_norm(h))[:, 0], {"memory": memory, "pos": pos, "layers": caches}
 
         def state_size(self, seq_len: int = 1) -> int:
             """Numbers carried per sequence during generation after seq_len tokens (attention: its KV cache)."""
-            return sum(int(block.state_size(seq_len)) for block in self.blocks)
+            if self.memory is None:
+                return sum(int(block.state_size(seq_len)) for block in self.blocks)
+            m = self.memory.shape[0]   # RMT: the memory, and the caches of a segment read with it
+            held = m + min(seq_len, self.spec.segments["length"])
+            return self.memory.numel() + sum(int(block.state_size(held)) for block in self.blocks)
 
         def num_parameters(self) -> int:
             return sum(p.numel() for p in self.parameters())
