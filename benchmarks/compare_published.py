@@ -27,6 +27,18 @@ PUBLISHED = {
                             "values": {"attention": 0.993, "linear_attention": 0.66, "mamba2": 0.55,
                                        "deltanet": 0.27, "gla": 0.08}},
 }
+# expected orderings (benchmarks.md §3.3 and §5, the "expected qualitative results"), as ranks
+# (higher = better; ties share a rank)
+EXPECTED = {
+    ("mqar", 128, 32, 32): ("attention ≈ 1.0 > delta rule > GLA / Mamba-2 > linear attention",
+                            {"attention": 4, "deltanet": 3, "gated_deltanet": 3, "gla": 2, "mamba2": 2,
+                             "linear_attention": 1}),
+    ("mqar", 128, 16, 64): ("every content-selective mixer solves it; LTI SSMs stay near chance",
+                            {"attention": 2, "deltanet": 2, "gated_deltanet": 2, "gla": 2, "mamba2": 2,
+                             "linear_attention": 2, "s4d": 1}),
+    ("parity",): ("only negative / complex-eigenvalue or nonlinear cells solve parity",
+                  {"deltanet_negeig": 2, "lstm": 2, "lru": 2, "gla": 1, "mamba2": 1, "deltanet": 1, "attention": 1}),
+}
 MAD = {   # DeltaNet paper's MAD table (benchmarks.md §2.2), accuracy in %; Mamba-2 has no published row
     "compression": {"attention": 51.6, "mamba": 52.7, "gla": 38.8, "deltanet": 42.2},
     "fuzzy_in_context_recall": {"attention": 29.8, "mamba": 6.7, "gla": 6.9, "deltanet": 35.7},
@@ -80,7 +92,8 @@ def setting(r: dict) -> tuple:
     return (r["task"],)
 
 
-def table(title: str, ours: dict[str, dict], published: dict[str, float], scale: float = 1.0) -> str:
+def table(title: str, ours: dict[str, dict], published: dict[str, float], scale: float = 1.0,
+          expected: tuple | None = None) -> str:
     lines = [f"### {title}", "", "| mixer | ours | published | steps | lr | schedule | seconds |",
              "|---|---|---|---|---|---|---|"]
     both_ours, both_pub = [], []
@@ -93,9 +106,15 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
             both_ours.append((key, r["eval_accuracy"]))
             both_pub.append(pub)
     rho = spearman([v for _, v in both_ours], both_pub)
-    lines += ["", f"Spearman rank correlation over {len(both_pub)} mixers: "
-              + (f"{rho:+.2f}" if rho is not None else "n/a (fewer than 3)"), ""]
-    return "\n".join(lines)
+    lines += ["", f"Spearman rank correlation with the published numbers over {len(both_pub)} mixers: "
+              + (f"{rho:+.2f}" if rho is not None else "n/a (fewer than 3)")]
+    if expected:
+        text, ranks_expected = expected
+        names = [n for n in ours if n.split(" ")[0] in ranks_expected]
+        rho = spearman([ours[n]["eval_accuracy"] for n in names], [ranks_expected[n.split(" ")[0]] for n in names])
+        lines.append(f"Expected ordering: {text}; Spearman with it over {len(names)} mixers: "
+                     + (f"{rho:+.2f}" if rho is not None else "n/a"))
+    return "\n".join(lines + [""])
 
 
 def main(paths: list[str]) -> str:
@@ -113,11 +132,11 @@ def main(paths: list[str]) -> str:
         if key in PUBLISHED:
             p = PUBLISHED[key]
             out.append(table(f"MQAR L={key[1]}, N={key[2]}, d_model={key[3]} (published: {p['source']})",
-                             ours, p["values"]))
+                             ours, p["values"], expected=EXPECTED.get(key)))
         elif key[0] in MAD:
             out.append(table(f"MAD {key[0]} (published: DeltaNet paper's MAD table, %)", ours, MAD[key[0]], 100.0))
         else:
-            out.append(table(f"{' '.join(map(str, key))} (no published table)", ours, {}))
+            out.append(table(f"{' '.join(map(str, key))} (no published table)", ours, {}, expected=EXPECTED.get(key)))
     if any(k[0] in MAD for k in by_setting):
         names = sorted({mixer(r) for r in results if r["task"] in MAD})
         ours_avg, pub_avg = [], []
