@@ -9,7 +9,8 @@
       segments = memory_tokens(length = 64, tokens = 4, bptt = 2)   # optional (RMT)
 
 Every layer is a pre-norm residual block ``x + block(rmsnorm(x))`` between a token embedding and a
-linear head. ``build_stack`` returns an nn.Module with ``forward(tokens)``, a generation ``step``
+linear head (a block module with ``own_residual = True`` is called as ``block(x)``: its output already
+includes the residual; one with ``reads_embedding = True`` also gets the token embedding). ``build_stack`` returns an nn.Module with ``forward(tokens)``, a generation ``step``
 carrying every layer's state, ``state_size()`` and ``num_parameters()``.
 
 ``segments = memory_tokens(length = L, tokens = m[, bptt = k])`` runs the whole stack segment by segment
@@ -21,7 +22,6 @@ segments (bptt = 0: every carry is stop-gradient; no bptt: through all of them).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -195,27 +195,63 @@ def _segments(e: ir.Expr, values: dict) -> dict:
     return out
 
 
+def whole_number_options(kind: str, usage: str, defaults: dict, least: dict, call: ir.Call, ctx: ParseContext,
+                         flags: tuple = (), reals: tuple = (), cells: tuple = ()) -> dict:
+    """Options by name: whole numbers >= least[name] (default 1); ``flags`` are 0 or 1; ``reals`` are positive
+    numbers; ``cells`` are ``cell("path.seq", ...)`` calls (loaded with load_cell_block); a default None is
+    required. Raises SpecError at the option (or the call) for anything else."""
+    if call.args:
+        raise SpecError.at(f"{usage} (options by name)", call.span)
+    given: dict = {}
+    for kw in call.kwargs:
+        if kw.name not in defaults:
+            raise SpecError.at(f"{kind}() has no option '{kw.name}' (options: {', '.join(defaults)})",
+                               kw.span or call.span)
+        if kw.name in given:
+            raise SpecError.at(f"{kind}(): the option '{kw.name}' is given twice", kw.span or call.span)
+        given[kw.name] = kw
+    out = {}
+    for name, default in defaults.items():
+        kw = given.get(name)
+        span = kw.span or call.span if kw is not None else call.span
+        if name in cells:
+            out[name] = _nested_cell(kind, name, kw, call, ctx)
+            continue
+        value = default if kw is None else ctx.number(kw.value, f"the option '{name}'")
+        if value is None:
+            raise SpecError.at(f"{kind}() needs {name} = ...; {usage}", call.span)
+        if name in reals:
+            if not value > 0:
+                raise SpecError.at(f"{kind}(): {name} must be positive; got {value}", span)
+            out[name] = value
+            continue
+        if isinstance(value, float) and not value.is_integer():
+            raise SpecError.at(f"{kind}(): {name} must be a whole number; got {value}", span)
+        value = int(value)
+        if name in flags and value not in (0, 1):
+            raise SpecError.at(f"{kind}(): {name} is 0 or 1; got {value}", span)
+        if value < least.get(name, 0 if name in flags else 1):
+            raise SpecError.at(f"{kind}(): {name} must be at least {least.get(name, 1)}; got {value}", span)
+        out[name] = value
+    d = ctx.values["d_model"]
+    if "heads" in out and d % out["heads"]:
+        raise SpecError.at(f"{kind}(): d_model = {d} is not divisible by heads = {out['heads']}", call.span)
+    return out
+
+
+def _nested_cell(kind: str, name: str, kw, call: ir.Call, ctx: ParseContext) -> dict:
+    """The option ``name = cell("path.seq", ...)`` of a block, loaded (see load_cell_block)."""
+    if kw is None:
+        raise SpecError.at(f'{kind}() needs {name} = cell("path.seq", ...)', call.span)
+    if not isinstance(kw.value, ir.Call) or kw.value.func != "cell":
+        raise SpecError.at(f'{kind}(): {name} must be a cell spec: {name} = cell("path.seq", ...)',
+                           kw.span or call.span)
+    return load_cell_block(kw.value, ctx)
+
+
 def parse_whole_number_options(kind: BlockKind, call: ir.Call, ctx: ParseContext) -> dict:
     """The default option parsing: every option a whole number (``window`` may be 0, others >= 1)."""
-    if call.args:
-        raise SpecError.at(f"{kind.usage} (options by name)", call.span)
-    opts = {k.name: k.value for k in call.kwargs}
-    for k in opts:
-        if k not in kind.options:
-            raise SpecError.at(f"{call.func}() has no option '{k}' (options: {', '.join(kind.options)})", call.span)
-    resolved = {}
-    for k, d in kind.options.items():
-        v = ctx.number(opts[k], f"the option '{k}'") if k in opts else d
-        if v is not None and (not isinstance(v, int) and not float(v).is_integer()):
-            raise SpecError.at(f"{call.func}(): {k} must be a whole number; got {v}", call.span)
-        resolved[k] = int(v) if v is not None else None
-    for k, v in resolved.items():
-        if v is None:
-            raise SpecError.at(f"{call.func}() needs {k} = ...", call.span)
-        if v < (0 if k == "window" else 1):
-            least = "0 (no window)" if k == "window" else "1"
-            raise SpecError.at(f"{call.func}(): {k} must be at least {least}; got {v}", call.span)
-    return resolved
+    return whole_number_options(call.func, kind.usage, kind.options, {"window": 0}, call, ctx)
 
 
 def load_cell_block(call: ir.Call, ctx: ParseContext, what: str = "cell") -> dict:
@@ -292,25 +328,34 @@ def _torch_modules():
             shared: dict = {}    # blocks that reuse one module at several layers (e.g. Zamba) keep it here
             self.blocks = nn.ModuleList(kinds[cs.blocks[name].kind].build(d, cs.blocks[name].options, seed + i, shared)
                                         for i, name in enumerate(cs.layers))
-            self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in self.blocks)
+            self.norms = nn.ModuleList(nn.Identity() if getattr(b, "own_residual", False) else nn.RMSNorm(d)
+                                       for b in self.blocks)
             self.final_norm = nn.RMSNorm(d)
             self.head = nn.Linear(d, output_dim or vocab, bias=False)
             self.memory = None   # RMT: the memory tokens M_0 [tokens, d] of a segments section
             if cs.segments is not None:
                 self.memory = nn.Parameter(torch.randn(cs.segments["tokens"], d))
 
+        def apply_block(self, i: int, x, cache, embedding):
+            """Layer i on the residual stream: x + block(norm(x)) (a whole block: block(x)); blocks that read
+            the token embedding (Zamba's shared block) get it. Returns (x', the block's new cache)."""
+            block = self.blocks[i]
+            extra = {"embedding": embedding} if getattr(block, "reads_embedding", False) else {}
+            y, cache = block(self.norms[i](x), cache, **extra)
+            return (y if getattr(block, "own_residual", False) else x + y), cache
+
         def run_layers(self, x):
-            """The residual stream through every block: x [B, T, d] -> [B, T, d] (no cache)."""
-            for norm, block in zip(self.norms, self.blocks):
-                x = x + block(norm(x))[0]
+            """The residual stream through every block: x [B, T, d] (the embedded tokens) -> [B, T, d]."""
+            embedding = x
+            for i in range(len(self.blocks)):
+                x = self.apply_block(i, x, None, embedding)[0]
             return x
 
         def run_layers_cached(self, x, caches):
             """The same with each block's generation cache: (x [B, T, d], caches) -> (y, new caches)."""
-            new = []
-            for norm, block, c in zip(self.norms, self.blocks, caches):
-                y, c = block(norm(x), c)
-                x = x + y
+            embedding, new = x, []
+            for i, c in enumerate(caches):
+                x, c = self.apply_block(i, x, c, embedding)
                 new.append(c if c is not None else {})
             return x, new
 
@@ -408,16 +453,3 @@ def build_stack(cs: CheckedStack, vocab: int | None = None, seed: int = 0, input
         raise SpecError("the stack needs a vocab (a 'vocab' hyper-parameter or the task's)", path=cs.path)
     StackModel = _torch_modules()
     return StackModel(cs, vocab, seed=seed, input_dim=input_dim, output_dim=output_dim)
-
-
-def parameter_count_estimate(cs: CheckedStack) -> int:
-    """Parameters without building torch modules (rough: blocks only)."""
-    d = cs.d_model
-    total = 0
-    for name in cs.layers:
-        b = cs.blocks[name]
-        if b.kind == "attention":
-            total += 4 * d * d
-        elif b.kind in ("mlp", "swiglu"):
-            total += (3 if b.kind == "swiglu" else 2) * b.options["expand"] * d * d
-    return total + int(math.prod((1,)))

@@ -31,3 +31,20 @@ def pytest_sessionfinish(session, exitstatus):
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
     tmp.replace(RESULTS)
+
+
+def training_losses(model, tokens, steps: int, lr: float) -> list:
+    """Next-token cross-entropy of a stack on tokens [B, T] over a few Adam steps (the loss before each step)."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, training_losses
 
 import seqdsl
 from seqdsl.frontend import parse
@@ -90,14 +90,7 @@ def test_spec_state_size_is_bounded_and_training_reduces_loss(path):
     vocab = int(cs.values["vocab"])
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, vocab, (4, 33), generator=g)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(model, tokens, steps=6, lr=3e-3)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

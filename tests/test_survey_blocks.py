@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, training_losses
 from torch.nn import functional as F
 
 import seqdsl
@@ -366,14 +366,7 @@ def test_a_few_training_steps_reduce_the_loss(stem):
     model = build_stack(cs, seed=0)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 11, (4, 16), generator=g)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(12):
-        loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, 11), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = training_losses(model, tokens, steps=12, lr=1e-2)
     assert losses[-1] < 0.8 * losses[0]
 
 

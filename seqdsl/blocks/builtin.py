@@ -1,8 +1,9 @@
-"""The built-in block kinds: cell(...), attention, mlp, swiglu, shortconv."""
+"""The built-in block kinds: cell(...), attention, mlp, swiglu, geglu, shortconv."""
 
 from __future__ import annotations
 
-from seqdsl.stack import BlockKind, load_cell_block, register_block
+from seqdsl.errors import SpecError
+from seqdsl.stack import BLOCK_REGISTRY, BlockKind, load_cell_block, register_block, whole_number_options
 
 
 def _build(class_name: str, **fixed):
@@ -14,23 +15,36 @@ def _build(class_name: str, **fixed):
 
 
 def _parse_attention(call, ctx):
-    from seqdsl.errors import SpecError
-    from seqdsl.stack import parse_whole_number_options
+    options = whole_number_options("attention", ATTENTION_USAGE, ATTENTION.options, {"window": 0, "kv_heads": 0},
+                                   call, ctx, flags=("rope",))
+    heads, kv = options["heads"], options["kv_heads"] or options["heads"]
+    if heads % kv:
+        raise SpecError.at(f"attention(): heads = {heads} is not a multiple of kv_heads = {kv}", call.span)
+    if options["rope"] and (ctx.values["d_model"] // heads) % 2:
+        raise SpecError.at(f"attention(): rope = 1 needs an even head dimension; d_model / heads = "
+                           f"{ctx.values['d_model'] // heads}", call.span)
+    return {**options, "kv_heads": kv}
 
-    options = parse_whole_number_options(ATTENTION, call, ctx)
-    if ctx.values["d_model"] % options["heads"]:
-        raise SpecError.at(f"attention: d_model = {ctx.values['d_model']} is not divisible by heads = "
-                           f"{options['heads']}", call.span)
-    return options
+
+def _parse_mlp(call, ctx):
+    """Options of mlp / swiglu / geglu: expand, a positive number (the hidden width is ceil(expand * d_model))."""
+    kind = BLOCK_REGISTRY[call.func]
+    return whole_number_options(call.func, kind.usage, kind.options, {}, call, ctx, reals=("expand",))
 
 
 register_block(BlockKind("cell", 'cell("path.seq", hparam = value, ...): the layer of a cell spec (d_model is the '
                          "stack's)", {}, _build("CellBlock"), parse=load_cell_block))
-ATTENTION = register_block(BlockKind("attention", "attention(heads = h[, window = w]): causal softmax attention, "
-                                     "sliding window if given", {"heads": None, "window": 0}, _build("Attention"),
-                                     parse=_parse_attention))
-register_block(BlockKind("mlp", "mlp(expand = 4): Linear, GELU, Linear", {"expand": 4}, _build("MLP", gated=False)))
-register_block(BlockKind("swiglu", "swiglu(expand = 4): (silu(x W1) * x W3) W2", {"expand": 4},
-                         _build("MLP", gated=True)))
+ATTENTION_USAGE = ("attention(heads = h[, window = w, kv_heads = g, rope = 1]): causal softmax attention, sliding "
+                   "window if given, g key/value heads shared by the query heads (1: multi-query), rotary "
+                   "position encoding if rope = 1")
+ATTENTION = register_block(BlockKind("attention", ATTENTION_USAGE, {"heads": None, "window": 0, "kv_heads": 0,
+                                                                   "rope": 0},
+                                     _build("Attention"), parse=_parse_attention))
+register_block(BlockKind("mlp", "mlp(expand = 4): Linear, GELU, Linear (hidden width ceil(expand * d_model))",
+                         {"expand": 4}, _build("MLP", gated=False), parse=_parse_mlp))
+register_block(BlockKind("swiglu", "swiglu(expand = 4): (silu(x W_g) * x W_up) W_down", {"expand": 4},
+                         _build("MLP", gated=True, act="silu"), parse=_parse_mlp))
+register_block(BlockKind("geglu", "geglu(expand = 4): (gelu(x W_g) * x W_up) W_down (Griffin's and xLSTM's gated MLP)",
+                         {"expand": 4}, _build("MLP", gated=True, act="gelu"), parse=_parse_mlp))
 register_block(BlockKind("shortconv", "shortconv(width = 4): a depthwise causal convolution over the last width "
                          "tokens", {"width": 4}, _build("ShortConv")))

@@ -9,58 +9,83 @@ import torch
 from torch import nn
 
 
+def rotate(x, positions, base: float = 10000.0):
+    """Rotary position encoding (RoPE, rotate-half layout): x [B, H, T, dh] at positions [T] (dh even)."""
+    half = x.shape[-1] // 2
+    freq = base ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)
+    angle = positions.to(x.dtype)[:, None] * freq                     # [T, half]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
 class Attention(nn.Module):
-    """Causal multi-head softmax attention (no positional encoding); sliding window if window > 0."""
+    """Causal softmax attention: ``heads`` query heads sharing ``kv_heads`` key/value heads (multi-query
+    with kv_heads = 1, grouped-query in between); a sliding window if window > 0; rotary position
+    encoding of q and k if rope = 1 (otherwise no positional encoding).
+
+    Generation cache: {"k", "v": [B, kv_heads, kept, dh] (rotated keys), "pos": tokens seen}."""
 
     def __init__(self, d: int, options: dict, seed: int):
         super().__init__()
         self.heads, self.window = options["heads"], options["window"]
-        self.d = d
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.kv_heads = options.get("kv_heads") or self.heads
+        self.rope = bool(options.get("rope", 0))
+        self.d, self.dh = d, d // self.heads
+        self.qkv = nn.Linear(d, d + 2 * self.kv_heads * self.dh, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
     def forward(self, x, cache=None):
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        past = 0
+        q, k, v = self.qkv(x).split([D, self.kv_heads * self.dh, self.kv_heads * self.dh], -1)
+        q = q.view(B, T, self.heads, self.dh).transpose(1, 2)
+        k, v = (z.view(B, T, self.kv_heads, self.dh).transpose(1, 2) for z in (k, v))
+        past = 0 if cache is None else cache.get("pos", 0)
+        if self.rope:
+            positions = torch.arange(past, past + T, device=x.device)
+            q, k = rotate(q, positions), rotate(k, positions)
+        kept = 0
         if cache is not None and cache.get("k") is not None:
-            past = cache["k"].shape[2]
+            kept = cache["k"].shape[2]
             k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-        i = torch.arange(T, device=x.device)[:, None] + past
+        i = torch.arange(T, device=x.device)[:, None] + kept
         j = torch.arange(k.shape[2], device=x.device)[None, :]
         allowed = j <= i
         if self.window:
             allowed = allowed & (i - j < self.window)
-        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        group = self.heads // self.kv_heads
+        kx, vx = (z.repeat_interleave(group, 1) for z in (k, v)) if group > 1 else (k, v)
+        o = torch.nn.functional.scaled_dot_product_attention(q, kx, vx, attn_mask=allowed)
         new_cache = None
-        if cache is not None:
-            keep = self.window if self.window else k.shape[2]
-            new_cache = {"k": k[:, :, -keep:], "v": v[:, :, -keep:]} if self.window else {"k": k, "v": v}
-            if self.window:   # positions are relative: the kept window starts at 0 next time
-                new_cache = {"k": k[:, :, -(self.window - 1):] if self.window > 1 else k[:, :, :0],
-                             "v": v[:, :, -(self.window - 1):] if self.window > 1 else v[:, :, :0]}
+        if cache is not None:   # a window keeps its last window - 1 tokens (the next query sees window tokens)
+            start = max(0, k.shape[2] - (self.window - 1)) if self.window else 0
+            new_cache = {"k": k[:, :, start:], "v": v[:, :, start:], "pos": past + T}
         return self.out(o.transpose(1, 2).reshape(B, T, D)), new_cache
 
     def state_size(self, seq_len: int) -> int:
-        """The KV cache: 2 d numbers per kept token."""
-        return 2 * self.d * (min(seq_len, self.window) if self.window else seq_len)
+        """The KV cache: 2 kv_heads dh numbers per kept token."""
+        return 2 * self.kv_heads * self.dh * (min(seq_len, self.window) if self.window else seq_len)
+
 
 class MLP(nn.Module):
-    def __init__(self, d: int, options: dict, seed: int, gated: bool):
+    """Linear, activation, Linear (act = "gelu"), or gated: (act(x W_g) * x W_up) W_down (SwiGLU: silu,
+    GeGLU: gelu). Hidden width ceil(expand * d)."""
+
+    def __init__(self, d: int, options: dict, seed: int, gated: bool, act: str = "gelu"):
         super().__init__()
-        expand = options["expand"]
-        self.gated = gated
-        self.up = nn.Linear(d, expand * d, bias=False)
-        self.gate = nn.Linear(d, expand * d, bias=False) if gated else None
-        self.down = nn.Linear(expand * d, d, bias=False)
+        hidden = math.ceil(options["expand"] * d)
+        self.act = getattr(torch.nn.functional, act)
+        self.up = nn.Linear(d, hidden, bias=False)
+        self.gate = nn.Linear(d, hidden, bias=False) if gated else None
+        self.down = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x, cache=None):
-        h = torch.nn.functional.silu(self.gate(x)) * self.up(x) if self.gated else \
-            torch.nn.functional.gelu(self.up(x))
+        h = self.act(self.gate(x)) * self.up(x) if self.gate is not None else self.act(self.up(x))
         return self.down(h), cache
 
     def state_size(self, seq_len: int) -> int:
         return 0
+
 
 class ShortConv(nn.Module):
     """Depthwise causal convolution (H3's shift SSM, the short conv of Zoology's mixers)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from seqdsl import ir
 from seqdsl.errors import SpecError
-from seqdsl.stack import BlockKind, load_cell_block, register_block
+from seqdsl.stack import BlockKind, register_block, whole_number_options
 
 
 def _build(class_name: str):
@@ -26,44 +26,8 @@ def _build(class_name: str):
 
 def _whole_numbers(kind_name: str, usage: str, defaults: dict, least: dict, call: ir.Call, ctx,
                    nested: tuple = ()) -> dict:
-    """Options by name, each a whole number >= least[name] (1 unless given); ``nested`` names options
-    that are a ``cell(...)`` call instead (loaded with load_cell_block)."""
-    if call.args:
-        raise SpecError.at(f"{usage} (options by name)", call.span)
-    given = {}
-    for kw in call.kwargs:
-        if kw.name not in defaults:
-            raise SpecError.at(f"{kind_name}() has no option '{kw.name}' (options: {', '.join(defaults)})",
-                               kw.span or call.span)
-        if kw.name in given:
-            raise SpecError.at(f"{kind_name}(): the option '{kw.name}' is given twice", kw.span or call.span)
-        given[kw.name] = kw
-    out = {}
-    for name, default in defaults.items():
-        kw = given.get(name)
-        if name in nested:
-            out[name] = _nested_cell(kind_name, name, kw, call, ctx)
-            continue
-        value = default if kw is None else ctx.number(kw.value, f"the option '{name}'")
-        span = call.span if kw is None else kw.span or call.span
-        if value is None:
-            raise SpecError.at(f"{kind_name}() needs {name} = ...", call.span)
-        if isinstance(value, float) and not value.is_integer():
-            raise SpecError.at(f"{kind_name}(): {name} must be a whole number; got {value}", span)
-        value = int(value)
-        if value < least.get(name, 1):
-            raise SpecError.at(f"{kind_name}(): {name} must be at least {least.get(name, 1)}; got {value}", span)
-        out[name] = value
-    return out
-
-
-def _nested_cell(kind_name: str, name: str, kw, call: ir.Call, ctx) -> dict:
-    if kw is None:
-        raise SpecError.at(f'{kind_name}() needs {name} = cell("path.seq", ...)', call.span)
-    if not isinstance(kw.value, ir.Call) or kw.value.func != "cell":
-        raise SpecError.at(f'{kind_name}(): {name} must be a cell spec: {name} = cell("mega_ema.seq", n = 16)',
-                           kw.span or call.span)
-    return load_cell_block(kw.value, ctx)
+    """Options by name, whole numbers >= least[name] (1 unless given); ``nested``: cell(...) options."""
+    return whole_number_options(kind_name, usage, defaults, least, call, ctx, cells=nested)
 
 
 # ------------------------------------------------------------------------------------------------ Hyena

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from seqdsl import ir
 from seqdsl.errors import SpecError
-from seqdsl.stack import BlockKind, register_block
+from seqdsl.stack import BlockKind, register_block, whole_number_options
 
 
 def _build(class_name: str):
@@ -29,41 +29,6 @@ def _build(class_name: str):
 
         return getattr(segment_torch, class_name)(d, options, seed)
     return build
-
-
-def whole_number_options(kind: str, usage: str, defaults: dict, least: dict, call: ir.Call, ctx,
-                         flags: tuple = ()) -> dict:
-    """Options by name: whole numbers >= least[name] (default 1); ``flags`` are 0 or 1; a default None is
-    required. Raises SpecError at the option (or the call) for anything else."""
-    if call.args:
-        raise SpecError.at(f"{usage} (options by name)", call.span)
-    given: dict = {}
-    for kw in call.kwargs:
-        if kw.name not in defaults:
-            raise SpecError.at(f"{kind}() has no option '{kw.name}' (options: {', '.join(defaults)})",
-                               kw.span or call.span)
-        if kw.name in given:
-            raise SpecError.at(f"{kind}(): the option '{kw.name}' is given twice", kw.span or call.span)
-        given[kw.name] = kw
-    out = {}
-    for name, default in defaults.items():
-        kw = given.get(name)
-        span = kw.span or call.span if kw is not None else call.span
-        value = default if kw is None else ctx.number(kw.value, f"the option '{name}'")
-        if value is None:
-            raise SpecError.at(f"{kind}() needs {name} = ...; {usage}", call.span)
-        if isinstance(value, float) and not value.is_integer():
-            raise SpecError.at(f"{kind}(): {name} must be a whole number; got {value}", span)
-        value = int(value)
-        if name in flags and value not in (0, 1):
-            raise SpecError.at(f"{kind}(): {name} is 0 or 1; got {value}", span)
-        if value < least.get(name, 0 if name in flags else 1):
-            raise SpecError.at(f"{kind}(): {name} must be at least {least.get(name, 1)}; got {value}", span)
-        out[name] = value
-    d = ctx.values["d_model"]
-    if "heads" in out and d % out["heads"]:
-        raise SpecError.at(f"{kind}(): d_model = {d} is not divisible by heads = {out['heads']}", call.span)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ Transformer-XL
