@@ -14,8 +14,8 @@ forward+backward (median of --reps runs, CUDA events) of:
 * causal ``torch.nn.functional.scaled_dot_product_attention`` at the same (B, T, H, D).
 
 seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
-Triton backend has one (gated classes; Mamba's vector state runs it with one head per state element);
-the delta rule has no Triton chunk kernels yet and nothing has a Triton scan. Its backward is not a
+Triton backend has one (gated classes, and the delta rule with a scalar gate or none; Mamba's vector
+state runs it with one head per state element); nothing has a Triton scan yet. Its backward is not a
 Triton kernel: it recomputes through the generated torch module, so forward+backward times measure
 that. The op computes in fp32 from bf16 inputs (DESIGN §6).
 

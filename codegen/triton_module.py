@@ -489,11 +489,12 @@ class _Gen:
         if "chunk" not in self.p.modes:
             return None
         for sp in self.p.states:
-            if sp.kind != "gated":
-                return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated states only"
-            if sp.gate_axis not in ("none", "scalar", "key"):
+            if sp.kind not in ("gated", "delta"):
+                return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
+            axes = ("none", "scalar", "key") if sp.kind == "gated" else ("none", "scalar")
+            if sp.gate_axis not in axes:
                 return f"the state {sp.state} decays along its {sp.gate_axis} axis; the Triton chunk kernels " \
-                       "take scalar or key-axis gates"
+                       f"take {' or '.join(axes[1:])} gates for {sp.kind} states"
             if self.c.cell_types[sp.state].complex:
                 return f"the state {sp.state} is complex; the Triton chunk kernels are real"
         if _TORCH_FORMS_IMPORT not in twin_source:
@@ -508,7 +509,8 @@ class _Gen:
         out.add("", 0)
         out.add("The torch twin's chunk function (the spec's token-parallel preparation, rendered from the IR)", 1)
         out.add("with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local", 1)
-        out.add("cumsum of the log gates, the state entering each chunk, the outputs (fla's stages).", 1)
+        out.add("cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the", 1)
+        out.add("outputs (fla's stages).", 1)
         out.add("Backward (autograd): no Triton kernel yet -- it recomputes through the torch twin's chunk form.", 1)
         out.add('"""', 1)
         out.add(f"return _rt.apply_form(_CHUNK_TWIN.module.chunk, _TWIN.module.chunk, tuple(_state), ({inputs},), "

@@ -199,6 +199,27 @@ def test_chunk_kernels_match_the_recurrence_with_strong_decays(gate, diag_3d):
     _check(f"chunk kernels {gate}", expected, got, torch.float64, FORM_FACTOR["chunk"])
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
+@pytest.mark.parametrize("T,chunk", [(40, 32), (16, 16), (7, 16)])
+def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
+    """The WY / UT stage (forward substitution), the chunk-state loop and the outputs against the step loop,
+    with K and V not powers of two, a last partial chunk and strong decays."""
+    g = torch.Generator().manual_seed(T)
+    B, H, K, V = 2, 2, 5, 18
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    q, v, h0 = rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V)
+    k = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
+    beta = 2 * torch.rand(B, T, H, generator=g, dtype=torch.float64)          # (0, 2): negative eigenvalues too
+    gate = {"g": -5 * rnd(B, T, H).abs()} if gated else {}
+    expected = torch_forms.recurrent_delta(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True)
+    got = triton_chunk.chunk_delta(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True,
+                                   chunk_size=chunk)
+    _check(f"delta chunk kernels gated={gated}", expected, got, torch.float64, FORM_FACTOR["chunk"])
+
+
 def test_every_example_has_a_triton_recurrent_form():
     missing = {name: compiled(name)[1].module.WHY_NOT.get("recurrent") for name in sorted(MODELS)
                if "recurrent" not in compiled(name)[1].modes}
@@ -206,8 +227,8 @@ def test_every_example_has_a_triton_recurrent_form():
 
 
 def test_chunk_form_where_the_class_admits_it_with_reasons_elsewhere():
-    for name, expect_chunk in [("gla", True), ("retnet", True), ("mamba2", True), ("deltanet", False),
-                               ("s4d", False), ("lstm", False)]:
+    for name, expect_chunk in [("gla", True), ("retnet", True), ("mamba2", True), ("deltanet", True),
+                               ("gated_deltanet", True), ("s4d", False), ("lstm", False)]:
         if name not in MODELS:
             continue
         op = compiled(name)[1]

@@ -1,4 +1,4 @@
-"""Chunkwise gated linear attention as Triton kernels, in fla's stage structure (forward only).
+"""Chunkwise gated linear attention and delta rule as Triton kernels, in fla's stage structure (forward only).
 
     S_t = exp(g_t) exp(gk_t)[:, None] ⊙ S_{t-1} + k_t v_t^T,    o_t = S_t^T q_t
 
@@ -14,6 +14,11 @@ for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or no
    with DIAG_3D, as one [BC, BC, BK] product: the launch policy's choice under the interpreter).
 4. ``chunk_fwd_o_kernel``: o = (q ⊙ exp(G)) h[c] + A v, with A computed here for a scalar gate
    (A = (q k^T) ⊙ exp(G_t - G_s), causal) or read from stage 3.
+
+The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)^T) adds two stages between
+1 and 4: ``chunk_delta_wy_kernel`` (per chunk, the UT transform: the inverse of I + tril(diag(beta) K K^T ⊙ D, -1)
+by forward substitution, W and U) and ``chunk_delta_h_kernel`` (the states entering the chunks, with the
+corrected values v_new = U - W S), then stage 4 with v_new for v.
 
 Layouts are fla's: ``[B, T, H, D]``, contiguous; every exponential is of a non-positive number
 (log gates are non-positive), so nothing overflows. Accumulation in fp32 (fp64 for fp64 inputs).
@@ -190,6 +195,91 @@ def chunk_fwd_o_kernel(
              mask=m_t[:, None] & m_v[None, :])
 
 
+@triton.jit
+def chunk_delta_wy_kernel(
+    k, v, beta, gc, w, u,   # k, w [B, T, H, K]; v, u [B, T, H, V]; beta, G [B, T, H]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The WY / UT stage of the delta rule for one chunk: with A = tril(diag(beta) K K^T ⊙ D, -1),
+    D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 by forward substitution (row i of Tm is
+    e_i - sum_{j<i} A_ij Tm_j), then W = Tm diag(beta exp(G)) K and U = Tm diag(beta) V.
+    Rows past T load zeros (beta = 0): their rows of Tm are unit rows and of W, U zero."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_c = tl.arange(0, BT)
+    m_t = o_t < T
+    o_k = tl.arange(0, BK)
+    m_tk = m_t[:, None] & (o_k < K)[None, :]
+    p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)                          # [BT, BK]
+    b_beta = tl.load(beta + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
+    b_kb = b_k * b_beta[:, None]
+    b_A = tl.dot(b_kb, tl.trans(b_k), input_precision=PREC)                         # [BT, BT]
+    if GATED:
+        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
+    b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
+    b_Tm = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0).to(DTYPE)
+    for i in range(1, BT):
+        b_a = tl.reduce(tl.where(o_c[:, None] == i, b_A, 0.0), 0, _tlib.add)       # row i of A, [BT]
+        b_row = tl.reduce(b_a[:, None] * b_Tm, 0, _tlib.add)                        # sum_j A_ij Tm_j
+        b_Tm = tl.where(o_c[:, None] == i, b_Tm - b_row[None, :], b_Tm)
+    if GATED:
+        b_kb = b_kb * tl.exp(b_g)[:, None]
+    tl.store(w + p_k, tl.dot(b_Tm, b_kb, input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE) * b_beta[:, None]
+        tl.store(u + p_v, tl.dot(b_Tm, b_v, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
+def chunk_delta_h_kernel(
+    k, w, u, gc, h, v_new, h0, ht,   # k, w [B, T, H, K]; u, v_new [B, T, H, V]; h [B, H, NT, K, V]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    """The state entering every chunk, chunk after chunk, for one tile of V columns (all K rows):
+    v_new = U - W S (the values minus what S predicts), then S <- exp(G_last) S + (K ⊙ exp(G_last - G))^T v_new."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=DTYPE)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    NT = tl.cdiv(T, BT)
+    for i_t in range(0, NT):
+        tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+        p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_vn = tl.load(u + p_v, mask=m_tv, other=0.0).to(DTYPE) - tl.dot(b_w, b_h, input_precision=PREC)
+        tl.store(v_new + p_v, b_vn.to(v_new.dtype.element_ty), mask=m_tv)
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        if GATED:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_h *= tl.exp(b_glast)
+            b_k = tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0)
+        b_h += tl.dot(tl.trans(b_k), b_vn, input_precision=PREC)
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
+
+
 def _block(n: int, cap: int = 64) -> int:
     return min(cap, max(16, _rt.next_pow2(n)))
 
@@ -247,4 +337,58 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gc, h, A, o, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                                         GATE=gate, **common)
+    return o, (ht if output_final_state else None)
+
+
+def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
+                chunk_size=64):
+    """Chunkwise (gated) delta rule as Triton kernels, fla's stage structure (forward only):
+        S = exp(g_t) S;  S = S + beta_t k_t (v_t - S^T k_t)^T;  o_t = S^T (scale q_t).
+
+    q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], g [B, T, H] (log decay, optional), initial_state
+    [B, H, K, V]. Stages: chunk-local cumsum of g; the WY / UT stage per chunk (a forward-substitution
+    inverse of I + tril(diag(beta) K K^T ⊙ D, -1), then W and U); the state entering each chunk with the
+    corrected values v_new = U - W S; the outputs o = (q ⊙ exp(G)) S + (q k^T ⊙ D) v_new (the gated
+    chunk's output kernel). The arguments and results of ``torch_forms.chunk_delta``; cu_seqlens and
+    complex values are not supported here; K up to 256 (one block). Computed in fp32 (fp64 for fp64).
+    """
+    if cu_seqlens is not None:
+        raise NotImplementedError("the Triton delta chunk kernels take one sequence per row")
+    if any(t is not None and t.is_complex() for t in (q, k, v, beta, g, initial_state)):
+        raise NotImplementedError("the Triton chunk kernels are real")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if K > 256:
+        raise NotImplementedError(f"the Triton delta chunk kernels keep all K = {K} key channels in one block (<= 256)")
+    chunk_size = max(16, _rt.next_pow2(chunk_size))
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64
+                                 for t in (q, k, v, beta, g, initial_state)) else torch.float32
+    if scale is None:
+        scale = K ** -0.5
+    q = q * scale if scale != 1.0 else q
+    q, k, v, beta = (x.to(dtype).contiguous() for x in (q, k, v, beta))
+    BT, BK, BV = chunk_size, max(16, _rt.next_pow2(K)), _block(V)
+    NT = triton.cdiv(T, BT)
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=q.device)
+    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
+    common = dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, num_warps=cfg["num_warps"])
+    gc = beta                                        # unused without a gate
+    if g is not None:
+        graw = g[..., None].to(dtype).contiguous()
+        gc = torch.empty_like(graw)
+        chunk_local_cumsum_kernel[(1, NT, B * H)](graw, gc, T, H=H, D=1, BT=BT, BD=1, num_warps=cfg["num_warps"])
+    w, u = torch.empty_like(k), torch.empty_like(v)
+    chunk_delta_wy_kernel[(NT, B * H)](k, v, beta, gc, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+                                       GATED=g is not None, **common)
+    h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
+    v_new = torch.empty_like(v)
+    ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
+    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
+    chunk_delta_h_kernel[(triton.cdiv(V, BV), B * H)](
+        k, w, u, gc, h, v_new, h0, ht, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATED=g is not None,
+        USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+    o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v_new, gc, h, q, o, T, H=H, K=K, V=V, BT=BT, BK=_block(K),
+                                                        BV=BV, GATE=GATE_SCALAR if g is not None else GATE_NONE,
+                                                        **common)
     return o, (ht if output_final_state else None)
