@@ -17,8 +17,8 @@ for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or no
 
 The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)^T) adds two stages between
 1 and 4: ``chunk_delta_wy_kernel`` (per chunk, the UT transform: the inverse of I + tril(diag(beta) K K^T ⊙ D, -1)
-by forward substitution, W and U) and ``chunk_delta_h_kernel`` (the states entering the chunks, with the
-corrected values v_new = U - W S), then stage 4 with v_new for v.
+by forward substitution, W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
+values v_new = U - W S), then stage 4 with v_new for v.
 
 Layouts are fla's: ``[B, T, H, D]``, contiguous; every exponential is of a non-positive number
 (log gates are non-positive), so nothing overflows. Accumulation in fp32 (fp64 for fp64 inputs).
@@ -54,10 +54,13 @@ def chunk_local_cumsum_kernel(g, gc, T, H: tl.constexpr, D: tl.constexpr, BT: tl
 def chunk_fwd_h_kernel(
     k, v, gc,            # [B, T, H, K], [B, T, H, V], G: [B, T, H] (scalar) or [B, T, H, K] (key)
     h, h0, ht,           # h: [B, H, NT, K, V] the state entering each chunk; h0, ht: [B, H, K, V]
+    w, v_new,            # DELTA only: W [B, T, H, K]; v is U, and v_new = U - W S is stored [B, T, H, V]
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
 ):
+    """h[c+1] = exp(G_last) ⊙ h[c] + (k ⊙ exp(G_last - G))^T v, chunk after chunk, for one (K, V) tile.
+    DELTA (one K tile, BK >= K): the values are first corrected, v_new = U - W h[c] (stored)."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = i_k * BK + tl.arange(0, BK)
@@ -76,8 +79,13 @@ def chunk_fwd_h_kernel(
         last = tl.minimum(i_t * BT + BT, T) - 1
         b_k = tl.load(k + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                       mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)              # [BT, BK]
-        b_v = tl.load(v + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
-                      mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
+        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_v, mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BT, BV]
+        if DELTA:
+            b_w = tl.load(w + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+                          mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)          # [BT, BK]
+            b_v -= tl.dot(b_w, b_h, input_precision=PREC)
+            tl.store(v_new + p_v, b_v.to(v_new.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         if GATE == 1:
             b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
             b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
@@ -238,48 +246,6 @@ def chunk_delta_wy_kernel(
         tl.store(u + p_v, tl.dot(b_Tm, b_v, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
 
 
-@triton.jit
-def chunk_delta_h_kernel(
-    k, w, u, gc, h, v_new, h0, ht,   # k, w [B, T, H, K]; u, v_new [B, T, H, V]; h [B, H, NT, K, V]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
-):
-    """The state entering every chunk, chunk after chunk, for one tile of V columns (all K rows):
-    v_new = U - W S (the values minus what S predicts), then S <- exp(G_last) S + (K ⊙ exp(G_last - G))^T v_new."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    b_h = tl.zeros([BK, BV], dtype=DTYPE)
-    if USE_INITIAL_STATE:
-        b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
-    NT = tl.cdiv(T, BT)
-    for i_t in range(0, NT):
-        tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
-        o_t = i_t * BT + tl.arange(0, BT)
-        m_t = o_t < T
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-        b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        b_vn = tl.load(u + p_v, mask=m_tv, other=0.0).to(DTYPE) - tl.dot(b_w, b_h, input_precision=PREC)
-        tl.store(v_new + p_v, b_vn.to(v_new.dtype.element_ty), mask=m_tv)
-        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        if GATED:
-            last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
-            b_h *= tl.exp(b_glast)
-            b_k = tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0)
-        b_h += tl.dot(tl.trans(b_k), b_vn, input_precision=PREC)
-    if STORE_FINAL_STATE:
-        tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
-
-
 def _block(n: int, cap: int = 64) -> int:
     return min(cap, max(16, _rt.next_pow2(n)))
 
@@ -327,7 +293,7 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        k, v, gc, h, h0, ht, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+        k, v, gc, h, h0, ht, k, v, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=False,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     A = q
     if gate == GATE_KEY:
@@ -384,11 +350,11 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     v_new = torch.empty_like(v)
     ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
-    chunk_delta_h_kernel[(triton.cdiv(V, BV), B * H)](
-        k, w, u, gc, h, v_new, h0, ht, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATED=g is not None,
+    gate = GATE_SCALAR if g is not None else GATE_NONE
+    chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), B * H)](
+        k, u, gc, h, h0, ht, w, v_new, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v_new, gc, h, q, o, T, H=H, K=K, V=V, BT=BT, BK=_block(K),
-                                                        BV=BV, GATE=GATE_SCALAR if g is not None else GATE_NONE,
-                                                        **common)
+                                                        BV=BV, GATE=gate, **common)
     return o, (ht if output_final_state else None)
