@@ -15,9 +15,11 @@ forward+backward (median of --reps runs, CUDA events) of:
 
 seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
 Triton backend has one (gated classes, and the delta rule with a scalar gate or none; Mamba's vector
-state runs it with one head per state element); nothing has a Triton scan yet. Its backward is not a
-Triton kernel: it recomputes through the generated torch module, so forward+backward times measure
-that. The op computes in fp32 from bf16 inputs (DESIGN §6).
+state runs it with one head per state element); nothing has a Triton scan yet. Backward: Triton
+kernels for the chunk stages of scalar-gated and ungated states (simple GLA); the other chunk forms
+differentiate through the torch forms and the recurrent form recomputes through the generated torch
+module, so their forward+backward times measure that. The op computes in fp32 from bf16 inputs
+(DESIGN §6).
 
 Without a CUDA GPU (or under TRITON_INTERPRET=1) it says so and exits 0. ``--smoke`` runs the seqdsl
 and SDPA rows on CPU under the Triton interpreter at one tiny shape (a check that the script works;

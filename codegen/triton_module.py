@@ -510,11 +510,10 @@ class _Gen:
         out.add("The torch twin's chunk function (the spec's token-parallel preparation, rendered from the IR)", 1)
         out.add("with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local", 1)
         out.add("cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the", 1)
-        out.add("outputs (fla's stages).", 1)
-        out.add("Backward (autograd): no Triton kernel yet -- it recomputes through the torch twin's chunk form.", 1)
+        out.add("outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages", 1)
+        out.add("by Triton backward kernels for scalar-gated and ungated states, through the torch forms otherwise.", 1)
         out.add('"""', 1)
-        out.add(f"return _rt.apply_form(_CHUNK_TWIN.module.chunk, _TWIN.module.chunk, tuple(_state), ({inputs},), "
-                f"{kwdict}, n_outs={len(self.c.readouts)})", 1)
+        out.add(f"return _CHUNK_TWIN.module.chunk(tuple(_state), {inputs}, **{kwdict})", 1)
 
     # ------------------------------------------------------------------ module
     def module(self, header: str, twin_source: str) -> str:

@@ -220,6 +220,50 @@ def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
     _check(f"delta chunk kernels gated={gated}", expected, got, torch.float64, FORM_FACTOR["chunk"])
 
 
+@pytest.mark.parametrize("gate", ["none", "scalar"])
+@pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32)])
+def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk):
+    """dq, dk, dv, dg and the initial state's gradient from the Triton backward kernels, against torch autograd
+    through the step loop, for gradients arriving at the outputs and at the final state."""
+    g = torch.Generator().manual_seed(T)
+    B, H, K, V = 2, 2, 5, 18
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+    q, k, v, h0 = rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V)
+    gates = {"g": (-3 * torch.rand(B, T, H, generator=g, dtype=torch.float64)).requires_grad_(True)} \
+        if gate == "scalar" else {}
+    wrt = [q, k, v, h0, *gates.values()]
+    do, dht = torch.randn(B, T, H, V, generator=g, dtype=torch.float64), torch.randn(B, H, K, V, generator=g,
+                                                                                     dtype=torch.float64)
+
+    def loss(form, **kw):
+        o, ht = form(q, k, v, **gates, scale=0.6, initial_state=h0, output_final_state=True, **kw)
+        return (o * do).sum() + (ht * dht).sum()
+
+    expected = torch.autograd.grad(loss(torch_forms.recurrent_gated), wrt)
+    got = torch.autograd.grad(loss(triton_chunk.chunk_gated, chunk_size=chunk), wrt)
+    for name, a, b in zip(["q", "k", "v", "h0", "g"], expected, got):
+        assert_close(f"chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
+def test_chunk_forms_without_a_triton_backward_differentiate_through_torch():
+    """A key-axis gate and the delta rule: with a gradient wanted, the torch forms run (same values, gradients)."""
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(1, 20, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, 20, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    gk = (-torch.rand(1, 20, 2, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    beta = torch.rand(1, 20, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    for form, ref, args in [(triton_chunk.chunk_gated, torch_forms.recurrent_gated, dict(gk=gk)),
+                            (triton_chunk.chunk_delta, torch_forms.recurrent_delta, dict(beta=beta))]:
+        wrt = [q, k, v, *args.values()]
+        got = torch.autograd.grad(form(q, k, v, **args, chunk_size=16)[0].sum(), wrt)
+        expected = torch.autograd.grad(ref(q, k, v, **args)[0].sum(), wrt)
+        for a, b in zip(expected, got):
+            assert_close(f"{form.__name__} fallback", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
 def test_every_example_has_a_triton_recurrent_form():
     missing = {name: compiled(name)[1].module.WHY_NOT.get("recurrent") for name in sorted(MODELS)
                if "recurrent" not in compiled(name)[1].modes}

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 import torch
 
+from seqdsl.runtime import torch_forms as _torch_forms
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
 
@@ -246,6 +247,107 @@ def chunk_delta_wy_kernel(
         tl.store(u + p_v, tl.dot(b_Tm, b_v, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
 
 
+@triton.jit
+def chunk_bwd_dh_kernel(
+    q, do, gc,           # q [B, T, H, K] (scaled), do [B, T, H, V], G [B, T, H]
+    dh, dht, dh0,        # dh [B, H, NT, K, V]: the gradient w.r.t. the state after each chunk; dht, dh0 [B, H, K, V]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    """The state gradients, chunk after chunk from the last: dS_c = exp(G_last) dS_{c+1} + (q ⊙ exp(G))^T do
+    over chunk c, starting from the final state's gradient; what is left at the start is dh0."""
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        i_t = NT - 1 - i
+        tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_q = tl.load(q + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)               # [BT, BK]
+        b_do = tl.load(do + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+                       mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
+        if GATE == 1:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_dh *= tl.exp(tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE))
+            b_q = b_q * tl.exp(b_g)[:, None]
+        b_dh += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
+    tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
+
+
+@triton.jit
+def chunk_bwd_dqkvg_kernel(
+    q, k, v, gc, h, do, dh,   # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, H, NT, K, V]
+    dq, dk, dv, dg,           # gradients: dq (w.r.t. the scaled q), dk [B, T, H, K], dv [B, T, H, V], dg [B, T, H]
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk's input gradients (all K and V channels in one block), with A = (q k^T) ⊙ D and
+    dA = (do v^T) ⊙ D causal, D_ts = exp(G_t - G_s), S the state entering the chunk and dS' the gradient
+    w.r.t. the state after it:
+        dq = dA k + exp(G) ⊙ do S^T,  dk = dA^T q + exp(G_last - G) ⊙ v dS'^T,  dv = A^T do + exp(G_last - G) ⊙ k dS',
+        dG_t = q_t . dq_t - k_t . dk_t (+ at the last row: exp(G_last) <dS', S> + sum_s k_s . dk_inter_s),
+    and dg = the reverse cumulative sum of dG within the chunk (G is the chunk-local cumsum of g)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_c = tl.arange(0, BT)
+    m_t = o_t < T
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_tk, m_tv = m_t[:, None] & (o_k < K)[None, :], m_t[:, None] & (o_v < V)[None, :]
+    m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+    p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+    p_h = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # [BK, BV]
+    b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)
+    causal = o_c[:, None] >= o_c[None, :]
+    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)                              # [BT, BT]
+    b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_qh = tl.dot(b_do, tl.trans(b_h), input_precision=PREC)                            # do S^T [BT, BK]
+    b_vdh = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)                           # v dS'^T [BT, BK]
+    b_kdh = tl.dot(b_k, b_dh, input_precision=PREC)                                     # k dS' [BT, BV]
+    if GATE == 1:
+        last = tl.minimum(i_t * BT + BT, T) - 1
+        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+        b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+        b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
+        b_qh = b_qh * tl.exp(b_g)[:, None]
+    else:
+        b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
+        b_decay = tl.where(m_t, 1.0, 0.0).to(DTYPE)
+    b_A = b_A * b_D
+    b_dA = b_dA * b_D
+    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_qh
+    b_dk_inter = b_vdh * b_decay[:, None]
+    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dk_inter
+    b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + b_kdh * b_decay[:, None]
+    tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    if GATE == 1:
+        b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                          # [BT]
+        carry = tl.exp(b_glast) * tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
+        carry += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
+        b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
+        b_dG = tl.where(m_t, b_dG, 0.0)
+        b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
+        tl.store(dg + (i_b * T + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+
+
 def _block(n: int, cap: int = 64) -> int:
     return min(cap, max(16, _rt.next_pow2(n)))
 
@@ -258,37 +360,65 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     initial_state [B, H, K, V]. Returns (o [B, T, H, V], final state [B, H, K, V] or None), computed
     in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates,
     cu_seqlens and complex values are not supported here. chunk_size is rounded up to a power of
-    two >= 16.
+    two >= 16. Differentiable: with Triton backward kernels for a scalar gate or none (the state
+    gradients chunk by chunk from the last, then every chunk's dq, dk, dv, dg); with a key-axis gate,
+    when a gradient is wanted, it runs ``torch_forms.chunk_gated`` instead (autograd through torch).
     """
     if gv is not None or cu_seqlens is not None:
         raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates, one sequence per row")
     if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
         raise NotImplementedError("the Triton chunk kernels are real")
-    chunk_size = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if _wants_grad(q, k, v, g, gk, initial_state):
+        if gk is not None:      # no Triton backward for key-axis gates: autograd through the torch form
+            return _torch_forms.chunk_gated(q, k, v, g, gk, None, scale, initial_state, output_final_state,
+                                            chunk_size=chunk_size)
+        o, ht = _ChunkGated.apply(q, k, v, g, initial_state, float(scale), chunk_size)
+    else:
+        o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
+    return o, (ht if output_final_state else None)
+
+
+def _wants_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors):
+    """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch."""
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    BT = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
+    BK, BV = _block(K), _block(V)
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device)
+    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
+    return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec,
+                                                            num_warps=cfg["num_warps"])
+
+
+def _local_cumsum(graw, BT: int, NT: int, cfg):
+    """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype)."""
+    B, T, H, D = graw.shape
+    gc = torch.empty_like(graw)
+    BD = 1 if D == 1 else _block(D)
+    chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, B * H)](graw, gc, T, H=H, D=D, BT=BT, BD=BD,
+                                                              num_warps=cfg["num_warps"])
+    return gc
+
+
+def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size):
+    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, G, h, gate) for the
+    backward (h [B, H, NT, K, V]: the state entering each chunk)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64
-                                 for t in (q, k, v, g, gk, initial_state)) else torch.float32
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, g, gk, initial_state)
     if g is not None and gk is not None:
         gk, g = gk + g[..., None], None
-    if scale is None:
-        scale = K ** -0.5
     q = q * scale if scale != 1.0 else q
     q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
-    BT, BK, BV = chunk_size, _block(K), _block(V)
-    NT = triton.cdiv(T, BT)
-    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=q.device)
-    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
-    common = dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, num_warps=cfg["num_warps"])
     gate, gc = GATE_NONE, q
     if g is not None or gk is not None:
         gate = GATE_SCALAR if g is not None else GATE_KEY
-        graw = (g[..., None] if g is not None else gk).to(dtype).contiguous()
-        D = graw.shape[-1]
-        gc = torch.empty_like(graw)
-        BD = 1 if D == 1 else _block(D)
-        chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, B * H)](graw, gc, T, H=H, D=D, BT=BT, BD=BD,
-                                                                  num_warps=cfg["num_warps"])
+        gc = _local_cumsum((g[..., None] if g is not None else gk).to(dtype).contiguous(), BT, NT, cfg)
     h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
     ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
@@ -303,12 +433,52 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gc, h, A, o, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                                         GATE=gate, **common)
-    return o, (ht if output_final_state else None)
+    return o, ht, (q, k, v, gc, h, gate)
+
+
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int):
+    """Gradients (dq, dk, dv, dg or None, dh0) of the scalar-gated (or ungated) chunk form."""
+    q, k, v, gc, h, gate = saved
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q)
+    do = do.to(dtype).contiguous()
+    dht = torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dh = torch.empty_like(h)
+    dh0 = torch.empty_like(dht)
+    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+        q, do, gc, dh, dht, dh0, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dg = torch.empty(B, T, H, dtype=dtype, device=q.device) if gate == GATE_SCALAR else dq
+    chunk_bwd_dqkvg_kernel[(NT, B * H)](q, k, v, gc, h, do, dh, dq, dk, dv, dg, T, H=H, K=K, V=V, BT=BT,
+                                        BK=max(16, _rt.next_pow2(K)), BV=max(16, _rt.next_pow2(V)), GATE=gate,
+                                        **common)
+    return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate == GATE_SCALAR else None), dh0
+
+
+class _ChunkGated(torch.autograd.Function):
+    """chunk_gated with a scalar gate or none, forward and backward as Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, initial_state, scale, chunk_size):
+        o, ht, saved = _chunk_gated_forward(q, k, v, g, None, initial_state, scale, chunk_size)
+        ctx.save_for_backward(*saved[:5])
+        ctx.gate, ctx.scale, ctx.chunk_size = saved[5], scale, chunk_size
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, initial_state))
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        saved = (*ctx.saved_tensors, ctx.gate)
+        grads = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size)
+        out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
+        return (*out, None, None)
 
 
 def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
                 chunk_size=64):
-    """Chunkwise (gated) delta rule as Triton kernels, fla's stage structure (forward only):
+    """Chunkwise (gated) delta rule as Triton kernels, fla's stage structure (forward; when a gradient is wanted
+    it runs ``torch_forms.chunk_delta``, autograd through torch):
         S = exp(g_t) S;  S = S + beta_t k_t (v_t - S^T k_t)^T;  o_t = S^T (scale q_t).
 
     q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], g [B, T, H] (log decay, optional), initial_state
@@ -326,23 +496,18 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     V = v.shape[-1]
     if K > 256:
         raise NotImplementedError(f"the Triton delta chunk kernels keep all K = {K} key channels in one block (<= 256)")
-    chunk_size = max(16, _rt.next_pow2(chunk_size))
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64
-                                 for t in (q, k, v, beta, g, initial_state)) else torch.float32
+    if _wants_grad(q, k, v, beta, g, initial_state):    # no Triton backward yet: autograd through the torch form
+        return _torch_forms.chunk_delta(q, k, v, beta, g, scale, initial_state, output_final_state,
+                                        chunk_size=chunk_size)
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, beta, g, initial_state)
+    BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
     if scale is None:
         scale = K ** -0.5
     q = q * scale if scale != 1.0 else q
     q, k, v, beta = (x.to(dtype).contiguous() for x in (q, k, v, beta))
-    BT, BK, BV = chunk_size, max(16, _rt.next_pow2(K)), _block(V)
-    NT = triton.cdiv(T, BT)
-    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=q.device)
-    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
-    common = dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, num_warps=cfg["num_warps"])
     gc = beta                                        # unused without a gate
     if g is not None:
-        graw = g[..., None].to(dtype).contiguous()
-        gc = torch.empty_like(graw)
-        chunk_local_cumsum_kernel[(1, NT, B * H)](graw, gc, T, H=H, D=1, BT=BT, BD=1, num_warps=cfg["num_warps"])
+        gc = _local_cumsum(g[..., None].to(dtype).contiguous(), BT, NT, cfg)
     w, u = torch.empty_like(k), torch.empty_like(v)
     chunk_delta_wy_kernel[(NT, B * H)](k, v, beta, gc, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                        GATED=g is not None, **common)
