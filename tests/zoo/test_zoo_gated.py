@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,28 +25,10 @@ import torch.nn.functional as F
 
 import oracles as O
 import seqdsl
+from zoo_common import C128, EXAMPLES, F64, TOL, gen, our_ref, randn, uniform  # noqa: F401
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-F64, C128 = torch.float64, torch.complex128
-TOL = 1e-10
 SHAPES = [(2, 1, False), (2, 13, True), (1, 24, False), (1, 24, True)]       # (B, T, with an initial state)
 CU_SEQLENS = [0, 1, 6, 13, 22]
-
-
-def our_ref(name: str, **hparams):
-    return seqdsl.reference(seqdsl.load(EXAMPLES / f"{name}.seq", **hparams))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(g, *shape, dtype=F64):
-    return torch.randn(*shape, generator=g, dtype=dtype)
-
-
-def uniform(g, lo, hi, *shape):
-    return torch.rand(*shape, generator=g, dtype=F64) * (hi - lo) + lo
 
 
 def check(model: str, ours, theirs, what: str, tol: float = TOL) -> float:

@@ -21,7 +21,6 @@ reservoir's spectral radius and density).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,23 +28,9 @@ import torch.nn.functional as F
 
 import oracles as O
 import seqdsl
+from zoo_common import EXAMPLES, F64, TOL, gen, our_ref, randn  # noqa: F401
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-F64 = torch.float64
-TOL = 1e-10
 B, T = 2, 13
-
-
-def our_ref(name: str, **hparams):
-    return seqdsl.reference(seqdsl.load(EXAMPLES / f"{name}.seq", **hparams))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(g, *shape):
-    return torch.randn(tuple(shape), generator=g, dtype=F64)
 
 
 def lin(x, w, b=None):
