@@ -392,8 +392,7 @@ class _Gen:
                             src.dims, src.complex)
             if e.func == "shift":
                 n = next((int(k.value.value) for k in e.kwargs if k.name == "n"), 1)
-                key = f"shift{len(self.shift_keys)}"
-                self.shift_keys.append(key)
+                key = self.shift_keys.setdefault((src.text, n), f"shift{len(self.shift_keys)}")  # one cache per input
                 return Code(f"_ops.shifted({src.text}, {n}, cache, new_cache, {key!r})", src.dims, src.complex)
             raise NotImplementedError(e.func)
 
@@ -408,7 +407,7 @@ class _Gen:
 
     def gen_layer_parts(self, out: _Lines) -> None:
         c = self.c
-        self.shift_keys: list[str] = []
+        self.shift_keys: dict[tuple[str, int], str] = {}   # (input code, n) -> cache key
         visible: dict[str, Code] = {"x": Code("x", c.types["x"].dims)} if "x" in c.types else {}
         out.add("def streams(x, P, cache=None):")
         out.add('"""Token-parallel streams of the layer: x [B, T, d_model] -> ({name: [B, T, *dims]}, new cache).', 1)
