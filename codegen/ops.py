@@ -91,7 +91,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        doc="inverse of a square matrix (bilinear discretisation of dense SSMs)"),
     Op("expm", "inverse", "torch.linalg.matrix_exp({0})", complex_ok=True, real_only=False,
        doc="matrix exponential of a square matrix (zero-order-hold discretisation of dense SSMs)"),
-    Op("eye", "eye", "torch.eye({0}, dtype=torch.float64)", arity=1, doc="eye(axis): the [axis, axis] identity matrix"),
+    Op("eye", "eye", "_ops.eye({0}, like)", arity=1, doc="eye(axis): the [axis, axis] identity matrix"),
     # -- token-parallel operators with learned weights or a time axis (streams / out only)
     Op("linear", "token", "", options={"bias": False},
        doc="linear(x[, [dims]], bias=0|1): a learned projection to the declared (or given) shape"),

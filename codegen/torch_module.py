@@ -203,7 +203,7 @@ class _Gen:
             h0 = f"_state[{idx}]"
         if sp.kind == "delta":
             beta = r(sp.beta)
-            out.add(f"_{n}_beta = {self._full(beta.text if not beta.plain else f'torch.tensor({beta.text})', [])}", 1)
+            out.add(f"_{n}_beta = {self._full(beta.text if not beta.plain else f'torch.tensor({beta.text}, device=_state[0].device)', [])}", 1)
         steps = 1 + len(sp.more)
         if steps > 1:
             # n delta updates per token = one delta rule over n sub-steps per token: the gate acts at the
@@ -213,7 +213,7 @@ class _Gen:
                 kc, vc, bc = r(k2), r(v2), r(b2)
                 out.add(f"_{n}_k{j} = {self._full(align(kc, (sdims[0],)), [sizes[0]])}", 1)
                 out.add(f"_{n}_v{j} = {self._full(align(vc, (sdims[1],)), [sizes[1]])}", 1)
-                out.add(f"_{n}_beta{j} = {self._full(bc.text if not bc.plain else f'torch.tensor({bc.text})', [])}", 1)
+                out.add(f"_{n}_beta{j} = {self._full(bc.text if not bc.plain else f'torch.tensor({bc.text}, device=_state[0].device)', [])}", 1)
                 ks.append(f"_{n}_k{j}")
                 vs.append(f"_{n}_v{j}")
                 bs.append(f"_{n}_beta{j}")
@@ -299,7 +299,7 @@ class _Gen:
         K = sizes[0]
 
         def fixed(text: str) -> str:      # a time-invariant value as [H, K]
-            return f"_ops.lti_coefficient({text}, _H, {K})"
+            return f"_ops.lti_coefficient({text}, _H, {K}, _state[0])"
 
         factors = [(align(r(f.expr), key) if not r(f.expr).plain else r(f.expr).text, f.divide) for f in sp.factors]
         a = " * ".join(f"(1.0 / {t})" if d else t for t, d in factors) or "1.0"
@@ -308,7 +308,7 @@ class _Gen:
         out.add(f"_{n}_c = {fixed(align(c, key) if not c.plain else c.text)}", 1)
         u = r(cp.value)
         if sp.vector:
-            out.add(f"_{n}_u = {self._full(u.text if not u.plain else f'torch.tensor({u.text})', [])}[..., None]", 1)
+            out.add(f"_{n}_u = {self._full(u.text if not u.plain else f'torch.tensor({u.text}, device=_state[0].device)', [])}[..., None]", 1)
             h0 = f"_state[{idx}][..., None]"
         else:
             out.add(f"_{n}_u = {self._full(align(u, (sdims[1],)), [sizes[1]])}", 1)
@@ -403,7 +403,7 @@ class _Gen:
             extra = f", P[{owned[1]!r}]" if len(owned) > 1 else ""
             return f"_ops.norm_affine({text}, P[{owned[0]!r}]{extra})"
 
-        return TorchRenderer(c, resolve, token=token, norm_weights=norm_weights)
+        return TorchRenderer(c, resolve, token=token, norm_weights=norm_weights, device_of="x")
 
     def gen_layer_parts(self, out: _Lines) -> None:
         c = self.c

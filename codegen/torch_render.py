@@ -53,11 +53,14 @@ class TorchRenderer:
     resolve(name) -> Code for every name the context can read; ``subst`` maps id(node) to a variable
     that already holds that node's value (reads of a state computed by a parallel form).
     ``token(call, operand_codes)`` renders token-parallel operators (only streams / out have them).
+    ``device_of`` names a tensor of the context whose device new constants take (``_state[0]`` in the cell
+    functions, ``x`` in streams / out).
     """
 
     def __init__(self, checked: Checked, resolve: Callable[[str], Code], subst: dict[int, str] | None = None,
-                 token: Callable | None = None, norm_weights: Callable | None = None):
+                 token: Callable | None = None, norm_weights: Callable | None = None, device_of: str = "_state[0]"):
         self.c = checked
+        self.device_of = device_of
         self.resolve = resolve
         self.subst = subst or {}
         self.token = token
@@ -137,7 +140,7 @@ class TorchRenderer:
             return self.token(e, self)
         if op.kind == "eye":
             n = self.c.dim_sizes[e.args[0].id]
-            return Code(f"torch.eye({n}, dtype=torch.float64)", (e.args[0].id, e.args[0].id))
+            return Code(f"_ops.eye({n}, {self.device_of})", (e.args[0].id, e.args[0].id))
         if op.kind == "inverse":
             a = self.render(e.args[0])
             return Code(op.torch.format(a.text), a.dims, a.complex)

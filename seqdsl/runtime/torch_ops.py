@@ -8,9 +8,9 @@ import torch
 def einsum(spec: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch.einsum that promotes a real operand to the other's complex dtype."""
     if not torch.is_tensor(a):
-        a = torch.as_tensor(a, dtype=b.dtype)
+        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
     if not torch.is_tensor(b):
-        b = torch.as_tensor(b, dtype=a.dtype)
+        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
     if a.is_complex() != b.is_complex():
         target = a.dtype if a.is_complex() else b.dtype
         a, b = a.to(target), b.to(target)
@@ -18,6 +18,11 @@ def einsum(spec: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         target = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(target), b.to(target)
     return torch.einsum(spec, a, b)
+
+
+def eye(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The [n, n] identity in fp64 on like's device (exact; what it meets is computed in fp64 too)."""
+    return torch.eye(n, dtype=torch.float64, device=like.device)
 
 
 def linear(x: torch.Tensor, n_in: int, weight: torch.Tensor, out_shape: tuple, bias=None) -> torch.Tensor:
@@ -62,9 +67,11 @@ def shift(x: torch.Tensor, n: int, cache: torch.Tensor | None = None):
     return padded[:, : x.shape[1]], padded[:, padded.shape[1] - n:]
 
 
-def lti_coefficient(x, H: int, K: int) -> torch.Tensor:
-    """A time-invariant cell value (a number, or a tensor [1, 1, H or 1, K or 1]) as [H, K]."""
-    t = torch.as_tensor(x, dtype=torch.get_default_dtype()) if not torch.is_tensor(x) else x
+def lti_coefficient(x, H: int, K: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A time-invariant cell value (a number, or a tensor [1, 1, H or 1, K or 1]) as [H, K] (a number goes to
+    like's device)."""
+    device = like.device if like is not None else None
+    t = torch.as_tensor(x, dtype=torch.get_default_dtype(), device=device) if not torch.is_tensor(x) else x
     t = t.reshape((1,) * max(0, 4 - t.dim()) + tuple(t.shape))
     if t.dim() != 4 or t.shape[0] != 1 or t.shape[1] != 1:
         raise ValueError(f"a time-invariant coefficient has a batch or time axis: shape {tuple(t.shape)}")
@@ -76,7 +83,7 @@ def as_tensor_like(a, b: torch.Tensor) -> torch.Tensor:
     if torch.is_tensor(a):
         a = a.to(b.dtype) if (b.is_complex() and not a.is_complex()) else a
     else:
-        a = torch.as_tensor(a, dtype=b.dtype)
+        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
     return a.reshape((1,) * (b.dim() - a.dim()) + tuple(a.shape))
 
 
