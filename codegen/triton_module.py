@@ -24,6 +24,7 @@ import re
 
 from seqdsl import ir
 from seqdsl.analysis import Analysis
+from seqdsl.codegen.ops import OPS
 from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
 from seqdsl.plan import KernelPlan
 from seqdsl.typecheck import Checked, Ty
@@ -465,8 +466,9 @@ class _Gen:
         out.add("Backward (autograd): no Triton kernel yet -- it recomputes the forward through the torch twin", 1)
         out.add("(the torch backend's module of this spec) and backpropagates through that.", 1)
         out.add('"""', 1)
+        caveat = self.gpu_caveat()
         out.add(f"return _rt.apply_form(_launch_recurrent, _twin_recurrent, tuple(_state), ({inputs},), "
-                f"{kwdict}, n_outs={len(self.c.readouts)})", 1)
+                f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''})", 1)
         out.add()
         out.add()
         out.add(f"def step({self.signature()}):")
@@ -482,6 +484,17 @@ class _Gen:
         out.add("def _twin_recurrent(*inputs, **args):")
         out.add('"""The torch twin\'s recurrent form (the backward recomputes through it)."""', 1)
         out.add("return _TWIN.module.recurrent(*inputs, **args)", 1)
+
+    def gpu_caveat(self) -> str | None:
+        """Why the compiled recurrent kernel is not trusted on a GPU (None: it is). benchmarks/gpu_check.py
+        on an H200 (Triton 3.6, 2026-12-04) found the kernels with an in-kernel matrix inverse 0.3-2 %
+        off the fp64 reference (the interpreter: 4e-6); such ops run their torch form on a GPU."""
+        for st in self.cell.body:
+            for e in ir.walk(st.value) if hasattr(st, "value") else ():
+                if isinstance(e, ir.Call) and e.func in OPS and OPS[e.func].kind == "inverse":
+                    return f"{e.func}() inside the cell: its compiled Triton kernel disagrees with the reference " \
+                           "on the GPU (benchmarks/gpu_check.py)"
+        return None
 
     # ------------------------------------------------------------------ chunk form
     def chunk_unsupported(self, twin_source: str) -> str | None:

@@ -45,6 +45,24 @@ def small_hparams(model) -> dict:
     return {k: v for k, v in SMALL_HPARAMS.items() if k in names}
 
 
+def at_dims(model, dims: dict, fallback_d_model: int):
+    """The model at ``dims`` (those its header has), else with d_model = fallback_d_model, else at
+    SMALL_HPARAMS: the first the spec accepts and whose sampled inputs are finite."""
+    import seqdsl
+    from seqdsl.errors import SpecError
+
+    names = {h.name for h in model.ir.hparams}
+    for candidate in (dims, {**dims, "d_model": fallback_d_model}, small_hparams(model)):
+        try:
+            sized = model.with_hparams(**{k: v for k, v in candidate.items() if k in names})
+        except SpecError:
+            continue
+        inputs = sample_inputs(seqdsl.reference(sized), 1, 2)
+        if all(torch.isfinite(torch.view_as_real(v) if v.is_complex() else v).all() for v in inputs.values()):
+            return sized
+    return model.with_hparams(**small_hparams(model))
+
+
 def sample_inputs(ref, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Realistic op inputs: the spec's own streams computed from random x with initialised params (fp64)."""
     g = torch.Generator().manual_seed(seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 
 import torch
 
@@ -189,12 +190,22 @@ class FormFunction(torch.autograd.Function):
         return (None, None, None, None, *result)
 
 
-def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int):
+_WARNED: set[str] = set()
+
+
+def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int,
+               gpu_caveat: str | None = None):
     """Run a form under ``FormFunction``: ((readouts...), (final states...)).
 
     forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); twin_form (same signature,
-    plain torch) is what the backward differentiates, recomputing the forward.
+    plain torch) is what the backward differentiates, recomputing the forward. ``gpu_caveat``: why the
+    compiled kernels are not trusted on a GPU; there the twin runs instead (with a warning, once).
     """
+    if gpu_caveat and not interpreting() and any(t.is_cuda for t in (*states, *inputs)):
+        if gpu_caveat not in _WARNED:
+            _WARNED.add(gpu_caveat)
+            warnings.warn(f"seqdsl: {gpu_caveat}; running the torch form instead", RuntimeWarning, stacklevel=3)
+        return twin_form(tuple(states), *inputs, **kwargs)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
         return forward(tuple(states), *inputs, **kwargs)
     ys = FormFunction.apply(forward, twin_form, len(states), kwargs, *states, *inputs)
