@@ -35,7 +35,8 @@ EXPECTED = {
                              "linear_attention": 1}),
     ("mqar", 128, 16, 64): ("every content-selective mixer solves it; LTI SSMs stay near chance",
                             {"attention": 2, "deltanet": 2, "gated_deltanet": 2, "gla": 2, "mamba2": 2,
-                             "linear_attention": 2, "s4d": 1}),
+                             "linear_attention": 2, "mamba": 2, "gated_deltanet+attention_window": 2,
+                             "mamba+attention": 2, "s4d": 1}),
     ("parity",): ("only negative / complex-eigenvalue or nonlinear cells solve parity",
                   {"deltanet_negeig": 2, "lstm": 2, "lru": 2, "gla": 1, "mamba2": 1, "deltanet": 1, "attention": 1}),
 }
@@ -49,14 +50,29 @@ MAD = {   # DeltaNet paper's MAD table (benchmarks.md §2.2), accuracy in %; Mam
 }
 
 
-def mixer(r: dict) -> str:
-    m = (r.get("candidate") or {}).get("blocks.mixer", r.get("stack", "?"))
+def block_name(m: str) -> str:
+    """A block definition's short name: attention[_window][_rope], or the cell spec's file stem."""
     if m.startswith("attention"):
-        return "attention" + ("_window" if "window" in m else "")
+        return "attention" + ("_window" if "window" in m else "") + ("_rope" if re.search(r"rope = 1", m) else "")
     found = re.search(r'cell\("(?:[^"]*/)?([A-Za-z0-9_]+)\.seq"', m)
     name = found.group(1) if found else m
     extra = re.search(r"\bn = (\d+)", m)
     return name + (f" (n={extra.group(1)})" if extra and name == "mamba2" else "")
+
+
+def mixer(r: dict) -> str:
+    """The run's mixer: the ``blocks.mixer`` edit, or for a ``layers`` edit the mixers of the pattern joined
+    with + (hybrids: "gated_deltanet+attention_window"); short convolutions and MLPs are not mixers."""
+    cand = r.get("candidate") or {}
+    if "layers" in cand:
+        names = []
+        for block in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", cand["layers"]):
+            definition = cand.get(f"blocks.{block}")
+            if definition and not definition.startswith(("shortconv", "mlp", "swiglu")):
+                name = block_name(definition)
+                names += [name] if name not in names else []
+        return "+".join(names) or "?"
+    return block_name(cand.get("blocks.mixer", r.get("stack", "?")))
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -117,8 +133,18 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
     return "\n".join(lines + [""])
 
 
+def result_files(paths: list[str]) -> list[str]:
+    """The paths, with every folder among them replaced by the .jsonl / .json files under it."""
+    import pathlib
+
+    out = []
+    for p in map(pathlib.Path, paths):
+        out += sorted(str(f) for f in p.rglob("*") if f.suffix in (".jsonl", ".json")) if p.is_dir() else [str(p)]
+    return out
+
+
 def main(paths: list[str]) -> str:
-    results = [r for p in paths for r in load_results(p) if "eval_accuracy" in r]
+    results = [r for p in result_files(paths) for r in load_results(p) if "eval_accuracy" in r]
     by_setting: dict[tuple, dict[str, dict]] = {}
     for r in results:
         name = mixer(r)
