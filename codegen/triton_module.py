@@ -551,6 +551,9 @@ class _Gen:
             why_not["chunk"] = no_chunk
         if "scan" in self.p.modes:
             why_not["scan"] = "the Triton backend does not generate the scan form yet (use the torch backend)"
+        if "conv" in self.p.modes:
+            why_not["conv"] = "the Triton backend does not generate the conv (FFT) form of time-invariant cells " \
+                              "(use the torch backend, whose conv form runs torch.fft)"
         header = re.sub(r"Forms: [^.]*\.", f"Forms (Triton): {', '.join(modes) or 'none'}.", header, count=1)
         out = _Lines()
         out.add(f'"""{header}"""')

@@ -284,6 +284,10 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
     assert op.default_mode() == "chunk"
     lstm = compiled("lstm")[1]
     assert lstm.modes == ("recurrent",) and lstm.default_mode() == "recurrent"
+    s4d_m, s4d, s4d_ref = compiled("s4d")
+    assert "conv" in seqdsl.compile(s4d_m, backend="torch").modes and "conv" not in s4d.modes
+    with pytest.raises(ValueError, match="conv \\(FFT\\) form"):
+        s4d(**sample_inputs(s4d_ref, 1, 2), mode="conv")
 
 
 def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
