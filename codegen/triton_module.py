@@ -514,6 +514,35 @@ class _Gen:
             return "the torch module does not import its forms as the Triton chunk form expects"
         return None
 
+    # ------------------------------------------------------------------ scan form
+    def scan_unsupported(self, twin_source: str) -> str | None:
+        """Why the Triton scan form is not offered (None: it is): the torch twin's scan must call no form
+        algorithm but ``_forms.scan_diagonal``, which seqdsl.runtime.triton_scan runs as a kernel."""
+        if "scan" not in self.p.modes:
+            return None
+        if _TORCH_FORMS_IMPORT not in twin_source or "\ndef scan(" not in twin_source:
+            return "the torch module does not write its scan form as the Triton scan form expects"
+        body = twin_source[twin_source.index("\ndef scan("):]
+        body = body[:body.index("\ndef ", 1)] if "\ndef " in body[1:] else body
+        used = sorted(set(re.findall(r"_forms\.(\w+)", body)) - {"scan_diagonal"})
+        if used:
+            return f"the scan form uses {', '.join(used)}; the Triton scan kernel does diagonal recurrences " \
+                   "(scan_diagonal)"
+        return None
+
+    def scan_wrapper(self, out: _Lines) -> None:
+        kwdict = "{" + ", ".join(f"{a!r}: {a}" for a in self.args) + "}"
+        inputs = ", ".join(self.inputs)
+        out.add(f"def scan({self.signature()}):")
+        out.add('"""Parallel-scan form. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
+        out.add("", 0)
+        out.add("The torch twin's scan function (the spec's token-parallel preparation, rendered from the IR)", 1)
+        out.add("with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an", 1)
+        out.add("associative scan over blocks of time, the state carried between blocks). Backward (autograd):", 1)
+        out.add("through the torch forms.", 1)
+        out.add('"""', 1)
+        out.add(f"return _SCAN_TWIN.module.scan(tuple(_state), {inputs}, **{kwdict})", 1)
+
     def chunk_wrapper(self, out: _Lines) -> None:
         kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'chunk_size': chunk_size}"
         inputs = ", ".join(self.inputs)
@@ -544,13 +573,16 @@ class _Gen:
         except Unsupported as e:
             why_not["recurrent"] = f"the Triton backend cannot express the cell: {e}"
         modes = ("recurrent",) if kernel_lines is not None else ()
+        no_scan = self.scan_unsupported(twin_source)
+        if "scan" in self.p.modes and no_scan is None:
+            modes += ("scan",)
+        elif "scan" in self.p.modes:
+            why_not["scan"] = no_scan
         no_chunk = self.chunk_unsupported(twin_source)
         if "chunk" in self.p.modes and no_chunk is None:
             modes += ("chunk",)
         elif "chunk" in self.p.modes:
             why_not["chunk"] = no_chunk
-        if "scan" in self.p.modes:
-            why_not["scan"] = "the Triton backend does not generate the scan form yet (use the torch backend)"
         if "conv" in self.p.modes:
             why_not["conv"] = "the Triton backend does not generate the conv (FFT) form of time-invariant cells " \
                               "(use the torch backend, whose conv form runs torch.fft)"
@@ -588,6 +620,10 @@ class _Gen:
             out.add()
             out.add()
             self.wrappers(out)
+        if "scan" in modes:
+            out.add()
+            out.add()
+            self.scan_wrapper(out)
         if "chunk" in modes:
             out.add()
             out.add()
@@ -596,9 +632,13 @@ class _Gen:
             out.add()
             out.add()
             out.add("# The torch backend's module of the same spec: the backward recomputes through it; with its")
-            out.add("# form algorithms taken from seqdsl.runtime.triton_chunk it is the chunk form's forward.")
+            out.add("# form algorithms taken from seqdsl.runtime.triton_scan / triton_chunk it is the forward of")
+            out.add("# the scan / chunk form.")
             out.add(f"_TWIN_SOURCE = {_source_literal(twin_source)}")
             out.add("_TWIN = _rt.TorchTwin(_TWIN_SOURCE, MODEL)")
+            if "scan" in modes:
+                out.add("_SCAN_TWIN = _rt.TorchTwin(_rt.with_triton_forms(_TWIN_SOURCE, 'triton_scan'), "
+                        "MODEL + '_triton_scan')")
             if "chunk" in modes:
                 out.add("_CHUNK_TWIN = _rt.TorchTwin(_rt.with_triton_forms(_TWIN_SOURCE), MODEL + '_triton_chunk')")
         return out.text()

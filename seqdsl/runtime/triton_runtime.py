@@ -124,14 +124,14 @@ def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
 
 # ------------------------------------------------------------------ the torch twin and autograd
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
-_TRITON_FORMS_IMPORT = "from seqdsl.runtime import triton_chunk as _forms"
 
 
-def with_triton_forms(source: str) -> str:
-    """A torch module's source with its form algorithms (``_forms.chunk_gated``) taken from Triton."""
+def with_triton_forms(source: str, module: str = "triton_chunk") -> str:
+    """A torch module's source with its form algorithms (``_forms.chunk_gated``, ``_forms.scan_diagonal``)
+    taken from a Triton module of seqdsl.runtime (triton_chunk or triton_scan: same signatures)."""
     if _TORCH_FORMS_IMPORT not in source:
         raise ValueError("the torch module does not import its forms as expected")
-    return source.replace(_TORCH_FORMS_IMPORT, _TRITON_FORMS_IMPORT + "  # Triton chunk stages")
+    return source.replace(_TORCH_FORMS_IMPORT, f"from seqdsl.runtime import {module} as _forms  # Triton kernels")
 
 
 class TorchTwin:

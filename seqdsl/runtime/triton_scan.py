@@ -1,0 +1,134 @@
+"""Triton kernel of the scan form of diagonal recurrences: ``h_t = a_t ⊙ h_{t-1} + b_t``.
+
+``scan_diagonal`` has the arguments and results of ``torch_forms.scan_diagonal``, so a generated
+module whose scan form calls only ``_forms.scan_diagonal`` (every diagonal, scalar-gated and
+identity class whose torch scan materialises the per-step update, from S4D and LRU to GLA and Mamba)
+runs that scan on Triton by importing this module as its ``_forms`` (``triton_runtime.with_triton_forms``).
+
+The kernel: one program per (sequence, block of BC state channels); it walks the sequence in blocks of
+BT steps, scans each block with ``tl.associative_scan`` over the pairs (a, b) composed as
+``(a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2)``, applies the result to the state carried from the
+previous block, and carries the block's last state on. Complex states are carried as real and
+imaginary parts (Triton has no complex dtype). Compute in fp32 (fp64 for fp64 inputs).
+
+Backward: when a gradient is wanted it runs ``torch_forms.scan_diagonal`` instead (autograd through the
+torch scan); there is no Triton scan backward kernel yet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from seqdsl.runtime import torch_forms as _torch_forms
+from seqdsl.runtime import triton_lib as _tlib
+from seqdsl.runtime import triton_runtime as _rt
+
+
+@triton.jit
+def _compose_real(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _compose_complex(ar1, ai1, br1, bi1, ar2, ai2, br2, bi2):
+    return (ar1 * ar2 - ai1 * ai2, ar1 * ai2 + ai1 * ar2,
+            ar2 * br1 - ai2 * bi1 + br2, ar2 * bi1 + ai2 * br1 + bi2)
+
+
+@triton.jit
+def scan_diagonal_kernel(a, b, h, h0, ht, cu_seqlens, T, C, DTYPE: tl.constexpr, BT: tl.constexpr,
+                         BC: tl.constexpr, COMPLEX: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
+                         IS_VARLEN: tl.constexpr):
+    """a, b, h: [rows, C] (rows = B * T, or the packed tokens with cu_seqlens), complex as [rows, C, 2];
+    h0, ht: [N, C] (complex [N, C, 2]). Program (i_n, i_c): sequence i_n, channels i_c * BC + [0, BC)."""
+    i_n, i_c = tl.program_id(0), tl.program_id(1)
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    P: tl.constexpr = 2 if COMPLEX else 1
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < C
+    o_t = tl.arange(0, BT)
+    last = o_t[:, None] == BT - 1
+    state = (i_n * C + o_c) * P
+    carry_r = tl.zeros([BC], dtype=DTYPE)
+    carry_i = tl.zeros([BC], dtype=DTYPE)
+    if USE_INITIAL_STATE:
+        carry_r = tl.load(h0 + state, mask=m_c, other=0.0).to(DTYPE)
+        if COMPLEX:
+            carry_i = tl.load(h0 + state + 1, mask=m_c, other=0.0).to(DTYPE)
+    for t0 in range(bos, eos, BT):
+        rows = t0 + o_t
+        m = (rows < eos)[:, None] & m_c[None, :]
+        off = (rows[:, None] * C + o_c[None, :]) * P
+        # padded steps are the identity (a = 1, b = 0): the block's last row is the state at its last token
+        ar = tl.load(a + off, mask=m, other=1.0).to(DTYPE)
+        br = tl.load(b + off, mask=m, other=0.0).to(DTYPE)
+        if COMPLEX:
+            ai = tl.load(a + off + 1, mask=m, other=0.0).to(DTYPE)
+            bi = tl.load(b + off + 1, mask=m, other=0.0).to(DTYPE)
+            Ar, Ai, Br, Bi = tl.associative_scan((ar, ai, br, bi), 0, _compose_complex)
+            hr = Ar * carry_r[None, :] - Ai * carry_i[None, :] + Br
+            hi = Ar * carry_i[None, :] + Ai * carry_r[None, :] + Bi
+            tl.store(h + off, hr, mask=m)
+            tl.store(h + off + 1, hi, mask=m)
+            carry_i = tl.reduce(tl.where(last, hi, 0.0), 0, _tlib.add)
+        else:
+            A, Bs = tl.associative_scan((ar, br), 0, _compose_real)
+            hr = A * carry_r[None, :] + Bs
+            tl.store(h + off, hr, mask=m)
+        carry_r = tl.reduce(tl.where(last, hr, 0.0), 0, _tlib.add)
+    tl.store(ht + state, carry_r, mask=m_c)
+    if COMPLEX:
+        tl.store(ht + state + 1, carry_i, mask=m_c)
+
+
+def _blocks(T: int, C: int) -> tuple[int, int]:
+    """(BT, BC): the launch policy, outside the kernel. Small blocks under the interpreter."""
+    if _rt.interpreting():
+        return 16, min(16, _rt.next_pow2(C))
+    return 64, min(64, _rt.next_pow2(C))
+
+
+def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """``torch_forms.scan_diagonal`` on the Triton kernel above (see there for shapes and dtypes)."""
+    if (a is None) == (a_log is None):
+        raise ValueError("scan_diagonal needs exactly one of a or a_log")
+    gate = a if a is not None else a_log
+    if gate.dim() != b.dim():
+        raise ValueError(f"a must have b's {b.dim()} dims (broadcastable), got {tuple(gate.shape)}")
+    B, T = b.shape[:2]
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (b, gate, initial_state))
+    if wants_grad or T == 0:
+        return _torch_forms.scan_diagonal(b, a_log, a, initial_state, output_final_state, cu_seqlens)
+    _torch_forms._check_varlen(B, cu_seqlens, initial_state)
+    cd = _torch_forms._compute_dtype(b, gate, state=initial_state)
+    out_dtype = _torch_forms._output_dtype(cd, b, gate)
+    decay = torch.exp(a_log.to(cd)) if a is None else a.to(cd)
+    state_shape = tuple(b.shape[2:])
+    C = math.prod(state_shape)
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    complex_ = cd.is_complex
+    flat = (lambda t: torch.view_as_real(t.contiguous())) if complex_ else (lambda t: t.contiguous())
+    a_rows = flat(decay.expand(b.shape).reshape(B, T, C))
+    b_rows = flat(b.to(cd).reshape(B, T, C))
+    h = torch.empty_like(b_rows)
+    ht = torch.empty_like(flat(torch.zeros(N, C, dtype=cd, device=b.device)))
+    h0 = flat(initial_state.to(cd).reshape(N, C)) if initial_state is not None else ht
+    BT, BC = _blocks(T, C)
+    real = _rt.real_dtype(b_rows)
+    scan_diagonal_kernel[(N, triton.cdiv(C, BC))](
+        a_rows, b_rows, h, h0, ht, cu_seqlens if cu_seqlens is not None else b_rows, T, C,
+        DTYPE=_rt.tl_dtype(real), BT=BT, BC=BC, COMPLEX=complex_, USE_INITIAL_STATE=initial_state is not None,
+        IS_VARLEN=cu_seqlens is not None, num_warps=1 if _rt.interpreting() else 4)
+    if complex_:
+        h, ht = torch.view_as_complex(h), torch.view_as_complex(ht)
+    return h.reshape(b.shape).to(out_dtype), (ht.reshape(N, *state_shape) if output_final_state else None)
