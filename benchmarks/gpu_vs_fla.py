@@ -19,10 +19,10 @@ Triton backend has one (gated classes, and the delta rule with a scalar gate or 
 state runs it with one head per state element), and ``scan`` where the torch scan is a diagonal
 recurrence (seqdsl.runtime.triton_scan: an associative scan over blocks of time; GLA's and Mamba's
 scans materialise the per-step update, so they are timed for completeness). Backward: Triton kernels
-for the chunk stages of scalar-gated and ungated states (simple GLA); the other chunk forms and the
-scan form differentiate through the torch forms and the recurrent form recomputes through the
-generated torch module, so their forward+backward times measure that (``--backward-forms chunk``
-leaves the slow ones out). The op computes in fp32 from bf16 inputs
+for the chunk stages of scalar-gated and ungated states (simple GLA) and for the scan's recurrence
+(the same kernel backwards in time); the other chunk forms differentiate through the torch forms and
+the recurrent form recomputes through the generated torch module, so their forward+backward times
+measure that (``--backward-forms chunk scan`` leaves the recurrent ones out). The op computes in fp32 from bf16 inputs
 (DESIGN §6).
 
 Without a CUDA GPU (or under TRITON_INTERPRET=1) it says so and exits 0. ``--smoke`` runs the seqdsl

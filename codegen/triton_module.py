@@ -539,7 +539,8 @@ class _Gen:
         out.add("The torch twin's scan function (the spec's token-parallel preparation, rendered from the IR)", 1)
         out.add("with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an", 1)
         out.add("associative scan over blocks of time, the state carried between blocks). Backward (autograd):", 1)
-        out.add("through the torch forms.", 1)
+        out.add("the preparation through torch; the recurrence by the same kernel run backwards in time (packed", 1)
+        out.add("sequences: through the torch scan).", 1)
         out.add('"""', 1)
         out.add(f"return _SCAN_TWIN.module.scan(tuple(_state), {inputs}, **{kwdict})", 1)
 

@@ -11,8 +11,9 @@ BT steps, scans each block with ``tl.associative_scan`` over the pairs (a, b) co
 previous block, and carries the block's last state on. Complex states are carried as real and
 imaginary parts (Triton has no complex dtype). Compute in fp32 (fp64 for fp64 inputs).
 
-Backward: when a gradient is wanted it runs ``torch_forms.scan_diagonal`` instead (autograd through the
-torch scan); there is no Triton scan backward kernel yet.
+Backward (``_ScanDiagonal``): the same kernel on the time-reversed gradients (the adjoint of a diagonal
+recurrence is a diagonal recurrence), for equal-length sequences; packed sequences (cu_seqlens)
+differentiate through ``torch_forms.scan_diagonal``.
 """
 
 from __future__ import annotations
@@ -97,8 +98,63 @@ def _blocks(T: int, C: int) -> tuple[int, int]:
     return 64, min(64, _rt.next_pow2(C))
 
 
+def _launch(decay: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_seqlens) -> tuple:
+    """The kernel on decay and b [B, T, *S] (one compute dtype, decay broadcastable to b), h0 [N, *S] or
+    None: (all states [B, T, *S], final states [N, *S]) in that dtype."""
+    B, T = b.shape[:2]
+    state_shape = tuple(b.shape[2:])
+    C = math.prod(state_shape)
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    complex_ = b.is_complex()
+    flat = (lambda t: torch.view_as_real(t.resolve_conj().contiguous())) if complex_ else (lambda t: t.contiguous())
+    a_rows = flat(decay.expand(b.shape).reshape(B, T, C))
+    b_rows = flat(b.reshape(B, T, C))
+    h = torch.empty_like(b_rows)
+    ht = torch.empty_like(flat(torch.zeros(N, C, dtype=b.dtype, device=b.device)))
+    h0_rows = flat(h0.reshape(N, C)) if h0 is not None else ht
+    BT, BC = _blocks(T, C)
+    scan_diagonal_kernel[(N, triton.cdiv(C, BC))](
+        a_rows, b_rows, h, h0_rows, ht, cu_seqlens if cu_seqlens is not None else b_rows, T, C,
+        DTYPE=_rt.tl_dtype(_rt.real_dtype(b_rows)), BT=BT, BC=BC, COMPLEX=complex_,
+        USE_INITIAL_STATE=h0 is not None, IS_VARLEN=cu_seqlens is not None,
+        num_warps=1 if _rt.interpreting() else 4)
+    if complex_:
+        h, ht = torch.view_as_complex(h), torch.view_as_complex(ht)
+    return h.reshape(b.shape), ht.reshape(N, *state_shape)
+
+
+class _ScanDiagonal(torch.autograd.Function):
+    """h = scan(a, b, h0) with a Triton backward: the gradient of a diagonal recurrence is the same
+    recurrence run backwards, lam_t = dh_t + conj(a_{t+1}) lam_{t+1} from lam_T = dht, so the backward is
+    the forward kernel on the time-reversed inputs; then db = lam, da = lam conj(h_{t-1}),
+    dh0 = conj(a_0) lam_0 (torch's conjugate convention for complex values). Equal-length sequences."""
+
+    @staticmethod
+    def forward(ctx, decay, b, h0):
+        h, ht = _launch(decay, b, h0, None)
+        ctx.save_for_backward(decay, h, h0)
+        return h, ht
+
+    @staticmethod
+    def backward(ctx, dh, dht):
+        decay, h, h0 = ctx.saved_tensors
+        a = decay.expand(h.shape)
+        ones = torch.ones_like(a[:, :1])
+        reverse_decay = torch.cat([ones, a[:, 1:].flip(1)], 1).conj()   # a_{T-s} at reversed step s >= 1
+        lam_rev, _ = _launch(reverse_decay, dh.flip(1).contiguous(), dht, None)
+        lam = lam_rev.flip(1)
+        first = h0[:, None] if h0 is not None else torch.zeros_like(h[:, :1])
+        h_prev = torch.cat([first, h[:, :-1]], 1)
+        da = lam * h_prev.conj()
+        dh0 = (a[:, 0].conj() * lam[:, 0]) if h0 is not None and ctx.needs_input_grad[2] else None
+        return da, lam, dh0
+
+
 def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """``torch_forms.scan_diagonal`` on the Triton kernel above (see there for shapes and dtypes)."""
+    """``torch_forms.scan_diagonal`` on the Triton kernel above (see there for shapes and dtypes).
+
+    Autograd: the Triton backward of ``_ScanDiagonal`` for equal-length sequences; with cu_seqlens and a
+    gradient wanted, the torch scan."""
     if (a is None) == (a_log is None):
         raise ValueError("scan_diagonal needs exactly one of a or a_log")
     gate = a if a is not None else a_log
@@ -107,28 +163,15 @@ def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=
     B, T = b.shape[:2]
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (b, gate, initial_state))
-    if wants_grad or T == 0:
+    if T == 0 or (wants_grad and cu_seqlens is not None):
         return _torch_forms.scan_diagonal(b, a_log, a, initial_state, output_final_state, cu_seqlens)
     _torch_forms._check_varlen(B, cu_seqlens, initial_state)
     cd = _torch_forms._compute_dtype(b, gate, state=initial_state)
     out_dtype = _torch_forms._output_dtype(cd, b, gate)
     decay = torch.exp(a_log.to(cd)) if a is None else a.to(cd)
-    state_shape = tuple(b.shape[2:])
-    C = math.prod(state_shape)
-    N = B if cu_seqlens is None else len(cu_seqlens) - 1
-    complex_ = cd.is_complex
-    flat = (lambda t: torch.view_as_real(t.contiguous())) if complex_ else (lambda t: t.contiguous())
-    a_rows = flat(decay.expand(b.shape).reshape(B, T, C))
-    b_rows = flat(b.to(cd).reshape(B, T, C))
-    h = torch.empty_like(b_rows)
-    ht = torch.empty_like(flat(torch.zeros(N, C, dtype=cd, device=b.device)))
-    h0 = flat(initial_state.to(cd).reshape(N, C)) if initial_state is not None else ht
-    BT, BC = _blocks(T, C)
-    real = _rt.real_dtype(b_rows)
-    scan_diagonal_kernel[(N, triton.cdiv(C, BC))](
-        a_rows, b_rows, h, h0, ht, cu_seqlens if cu_seqlens is not None else b_rows, T, C,
-        DTYPE=_rt.tl_dtype(real), BT=BT, BC=BC, COMPLEX=complex_, USE_INITIAL_STATE=initial_state is not None,
-        IS_VARLEN=cu_seqlens is not None, num_warps=1 if _rt.interpreting() else 4)
-    if complex_:
-        h, ht = torch.view_as_complex(h), torch.view_as_complex(ht)
-    return h.reshape(b.shape).to(out_dtype), (ht.reshape(N, *state_shape) if output_final_state else None)
+    h0 = initial_state.to(cd) if initial_state is not None else None
+    if wants_grad:
+        h, ht = _ScanDiagonal.apply(decay, b.to(cd), h0)
+    else:
+        h, ht = _launch(decay, b.to(cd), h0, cu_seqlens)
+    return h.to(out_dtype), (ht if output_final_state else None)
