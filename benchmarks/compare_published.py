@@ -134,12 +134,12 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
 
 
 def result_files(paths: list[str]) -> list[str]:
-    """The paths, with every folder among them replaced by the .jsonl / .json files under it."""
+    """The paths, with every folder among them replaced by the search result files (.jsonl) under it."""
     import pathlib
 
     out = []
     for p in map(pathlib.Path, paths):
-        out += sorted(str(f) for f in p.rglob("*") if f.suffix in (".jsonl", ".json")) if p.is_dir() else [str(p)]
+        out += sorted(str(f) for f in p.rglob("*") if f.suffix == ".jsonl") if p.is_dir() else [str(p)]
     return out
 
 
