@@ -192,115 +192,121 @@ def main(argv=None) -> int:
         return fwd, (bwd if with_bwd or not backward else "not timed")
 
     def chosen(forms):
-        return [f for f in forms if not args.forms or f in args.forms]
+        return [f for f in forms if (not args.forms or f in args.forms) and phase == "seqdsl"]
 
     def row(shape, op, impl, form, times):
         print(f"| {shape} | {op} | {impl} | {form} | {times[0]} | {times[1]} |", flush=True)
 
-    for B, T, H, D in shapes:
-        shape = f"{B}, {T}, {H}, {D}"
-        g = torch.Generator(device=dev).manual_seed(0)
+    # seqdsl's rows (and SDPA) for every shape first, then the reference kernels: fla's first calls
+    # autotune every configuration of every kernel, minutes that should not cost our rows
+    for phase in ("seqdsl", "reference"):
+        for B, T, H, D in shapes:
+            shape = f"{B}, {T}, {H}, {D}"
+            g = torch.Generator(device=dev).manual_seed(0)
 
-        def rnd(*s, dtype=bf16, grad=True):
-            return torch.randn(*s, generator=g, device=dev, dtype=dtype).requires_grad_(grad)
+            def rnd(*s, dtype=bf16, grad=True):
+                return torch.randn(*s, generator=g, device=dev, dtype=dtype).requires_grad_(grad)
 
-        def qkv():
-            q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
-            return q, k, v
+            def qkv():
+                q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+                return q, k, v
 
-        def seqdsl_op(model):
-            op = seqdsl.compile(model, backend="triton")
-            return op, op.modes
+            def seqdsl_op(model):
+                op = seqdsl.compile(model, backend="triton")
+                return op, op.modes
 
-        # ---- simple GLA
-        m = seqdsl.loads(SIMPLE_GLA, name="simple_gla").with_hparams(heads=H, dk=D, dv=D)
-        op, forms = seqdsl_op(m)
-
-        def make_simple(ours=True, form="chunk"):
-            q, k, v = qkv()
-            gate = F.logsigmoid(rnd(B, T, H, dtype=torch.float32, grad=False)).requires_grad_(True)
-            if ours:
-                return (lambda: op(q=q, k=k, v=v, g=gate, mode=form)), (q, k, v, gate)
-            return (lambda: fla_ops.chunk_simple_gla(q, k, v, g=gate)), (q, k, v, gate)
-
-        for form in chosen(forms):
-            row(shape, "simple_gla", "seqdsl", form, measure(lambda: make_simple(True, form), form))
-        if fla_ops:
-            row(shape, "simple_gla", "fla chunk_simple_gla" + fla_note, "chunk",
-                measure(lambda: make_simple(False)))
-
-        # ---- GLA
-        m = seqdsl.load(ROOT / "examples/gla.seq").with_hparams(heads=H, dk=D, dv=D)
-        op, forms = seqdsl_op(m)
-
-        def make_gla(ours=True, form="chunk"):
-            q, k, v = qkv()
-            gk = (F.logsigmoid(rnd(B, T, H, D, dtype=torch.float32, grad=False)) / 16).requires_grad_(True)
-            if ours:
-                return (lambda: op(q=q, k=k, v=v, gk=gk, mode=form)), (q, k, v, gk)
-            return (lambda: fla_ops.chunk_gla(q, k, v, g=gk)), (q, k, v, gk)
-
-        for form in chosen(forms):
-            row(shape, "gla", "seqdsl", form, measure(lambda: make_gla(True, form), form))
-        if fla_ops:
-            row(shape, "gla", "fla chunk_gla" + fla_note, "chunk", measure(lambda: make_gla(False)))
-
-        # ---- DeltaNet / Gated DeltaNet
-        for name in ("deltanet", "gated_deltanet"):
-            m = seqdsl.load(ROOT / f"examples/{name}.seq").with_hparams(heads=H, dk=D, dv=D)
+            # ---- simple GLA
+            m = seqdsl.loads(SIMPLE_GLA, name="simple_gla").with_hparams(heads=H, dk=D, dv=D)
             op, forms = seqdsl_op(m)
 
-            def make_delta(ours=True, name=name, op=op, form="recurrent"):
-                q, v = rnd(B, T, H, D), rnd(B, T, H, D)
-                k = F.normalize(rnd(B, T, H, D, grad=False).float(), dim=-1).to(bf16).requires_grad_(True)
-                beta = torch.sigmoid(rnd(B, T, H, grad=False)).requires_grad_(True)
+            def make_simple(ours=True, form="chunk"):
+                q, k, v = qkv()
                 gate = F.logsigmoid(rnd(B, T, H, dtype=torch.float32, grad=False)).requires_grad_(True)
-                extra = {"g": gate} if name == "gated_deltanet" else {}
-                grads = (q, k, v, beta) + tuple(extra.values())
                 if ours:
-                    return (lambda: op(q=q, k=k, v=v, beta=beta, **extra, mode=form)), grads
-                if name == "deltanet":
-                    return (lambda: fla_ops.chunk_delta_rule(q, k, v, beta)), grads
-                return (lambda: fla_ops.chunk_gated_delta_rule(q, k, v, gate, beta)), grads
+                    return (lambda: op(q=q, k=k, v=v, g=gate, mode=form)), (q, k, v, gate)
+                return (lambda: fla_ops.chunk_simple_gla(q, k, v, g=gate)), (q, k, v, gate)
 
             for form in chosen(forms):
-                row(shape, name, "seqdsl", form, measure(lambda: make_delta(True, form=form), form))
-            if fla_ops:
-                fla_name = "chunk_delta_rule" if name == "deltanet" else "chunk_gated_delta_rule"
-                row(shape, name, f"fla {fla_name}" + fla_note, "chunk", measure(lambda: make_delta(False)))
+                row(shape, "simple_gla", "seqdsl", form, measure(lambda: make_simple(True, form), form))
+            if fla_ops and phase == "reference":
+                row(shape, "simple_gla", "fla chunk_simple_gla" + fla_note, "chunk",
+                    measure(lambda: make_simple(False)))
 
-        # ---- Mamba (selective scan): d_inner = H * D channels, n = 16
-        Dn, n = H * D, 16
-        m = seqdsl.load(ROOT / "examples/mamba.seq").with_hparams(d_model=Dn // 2, n=n)
-        op, forms = seqdsl_op(m)
+            # ---- GLA
+            m = seqdsl.load(ROOT / "examples/gla.seq").with_hparams(heads=H, dk=D, dv=D)
+            op, forms = seqdsl_op(m)
 
-        def make_mamba(ours=True, form="recurrent"):
-            u = rnd(B, T, Dn)
-            delta = F.softplus(rnd(B, T, Dn, grad=False).float() - 4).to(bf16).requires_grad_(True)
-            Bm, Cm = rnd(B, T, n), rnd(B, T, n)
-            A_log = torch.log(torch.arange(1, n + 1.0, device=dev)).repeat(Dn, 1).requires_grad_(True)
-            Dp = torch.ones(Dn, device=dev, requires_grad=True)
-            grads = (u, delta, Bm, Cm, A_log, Dp)
-            if ours:
-                return (lambda: op(u=u, delta=delta, B=Bm, C=Cm, A_log=A_log, D=Dp, mode=form)), grads
-            A = -torch.exp(A_log)
-            return (lambda: selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2)[:, None],
-                                              Cm.transpose(1, 2)[:, None], Dp)), grads
+            def make_gla(ours=True, form="chunk"):
+                q, k, v = qkv()
+                gk = (F.logsigmoid(rnd(B, T, H, D, dtype=torch.float32, grad=False)) / 16).requires_grad_(True)
+                if ours:
+                    return (lambda: op(q=q, k=k, v=v, gk=gk, mode=form)), (q, k, v, gk)
+                return (lambda: fla_ops.chunk_gla(q, k, v, g=gk)), (q, k, v, gk)
 
-        for form in chosen(forms):
-            row(shape, "mamba", "seqdsl", form, measure(lambda: make_mamba(True, form), form))
-        if selective_scan_fn is not None:
-            row(shape, "mamba", "mamba_ssm selective_scan_fn", "scan",
-                measure(lambda: make_mamba(False)))
-        else:
-            row(shape, "mamba", "mamba_ssm selective_scan_fn", "-", ("not installed", "-"))
+            for form in chosen(forms):
+                row(shape, "gla", "seqdsl", form, measure(lambda: make_gla(True, form), form))
+            if fla_ops and phase == "reference":
+                row(shape, "gla", "fla chunk_gla" + fla_note, "chunk", measure(lambda: make_gla(False)))
 
-        # ---- SDPA
-        def make_sdpa():
-            q, k, v = (t.transpose(1, 2) for t in qkv())
-            return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)), ()
+            # ---- DeltaNet / Gated DeltaNet
+            for name in ("deltanet", "gated_deltanet"):
+                m = seqdsl.load(ROOT / f"examples/{name}.seq").with_hparams(heads=H, dk=D, dv=D)
+                op, forms = seqdsl_op(m)
 
-        row(shape, "attention", "torch SDPA (causal)", "-", measure(make_sdpa))
+                def make_delta(ours=True, name=name, op=op, form="recurrent"):
+                    q, v = rnd(B, T, H, D), rnd(B, T, H, D)
+                    k = F.normalize(rnd(B, T, H, D, grad=False).float(), dim=-1).to(bf16).requires_grad_(True)
+                    beta = torch.sigmoid(rnd(B, T, H, grad=False)).requires_grad_(True)
+                    gate = F.logsigmoid(rnd(B, T, H, dtype=torch.float32, grad=False)).requires_grad_(True)
+                    extra = {"g": gate} if name == "gated_deltanet" else {}
+                    grads = (q, k, v, beta) + tuple(extra.values())
+                    if ours:
+                        return (lambda: op(q=q, k=k, v=v, beta=beta, **extra, mode=form)), grads
+                    if name == "deltanet":
+                        return (lambda: fla_ops.chunk_delta_rule(q, k, v, beta)), grads
+                    return (lambda: fla_ops.chunk_gated_delta_rule(q, k, v, gate, beta)), grads
+
+                for form in chosen(forms):
+                    row(shape, name, "seqdsl", form, measure(lambda: make_delta(True, form=form), form))
+                if fla_ops and phase == "reference":
+                    fla_name = "chunk_delta_rule" if name == "deltanet" else "chunk_gated_delta_rule"
+                    row(shape, name, f"fla {fla_name}" + fla_note, "chunk", measure(lambda: make_delta(False)))
+
+            # ---- Mamba (selective scan): d_inner = H * D channels, n = 16
+            Dn, n = H * D, 16
+            m = seqdsl.load(ROOT / "examples/mamba.seq").with_hparams(d_model=Dn // 2, n=n)
+            op, forms = seqdsl_op(m)
+
+            def make_mamba(ours=True, form="recurrent"):
+                u = rnd(B, T, Dn)
+                delta = F.softplus(rnd(B, T, Dn, grad=False).float() - 4).to(bf16).requires_grad_(True)
+                Bm, Cm = rnd(B, T, n), rnd(B, T, n)
+                A_log = torch.log(torch.arange(1, n + 1.0, device=dev)).repeat(Dn, 1).requires_grad_(True)
+                Dp = torch.ones(Dn, device=dev, requires_grad=True)
+                grads = (u, delta, Bm, Cm, A_log, Dp)
+                if ours:
+                    return (lambda: op(u=u, delta=delta, B=Bm, C=Cm, A_log=A_log, D=Dp, mode=form)), grads
+                A = -torch.exp(A_log)
+                return (lambda: selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2)[:, None],
+                                                  Cm.transpose(1, 2)[:, None], Dp)), grads
+
+            for form in chosen(forms):
+                row(shape, "mamba", "seqdsl", form, measure(lambda: make_mamba(True, form), form))
+            if phase == "seqdsl":
+                pass
+            elif selective_scan_fn is not None:
+                row(shape, "mamba", "mamba_ssm selective_scan_fn", "scan",
+                    measure(lambda: make_mamba(False)))
+            else:
+                row(shape, "mamba", "mamba_ssm selective_scan_fn", "-", ("not installed", "-"))
+
+            # ---- SDPA
+            def make_sdpa():
+                q, k, v = (t.transpose(1, 2) for t in qkv())
+                return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)), ()
+
+            if phase == "seqdsl":
+                row(shape, "attention", "torch SDPA (causal)", "-", measure(make_sdpa))
     print("\n'*': one run (slower than --max-ms). 'not timed': the backward of that form recomputes through "
           "the torch forms (see the docstring).")
     if fla_note:
