@@ -343,8 +343,14 @@ model odd(d_model = 8, n = 3):
     except SpecError as e:      # the language may not allow this; the fallback is then untestable here
         pytest.skip(f"spec not accepted: {e}")
     op = seqdsl.compile(m, backend="triton")
-    assert op.modes == ()
+    assert "recurrent" not in op.modes
     assert "'**' of complex values" in op.module.WHY_NOT["recurrent"]
+    # the update is computed token-parallel by torch, so the scan form (a diagonal recurrence) remains
+    assert op.modes == ("scan",)
+    ref = seqdsl.reference(m)
+    inputs = sample_inputs(ref, 1, 6, seed=2)
+    _check("odd/triton scan", ref(**inputs, output_final_state=True), op(**inputs, output_final_state=True),
+           torch.float64, FORM_FACTOR["scan"])
 
 
 # ---------------------------------------------------------------- GPU: larger shapes, bf16
