@@ -516,47 +516,45 @@ class _Gen:
 
     # ------------------------------------------------------------------ scan form
     def scan_unsupported(self, twin_source: str) -> str | None:
-        """Why the Triton scan form is not offered (None: it is): the torch twin's scan must call no form
-        algorithm but ``_forms.scan_diagonal``, which seqdsl.runtime.triton_scan runs as a kernel."""
+        """Why the Triton scan form is not offered (None: it is). The torch twin scans a dense state with
+        scan_dense and every other state with scan_diagonal, which seqdsl.runtime.triton_scan runs."""
         if "scan" not in self.p.modes:
             return None
-        if _TORCH_FORMS_IMPORT not in twin_source or "\ndef scan(" not in twin_source:
-            return "the torch module does not write its scan form as the Triton scan form expects"
-        body = twin_source[twin_source.index("\ndef scan("):]
-        body = body[:body.index("\ndef ", 1)] if "\ndef " in body[1:] else body
-        used = sorted(set(re.findall(r"_forms\.(\w+)", body)) - {"scan_diagonal"})
-        if used:
-            return f"the scan form uses {', '.join(used)}; the Triton scan kernel does diagonal recurrences " \
-                   "(scan_diagonal)"
+        dense = [sp.state for sp in self.p.states if sp.kind == "dense"]
+        if dense:
+            return f"the state {dense[0]} is dense; the Triton scan kernel does diagonal recurrences"
+        if _TORCH_FORMS_IMPORT not in twin_source:
+            return "the torch module does not import its forms as the Triton scan form expects"
         return None
 
-    def scan_wrapper(self, out: _Lines) -> None:
-        kwdict = "{" + ", ".join(f"{a!r}: {a}" for a in self.args) + "}"
-        inputs = ", ".join(self.inputs)
-        out.add(f"def scan({self.signature()}):")
-        out.add('"""Parallel-scan form. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
+    def twin_form_wrapper(self, out: _Lines, form: str, twin: str, doc: list[str], chunked: bool) -> None:
+        """``def <form>(...)``: the torch twin's function of that form, its form algorithms run by Triton."""
+        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + ("'chunk_size': chunk_size" if chunked else "") + "}"
+        out.add(f"def {form}({self.signature()}{', chunk_size=64' if chunked else ''}):")
+        out.add(f'"""{"Chunkwise" if chunked else "Parallel-scan"} form. Returns ((readouts [B, T, H, ...]), '
+                '(states [B, H, ...])).', 1)
         out.add("", 0)
-        out.add("The torch twin's scan function (the spec's token-parallel preparation, rendered from the IR)", 1)
-        out.add("with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an", 1)
-        out.add("associative scan over blocks of time, the state carried between blocks). Backward (autograd):", 1)
-        out.add("the preparation through torch; the recurrence by the same kernel run backwards in time (packed", 1)
-        out.add("sequences: through the torch scan).", 1)
+        for line in doc:
+            out.add(line, 1)
         out.add('"""', 1)
-        out.add(f"return _SCAN_TWIN.module.scan(tuple(_state), {inputs}, **{kwdict})", 1)
+        out.add(f"return {twin}.module.{form}(tuple(_state), {', '.join(self.inputs)}, **{kwdict})", 1)
+
+    def scan_wrapper(self, out: _Lines) -> None:
+        self.twin_form_wrapper(out, "scan", "_SCAN_TWIN", [
+            "The torch twin's scan function (the spec's token-parallel preparation, rendered from the IR)",
+            "with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an",
+            "associative scan over blocks of time, the state carried between blocks). Backward (autograd):",
+            "the preparation through torch; the recurrence by the same kernel run backwards in time (packed",
+            "sequences: through the torch scan)."], chunked=False)
 
     def chunk_wrapper(self, out: _Lines) -> None:
-        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'chunk_size': chunk_size}"
-        inputs = ", ".join(self.inputs)
-        out.add(f"def chunk({self.signature()}, chunk_size=64):")
-        out.add('"""Chunkwise form. Returns ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
-        out.add("", 0)
-        out.add("The torch twin's chunk function (the spec's token-parallel preparation, rendered from the IR)", 1)
-        out.add("with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local", 1)
-        out.add("cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the", 1)
-        out.add("outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages", 1)
-        out.add("by Triton backward kernels for scalar-gated and ungated states, through the torch forms otherwise.", 1)
-        out.add('"""', 1)
-        out.add(f"return _CHUNK_TWIN.module.chunk(tuple(_state), {inputs}, **{kwdict})", 1)
+        self.twin_form_wrapper(out, "chunk", "_CHUNK_TWIN", [
+            "The torch twin's chunk function (the spec's token-parallel preparation, rendered from the IR)",
+            "with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local",
+            "cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the",
+            "outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages",
+            "by Triton backward kernels for scalar-gated and ungated states, through the torch forms otherwise."],
+            chunked=True)
 
     # ------------------------------------------------------------------ module
     def module(self, header: str, twin_source: str) -> str:

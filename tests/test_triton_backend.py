@@ -280,7 +280,7 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
     assert callable(op.module.step) and callable(op.module.recurrent) and callable(op.module.chunk)
     assert callable(op.module.scan) and op.default_mode() == "chunk"
     dense_m, dense, dense_ref = compiled("hippo_legs")     # a dense transition: no Triton scan kernel
-    assert not hasattr(dense.module, "scan") and "scan_dense" in dense.module.WHY_NOT["scan"]
+    assert not hasattr(dense.module, "scan") and "is dense" in dense.module.WHY_NOT["scan"]
     with pytest.raises(ValueError, match="mode 'scan' is not available"):
         dense(**sample_inputs(dense_ref, 1, 2), mode="scan")
     lstm = compiled("lstm")[1]

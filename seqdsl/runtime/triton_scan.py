@@ -91,7 +91,7 @@ def scan_diagonal_kernel(a, b, h, h0, ht, cu_seqlens, T, C, DTYPE: tl.constexpr,
         tl.store(ht + state + 1, carry_i, mask=m_c)
 
 
-def _blocks(T: int, C: int) -> tuple[int, int]:
+def _blocks(C: int) -> tuple[int, int]:
     """(BT, BC): the launch policy, outside the kernel. Small blocks under the interpreter."""
     if _rt.interpreting():
         return 16, min(16, _rt.next_pow2(C))
@@ -112,7 +112,7 @@ def _launch(decay: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_se
     h = torch.empty_like(b_rows)
     ht = torch.empty_like(flat(torch.zeros(N, C, dtype=b.dtype, device=b.device)))
     h0_rows = flat(h0.reshape(N, C)) if h0 is not None else ht
-    BT, BC = _blocks(T, C)
+    BT, BC = _blocks(C)
     scan_diagonal_kernel[(N, triton.cdiv(C, BC))](
         a_rows, b_rows, h, h0_rows, ht, cu_seqlens if cu_seqlens is not None else b_rows, T, C,
         DTYPE=_rt.tl_dtype(_rt.real_dtype(b_rows)), BT=BT, BC=BC, COMPLEX=complex_,
