@@ -38,6 +38,7 @@ class Op:
     doc: str = ""
     triton: str = ""                 # Triton expression template on register blocks ("": no Triton form)
     triton_complex: tuple = ()       # complex operands: (real, imaginary) templates over {0.re} {0.im}
+    triton_grad: tuple = ()          # real operands: the adjoint of each operand (Triton, see _TRITON_GRAD)
 
 
 def _unary(name, torch, doc, complex_ok=False, returns_real=False):
@@ -149,6 +150,57 @@ _TRITON: dict[str, tuple[str, object]] = {
 }
 for _name, (_template, _complex) in _TRITON.items():
     OPS[_name] = replace(OPS[_name], triton=_template, triton_complex=_complex)
+
+# Derivative rules for the Triton backward of the recurrent form (codegen/triton_backward.py): for each
+# real operand, its adjoint given the adjoint ``{g}`` of the result ``{y}`` and the operands ``{0}``,
+# ``{1}``, ... (all aligned to the result's dims; binary and ternary results are reduced back to each
+# operand's dims by the generator). Lastaxis / norm rules sum over the last axis with
+# ``_tlib.lastsum(x, {m}, {ax})`` (masked, keeping the axis) and take ``{n}``, ``{eps}`` as their forward.
+# Ops without an entry (sum, mean, outer, transpose: written by the generator; inv, expm, complex, and
+# token ops: none) have no rule here.
+_LASTSUM = "_tlib.lastsum({x}, {{m}}, {{ax}})"
+
+
+def _s(x: str) -> str:
+    return _LASTSUM.format(x=x)
+
+
+_TRITON_GRAD: dict[str, tuple[str, ...]] = {
+    "exp": ("{g} * {y}",),
+    "log": ("{g} / {0}",),
+    "sqrt": ("{g} * 0.5 / {y}",),
+    "abs": ("tl.where({0} >= 0, {g}, -{g})",),
+    "real": ("{g}",),
+    "conj": ("{g}",),
+    "imag": ("({g} * 0.0)",),
+    "cos": ("(-{g} * tl.sin({0}))",),
+    "sin": ("{g} * tl.cos({0})",),
+    "tanh": ("{g} * (1.0 - {y} * {y})",),
+    "sigmoid": ("{g} * {y} * (1.0 - {y})",),
+    "logsigmoid": ("{g} / (1.0 + tl.exp({0}))",),
+    "silu": ("{g} * (1.0 + {0} * (1.0 - 1.0 / (1.0 + tl.exp(-{0})))) / (1.0 + tl.exp(-{0}))",),
+    "relu": ("tl.where({0} > 0, {g}, 0.0)",),
+    "relu2": ("{g} * 2.0 * tl.maximum({0}, 0.0)",),
+    "elu1": ("tl.where({0} > 0, {g}, {g} * {y})",),
+    "elu": ("tl.where({0} > 0, {g}, {g} * ({y} + 1.0))",),
+    "gelu": ("{g} * (0.5 * (1.0 + tl.erf({0} * 0.7071067811865476)) + {0} * 0.3989422804014327 "
+             "* tl.exp(-0.5 * {0} * {0}))",),
+    "softplus": ("{g} / (1.0 + tl.exp(-{0}))",),
+    "inv_softplus": ("{g} / (1.0 - tl.exp(-{0}))",),
+    "max": ("tl.where({0} >= {1}, {g}, 0.0)", "tl.where({0} >= {1}, 0.0, {g})"),
+    "min": ("tl.where({0} <= {1}, {g}, 0.0)", "tl.where({0} <= {1}, 0.0, {g})"),
+    "lerp": ("{g} * (1.0 - {2})", "{g} * {2}", "{g} * ({1} - {0})"),
+    # y = x r, r = (sum x^2 + eps)^-1/2:  dx = r (g - y sum(g y))
+    "l2norm": (f"tl.rsqrt({_s('{0} * {0}')} + {{eps}}) * ({{g}} - {{y}} * {_s('{g} * {y}')})",),
+    "softmax": (f"{{y}} * ({{g}} - {_s('{g} * {y}')})",),
+    # y = x r, r = (mean x^2 + eps)^-1/2:  dx = r (g - y mean(g y))
+    "rmsnorm": (f"tl.rsqrt({_s('{0} * {0}')} / {{n}} + {{eps}}) * ({{g}} - {{y}} * {_s('{g} * {y}')} / {{n}})",),
+    # y = (x - mean x) r, r = (var x + eps)^-1/2:  dx = r (g - mean(g) - y mean(g y))
+    "layernorm": (f"tl.rsqrt(_tlib.lastvar({{0}}, {{m}}, {{ax}}, {{n}}) + {{eps}}) "
+                  f"* ({{g}} - {_s('{g}')} / {{n}} - {{y}} * {_s('{g} * {y}')} / {{n}})",),
+}
+for _name, _rules in _TRITON_GRAD.items():
+    OPS[_name] = replace(OPS[_name], triton_grad=_rules)
 
 # Functions of parameter initialisers (``A_log: [heads] ~ log(uniform(1, 16))``). Elementwise math
 # from OPS is also allowed there; these produce values of the parameter's shape.

@@ -7,9 +7,12 @@ sequence, loads each token's stream values, evaluates the cell's statements (ren
 ``triton_render`` through the op table) and writes the readouts of every token and the final states.
 The template below owns pointers, masks and the time loop; the rendered fragments own the math.
 
-Backward: NOT a Triton kernel yet. ``recurrent`` is wrapped in an ``autograd.Function`` whose
+Backward: for real cells, a second generated kernel (``codegen/triton_backward.py``): reverse-mode
+differentiation of the cell's step through the op table's derivative rules, the states recomputed from
+checkpoints every ~sqrt(T) steps. Cells it cannot differentiate (complex values, an in-cell matrix
+inverse; ``BACKWARD`` in the module says why) keep the fallback: an ``autograd.Function`` whose
 backward recomputes the forward through the torch twin (the torch backend's module of the same spec,
-embedded as source) under autograd and backpropagates through it; nothing is stored per step.
+embedded as source) under autograd and backpropagates through it.
 
 Conventions are those of the torch module (the op wrapper ``seqdsl.runtime.op`` prepares them):
 streams ``[B, T, H, *dims]`` (H = 1 when the cell runs over no axis or the stream lacks it), params
@@ -53,6 +56,43 @@ class _Lines:
 
 def _mentions(e: ir.Expr, names: set[str]) -> bool:
     return any(n.id in names for n in ir.names_in(e))
+
+
+def block_offsets(blocks: Blocks, ds: tuple, strides: list[str]) -> str:
+    """Element offsets of a [*ds] register block in a tensor with the given strides (names or "1")."""
+    terms = [f"{blocks.offset(d)}{index_at(i, len(ds))}{'' if s == '1' else ' * ' + s}"
+             for i, (d, s) in enumerate(zip(ds, strides))]
+    return " + ".join(terms) if terms else "0"
+
+
+def block_mask(blocks: Blocks, ds: tuple, extra: str = "") -> str | None:
+    """The mask of a [*ds] block's real lanes (None: no lane is padding)."""
+    ms = [f"{blocks.mask(d)}{index_at(i, len(ds))}" for i, d in enumerate(ds) if blocks.padded(d)]
+    if extra:
+        ms.append(extra)
+    return " & ".join(ms) if ms else None
+
+
+def contiguous_offsets(blocks: Blocks, ds: tuple, cplx: bool) -> tuple[str, str]:
+    """(offsets, numel) of a contiguous [..., *ds] block (complex: real view, x2)."""
+    strides = []
+    for i in range(len(ds)):
+        rest = [blocks.size(d) for d in ds[i + 1:]]
+        strides.append(" * ".join(rest) if rest else "1")
+    offs = block_offsets(blocks, ds, strides)
+    numel = " * ".join(blocks.size(d) for d in ds) or "1"
+    if cplx:
+        offs, numel = f"({offs}) * 2", f"{numel} * 2" if ds else "2"
+    return offs, numel
+
+
+def open_kernel(out: _Lines, name: str, signature: list[str]) -> None:
+    """``@triton.jit def name(<signature lines>):`` and the program's batch and cell-axis indices."""
+    out.add("@triton.jit")
+    out.add(f"def {name}(")
+    out.extend(signature, 1)
+    out.add("):")
+    out.add("i_b, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)", 1)
 
 
 class _Gen:
@@ -184,28 +224,13 @@ class _Gen:
         r = TritonRenderer(c, resolve, blocks)
 
         def offsets(ds: tuple, strides: list[str]) -> str:
-            terms = [f"{blocks.offset(d)}{index_at(i, len(ds))}{'' if s == '1' else ' * ' + s}"
-                     for i, (d, s) in enumerate(zip(ds, strides))]
-            return " + ".join(terms) if terms else "0"
+            return block_offsets(blocks, ds, strides)
 
         def mask(ds: tuple, extra: str = "") -> str | None:
-            """The mask of a [*ds] block's real lanes (None: no lane is padding)."""
-            ms = [f"{blocks.mask(d)}{index_at(i, len(ds))}" for i, d in enumerate(ds) if blocks.padded(d)]
-            if extra:
-                ms.append(extra)
-            return " & ".join(ms) if ms else None
+            return block_mask(blocks, ds, extra)
 
         def contiguous(ds: tuple, cplx: bool) -> tuple[str, str]:
-            """(offsets, numel) of a contiguous [..., *ds] block (complex: real view, x2)."""
-            strides = []
-            for i in range(len(ds)):
-                rest = [blocks.size(d) for d in ds[i + 1:]]
-                strides.append(" * ".join(rest) if rest else "1")
-            offs = offsets(ds, strides)
-            numel = " * ".join(blocks.size(d) for d in ds) or "1"
-            if cplx:
-                offs, numel = f"({offs}) * 2", f"{numel} * 2" if ds else "2"
-            return offs, numel
+            return contiguous_offsets(blocks, ds, cplx)
 
         def dims_text(t: Ty) -> str:
             return "".join(f", {d}" for d in t.dims)
@@ -233,12 +258,8 @@ class _Gen:
         sig.append("T,")
         sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in dims) + ",")
         sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,")
-        out.add("@triton.jit")
-        out.add(f"def {self.kernel_name}(")
-        out.extend(sig, 1)
-        out.add("):")
+        open_kernel(out, self.kernel_name, sig)
         L = 1
-        out.add("i_b, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)", L)
         if tiled is not None:
             out.add(f"i_v = tl.program_id(2)  # tile of the {tiled} axis", L)
             out.add("first_tile = (tl.zeros([1], dtype=tl.int32) + i_v) == 0  # stores the values without that axis", L)
@@ -463,12 +484,18 @@ class _Gen:
         out.add('"""The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
         out.add("", 0)
         out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [B, H, *dims] tensors.", 1)
-        out.add("Backward (autograd): no Triton kernel yet -- it recomputes the forward through the torch twin", 1)
-        out.add("(the torch backend's module of this spec) and backpropagates through that.", 1)
+        if self.backward_kernel is not None:
+            out.add("Backward (autograd): the Triton backward kernel (reverse-mode through the cell's step,", 1)
+            out.add("states recomputed from checkpoints every ~sqrt(T) steps).", 1)
+        else:
+            out.add("Backward (autograd): no Triton kernel for this cell (BACKWARD says why) -- it recomputes", 1)
+            out.add("the forward through the torch twin (the torch backend's module of this spec).", 1)
         out.add('"""', 1)
         caveat = self.gpu_caveat()
+        backward = ", backward=_backward_recurrent" if self.backward_kernel is not None else ""
         out.add(f"return _rt.apply_form(_launch_recurrent, _twin_recurrent, tuple(_state), ({inputs},), "
-                f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''})", 1)
+                f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''}"
+                f"{backward})", 1)
         out.add()
         out.add()
         out.add(f"def step({self.signature()}):")
@@ -571,6 +598,17 @@ class _Gen:
                 kernel_lines = self.kernel(None)
         except Unsupported as e:
             why_not["recurrent"] = f"the Triton backend cannot express the cell: {e}"
+        self.backward_kernel, backward_lines = None, None
+        no_backward = "no recurrent kernel"
+        if kernel_lines is not None:
+            from seqdsl.codegen.triton_backward import BackwardKernel
+
+            try:
+                bk = BackwardKernel(self)
+                backward_lines = bk.kernel()
+                self.backward_kernel, no_backward = bk, None
+            except Unsupported as e:
+                no_backward = f"the torch twin (no Triton backward: {e})"
         modes = ("recurrent",) if kernel_lines is not None else ()
         no_scan = self.scan_unsupported(twin_source)
         if "scan" in self.p.modes and no_scan is None:
@@ -607,6 +645,7 @@ class _Gen:
         out.add(f"WHY_NOT = {why_not!r}")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
+        out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")
         if kernel_lines is not None:
             out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
             out.add()
@@ -618,6 +657,14 @@ class _Gen:
             self.launcher(out)
             out.add()
             out.add()
+            if backward_lines is not None:
+                for line in backward_lines:
+                    out.add(line)
+                out.add()
+                out.add()
+                self.backward_kernel.launcher(out)
+                out.add()
+                out.add()
             self.wrappers(out)
         if "scan" in modes:
             out.add()

@@ -50,6 +50,20 @@ def layernorm(x, m, AXIS: tl.constexpr, N, eps):
 
 
 @triton.jit
+def lastsum(x, m, AXIS: tl.constexpr):
+    """Sum over the real lanes of the last axis, keeping it (the derivative rules of codegen/ops.py)."""
+    return tl.reduce(tl.where(m, x, 0.0), AXIS, add, keep_dims=True)
+
+
+@triton.jit
+def lastvar(x, m, AXIS: tl.constexpr, N):
+    """Biased variance over the real lanes of the last axis, keeping it (as ``layernorm`` computes it)."""
+    mean = tl.reduce(tl.where(m, x, 0.0), AXIS, add, keep_dims=True) / N
+    d = tl.where(m, x - mean, 0.0)
+    return tl.reduce(d * d, AXIS, add, keep_dims=True) / N
+
+
+@triton.jit
 def csqrt_re(re, im):
     """Real part of the principal square root of re + i im."""
     r = tl.sqrt(re * re + im * im)

@@ -7,9 +7,10 @@ Generated Triton modules (``codegen/triton_module.py``) call these helpers aroun
 * ``stream`` / ``param`` / ``state_in`` / ``cell_args``: kernel arguments in the layout the kernels
   index. Streams keep their strides (a stream without the cell axis is broadcast over it with stride
   0); complex tensors are passed as real views ``[..., 2]`` (real part, imaginary part at +1).
-* ``FormFunction``: the autograd wrapper. Forward runs the kernels; backward RECOMPUTES the
-  forward through the *torch twin* (the torch backend's generated module of the same spec) under
-  autograd and backpropagates through it. There is no Triton backward kernel yet.
+* ``FormFunction``: the autograd wrapper. Forward runs the kernels; backward runs the form's Triton
+  backward kernel where the module has one (the recurrent form of real cells:
+  ``codegen/triton_backward.py``), else RECOMPUTES the forward through the *torch twin* (the torch
+  backend's generated module of the same spec) under autograd and backpropagates through it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,18 @@ def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+def grad_in(g: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """A gradient arriving at an output, as the contiguous buffer a backward kernel reads (None: zeros)."""
+    if g is None:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return g.to(dtype).expand(shape).contiguous()
+
+
+def checkpoint_every(T: int) -> int:
+    """Steps between the states the recurrent backward keeps (about sqrt(T): memory O(sqrt(T)) per sequence)."""
+    return max(1, int(round(T ** 0.5)))
+
+
 # ------------------------------------------------------------------ the torch twin and autograd
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 
@@ -159,24 +172,31 @@ class TorchTwin:
 
 
 class FormFunction(torch.autograd.Function):
-    """Forward: a form run by Triton kernels. Backward: recompute through the torch twin, then autograd.
+    """Forward: a form run by Triton kernels. Backward: the form's Triton backward where there is one,
+    else recompute through the torch twin, then autograd.
 
-    ``apply(forward, twin_form, n_states, kwargs, *states, *inputs)`` returns readouts then final states.
+    ``apply(forward, twin_form, backward, n_states, kwargs, *states, *inputs)`` returns readouts then
+    final states. ``backward(states, *inputs, **kwargs, _grads=...)`` (or None) returns ((state
+    gradients), (input gradients)).
     """
 
     @staticmethod
-    def forward(ctx, forward, twin_form, n_states, kwargs, *tensors):
+    def forward(ctx, forward, twin_form, backward, n_states, kwargs, *tensors):
         states, inputs = tensors[:n_states], tensors[n_states:]
         outs, finals = forward(tuple(states), *inputs, **kwargs)
-        ctx.forward_meta = (twin_form, n_states, kwargs, len(outs))
+        ctx.forward_meta = (twin_form, backward, n_states, kwargs, len(outs))
         ctx.save_for_backward(*tensors)
         return (*outs, *finals)
 
     @staticmethod
     def backward(ctx, *grads):
-        twin_form, n_states, kwargs, n_outs = ctx.forward_meta
+        twin_form, backward, n_states, kwargs, n_outs = ctx.forward_meta
         tensors = ctx.saved_tensors
-        needs = ctx.needs_input_grad[4:]
+        needs = ctx.needs_input_grad[5:]
+        if backward is not None:
+            d_states, d_inputs = backward(tuple(tensors[:n_states]), *tensors[n_states:], **kwargs, _grads=grads)
+            result = [g if need else None for g, need in zip((*d_states, *d_inputs), needs)]
+            return (None, None, None, None, None, *result)
         with torch.enable_grad():
             xs = [t.detach().requires_grad_(bool(need)) for t, need in zip(tensors, needs)]
             outs, finals = twin_form(tuple(xs[:n_states]), *xs[n_states:], **kwargs)
@@ -187,19 +207,20 @@ class FormFunction(torch.autograd.Function):
                 if pairs and wanted else [None] * len(wanted)
         it = iter(got)
         result = [next(it) if x.requires_grad else None for x in xs]
-        return (None, None, None, None, *result)
+        return (None, None, None, None, None, *result)
 
 
 _WARNED: set[str] = set()
 
 
 def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int,
-               gpu_caveat: str | None = None):
+               gpu_caveat: str | None = None, backward=None):
     """Run a form under ``FormFunction``: ((readouts...), (final states...)).
 
-    forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); twin_form (same signature,
-    plain torch) is what the backward differentiates, recomputing the forward. ``gpu_caveat``: why the
-    compiled kernels are not trusted on a GPU; there the twin runs instead (with a warning, once).
+    forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); backward (if given) is the
+    form's Triton backward; otherwise twin_form (same signature, plain torch) is what the backward
+    differentiates, recomputing the forward. ``gpu_caveat``: why the compiled kernels are not trusted
+    on a GPU; there the twin runs instead (with a warning, once).
     """
     if gpu_caveat and not interpreting() and any(t.is_cuda for t in (*states, *inputs)):
         if gpu_caveat not in _WARNED:
@@ -208,5 +229,5 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
         return twin_form(tuple(states), *inputs, **kwargs)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
         return forward(tuple(states), *inputs, **kwargs)
-    ys = FormFunction.apply(forward, twin_form, len(states), kwargs, *states, *inputs)
+    ys = FormFunction.apply(forward, twin_form, backward, len(states), kwargs, *states, *inputs)
     return tuple(ys[:n_outs]), tuple(ys[n_outs:])
