@@ -19,8 +19,10 @@ The kernel (grid ``(B, H)``, the whole state in one program; ``CHUNK`` a runtime
 3. store the initial state's gradient and the param gradients.
 
 Memory: O(T / CHUNK + CHUNK) states per sequence, not one per step; compute: about three forward passes.
-Real cells only: a complex value, an in-cell matrix inverse, or broadcasting over a repeated dim name
-raises ``Unsupported`` and the recurrent form's backward stays the torch twin's.
+Complex values are (real, imaginary) pairs, and so are their adjoints (torch's convention: dL/dx + i dL/dy).
+What has no rule (``expm``, the inverse of a complex matrix, broadcasting between repeated dim names)
+raises ``Unsupported``; the recurrent form's backward then stays the torch twin's (the module's
+``BACKWARD`` says why).
 """
 
 from __future__ import annotations
@@ -46,48 +48,72 @@ class TapeRenderer(TritonRenderer):
 
     def render(self, e: ir.Expr) -> Val:
         v = self.render_here(e)
-        if v.complex:
-            raise Unsupported("a complex value (the Triton backward is real)")
         if not v.plain:
-            v = Val(self.bind(v.re), v.dims)
+            v = Val(self.bind(v.re), v.dims, None if v.im is None else self.bind(v.im))
         self.vals[id(e)] = v
         self.tape.append(e)
         return v
 
 
+Pair = tuple  # (real part text, imaginary part text or None: zero / a real value)
+
+
+def _neg(x: str | None) -> str | None:
+    return None if x is None else f"(-{x})"
+
+
+def _conj(a: Pair) -> Pair:
+    return (a[0], _neg(a[1]))
+
+
+def _part(fmt: str, a: Pair) -> Pair:
+    """``fmt`` (with ``{}``) applied to each part of a."""
+    return (fmt.format(a[0]), None if a[1] is None else fmt.format(a[1]))
+
+
 class Adjoints:
     """Adjoint accumulation and the derivative rules, emitting Triton lines into ``lines``.
 
+    Adjoints are pairs of texts (real part, imaginary part or None). For a complex value z = x + iy the
+    pair is (dL/dx, dL/dy), which is torch's gradient of a complex tensor; for a holomorphic f the
+    rule is adj(z) = adj(f(z)) * conj(f'(z)), and a real operand takes the real part of what a
+    complex one would get.
+
     Keys: ``("v", variable)`` for kernel variables (streams, params, states, locals: only those in
-    ``wanted`` collect adjoints), ``("n", id(node))`` for intermediate nodes. Each accumulation binds a
-    new temporary ``_g<k>`` (so no loop-carried value is overwritten by accident); ``adj[key]`` is the
-    text holding the key's adjoint so far.
+    ``wanted`` collect adjoints; a complex variable by its real part's name), ``("n", id(node))`` for
+    intermediate nodes. Each accumulation binds new temporaries ``_g<k>`` (so no loop-carried value is
+    overwritten by accident); ``adj[key]`` is the pair holding the key's adjoint so far.
     """
 
     def __init__(self, r: TapeRenderer, blocks: Blocks, wanted: set[str]):
         self.r = r
         self.blocks = blocks
         self.wanted = wanted
-        self.adj: dict[tuple, str] = {}
+        self.adj: dict[tuple, Pair] = {}
         self.lines: list[str] = []
         self._n = 0
 
     # ------------------------------------------------------------------ accumulation
-    def add(self, key: tuple, text: str) -> None:
-        name = f"_g{self._n}"
-        self._n += 1
-        self.lines.append(f"{name} = {text}" if key not in self.adj else f"{name} = {self.adj[key]} + {text}")
-        self.adj[key] = name
-
-    def temp(self, text: str) -> str:
-        """A new temporary holding ``text``."""
+    def temp(self, text: str | None) -> str | None:
+        """A new temporary holding ``text`` (None stays None)."""
+        if text is None:
+            return None
         name = f"_g{self._n}"
         self._n += 1
         self.lines.append(f"{name} = {text}")
         return name
 
-    def to_child(self, child: ir.Expr, text: str, frame: tuple) -> None:
-        """Add ``text`` (a block of dims ``frame``) to the adjoint of ``child``, summed over broadcast axes."""
+    def add(self, key: tuple, pair: Pair) -> None:
+        if key not in self.adj:
+            self.adj[key] = (self.temp(pair[0]), self.temp(pair[1]))
+            return
+        (r, i), (pr, pi) = self.adj[key], pair
+        im = i if pi is None else self.temp(pi if i is None else f"{i} + {pi}")
+        self.adj[key] = (self.temp(f"{r} + {pr}"), im)
+
+    def to_child(self, child: ir.Expr, pair: Pair, frame: tuple) -> None:
+        """Add ``pair`` (blocks of dims ``frame``) to the adjoint of ``child``, summed over broadcast axes
+        (a real child takes the real part)."""
         cv = self.r.vals[id(child)]
         if cv.plain:
             return
@@ -97,7 +123,8 @@ class Adjoints:
             key = ("v", cv.re)
         else:
             key = ("n", id(child))
-        self.add(key, self.reduce_to(cv.dims, text, frame))
+        im = self.reduce_to(cv.dims, pair[1], frame) if cv.complex and pair[1] is not None else None
+        self.add(key, (self.reduce_to(cv.dims, pair[0], frame), im))
 
     def zeros(self, dims: tuple) -> str:
         return f"tl.zeros([{', '.join(self.blocks.block(d) for d in dims)}], dtype=DTYPE)"
@@ -130,13 +157,45 @@ class Adjoints:
             text = f"tl.trans({text})"
         return text
 
+    # ------------------------------------------------------------------ complex arithmetic on texts
+    def bound(self, a: Pair) -> Pair:
+        """a with each part bound to a temporary (so it can be repeated in text)."""
+        return (a[0] if _simple(a[0]) else self.temp(a[0]), a[1] if a[1] is None or _simple(a[1]) else self.temp(a[1]))
+
+    def mul(self, a: Pair, b: Pair) -> Pair:
+        (ar, ai), (br, bi) = a, b
+        re = f"({ar} * {br})" if ai is None or bi is None else f"({ar} * {br} - {ai} * {bi})"
+        terms = ([f"{ar} * {bi}"] if bi is not None else []) + ([f"{ai} * {br}"] if ai is not None else [])
+        return (re, f"({' + '.join(terms)})" if terms else None)
+
+    def div(self, a: Pair, b: Pair) -> Pair:
+        """a / b."""
+        if b[1] is None:
+            return (f"({a[0]} / {b[0]})", None if a[1] is None else f"({a[1]} / {b[0]})")
+        b = self.bound(b)
+        den = self.temp(f"({b[0]} * {b[0]} + {b[1]} * {b[1]})")
+        re, im = self.mul(a, _conj(b))
+        return (f"({re} / {den})", None if im is None else f"({im} / {den})")
+
+    def contract(self, a: Pair, adims: tuple, b: Pair, bdims: tuple) -> Pair:
+        """Complex ``a @ b`` (contract a's last axis with b's first) on parts."""
+        c = self.r.contract
+        re = c(a[0], adims, b[0], bdims)
+        if a[1] is not None and b[1] is not None:
+            re = f"({re} - {c(a[1], adims, b[1], bdims)})"
+        terms = ([c(a[0], adims, b[1], bdims)] if b[1] is not None else []) + \
+                ([c(a[1], adims, b[0], bdims)] if a[1] is not None else [])
+        return (re, f"({' + '.join(terms)})" if terms else None)
+
     # ------------------------------------------------------------------ the rules
-    def text(self, e: ir.Expr, frame: tuple) -> str:
+    def value(self, e: ir.Expr, frame: tuple) -> Pair:
         """A node's value aligned to ``frame`` (constants as literals)."""
         v = self.r.vals[id(e)]
         if v.plain:
-            return literal(v.value)
-        return self.r.align(v.re, v.dims, frame)
+            if isinstance(v.value, complex):
+                return (literal(v.value.real), literal(v.value.imag))
+            return (literal(v.value), None)
+        return (self.r.align(v.re, v.dims, frame), None if v.im is None else self.r.align(v.im, v.dims, frame))
 
     def back(self, e: ir.Expr) -> None:
         """Push the adjoint of node e (already complete) to its operands."""
@@ -146,75 +205,95 @@ class Adjoints:
         y = self.r.vals[id(e)]
         frame = y.dims
         if isinstance(e, ir.Unary):
-            self.to_child(e.operand, f"(-{g})" if e.op == "-" else g, frame)
+            self.to_child(e.operand, (_neg(g[0]), _neg(g[1])) if e.op == "-" else g, frame)
         elif isinstance(e, ir.Binary):
             self.binary(e, g, y)
         elif isinstance(e, ir.Index):
             t = self.r.vals[id(e.target)]
             sel = f"({self.blocks.offset(t.dims[0])} == {e.index})" + index_at(0, len(t.dims))
-            self.to_child(e.target, f"tl.where({sel}, {self.r.align(g, frame, t.dims)}, 0.0)", t.dims)
+            pick = (f"tl.where({sel}, {self.r.align(g[0], frame, t.dims)}, 0.0)",
+                    None if g[1] is None else f"tl.where({sel}, {self.r.align(g[1], frame, t.dims)}, 0.0)")
+            self.to_child(e.target, pick, t.dims)
         elif isinstance(e, ir.Call):
             self.call(e, g, y)
         else:
             raise Unsupported(f"no derivative for {type(e).__name__}")
 
-    def binary(self, e: ir.Binary, g: str, y: Val) -> None:
-        a, b = self.r.vals[id(e.left)], self.r.vals[id(e.right)]
+    def binary(self, e: ir.Binary, g: Pair, y: Val) -> None:
         if e.op == "@":
-            self.matmul(e, g, a, b)
+            self.matmul(e, g)
             return
         frame = y.dims
-        A, B, Y = self.text(e.left, frame), self.text(e.right, frame), y.re
+        A, B = self.value(e.left, frame), self.value(e.right, frame)
+        Y = (y.re, y.im)
+        db = None
         if e.op == "+":
             da, db = g, g
         elif e.op == "-":
-            da, db = g, f"(-{g})"
+            da, db = g, (_neg(g[0]), _neg(g[1]))
         elif e.op == "*":
-            da, db = f"({g} * {B})", f"({g} * {A})"
-        elif e.op == "/":
-            da, db = f"({g} / {B})", f"(-{g} * {Y} / {B})"
-        else:                                                   # '**'
+            g, A, B = self.bound(g), self.bound(A), self.bound(B)
+            da, db = self.mul(g, _conj(B)), self.mul(g, _conj(A))
+        elif e.op == "/":                                       # da = g / conj(b), db = -g conj(y) / conj(b)
+            g, B = self.bound(g), self.bound(B)
+            da = self.div(g, _conj(B))
+            q = self.bound(self.mul(g, _conj(Y)))
+            db = self.div((_neg(q[0]), _neg(q[1])), _conj(B))
+        else:                                                   # '**' (real: the forward has no complex power)
+            b = self.r.vals[id(e.right)]
+            G, A0, B0 = g[0], A[0], B[0]
             if b.plain:
                 p = float(b.value)
-                da = f"({g} * {literal(p)} * {_power(A, p - 1)})" if p != 0.5 else f"({g} * 0.5 / {Y})"
-                db = None
+                da = (f"({G} * {literal(p)} * {_power(A0, p - 1)})" if p != 0.5 else f"({G} * 0.5 / {y.re})", None)
             else:
-                da, db = f"({g} * {B} * {Y} / {A})", f"({g} * {Y} * tl.log({A}))"
+                da = (f"({G} * {B0} * {y.re} / {A0})", None)
+                db = (f"({G} * {y.re} * tl.log({A0}))", None)
         self.to_child(e.left, da, frame)
         if db is not None:
             self.to_child(e.right, db, frame)
 
-    def matmul(self, e: ir.Binary, g: str, a: Val, b: Val) -> None:
-        """``a @ b`` contracts a's last axis with b's first (positionally, as the forward renders it)."""
-        c = self.r.contract
+    def matmul(self, e: ir.Binary, g: Pair) -> None:
+        """``a @ b`` contracts a's last axis with b's first (positionally, as the forward renders it):
+        adj(a) = g @ conj(b)^T, adj(b) = conj(a)^T @ g."""
+        a, b = self.r.vals[id(e.left)], self.r.vals[id(e.right)]
         if a.plain or b.plain:
             raise Unsupported("'@' with a constant operand")
-        A, B = a.re, b.re
+        g = self.bound(g)
+        A, B = _conj((a.re, a.im)), _conj((b.re, b.im))
         if len(a.dims) == 1 and len(b.dims) == 1:
-            da, db = f"({g} * {B})", f"({g} * {A})"
+            da, db = self.mul(g, B), self.mul(g, A)
         elif len(a.dims) == 1:                                  # (k) @ (k, j) -> (j)
-            da = c(B, b.dims, g, b.dims[1:])
-            db = f"({A}[:, None] * {g}[None, :])"
+            da = self.contract(B, b.dims, g, b.dims[1:])
+            db = self.mul(_part("{}[:, None]", A), _part("{}[None, :]", g))
         elif len(b.dims) == 1:                                  # (i, k) @ (k) -> (i)
-            da = f"({g}[:, None] * {B}[None, :])"
-            db = c(g, a.dims[:1], A, a.dims)
+            da = self.mul(_part("{}[:, None]", g), _part("{}[None, :]", B))
+            db = self.contract(g, a.dims[:1], A, a.dims)
         else:                                                   # (i, k) @ (k, j) -> (i, j)
-            da = c(g, (a.dims[0], b.dims[1]), f"tl.trans({B})", (b.dims[1], b.dims[0]))
-            db = c(f"tl.trans({A})", (a.dims[1], a.dims[0]), g, (a.dims[0], b.dims[1]))
+            da = self.contract(g, (a.dims[0], b.dims[1]), _part("tl.trans({})", B), (b.dims[1], b.dims[0]))
+            db = self.contract(_part("tl.trans({})", A), (a.dims[1], a.dims[0]), g, (a.dims[0], b.dims[1]))
         self.to_child(e.left, da, a.dims)
         self.to_child(e.right, db, b.dims)
 
-    def call(self, e: ir.Call, g: str, y: Val) -> None:
+    def call(self, e: ir.Call, g: Pair, y: Val) -> None:
         op = OPS[e.func]
+        args = list(e.args)
+        frame = y.dims
         if op.kind == "eye":
             return
-        if e.func == "inv":                                     # d inv(A) = -inv(A)^T g inv(A)^T
-            a = self.r.vals[id(e.args[0])]
-            yt = f"tl.trans({y.re})"
-            left = self.temp(self.r.contract(yt, a.dims, g, a.dims))
-            self.to_child(e.args[0], f"(-{self.r.contract(left, a.dims, yt, a.dims)})", a.dims)
+        if op.kind == "complex":                                # complex(re, im)
+            self.to_child(args[0], (g[0], None), frame)
+            if g[1] is not None:
+                self.to_child(args[1], (g[1], None), frame)
             return
-        if op.kind in ("complex", "inverse", "token"):
+        if e.func == "inv":                                     # adj(A) = -inv(A)^T g inv(A)^T
+            a = self.r.vals[id(args[0])]
+            if a.complex:
+                raise Unsupported("inv() of a complex matrix in the backward")
+            yt = f"tl.trans({y.re})"
+            left = self.temp(self.r.contract(yt, a.dims, g[0], a.dims))
+            self.to_child(args[0], (f"(-{self.r.contract(left, a.dims, yt, a.dims)})", None), a.dims)
+            return
+        if op.kind in ("inverse", "token"):
             raise Unsupported(f"no Triton derivative for {e.func}()")
         opts = {k: float(v) if isinstance(v, (int, float)) else v for k, v in op.options.items()}
         for kw in e.kwargs:
@@ -222,32 +301,68 @@ class Adjoints:
             if not v.plain:
                 raise Unsupported(f"a non-constant option {kw.name} of {e.func}()")
             opts[kw.name] = float(v.value)
-        args = list(e.args)
-        frame = y.dims
         if op.kind == "reduce":
             a = self.r.vals[id(args[0])]
-            spread = f"({self.r.align(g, frame, a.dims)} + {self.zeros(a.dims)})"
-            if e.func == "mean":
-                spread = f"({spread} / {float(self.r.c.dim_sizes[a.dims[-1]])})"
-            self.to_child(args[0], spread, a.dims)
+            n = float(self.r.c.dim_sizes[a.dims[-1]])
+            fmt = f"({{}} + {self.zeros(a.dims)})" if e.func == "sum" else f"(({{}} + {self.zeros(a.dims)}) / {n})"
+            spread = (self.r.align(g[0], frame, a.dims), None if g[1] is None else self.r.align(g[1], frame, a.dims))
+            self.to_child(args[0], _part(fmt, spread), a.dims)
             return
-        if op.kind == "outer":
+        if op.kind == "outer":                                  # adj(a) = g @ conj(b), adj(b) = conj(a) @ g
             a, b = (self.r.vals[id(x)] for x in args)
-            self.to_child(args[0], self.r.contract(g, frame, b.re, b.dims) if not b.plain else "0.0", a.dims)
-            self.to_child(args[1], self.r.contract(a.re, a.dims, g, frame) if not a.plain else "0.0", b.dims)
+            if a.plain or b.plain:
+                raise Unsupported("outer() with a constant operand")
+            g = self.bound(g)
+            self.to_child(args[0], self.contract(g, frame, _conj((b.re, b.im)), b.dims), a.dims)
+            self.to_child(args[1], self.contract(_conj((a.re, a.im)), a.dims, g, frame), b.dims)
             return
         if op.kind == "transpose":
-            self.to_child(args[0], f"tl.trans({g})", frame[::-1])
+            self.to_child(args[0], _part("tl.trans({})", g), frame[::-1])
+            return
+        operands = [self.r.vals[id(x)] for x in args]
+        if any(v.complex for v in operands):
+            self.complex_unary(e, g, y)
             return
         if not op.triton_grad:
             raise Unsupported(f"no Triton derivative for {e.func}()")
-        keys = {"g": g, "y": y.re, **{k: literal(v) if isinstance(v, float) else v for k, v in opts.items()}}
+        keys = {"g": g[0], "y": y.re, **{k: literal(v) if isinstance(v, float) else v for k, v in opts.items()}}
         if op.kind in ("lastaxis", "norm"):
             keys.update(self.r.last_axis(frame))
             keys["n"] = literal(keys["n"])
-        texts = [self.text(x, frame) for x in args]
-        for i, (x, rule) in enumerate(zip(args, op.triton_grad)):
-            self.to_child(x, "(" + rule.format(*texts, **keys) + ")", frame)
+        texts = [self.value(x, frame)[0] for x in args]
+        for x, rule in zip(args, op.triton_grad):
+            self.to_child(x, ("(" + rule.format(*texts, **keys) + ")", None), frame)
+
+    def complex_unary(self, e: ir.Call, g: Pair, y: Val) -> None:
+        """Functions of one complex operand: holomorphic ones by adj = g conj(f'(z)); abs, real, imag, conj."""
+        (x,) = e.args
+        z = self.bound(self.value(x, y.dims))
+        Y = (y.re, y.im)
+        f = e.func
+        if f == "exp":
+            d = self.mul(g, _conj(Y))
+        elif f == "log":                                        # g / conj(z)
+            d = self.div(g, _conj(z))
+        elif f == "sqrt":                                       # g conj(0.5 / y) = 0.5 g / conj(y)
+            d = _part("(0.5 * {})", self.div(g, _conj(Y)))
+        elif f == "abs":                                        # y = |z| real: g z / |z|
+            d = (f"({g[0]} * {z[0]} / {y.re})", f"({g[0]} * {z[1]} / {y.re})")
+        elif f == "real":
+            d = (g[0], None)
+        elif f == "imag":
+            d = (f"({g[0]} * 0.0)", g[0])
+        elif f == "conj":
+            d = _conj(g)
+        else:
+            raise Unsupported(f"no Triton derivative for {f}() of a complex value")
+        self.to_child(x, d, y.dims)
+
+
+def _simple(text: str) -> bool:
+    """Whether text is a name or a number (safe to repeat)."""
+    import re as _re
+
+    return bool(_re.match(r"^-?[A-Za-z_0-9.]+$", text))
 
 
 def _power(base: str, p: float) -> str:
@@ -263,7 +378,8 @@ def _power(base: str, p: float) -> str:
 # ---------------------------------------------------------------------------- the kernel
 class BackwardKernel:
     """Source of the backward kernel and its launcher for one spec (``gen``: triton_module's generator,
-    after its forward kernel was generated: its names, dims and cell types are reused)."""
+    after its forward kernel was generated: its names, dims and cell types are reused). Complex values
+    are (real, imaginary) register pairs, complex buffers real views with the imaginary part at +1."""
 
     def __init__(self, gen):
         from seqdsl.codegen import triton_module as tm
@@ -272,12 +388,6 @@ class BackwardKernel:
         self.g = gen
         self.c = gen.c
         self.kernel_name = f"{gen.name}_recurrent_bwd_kernel"
-        for s in gen.states:
-            if self.c.cell_types[s].complex:
-                raise Unsupported(f"the state {s} is complex (the Triton backward is real)")
-        for n in list(self.c.op_inputs) + list(self.c.readouts):
-            if gen.cell_ty(n).complex:
-                raise Unsupported(f"'{n}' is complex (the Triton backward is real)")
         self.dims = gen.cell_dims()
         self.blocks = Blocks({d: self.c.dim_sizes[d] for d in self.dims}, None)
         self.N = gen.kernel_names(self.dims)
@@ -289,22 +399,37 @@ class BackwardKernel:
                             ("dp", self.c.op_params), ("dh0", gen.states), ("ck", gen.states), ("wk", gen.states),
                             ("gp", list(self.c.op_params) + gen.invariant), ("ds", gen.states)):
             for n in names:
-                name = f"{kind}_{n}"
-                if name in taken:
-                    raise Unsupported(f"the kernel name {name} is taken by the spec")
-                self.buf[kind, n] = name
-                taken.add(name)
+                base = f"{kind}_{n}"
+                while base in taken or f"{base}_im" in taken:
+                    base += "_"
+                taken |= {base, f"{base}_im"}
+                self.buf[kind, n] = base
 
     # ------------------------------------------------------------------ pieces
-    def var(self, name: str) -> str:
-        return self.N["value"][name][0]
+    def var(self, name: str) -> Pair:
+        """The (real, imaginary or None) variables of a spec value in the kernel."""
+        return self.N["value"][name]
+
+    def acc(self, kind: str, name: str, cplx: bool) -> Pair:
+        """The (real, imaginary or None) variables of a gradient accumulator (``gp``, ``ds``)."""
+        base = self.buf[kind, name]
+        return (base, f"{base}_im" if cplx else None)
+
+    def ty(self, name: str):
+        return self.c.cell_types[name] if name in self.g.states else self.g.cell_ty(name)
+
+    @staticmethod
+    def assign(out, level: int, target: Pair, value: Pair) -> None:
+        out.add(f"{target[0]} = {value[0]}", level)
+        if target[1] is not None:
+            out.add(f"{target[1]} = {value[1] if value[1] is not None else '0.0 * ' + target[0]}", level)
 
     def step(self, out, level: int, r: TapeRenderer, env: dict, versions: bool) -> list[tuple]:
         """The cell's step (statements outside the loop-invariant locals) rendered into ``out``.
 
-        versions: every state update gets a fresh variable (the backward needs the state before the
+        versions: every state update gets fresh variables (the backward needs the state before the
         step and after it); else states are overwritten in place (forward recomputation).
-        Returns [(statement, value, tape start, tape end, variable assigned or None)].
+        Returns [(statement, value, tape start, tape end, real-part variable assigned or None)].
         """
         g, c = self.g, self.c
         segs = []
@@ -321,22 +446,24 @@ class BackwardKernel:
                     segs.append((st, v, start, len(r.tape), None))
                     continue
                 target = self.var(st.name)
-                out.add(f"{target} = {v.re}", level)
-                env[st.name] = Val(target, v.dims)
+                self.assign(out, level, target, (v.re, v.im))
+                env[st.name] = Val(target[0], v.dims, target[1])
             else:
                 t = c.cell_types[st.target]
                 target = self.var(st.target)
                 if versions:
                     count[st.target] = count.get(st.target, 0) + 1
-                    target = f"{target}_v{count[st.target]}"
-                if v.plain or v.dims != t.dims:
-                    aligned = v.re if v.plain else r.align(v.re, v.dims, t.dims)
-                    text = f"{aligned} + {self.zeros(t.dims)}"
-                else:
-                    text = v.re
-                out.add(f"{target} = {text}", level)
-                env[st.target] = Val(target, t.dims)
-            segs.append((st, v, start, len(r.tape), target))
+                    target = tuple(None if x is None else f"{x}_v{count[st.target]}" for x in target)
+
+                def fit(text: str) -> str:
+                    if v.plain or v.dims != t.dims:
+                        aligned = text if v.plain else r.align(text, v.dims, t.dims)
+                        return f"{aligned} + {self.zeros(t.dims)}"
+                    return text
+
+                self.assign(out, level, target, (fit(v.re), fit(v.im if v.im is not None else "0.0")))
+                env[st.target] = Val(target[0], t.dims, target[1])
+            segs.append((st, v, start, len(r.tape), target[0]))
         return segs
 
     def zeros(self, dims: tuple) -> str:
@@ -344,31 +471,38 @@ class BackwardKernel:
 
     def state_offsets(self, s: str, slots: tuple[str, str] | None) -> tuple[str, str | None]:
         """(offset, mask) of state s in a contiguous [B, H, *state] buffer, or with ``slots = (count,
-        slot)`` in a [B, H, count, *state] buffer at that slot."""
+        slot)`` in a [B, H, count, *state] buffer at that slot (complex: real view)."""
         t = self.c.cell_types[s]
-        offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, False)
+        offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, t.complex)
         base = "(i_b * H + i_h)" if slots is None else f"((i_b * H + i_h) * {slots[0]} + {slots[1]})"
         ptr = f"{base} * {numel}" + (f" + {offs}" if t.dims else "")
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
     def token_offsets(self, n: str) -> tuple[str, str | None]:
-        """(offset, mask) of a value of token t in a contiguous [B, T, H, *dims] buffer."""
+        """(offset, mask) of a value of token t in a contiguous [B, T, H, *dims] buffer (complex: real view)."""
         t = self.g.cell_ty(n)
-        offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, False)
+        offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, t.complex)
         ptr = f"((i_b * T + t) * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
     @staticmethod
-    def load(ptr: str, m: str | None) -> str:
-        return f"tl.load({ptr}, mask={m}, other=0.0)" if m else f"tl.load({ptr})"
+    def load(ptr: str, m: str | None, cplx: bool = False) -> Pair:
+        def one(p):
+            return f"tl.load({p}, mask={m}, other=0.0)" if m else f"tl.load({p})"
+        return (one(ptr), one(f"{ptr} + 1") if cplx else None)
 
     @staticmethod
-    def store(ptr: str, value: str, m: str | None, dims: tuple) -> str:
-        """A store of a [*dims] block; a value without dims is stored as a 1-element block (it may be a 0-d
-        block, e.g. an accumulator that started as tl.zeros([]), which a scalar pointer does not take)."""
-        if not dims:
-            return f"tl.store({ptr} + tl.zeros([1], dtype=tl.int32), {value} + tl.zeros([1], dtype=DTYPE))"
-        return f"tl.store({ptr}, {value}, mask={m})" if m else f"tl.store({ptr}, {value})"
+    def store(out, level: int, ptr: str, value: Pair, m: str | None, dims: tuple) -> None:
+        """Stores of a [*dims] value (complex: the imaginary part at +1; None: not stored). A value without
+        dims is stored as a 1-element block (it may be a 0-d block, e.g. an accumulator that started as
+        tl.zeros([]), which a scalar pointer does not take)."""
+        for p, x in ((ptr, value[0]), (f"{ptr} + 1", value[1])):
+            if x is None:
+                continue
+            if not dims:
+                out.add(f"tl.store({p} + tl.zeros([1], dtype=tl.int32), {x} + tl.zeros([1], dtype=DTYPE))", level)
+            else:
+                out.add(f"tl.store({p}, {x}, mask={m})" if m else f"tl.store({p}, {x})", level)
 
     def load_streams(self, out, level: int, env: dict) -> None:
         """The streams of token t (loaded at ``t``, not through running pointers: the walk goes backwards)."""
@@ -377,8 +511,21 @@ class BackwardKernel:
             st = self.N["stride"][n]
             offs = f" + {self.tm.block_offsets(self.blocks, t.dims, st[3:])}" if t.dims else ""
             ptr = f"{self.N['ptr'][n]} + i_b * {st[0]} + t * {st[1]} + i_h * {st[2]}{offs}"
-            out.add(f"{self.var(n)} = {self.load(ptr, self.tm.block_mask(self.blocks, t.dims))}", level)
-            env[n] = Val(self.var(n), t.dims)
+            self.assign(out, level, self.var(n), self.load(ptr, self.tm.block_mask(self.blocks, t.dims), t.complex))
+            env[n] = Val(self.var(n)[0], t.dims, self.var(n)[1])
+
+    def load_states(self, out, level: int, env: dict, buf: str, slots) -> dict:
+        for s in self.g.states:
+            t = self.c.cell_types[s]
+            ptr, m = self.state_offsets(s, slots)
+            self.assign(out, level, self.var(s), self.load(f"{self.buf[buf, s]} + {ptr}", m, t.complex))
+            env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
+        return {s: env[s] for s in self.g.states}
+
+    def store_states(self, out, level: int, buf: str, slots) -> None:
+        for s in self.g.states:
+            ptr, m = self.state_offsets(s, slots)
+            self.store(out, level, f"{self.buf[buf, s]} + {ptr}", self.var(s), m, self.c.cell_types[s].dims)
 
     # ------------------------------------------------------------------ the kernel
     def kernel(self) -> list[str]:
@@ -391,31 +538,34 @@ class BackwardKernel:
                 return env[name]
             raise Unsupported(f"'{name}' is not available inside the kernel")
 
+        counter = [0]
+
         def renderer() -> TapeRenderer:
             r = TapeRenderer(c, resolve, blocks)
             r._n = counter[0]
             return r
 
-        counter = [0]
-
         def done(r: TapeRenderer) -> None:
             counter[0] = r._n
 
+        def cplx(name: str) -> str:
+            return " complex: real view" if self.ty(name).complex else ""
+
         sig = []
         for n in c.op_streams:
-            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},  # stream {n}")
+            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},  # stream {n}{cplx(n)}")
         for n in c.op_params:
-            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},  # param {n}")
+            sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},  # param {n}{cplx(n)}")
         for s in g.states:
             sig.append(f"{N['h0'][s]}, {self.buf['dht', s]}, {self.buf['dh0', s]}, {self.buf['ck', s]}, "
                        f"{self.buf['wk', s]},  # state {s}: initial, its gradient at the end / start, "
-                       "checkpoints, scratch")
+                       f"checkpoints, scratch{cplx(s)}")
         for o in c.readouts:
-            sig.append(f"{self.buf['do', o]},  # gradient of readout {o}: [B, T, H, ...]")
+            sig.append(f"{self.buf['do', o]},  # gradient of readout {o}: [B, T, H, ...]{cplx(o)}")
         for n in c.op_streams:
-            sig.append(f"{self.buf['dx', n]},  # gradient of stream {n}: [B, T, H, ...]")
+            sig.append(f"{self.buf['dx', n]},  # gradient of stream {n}: [B, T, H, ...]{cplx(n)}")
         for n in c.op_params:
-            sig.append(f"{self.buf['dp', n]},  # gradient of param {n} per program: [B, H, ...]")
+            sig.append(f"{self.buf['dp', n]},  # gradient of param {n} per program: [B, H, ...]{cplx(n)}")
         if g.args:
             sig.append(f"args,  # cell args: {', '.join(g.args)}")
         sig.append("T, CHUNK, NC,")
@@ -429,14 +579,14 @@ class BackwardKernel:
             out.add(f"{blocks.offset(d)} = tl.arange(0, {blocks.block(d)})", L)
             out.add(f"{blocks.mask(d)} = {blocks.offset(d)} < {blocks.size(d)}", L)
         for i, a in enumerate(g.args):
-            out.add(f"{self.var(a)} = tl.load(args + {i})", L)
-            env[a] = Val(self.var(a), ())
+            out.add(f"{self.var(a)[0]} = tl.load(args + {i})", L)
+            env[a] = Val(self.var(a)[0], ())
         for n in c.op_params:
             t = g.cell_ty(n)
             st = N["stride"][n]
             ptr = f"{N['ptr'][n]} + i_h * {st[0]}" + (f" + {tm.block_offsets(blocks, t.dims, st[1:])}" if t.dims else "")
-            out.add(f"{self.var(n)} = {self.load(ptr, tm.block_mask(blocks, t.dims))}", L)
-            env[n] = Val(self.var(n), t.dims)
+            self.assign(out, L, self.var(n), self.load(ptr, tm.block_mask(blocks, t.dims), t.complex))
+            env[n] = Val(self.var(n)[0], t.dims, self.var(n)[1])
 
         # loop-invariant locals, on their own tape (their adjoints accumulate over the whole sequence)
         r_inv = renderer()
@@ -450,10 +600,11 @@ class BackwardKernel:
             if v.plain:
                 env[st.name] = v
                 continue
-            out.add(f"{self.var(st.name)} = {v.re}", L)
-            env[st.name] = Val(self.var(st.name), v.dims)
-            inv_segs.append((st, v, start, len(r_inv.tape), self.var(st.name)))
+            self.assign(out, L, self.var(st.name), (v.re, v.im))
+            env[st.name] = Val(self.var(st.name)[0], v.dims, self.var(st.name)[1])
+            inv_segs.append((st, v, start, len(r_inv.tape), self.var(st.name)[0]))
         done(r_inv)
+        accumulated = [n for n in list(c.op_params) + g.invariant if n in env and not env[n].plain]
 
         # 1. checkpoints every CHUNK steps
         out.add("# 1. the forward walk, storing the state every CHUNK steps", L)
@@ -463,15 +614,15 @@ class BackwardKernel:
             init = literal(decl.init.value) if isinstance(decl.init, ir.Num) else "0.0"
             ptr, m = self.state_offsets(s, None)
             out.add("if USE_INITIAL_STATE:", L)
-            out.add(f"{self.var(s)} = {self.load(N['h0'][s] + ' + ' + ptr, m)} + {self.zeros(t.dims)}", L + 1)
+            h0 = self.load(f"{N['h0'][s]} + {ptr}", m, t.complex)
+            self.assign(out, L + 1, self.var(s), _part(f"{{}} + {self.zeros(t.dims)}", h0))
             out.add("else:", L)
-            out.add(f"{self.var(s)} = {self.zeros(t.dims)}{'' if init == '0.0' else ' + ' + init}", L + 1)
-            env[s] = Val(self.var(s), t.dims)
+            zero = self.zeros(t.dims)
+            self.assign(out, L + 1, self.var(s), (zero if init == "0.0" else f"{zero} + {init}", zero))
+            env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
         out.add("for t in range(0, T):", L)
         out.add("if t % CHUNK == 0:", L + 1)
-        for s in g.states:
-            ptr, m = self.state_offsets(s, ("NC", "t // CHUNK"))
-            out.add(self.store(f"{self.buf['ck', s]} + {ptr}", self.var(s), m, c.cell_types[s].dims), L + 2)
+        self.store_states(out, L + 2, "ck", ("NC", "t // CHUNK"))
         self.load_streams(out, L + 1, env)
         r1 = renderer()
         self.step(out, L + 1, r1, env, versions=False)
@@ -479,25 +630,20 @@ class BackwardKernel:
 
         # 2. chunks backwards
         out.add("# 2. the chunks, last first: recompute the chunk's states, then walk its steps backwards", L)
-        for n in list(c.op_params) + g.invariant:
-            if n in env and not env[n].plain:
-                out.add(f"{self.buf['gp', n]} = {self.zeros(env[n].dims)}", L)
+        for n in accumulated:
+            self.assign(out, L, self.acc("gp", n, env[n].complex), (self.zeros(env[n].dims), self.zeros(env[n].dims)))
         for s in g.states:
             t = c.cell_types[s]
             ptr, m = self.state_offsets(s, None)
-            out.add(f"{self.buf['ds', s]} = {self.load(self.buf['dht', s] + ' + ' + ptr, m)} + {self.zeros(t.dims)}", L)
+            dht = self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex)
+            self.assign(out, L, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
         out.add("for i_c in range(0, NC):", L)
         L2 = L + 1
         out.add("c0 = (NC - 1 - i_c) * CHUNK", L2)
         out.add("n_steps = tl.minimum(CHUNK, T - c0)", L2)
-        for s in g.states:
-            ptr, m = self.state_offsets(s, ("NC", "NC - 1 - i_c"))
-            out.add(f"{self.var(s)} = {self.load(self.buf['ck', s] + ' + ' + ptr, m)}", L2)
-            env[s] = Val(self.var(s), c.cell_types[s].dims)
+        self.load_states(out, L2, env, "ck", ("NC", "NC - 1 - i_c"))
         out.add("for j in range(0, n_steps):", L2)
-        for s in g.states:
-            ptr, m = self.state_offsets(s, ("CHUNK", "j"))
-            out.add(self.store(f"{self.buf['wk', s]} + {ptr}", self.var(s), m, c.cell_types[s].dims), L2 + 1)
+        self.store_states(out, L2 + 1, "wk", ("CHUNK", "j"))
         out.add("t = c0 + j", L2 + 1)
         self.load_streams(out, L2 + 1, env)
         r2 = renderer()
@@ -508,66 +654,68 @@ class BackwardKernel:
         L3 = L2 + 1
         out.add("j = n_steps - 1 - jj", L3)
         out.add("t = c0 + j", L3)
-        before = {}
-        for s in g.states:
-            ptr, m = self.state_offsets(s, ("CHUNK", "j"))
-            out.add(f"{self.var(s)} = {self.load(self.buf['wk', s] + ' + ' + ptr, m)}", L3)
-            env[s] = before[s] = Val(self.var(s), c.cell_types[s].dims)
+        before = self.load_states(out, L3, env, "wk", ("CHUNK", "j"))
         self.load_streams(out, L3, env)
         r3 = renderer()
         segs = self.step(out, L3, r3, env, versions=True)
         done(r3)
-        wanted = ({self.var(n) for n in c.op_streams} | {self.var(n) for n in c.op_params}
-                  | {self.var(n) for n in g.invariant} | {v.re for v in before.values()}
+        wanted = ({self.var(n)[0] for n in list(c.op_streams) + accumulated} | {v.re for v in before.values()}
                   | {seg[4] for seg in segs if seg[4] is not None})
         adj = Adjoints(r3, blocks, wanted)
-        adj._n = 0
-        for n in list(c.op_params) + g.invariant:
-            if n in env and not env[n].plain:
-                adj.adj["v", env[n].re] = self.buf["gp", n]
+        for n in accumulated:
+            adj.adj["v", env[n].re] = self.acc("gp", n, env[n].complex)
         for s in g.states:
-            adj.adj["v", env[s].re] = self.buf["ds", s]
+            adj.adj["v", env[s].re] = self.acc("ds", s, c.cell_types[s].complex)
         for o in c.readouts:
             v = env.get(o)
             if v is None or v.plain:
                 continue
             ptr, m = self.token_offsets(o)
-            adj.add(("v", v.re), self.load(f"{self.buf['do', o]} + {ptr}", m))
+            adj.add(("v", v.re), self.load(f"{self.buf['do', o]} + {ptr}", m, g.cell_ty(o).complex))
         self.backward(adj, r3, segs)
         out.extend(adj.lines, L3)
         for n in c.op_streams:
-            got = adj.adj.get(("v", self.var(n)))
+            got = adj.adj.get(("v", self.var(n)[0]))
             if got is not None:
                 ptr, m = self.token_offsets(n)
-                out.add(self.store(f"{self.buf['dx', n]} + {ptr}", got, m, g.cell_ty(n).dims), L3)
-        for n in list(c.op_params) + g.invariant:
-            got = adj.adj.get(("v", self.var(n)))
-            if got is not None and got != self.buf["gp", n]:
-                out.add(f"{self.buf['gp', n]} = {got}", L3)
+                self.store(out, L3, f"{self.buf['dx', n]} + {ptr}", got, m, g.cell_ty(n).dims)
+        for n in accumulated:
+            self.write_back(out, L3, self.acc("gp", n, env[n].complex), adj.adj["v", env[n].re])
         for s in g.states:
+            t = c.cell_types[s]
             got = adj.adj.get(("v", before[s].re))
-            out.add(f"{self.buf['ds', s]} = {got if got is not None else self.zeros(c.cell_types[s].dims)}", L3)
+            self.write_back(out, L3, self.acc("ds", s, t.complex),
+                            got if got is not None else (self.zeros(t.dims), self.zeros(t.dims)))
         out.add("tl.debug_barrier()", L2)
 
         # 3. the invariant locals' adjoints to the params, then the stores
         out.add("# 3. gradients of the initial state and (per program) of the params", L)
-        adj_inv = Adjoints(r_inv, blocks, {self.var(n) for n in c.op_params} | {self.var(n) for n in g.invariant})
+        adj_inv = Adjoints(r_inv, blocks, {self.var(n)[0] for n in accumulated})
         adj_inv._n = adj._n
-        for n in list(c.op_params) + g.invariant:
-            if n in env and not env[n].plain:
-                adj_inv.adj["v", self.var(n)] = self.buf["gp", n]
+        for n in accumulated:
+            adj_inv.adj["v", env[n].re] = self.acc("gp", n, env[n].complex)
         self.backward(adj_inv, r_inv, inv_segs)
         out.extend(adj_inv.lines, L)
         for s in g.states:
             ptr, m = self.state_offsets(s, None)
-            out.add(self.store(f"{self.buf['dh0', s]} + {ptr}", self.buf["ds", s], m, c.cell_types[s].dims), L)
+            self.store(out, L, f"{self.buf['dh0', s]} + {ptr}", self.acc("ds", s, c.cell_types[s].complex), m,
+                       c.cell_types[s].dims)
         for n in c.op_params:
             t = g.cell_ty(n)
-            got = adj_inv.adj.get(("v", self.var(n)), self.buf["gp", n])
-            offs, numel = tm.contiguous_offsets(blocks, t.dims, False)
+            if n not in accumulated:
+                continue
+            offs, numel = tm.contiguous_offsets(blocks, t.dims, t.complex)
             ptr = f"(i_b * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
-            out.add(self.store(f"{self.buf['dp', n]} + {ptr}", got, tm.block_mask(blocks, t.dims), t.dims), L)
+            self.store(out, L, f"{self.buf['dp', n]} + {ptr}", adj_inv.adj["v", env[n].re],
+                       tm.block_mask(blocks, t.dims), t.dims)
         return tm.inline_single_use_temporaries(tm.drop_dead_temporaries(out.lines))
+
+    @staticmethod
+    def write_back(out, level: int, target: Pair, value: Pair) -> None:
+        """Loop-carried accumulators take the step's result (parts that did not change are left alone)."""
+        for t, v in zip(target, value):
+            if t is not None and v is not None and v != t:
+                out.add(f"{t} = {v}", level)
 
     @staticmethod
     def backward(adj: Adjoints, r: TapeRenderer, segs: list[tuple]) -> None:
@@ -576,9 +724,11 @@ class BackwardKernel:
             if target is None or ("v", target) not in adj.adj or v.plain:
                 continue
             g = adj.adj["v", target]
+            if not v.complex:
+                g = (g[0], None)
             if isinstance(st, ir.Update):
                 t = r.c.cell_types[st.target]
-                g = adj.reduce_to(v.dims, g, t.dims)
+                g = (adj.reduce_to(v.dims, g[0], t.dims), None if g[1] is None else adj.reduce_to(v.dims, g[1], t.dims))
             root = st.value
             if isinstance(root, ir.Name):
                 adj.to_child(root, g, v.dims)
@@ -586,8 +736,6 @@ class BackwardKernel:
                 adj.add(("n", id(root)), g)
             for e in reversed(r.tape[start:end]):
                 adj.back(e)
-
-
 
     # ------------------------------------------------------------------ host side
     def launcher(self, out) -> None:
@@ -598,6 +746,9 @@ class BackwardKernel:
 
         def shape(dims) -> str:
             return "".join(f", {sizes[d]}" for d in dims)
+
+        def as_complex(name: str, text: str) -> str:
+            return f"torch.view_as_complex({text})" if self.ty(name).complex else text
 
         n_outs = len(c.readouts)
         kw = "".join(f", {a}" for a in g.args)
@@ -613,18 +764,22 @@ class BackwardKernel:
         out.add("_chunk = _rt.checkpoint_every(_T)", 1)
         out.add("_nc = triton.cdiv(_T, _chunk)", 1)
         for i, s in enumerate(g.states):
-            sh = shape(c.cell_types[s].dims)
-            out.add(f"_ck_{s} = _rt.empty((_B, _H, _nc{sh}), _dtype, _device, False)", 1)
-            out.add(f"_wk_{s} = _rt.empty((_B, _H, _chunk{sh}), _dtype, _device, False)", 1)
-            out.add(f"_dh0_{s} = _rt.empty((_B, _H{sh}), _dtype, _device, False)", 1)
-            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_B, _H{sh}), _dtype, _device)", 1)
+            sh, cx = shape(c.cell_types[s].dims), c.cell_types[s].complex
+            out.add(f"_ck_{s} = _rt.empty((_B, _H, _nc{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_wk_{s} = _rt.empty((_B, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_dh0_{s} = _rt.empty((_B, _H{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_B, _H{sh}), _dtype, _device, {cx})", 1)
         for i, o in enumerate(c.readouts):
-            out.add(f"_do_{o} = _rt.grad_in(_grads[{i}], (_B, _T, _H{shape(g.cell_ty(o).dims)}), _dtype, _device)", 1)
+            t = g.cell_ty(o)
+            out.add(f"_do_{o} = _rt.grad_in(_grads[{i}], (_B, _T, _H{shape(t.dims)}), _dtype, _device, "
+                    f"{t.complex})", 1)
         for n in c.op_streams:
-            out.add(f"_dx_{n} = torch.zeros((_B, _T, _H{shape(g.cell_ty(n).dims)}), dtype=_dtype, device=_device)", 1)
+            t = g.cell_ty(n)
+            out.add(f"_dx_{n} = _rt.zeros((_B, _T, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
         for n in c.op_params:
-            out.add(f"_dp_{n} = torch.zeros((_B, _H{shape(g.cell_ty(n).dims)}), dtype=_dtype, device=_device)", 1)
-        state_numel = sum(c.size(c.cell_types[s].dims) for s in g.states)
+            t = g.cell_ty(n)
+            out.add(f"_dp_{n} = _rt.zeros((_B, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
+        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
         out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size=None, state_numel={state_numel}, device=_device)", 1)
         out.add(f"{self.kernel_name}[(_B, _H)](", 1)
         for n in c.op_streams:
@@ -633,12 +788,10 @@ class BackwardKernel:
             out.add(f"*_rt.param({n}, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for i, s in enumerate(g.states):
             out.add(f"_rt.state_in(_state[{i}], _dtype), _dht_{s}, _dh0_{s}, _ck_{s}, _wk_{s},", 2)
-        for o in c.readouts:
-            out.add(f"_do_{o},", 2)
-        for n in c.op_streams:
-            out.add(f"_dx_{n},", 2)
-        for n in c.op_params:
-            out.add(f"_dp_{n},", 2)
+        buffers = [f"_do_{o}" for o in c.readouts] + [f"_dx_{n}" for n in c.op_streams] + \
+            [f"_dp_{n}" for n in c.op_params]
+        if buffers:
+            out.add(", ".join(buffers) + ",", 2)
         if g.args:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
         out.add("_T, _chunk, _nc,", 2)
@@ -646,13 +799,13 @@ class BackwardKernel:
                           for d in self.dims) + ",", 2)
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, num_warps=_cfg['num_warps'],", 2)
         out.add(")", 1)
-        states = "".join(f"_dh0_{s}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
+        states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
         grads = []
         for n in g.inputs:
             if n in c.op_streams:
-                grads.append(f"_dx_{n}.sum_to_size({n}.shape).to({n}.dtype)")
+                grads.append(f"{as_complex(n, f'_dx_{n}')}.sum_to_size({n}.shape).to({n}.dtype)")
             else:
-                grads.append(f"_dp_{n}[:, None].sum_to_size({n}.shape).to({n}.dtype)")
+                grads.append(f"{as_complex(n, f'_dp_{n}')}[:, None].sum_to_size({n}.shape).to({n}.dtype)")
         out.add(f"return ({states}), ({', '.join(grads)},)", 1)
 
 

@@ -7,10 +7,10 @@ sequence, loads each token's stream values, evaluates the cell's statements (ren
 ``triton_render`` through the op table) and writes the readouts of every token and the final states.
 The template below owns pointers, masks and the time loop; the rendered fragments own the math.
 
-Backward: for real cells, a second generated kernel (``codegen/triton_backward.py``): reverse-mode
-differentiation of the cell's step through the op table's derivative rules, the states recomputed from
-checkpoints every ~sqrt(T) steps. Cells it cannot differentiate (complex values, an in-cell matrix
-inverse; ``BACKWARD`` in the module says why) keep the fallback: an ``autograd.Function`` whose
+Backward: a second generated kernel (``codegen/triton_backward.py``): reverse-mode differentiation of
+the cell's step through the op table's derivative rules, the states recomputed from checkpoints every
+~sqrt(T) steps. A cell it cannot differentiate (``BACKWARD`` in the module says why) keeps the
+fallback: an ``autograd.Function`` whose
 backward recomputes the forward through the torch twin (the torch backend's module of the same spec,
 embedded as source) under autograd and backpropagates through it.
 

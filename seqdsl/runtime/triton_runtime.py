@@ -123,11 +123,19 @@ def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def grad_in(g: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
-    """A gradient arriving at an output, as the contiguous buffer a backward kernel reads (None: zeros)."""
+def grad_in(g: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device, complex_: bool = False) -> torch.Tensor:
+    """A gradient arriving at an output, as the contiguous buffer a backward kernel reads (None: zeros;
+    complex: a real [..., 2] view)."""
     if g is None:
-        return torch.zeros(shape, dtype=dtype, device=device)
+        return zeros(shape, dtype, device, complex_)
+    if complex_:
+        return torch.view_as_real(_as(g, dtype).resolve_conj().expand(shape).contiguous())
     return g.to(dtype).expand(shape).contiguous()
+
+
+def zeros(shape: tuple, dtype: torch.dtype, device, complex_: bool = False) -> torch.Tensor:
+    """A zero buffer (complex values: a real [..., 2] buffer)."""
+    return torch.zeros(tuple(shape) + ((2,) if complex_ else ()), dtype=dtype, device=device)
 
 
 def checkpoint_every(T: int) -> int:
