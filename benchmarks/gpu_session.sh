@@ -40,6 +40,6 @@ timeout 60 python3 benchmarks/gpu_diag_inv.py > "$OUT/gpu_diag_inv.md" 2>&1; cat
 
 echo "== 3. gpu_vs_fla (limit ${BENCH_S:-240} s)"
 timeout "${BENCH_S:-240}" python3 benchmarks/gpu_vs_fla.py --shapes ${SHAPES:-2 4 0 3 1 5} --reps "${REPS:-10}" \
-    --max-ms "${MAX_MS:-1000}" --backward-forms ${BACKWARD_FORMS:-chunk scan} --budget-s "$(( ${BENCH_S:-240} - 20 ))" > "$OUT/gpu_vs_fla.md" 2> "$OUT/gpu_vs_fla.err"
+    --max-ms "${MAX_MS:-1000}" --backward-forms ${BACKWARD_FORMS:-chunk scan recurrent} --budget-s "$(( ${BENCH_S:-240} - 20 ))" > "$OUT/gpu_vs_fla.md" 2> "$OUT/gpu_vs_fla.err"
 echo "gpu_vs_fla exit $?"
 cat "$OUT/gpu_vs_fla.md"

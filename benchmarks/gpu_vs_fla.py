@@ -19,11 +19,11 @@ Triton backend has one (gated classes, and the delta rule with a scalar gate or 
 state runs it with one head per state element), and ``scan`` where the torch scan is a diagonal
 recurrence (seqdsl.runtime.triton_scan: an associative scan over blocks of time; GLA's and Mamba's
 scans materialise the per-step update, so they are timed for completeness). Backward: Triton kernels
-for the chunk stages of scalar-gated and ungated states (simple GLA) and for the scan's recurrence
-(the same kernel backwards in time); the other chunk forms differentiate through the torch forms and
-the recurrent form recomputes through the generated torch module, so their forward+backward times
-measure that (``--backward-forms chunk scan`` leaves the recurrent ones out). The op computes in fp32 from bf16 inputs
-(DESIGN §6).
+for every chunk form's stages (ungated, scalar- and key-gated states, the delta rule through its WY / UT
+stage), for the scan's recurrence (the same kernel backwards in time) and for the recurrent form (the
+generated reverse-mode kernel, codegen/triton_backward.py); the token-parallel preparation of each spec
+differentiates through torch. ``--backward-forms`` chooses which forms' forward+backward is timed. The op
+computes in fp32 from bf16 inputs (DESIGN §6).
 
 Without a CUDA GPU (or under TRITON_INTERPRET=1) it says so and exits 0. ``--smoke`` runs the seqdsl
 and SDPA rows on CPU under the Triton interpreter at one tiny shape (a check that the script works;
@@ -307,8 +307,7 @@ def main(argv=None) -> int:
 
             if phase == "seqdsl":
                 row(shape, "attention", "torch SDPA (causal)", "-", measure(make_sdpa))
-    print("\n'*': one run (slower than --max-ms). 'not timed': the backward of that form recomputes through "
-          "the torch forms (see the docstring).")
+    print("\n'*': one run (slower than --max-ms). 'not timed': left out by --backward-forms.")
     if fla_note:
         import triton
 

@@ -580,7 +580,8 @@ class _Gen:
             "with its chunk stages run by the Triton kernels of seqdsl.runtime.triton_chunk: chunk-local",
             "cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the",
             "outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages",
-            "by Triton backward kernels for scalar-gated and ungated states, through the torch forms otherwise."],
+            "by Triton backward kernels (ungated, scalar- and key-gated states, the delta rule through its",
+            "WY / UT stage)."],
             chunked=True)
 
     # ------------------------------------------------------------------ module

@@ -189,11 +189,9 @@ def test_chunk_kernels_match_the_recurrence_with_strong_decays(gate, diag_3d):
     _check(f"chunk kernels {gate}", expected, got, torch.float64, FORM_FACTOR["chunk"])
 
 
-@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
-@pytest.mark.parametrize("T,chunk", [(40, 32), (16, 16), (7, 16)])
-def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
-    """The WY / UT stage (forward substitution), the chunk-state loop and the outputs against the step loop,
-    with K and V not powers of two, a last partial chunk and strong decays."""
+def _delta_inputs(T: int, gated: bool, gate_scale: float):
+    """(q, k, v, beta, h0, gate kwargs, rnd) for the delta chunk tests, fp64, B = H = 2, K = 5, V = 18 (not powers
+    of two): unit-norm keys, beta in (0, 2) (negative eigenvalues too), log decays -gate_scale |N(0, 1)|."""
     g = torch.Generator().manual_seed(T)
     B, H, K, V = 2, 2, 5, 18
 
@@ -202,19 +200,30 @@ def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
 
     q, v, h0 = rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V)
     k = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
-    beta = 2 * torch.rand(B, T, H, generator=g, dtype=torch.float64)          # (0, 2): negative eigenvalues too
-    gate = {"g": -5 * rnd(B, T, H).abs()} if gated else {}
+    beta = 2 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    gate = {"g": -gate_scale * rnd(B, T, H).abs()} if gated else {}
+    return q, k, v, beta, h0, gate, rnd
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
+@pytest.mark.parametrize("T,chunk", [(40, 32), (16, 16), (7, 16)])
+def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
+    """The WY / UT stage (forward substitution), the chunk-state loop and the outputs against the step loop,
+    with K and V not powers of two, a last partial chunk and strong decays."""
+    q, k, v, beta, h0, gate, _ = _delta_inputs(T, gated, gate_scale=5.0)
     expected = torch_forms.recurrent_delta(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True)
     got = triton_chunk.chunk_delta(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True,
                                    chunk_size=chunk)
     _check(f"delta chunk kernels gated={gated}", expected, got, torch.float64, FORM_FACTOR["chunk"])
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar"])
-@pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32)])
+@pytest.mark.parametrize("gate", ["none", "scalar", "key", "scalar+key"])
+@pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32), (70, 64)])
 def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk):
-    """dq, dk, dv, dg and the initial state's gradient from the Triton backward kernels, against torch autograd
-    through the step loop, for gradients arriving at the outputs and at the final state."""
+    """dq, dk, dv, dg / dgk and the initial state's gradient from the Triton backward kernels, against torch
+    autograd through the step loop, for gradients arriving at the outputs and at the final state. Key gates
+    are strong (log gates down to -4 per step, so exp(G) spans e^-250 within a chunk of 64): the sub-chunk
+    reference rows must keep every exponential of a non-positive number."""
     g = torch.Generator().manual_seed(T)
     B, H, K, V = 2, 2, 5, 18
 
@@ -222,8 +231,11 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
 
     q, k, v, h0 = rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V)
-    gates = {"g": (-3 * torch.rand(B, T, H, generator=g, dtype=torch.float64)).requires_grad_(True)} \
-        if gate == "scalar" else {}
+    gates = {}
+    if "scalar" in gate:
+        gates["g"] = (-3 * torch.rand(B, T, H, generator=g, dtype=torch.float64)).requires_grad_(True)
+    if "key" in gate:
+        gates["gk"] = (-4 * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)).requires_grad_(True)
     wrt = [q, k, v, h0, *gates.values()]
     do, dht = torch.randn(B, T, H, V, generator=g, dtype=torch.float64), torch.randn(B, H, K, V, generator=g,
                                                                                      dtype=torch.float64)
@@ -234,24 +246,30 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
 
     expected = torch.autograd.grad(loss(torch_forms.recurrent_gated), wrt)
     got = torch.autograd.grad(loss(triton_chunk.chunk_gated, chunk_size=chunk), wrt)
-    for name, a, b in zip(["q", "k", "v", "h0", "g"], expected, got):
+    for name, a, b in zip(["q", "k", "v", "h0", *gates], expected, got):
         assert_close(f"chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
 
 
-def test_chunk_forms_without_a_triton_backward_differentiate_through_torch():
-    """A key-axis gate and the delta rule: with a gradient wanted, the torch forms run (same values, gradients)."""
-    g = torch.Generator().manual_seed(1)
-    q, k = (torch.randn(1, 20, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(1, 20, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    gk = (-torch.rand(1, 20, 2, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
-    beta = torch.rand(1, 20, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    for form, ref, args in [(triton_chunk.chunk_gated, torch_forms.recurrent_gated, dict(gk=gk)),
-                            (triton_chunk.chunk_delta, torch_forms.recurrent_delta, dict(beta=beta))]:
-        wrt = [q, k, v, *args.values()]
-        got = torch.autograd.grad(form(q, k, v, **args, chunk_size=16)[0].sum(), wrt)
-        expected = torch.autograd.grad(ref(q, k, v, **args)[0].sum(), wrt)
-        for a, b in zip(expected, got):
-            assert_close(f"{form.__name__} fallback", a, b, torch.float64, FORM_FACTOR["chunk"])
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
+@pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32), (70, 64)])
+def test_delta_chunk_backward_kernels_match_autograd_of_the_recurrence(gated, T, chunk):
+    """dq, dk, dv, dbeta, dg and the initial state's gradient from the delta rule's Triton backward kernels (the
+    state-gradient pass, then per chunk through the WY / UT stage), against torch autograd through the step loop;
+    beta in (0, 2) (negative eigenvalues), K and V not powers of two, a last partial chunk."""
+    q, k, v, beta, h0, gate, rnd = _delta_inputs(T, gated, gate_scale=2.0)
+    wrt = [q, k, v, beta, h0, *gate.values()]
+    for t in wrt:
+        t.requires_grad_(True)
+    do, dht = rnd(*v.shape), rnd(*h0.shape)
+
+    def loss(form, **kw):
+        o, ht = form(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True, **kw)
+        return (o * do).sum() + (ht * dht).sum()
+
+    expected = torch.autograd.grad(loss(torch_forms.recurrent_delta), wrt)
+    got = torch.autograd.grad(loss(triton_chunk.chunk_delta, chunk_size=chunk), wrt)
+    for name, a, b in zip(["q", "k", "v", "beta", "h0", *gate], expected, got):
+        assert_close(f"delta chunk backward gated={gated} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
 
 
 def test_every_example_has_a_triton_recurrent_form():

@@ -1,4 +1,4 @@
-"""Chunkwise gated linear attention and delta rule as Triton kernels, in fla's stage structure (forward only).
+"""Chunkwise gated linear attention and delta rule as Triton kernels, in fla's stage structure.
 
     S_t = exp(g_t) exp(gk_t)[:, None] ⊙ S_{t-1} + k_t v_t^T,    o_t = S_t^T q_t
 
@@ -22,7 +22,13 @@ values v_new = U - W S), then stage 4 with v_new for v.
 
 Layouts are fla's: ``[B, T, H, D]``, contiguous; every exponential is of a non-positive number
 (log gates are non-positive), so nothing overflows. Accumulation in fp32 (fp64 for fp64 inputs).
-The backward is not a Triton kernel: generated modules recompute through their torch twin.
+Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
+last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
+``chunk_bwd_intra_gk_kernel`` computes the intra-chunk dq, dk by the forward's sub-chunks; then
+``chunk_bwd_dqkvg_kernel`` adds the inter-chunk terms and gives dv and the log-gate gradient (a reverse
+cumulative sum within the chunk). The delta rule's backward: ``chunk_delta_bwd_dhu_kernel`` carries the state
+gradient back and gives the gradient of the corrected values v_new; ``chunk_delta_bwd_kernel`` then does each
+chunk's outputs, state passing and WY / UT stage in reverse (the inverse recomputed by forward substitution).
 """
 
 from __future__ import annotations
@@ -205,6 +211,18 @@ def chunk_fwd_o_kernel(
 
 
 @triton.jit
+def unit_lower_inverse(b_A, o_c, BT: tl.constexpr, DTYPE: tl.constexpr):
+    """(I + A)^-1 for a strictly lower-triangular A [BT, BT], by forward substitution: row i of the inverse is
+    e_i - sum_{j<i} A_ij Tm_j."""
+    b_Tm = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0).to(DTYPE)
+    for i in range(1, BT):
+        b_a = tl.reduce(tl.where(o_c[:, None] == i, b_A, 0.0), 0, _tlib.add)       # row i of A, [BT]
+        b_row = tl.reduce(b_a[:, None] * b_Tm, 0, _tlib.add)                        # sum_j A_ij Tm_j
+        b_Tm = tl.where(o_c[:, None] == i, b_Tm - b_row[None, :], b_Tm)
+    return b_Tm
+
+
+@triton.jit
 def chunk_delta_wy_kernel(
     k, v, beta, gc, w, u,   # k, w [B, T, H, K]; v, u [B, T, H, V]; beta, G [B, T, H]
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -231,11 +249,7 @@ def chunk_delta_wy_kernel(
         b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
-    b_Tm = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0).to(DTYPE)
-    for i in range(1, BT):
-        b_a = tl.reduce(tl.where(o_c[:, None] == i, b_A, 0.0), 0, _tlib.add)       # row i of A, [BT]
-        b_row = tl.reduce(b_a[:, None] * b_Tm, 0, _tlib.add)                        # sum_j A_ij Tm_j
-        b_Tm = tl.where(o_c[:, None] == i, b_Tm - b_row[None, :], b_Tm)
+    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
     if GATED:
         b_kb = b_kb * tl.exp(b_g)[:, None]
     tl.store(w + p_k, tl.dot(b_Tm, b_kb, input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
@@ -278,23 +292,110 @@ def chunk_bwd_dh_kernel(
             b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
             b_dh *= tl.exp(tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE))
             b_q = b_q * tl.exp(b_g)[:, None]
+        if GATE == 2:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+                           mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)         # [BT, BK]
+            b_gklast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_dh *= tl.exp(b_gklast)[:, None]
+            b_q = b_q * tl.exp(b_gk)
         b_dh += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
     tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
 
 
 @triton.jit
-def chunk_bwd_dqkvg_kernel(
-    q, k, v, gc, h, do, dh,   # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, H, NT, K, V]
-    dq, dk, dv, dg,           # gradients: dq (w.r.t. the scaled q), dk [B, T, H, K], dv [B, T, H, V], dg [B, T, H]
+def chunk_bwd_intra_gk_kernel(
+    q, k, v, gc, do,     # q (scaled), k, G [B, T, H, K]; v, do [B, T, H, V]
+    dq, dk,              # out: the intra-chunk parts of dq, dk [B, T, H, K]
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One chunk's input gradients (all K and V channels in one block), with A = (q k^T) ⊙ D and
-    dA = (do v^T) ⊙ D causal, D_ts = exp(G_t - G_s), S the state entering the chunk and dS' the gradient
-    w.r.t. the state after it:
-        dq = dA k + exp(G) ⊙ do S^T,  dk = dA^T q + exp(G_last - G) ⊙ v dS'^T,  dv = A^T do + exp(G_last - G) ⊙ k dS',
-        dG_t = q_t . dq_t - k_t . dk_t (+ at the last row: exp(G_last) <dS', S> + sum_s k_s . dk_inter_s),
-    and dg = the reverse cumulative sum of dG within the chunk (G is the chunk-local cumsum of g)."""
+    """The intra-chunk gradients of a key-gated chunk, with dA_ts = do_t . v_s (causal):
+        dq_t = sum_{s <= t} dA_ts k_s ⊙ exp(G_t - G_s),   dk_s = sum_{t >= s} dA_ts q_t ⊙ exp(G_t - G_s),
+    by sub-chunks of BC rows, as in the forward's stage 3: an off-diagonal pair factors the decay through a
+    reference row between them (the first row of the query sub-chunk for dq, the last row of the key
+    sub-chunk for dk), so every exponential is of a non-positive number; a diagonal pair goes column by column.
+    All K (BK >= K) and V (BV >= V) channels in one block."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    o_c = tl.arange(0, BC)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    for i_i in tl.static_range(NC):                                          # dq of query sub-chunk i
+        o_i = i_t * BT + i_i * BC + o_c
+        m_i = o_i < T
+        m_ik = m_i[:, None] & m_k[None, :]
+        p_ik = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]
+        b_do = tl.load(do + ((i_b * T + o_i[:, None]) * H + i_h) * V + o_v[None, :],
+                       mask=m_i[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BC, BV]
+        b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)                          # [BC, BK]
+        ref = tl.minimum(i_t * BT + i_i * BC, T - 1)
+        b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+        b_off = tl.zeros([BC, BK], dtype=DTYPE)
+        for i_j in tl.static_range(i_i):
+            o_j = i_t * BT + i_j * BC + o_c
+            m_jk = (o_j < T)[:, None] & m_k[None, :]
+            p_jk = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]
+            b_v = tl.load(v + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+                          mask=(o_j < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)     # [BC, BV]
+            b_k = tl.load(k + p_jk, mask=m_jk, other=0.0).to(DTYPE)
+            b_gj = tl.load(gc + p_jk, mask=m_jk, other=0.0).to(DTYPE)
+            b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
+            b_off += tl.dot(tl.dot(b_do, tl.trans(b_v), input_precision=PREC), b_kg, input_precision=PREC)
+        b_dq = tl.where(m_ik, b_off * tl.exp(b_gi - b_gr[None, :]), 0.0)
+        for j in range(0, BC):                                               # the diagonal sub-block
+            s = tl.minimum(i_t * BT + i_i * BC + j, T - 1)   # rows past T only meet rows past T (not stored)
+            p_s = ((i_b * T + s) * H + i_h) * K + o_k
+            b_vs = tl.load(v + ((i_b * T + s) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
+            b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
+            b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
+            b_da = tl.where(o_i >= i_t * BT + i_i * BC + j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)
+            b_dq += b_da[:, None] * b_ks[None, :] * tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0))
+        tl.store(dq + p_ik, b_dq.to(dq.dtype.element_ty), mask=m_ik)
+    for i_j in tl.static_range(NC):                                          # dk of key sub-chunk j
+        o_j = i_t * BT + i_j * BC + o_c
+        m_j = o_j < T
+        m_jk = m_j[:, None] & m_k[None, :]
+        p_jk = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]
+        b_v = tl.load(v + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+                      mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BC, BV]
+        b_gj = tl.load(gc + p_jk, mask=m_jk, other=0.0).to(DTYPE)
+        ref = tl.minimum(i_t * BT + i_j * BC + BC - 1, T - 1)
+        b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+        b_off = tl.zeros([BC, BK], dtype=DTYPE)
+        for i_i in tl.static_range(i_j + 1, NC):
+            o_i = i_t * BT + i_i * BC + o_c
+            m_ik = (o_i < T)[:, None] & m_k[None, :]
+            p_ik = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]
+            b_do = tl.load(do + ((i_b * T + o_i[:, None]) * H + i_h) * V + o_v[None, :],
+                           mask=(o_i < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BC, BV]
+            b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE)
+            b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)
+            b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
+            b_off += tl.dot(tl.dot(b_v, tl.trans(b_do), input_precision=PREC), b_qg, input_precision=PREC)
+        b_dk = tl.where(m_jk, b_off * tl.exp(b_gr[None, :] - b_gj), 0.0)
+        p_i = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
+        b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE)
+        b_do = tl.load(do + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+                       mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)
+        for j in range(0, BC):
+            s = i_t * BT + i_j * BC + j
+            s_in = tl.minimum(s, T - 1)
+            b_vs = tl.load(v + ((i_b * T + s_in) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
+            b_gs = tl.load(gc + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_da = tl.where((o_j >= s) & m_j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)   # [BC] over t
+            b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.minimum(b_gj - b_gs[None, :], 0.0)), 0, _tlib.add)
+            b_dk += tl.where(o_c[:, None] == j, b_row[None, :], 0.0)
+        tl.store(dk + p_jk, b_dk.to(dk.dtype.element_ty), mask=m_jk)
+
+
+@triton.jit
+def chunk_program_block(T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The rows and offsets of a per-chunk backward program (grid (NT, B * H)), every K and V channel in one
+    block: (i_b, i_h, o_t [BT] rows, o_c [BT] rows within the chunk, m_t, m_tk, m_tv, m_kv masks, p_k [BT, BK]
+    and p_v [BT, BV] offsets into [B, T, H, K] / [B, T, H, V], p_h [BK, BV] into [B, H, NT, K, V], last row)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
@@ -307,34 +408,66 @@ def chunk_bwd_dqkvg_kernel(
     p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
     p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
     p_h = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    return i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last
+
+
+@triton.jit
+def chunk_bwd_dqkvg_kernel(
+    q, k, v, gc, h, do, dh, A,  # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, H, NT, K, V];
+                                # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
+    dq, dk, dv, dg,             # gradients: dq (w.r.t. the scaled q), dk [B, T, H, K], dv [B, T, H, V],
+                                # dg [B, T, H] (scalar gate) or [B, T, H, K] (key gate; dq, dk hold the intra parts)
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk's input gradients (all K and V channels in one block). With S the state entering the chunk,
+    dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s) and E_s = exp(G_last - G_s):
+        dq = dq_intra + exp(G) ⊙ do S^T,  dk = dk_intra + E ⊙ v dS'^T,  dv = A^T do + (k ⊙ E) dS',
+        dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t (+ at the last row: exp(G_last) ⊙ rowsum(dS' ⊙ S) + sum_s k_s ⊙ dk_inter_s),
+    and dg = the reverse cumulative sum of dG within the chunk (G is the chunk-local cumsum of g). A scalar gate
+    (or none) computes the intra parts here, A = (q k^T) ⊙ D and dA = (do v^T) ⊙ D causal, dq_intra = dA k,
+    dk_intra = dA^T q, and sums dG over K; a key gate reads them from ``chunk_bwd_intra_gk_kernel`` and A
+    from the forward."""
+    i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(T, H, K, V, BT, BK, BV)
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # [BK, BV]
     b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)
-    causal = o_c[:, None] >= o_c[None, :]
-    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)                              # [BT, BT]
-    b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
     b_qh = tl.dot(b_do, tl.trans(b_h), input_precision=PREC)                            # do S^T [BT, BK]
     b_vdh = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)                           # v dS'^T [BT, BK]
-    b_kdh = tl.dot(b_k, b_dh, input_precision=PREC)                                     # k dS' [BT, BV]
-    if GATE == 1:
-        last = tl.minimum(i_t * BT + BT, T) - 1
-        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-        b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
-        b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
-        b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
-        b_qh = b_qh * tl.exp(b_g)[:, None]
+    if GATE == 2:
+        b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)                         # [BT, BK]
+        o_k = tl.arange(0, BK)
+        b_glast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=o_k < K, other=0.0).to(DTYPE)
+        b_decay = tl.where(m_tk, tl.exp(b_glast[None, :] - b_g), 0.0)                   # E [BT, BK]
+        b_A = tl.load(A + ((i_b * T + o_t[:, None]) * H + i_h) * BT + o_c[None, :],
+                      mask=m_t[:, None] & m_t[None, :],
+                      other=0.0).to(DTYPE)
+        b_dq = tl.load(dq + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
+        b_dk_inter = b_vdh * b_decay
+        b_dk = tl.load(dk + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_dk_inter
+        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_k * b_decay, b_dh, input_precision=PREC)
     else:
-        b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
-        b_decay = tl.where(m_t, 1.0, 0.0).to(DTYPE)
-    b_A = b_A * b_D
-    b_dA = b_dA * b_D
-    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_qh
-    b_dk_inter = b_vdh * b_decay[:, None]
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dk_inter
-    b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + b_kdh * b_decay[:, None]
+        causal = o_c[:, None] >= o_c[None, :]
+        if GATE == 1:
+            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+            b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
+            b_qh = b_qh * tl.exp(b_g)[:, None]
+        else:
+            b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
+            b_decay = tl.where(m_t, 1.0, 0.0).to(DTYPE)
+        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_D                      # [BT, BT]
+        b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * b_D
+        b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_qh
+        b_dk_inter = b_vdh * b_decay[:, None]
+        b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dk_inter
+        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + \
+            tl.dot(b_k, b_dh, input_precision=PREC) * b_decay[:, None]
     tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
@@ -343,6 +476,153 @@ def chunk_bwd_dqkvg_kernel(
         carry = tl.exp(b_glast) * tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
         carry += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
         b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
+        b_dG = tl.where(m_t, b_dG, 0.0)
+        b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
+        tl.store(dg + (i_b * T + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+    if GATE == 2:
+        b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
+        carry = tl.exp(b_glast) * tl.reduce(b_dh * b_h, 1, _tlib.add)                     # [BK]
+        carry += tl.reduce(b_k * b_dk_inter, 0, _tlib.add)
+        b_dG = tl.where((o_t == last)[:, None], b_dG + carry[None, :], b_dG)
+        b_dG = tl.where(m_tk, b_dG, 0.0)
+        b_dg = tl.reduce(b_dG, 0, _tlib.add)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG
+        tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
+
+
+@triton.jit
+def chunk_delta_bwd_dhu_kernel(
+    q, k, w, gc, do,     # q (scaled), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
+    dh, dht, dh0, dv_new,  # out: dh [B, H, NT, K, V] (w.r.t. the state after each chunk), dh0; in: dht [B, H, K, V];
+                           # out: dv_new [B, T, H, V], the gradient w.r.t. the corrected values v_new = U - W S
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The delta rule's state gradients, chunk after chunk from the last, for one V tile (all K channels).
+    With S the state entering chunk c, dS' the gradient w.r.t. the state after it, E_s = exp(G_last - G_s) and
+    A = (q k^T) ⊙ D causal:  dv_new = A^T do + (k ⊙ E) dS',  dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, BT)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    causal = o_c[:, None] >= o_c[None, :]
+    NT = tl.cdiv(T, BT)
+    for i in range(0, NT):
+        i_t = NT - 1 - i
+        tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+        p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        if GATED:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+            b_kdec = tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0)
+            b_qg = b_q * tl.exp(b_g)[:, None]
+        else:
+            b_kdec = b_k
+            b_qg = b_q
+        b_A = tl.where(causal, b_A, 0.0)
+        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_kdec, b_dh, input_precision=PREC)
+        tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
+        if GATED:
+            b_dh = b_dh * tl.exp(b_glast)
+        b_dh += tl.dot(tl.trans(b_qg), b_do, input_precision=PREC) - tl.dot(tl.trans(b_w), b_dv, input_precision=PREC)
+    tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def chunk_delta_bwd_kernel(
+    q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (scaled), k [B, T, H, K]; v, do, v_new, dv_new [B, T, H, V];
+                                                   # beta, G [B, T, H]; h, dh [B, H, NT, K, V]
+    dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the scaled q), dk, dv, dbeta, dg (raw log gate)
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One chunk's input gradients for the delta rule (all K and V channels in one block), S the state entering
+    the chunk and dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s), E_s = exp(G_last - G_s).
+    Outputs and state passing (as the gated chunk, with v_new for v):
+        dq = (do v_new^T ⊙ D) k + exp(G) ⊙ do S^T,   dk = (do v_new^T ⊙ D)^T q + E ⊙ v_new dS'^T,   dW = -dv_new S^T.
+    Then the WY / UT stage backward, W = Tm Kb and U = Tm Vb with Kb = diag(beta exp(G)) K, Vb = diag(beta) V,
+    Tm = (I + A)^-1, A = tril(diag(beta) K K^T ⊙ D, -1) (recomputed), dU = dv_new:
+        dTm = dW Kb^T + dU Vb^T,  dKb = Tm^T dW,  dVb = Tm^T dU,  dA = -tril(Tm^T dTm Tm^T, -1),
+        dk += dKb ⊙ beta exp(G) + diag(beta) (dA ⊙ D) K + (dA ⊙ D)^T diag(beta) K,   dv = dVb ⊙ beta,
+        dbeta = rowsum(dVb ⊙ V) + exp(G) ⊙ rowsum(dKb ⊙ K) + rowsum(dA ⊙ D ⊙ K K^T),
+    and dG_t = q_t . dq_t - k_t . dk_t (output part) + rowsum(dKb ⊙ Kb) + rowsum(dA ⊙ A) - colsum(dA ⊙ A)
+    (+ at the last row exp(G_last) <dS', S> + sum_s k_s . dk_inter_s), dg its reverse cumsum in the chunk."""
+    i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(T, H, K, V, BT, BK, BV)
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_beta = tl.load(beta + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+    b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # S [BK, BV]
+    b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)                             # dS'
+    causal = o_c[:, None] >= o_c[None, :]
+    strict = o_c[:, None] > o_c[None, :]
+    if GATED:
+        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+        b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+        b_eg = tl.where(m_t, tl.exp(b_g), 0.0)
+        b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
+    else:
+        b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
+        b_eg = tl.where(m_t, 1.0, 0.0).to(DTYPE)
+        b_decay = b_eg
+    # outputs and state passing
+    b_dAqk = tl.dot(b_do, tl.trans(b_vn), input_precision=PREC) * b_D                   # [BT, BT]
+    b_dq = tl.dot(b_dAqk, b_k, input_precision=PREC) + \
+        tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_eg[:, None]
+    b_dk_inter = tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC) * b_decay[:, None]
+    b_dk = tl.dot(tl.trans(b_dAqk), b_q, input_precision=PREC) + b_dk_inter
+    b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                              # [BT]
+    if GATED:
+        carry = tl.exp(b_glast) * tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
+        carry += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
+        b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
+    b_dw = -tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)                           # [BT, BK]
+    # the WY / UT stage
+    b_kbeta = b_k * b_beta[:, None]
+    b_A = tl.where(strict, tl.dot(b_kbeta, tl.trans(b_k), input_precision=PREC) * b_D, 0.0)
+    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
+    b_kb = b_kbeta * b_eg[:, None]                                                      # Kb [BT, BK]
+    b_vb = b_v * b_beta[:, None]                                                        # Vb [BT, BV]
+    b_dTm = tl.dot(b_dw, tl.trans(b_kb), input_precision=PREC) + tl.dot(b_dvn, tl.trans(b_vb), input_precision=PREC)
+    b_dkb = tl.dot(tl.trans(b_Tm), b_dw, input_precision=PREC)
+    b_dvb = tl.dot(tl.trans(b_Tm), b_dvn, input_precision=PREC)
+    b_dA = tl.dot(tl.dot(tl.trans(b_Tm), b_dTm, input_precision=PREC), tl.trans(b_Tm), input_precision=PREC)
+    b_dA = tl.where(strict, -b_dA, 0.0)
+    b_M = b_dA * b_D                                                                     # dA ⊙ D, strictly lower
+    b_dk += b_dkb * (b_beta * b_eg)[:, None] + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None] + \
+        tl.dot(tl.trans(b_M), b_kbeta, input_precision=PREC)
+    b_dv = b_dvb * b_beta[:, None]
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    b_dbeta = tl.reduce(b_dvb * b_v, 1, _tlib.add) + b_eg * tl.reduce(b_dkb * b_k, 1, _tlib.add) + \
+        tl.reduce(b_M * b_kk, 1, _tlib.add)
+    tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    tl.store(dbeta + (i_b * T + o_t) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
+    if GATED:
+        b_dAA = b_dA * b_A
+        b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add) + tl.reduce(b_dAA, 1, _tlib.add) - tl.reduce(b_dAA, 0, _tlib.add)
         b_dG = tl.where(m_t, b_dG, 0.0)
         b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
         tl.store(dg + (i_b * T + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
@@ -356,13 +636,13 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
                 cu_seqlens=None, chunk_size=64):
     """Chunkwise S_t = exp(g_t) exp(gk_t)[:, None] ⊙ S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t (Triton).
 
-    q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] or gk [B, T, H, K] log gates (or neither),
+    q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] and / or gk [B, T, H, K] log gates (or neither),
     initial_state [B, H, K, V]. Returns (o [B, T, H, V], final state [B, H, K, V] or None), computed
     in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates,
     cu_seqlens and complex values are not supported here. chunk_size is rounded up to a power of
-    two >= 16. Differentiable: with Triton backward kernels for a scalar gate or none (the state
-    gradients chunk by chunk from the last, then every chunk's dq, dk, dv, dg); with a key-axis gate,
-    when a gradient is wanted, it runs ``torch_forms.chunk_gated`` instead (autograd through torch).
+    two >= 16. Differentiable through Triton backward kernels: the state gradients chunk by chunk from
+    the last, then (key gates) the intra-chunk dq, dk by sub-chunks, then every chunk's dq, dk, dv, dg.
+    The backward keeps all K and V channels of a chunk in one block.
     """
     if gv is not None or cu_seqlens is not None:
         raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates, one sequence per row")
@@ -371,10 +651,7 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if _wants_grad(q, k, v, g, gk, initial_state):
-        if gk is not None:      # no Triton backward for key-axis gates: autograd through the torch form
-            return _torch_forms.chunk_gated(q, k, v, g, gk, None, scale, initial_state, output_final_state,
-                                            chunk_size=chunk_size)
-        o, ht = _ChunkGated.apply(q, k, v, g, initial_state, float(scale), chunk_size)
+        o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size)
     else:
         o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
     return o, (ht if output_final_state else None)
@@ -406,8 +683,9 @@ def _local_cumsum(graw, BT: int, NT: int, cfg):
 
 
 def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size):
-    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, G, h, gate) for the
-    backward (h [B, H, NT, K, V]: the state entering each chunk)."""
+    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, G, h, A, gate) for
+    the backward (h [B, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk scores of
+    a key gate, else None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, g, gk, initial_state)
@@ -433,12 +711,13 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size):
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gc, h, A, o, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                                         GATE=gate, **common)
-    return o, ht, (q, k, v, gc, h, gate)
+    return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
 
 
 def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int):
-    """Gradients (dq, dk, dv, dg or None, dh0) of the scalar-gated (or ungated) chunk form."""
-    q, k, v, gc, h, gate = saved
+    """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form; dG is [B, T, H] for a scalar gate,
+    [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
+    q, k, v, gc, h, A, gate = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q)
@@ -449,67 +728,87 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int):
     chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
         q, do, gc, dh, dht, dh0, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dg = torch.empty(B, T, H, dtype=dtype, device=q.device) if gate == GATE_SCALAR else dq
-    chunk_bwd_dqkvg_kernel[(NT, B * H)](q, k, v, gc, h, do, dh, dq, dk, dv, dg, T, H=H, K=K, V=V, BT=BT,
-                                        BK=max(16, _rt.next_pow2(K)), BV=max(16, _rt.next_pow2(V)), GATE=gate,
-                                        **common)
-    return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate == GATE_SCALAR else None), dh0
+    BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
+    if gate == GATE_KEY:
+        chunk_bwd_intra_gk_kernel[(NT, B * H)](q, k, v, gc, do, dq, dk, T, H=H, K=K, V=V, BT=BT, BC=16,
+                                               BK=BK_all, BV=BV_all, **common)
+    dg = torch.empty(gc.shape, dtype=dtype, device=q.device) if gate != GATE_NONE else dq
+    chunk_bwd_dqkvg_kernel[(NT, B * H)](q, k, v, gc, h, do, dh, A if A is not None else q, dq, dk, dv, dg,
+                                        T, H=H, K=K, V=V, BT=BT, BK=BK_all, BV=BV_all, GATE=gate, **common)
+    if gate == GATE_SCALAR:
+        dg = dg[..., 0]
+    return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
 
 
 class _ChunkGated(torch.autograd.Function):
-    """chunk_gated with a scalar gate or none, forward and backward as Triton kernels."""
+    """chunk_gated, forward and backward as Triton kernels. A scalar gate given with a key gate is folded into
+    it (gk + g); its gradient is then the key gate's summed over K."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, initial_state, scale, chunk_size):
-        o, ht, saved = _chunk_gated_forward(q, k, v, g, None, initial_state, scale, chunk_size)
-        ctx.save_for_backward(*saved[:5])
-        ctx.gate, ctx.scale, ctx.chunk_size = saved[5], scale, chunk_size
-        ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, initial_state))
+    def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size):
+        o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
+        ctx.save_for_backward(*saved[:6])
+        ctx.gate, ctx.scale, ctx.chunk_size = saved[6], scale, chunk_size
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, gk, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         saved = (*ctx.saved_tensors, ctx.gate)
-        grads = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size)
+        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size)
+        has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
+        dg = (dG.sum(-1) if has_gk else dG) if has_g else None
+        dgk = dG if has_gk else None
+        grads = (dq, dk, dv, dg, dgk, dh0)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
         return (*out, None, None)
 
 
 def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
                 chunk_size=64):
-    """Chunkwise (gated) delta rule as Triton kernels, fla's stage structure (forward; when a gradient is wanted
-    it runs ``torch_forms.chunk_delta``, autograd through torch):
+    """Chunkwise (gated) delta rule as Triton kernels, fla's stage structure, forward and backward:
         S = exp(g_t) S;  S = S + beta_t k_t (v_t - S^T k_t)^T;  o_t = S^T (scale q_t).
 
     q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], g [B, T, H] (log decay, optional), initial_state
-    [B, H, K, V]. Stages: chunk-local cumsum of g; the WY / UT stage per chunk (a forward-substitution
+    [B, H, K, V]. Forward stages: chunk-local cumsum of g; the WY / UT stage per chunk (a forward-substitution
     inverse of I + tril(diag(beta) K K^T ⊙ D, -1), then W and U); the state entering each chunk with the
     corrected values v_new = U - W S; the outputs o = (q ⊙ exp(G)) S + (q k^T ⊙ D) v_new (the gated
-    chunk's output kernel). The arguments and results of ``torch_forms.chunk_delta``; cu_seqlens and
+    chunk's output kernel). Backward: ``chunk_delta_bwd_dhu_kernel`` (state gradients and dv_new from the last
+    chunk to the first), then ``chunk_delta_bwd_kernel`` per chunk (dq, dk, dv, dbeta, dg, through the WY stage
+    with its inverse recomputed). The arguments and results of ``torch_forms.chunk_delta``; cu_seqlens and
     complex values are not supported here; K up to 256 (one block). Computed in fp32 (fp64 for fp64).
     """
     if cu_seqlens is not None:
         raise NotImplementedError("the Triton delta chunk kernels take one sequence per row")
     if any(t is not None and t.is_complex() for t in (q, k, v, beta, g, initial_state)):
         raise NotImplementedError("the Triton chunk kernels are real")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    K = q.shape[-1]
     if K > 256:
         raise NotImplementedError(f"the Triton delta chunk kernels keep all K = {K} key channels in one block (<= 256)")
-    if _wants_grad(q, k, v, beta, g, initial_state):    # no Triton backward yet: autograd through the torch form
-        return _torch_forms.chunk_delta(q, k, v, beta, g, scale, initial_state, output_final_state,
-                                        chunk_size=chunk_size)
-    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, beta, g, initial_state)
-    BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
     if scale is None:
         scale = K ** -0.5
+    if _wants_grad(q, k, v, beta, g, initial_state):
+        o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size)
+    else:
+        o, ht, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size)
+    return o, (ht if output_final_state else None)
+
+
+def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size):
+    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, beta, G, w, h, v_new)
+    for the backward (h [B, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, beta, g, initial_state)
+    BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
     q = q * scale if scale != 1.0 else q
     q, k, v, beta = (x.to(dtype).contiguous() for x in (q, k, v, beta))
-    gc = beta                                        # unused without a gate
+    gc = None
     if g is not None:
         gc = _local_cumsum(g[..., None].to(dtype).contiguous(), BT, NT, cfg)
+    gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
     w, u = torch.empty_like(k), torch.empty_like(v)
-    chunk_delta_wy_kernel[(NT, B * H)](k, v, beta, gc, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    chunk_delta_wy_kernel[(NT, B * H)](k, v, beta, gcp, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                        GATED=g is not None, **common)
     h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
     v_new = torch.empty_like(v)
@@ -517,9 +816,49 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     gate = GATE_SCALAR if g is not None else GATE_NONE
     chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), B * H)](
-        k, u, gc, h, h0, ht, w, v_new, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
+        k, u, gcp, h, h0, ht, w, v_new, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v_new, gc, h, q, o, T, H=H, K=K, V=V, BT=BT, BK=_block(K),
-                                                        BV=BV, GATE=gate, **common)
-    return o, (ht if output_final_state else None)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v_new, gcp, h, q, o, T, H=H, K=K, V=V, BT=BT,
+                                                        BK=_block(K), BV=BV, GATE=gate, **common)
+    return o, ht, (q, k, v, beta, gc, w, h, v_new)
+
+
+def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int):
+    """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
+    q, k, v, beta, gc, w, h, v_new = saved
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q)
+    BK = max(16, _rt.next_pow2(K))
+    gated = gc is not None
+    gcp = gc if gated else beta
+    do = do.to(dtype).contiguous()
+    dht = torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dh, dh0, dv_new = torch.empty_like(h), torch.empty_like(dht), torch.empty_like(v)
+    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), B * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, T, H=H, K=K,
+                                                            V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
+    dq, dk, dv, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
+    dg = torch.empty_like(beta) if gated else dbeta
+    chunk_delta_bwd_kernel[(NT, B * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg,
+                                        T, H=H, K=K, V=V, BT=BT, BK=BK, BV=max(16, _rt.next_pow2(V)), GATED=gated,
+                                        **common)
+    return dq * scale if scale != 1.0 else dq, dk, dv, dbeta, (dg if gated else None), dh0
+
+
+class _ChunkDelta(torch.autograd.Function):
+    """chunk_delta, forward and backward as Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size):
+        o, ht, saved = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size)
+        ctx.save_for_backward(*saved)
+        ctx.scale, ctx.chunk_size = scale, chunk_size
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, beta, g, initial_state))
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size)
+        out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
+        return (*out, None, None)
