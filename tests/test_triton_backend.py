@@ -398,6 +398,49 @@ def test_gpu_large_shapes_match_the_torch_backend(name, hparams, dtype):
     _check(f"{name}/gpu {dtype}", expected, got, dtype, 4.0)
 
 
+CHUNK_GPU_CASES = ["scalar", "key", "delta", "gated-delta"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or triton_runtime.interpreting(),
+                    reason="needs a CUDA GPU and compiled Triton (run with TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("case", CHUNK_GPU_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_chunk_backward_kernels_at_large_shapes(case, dtype):
+    """The compiled chunk kernels' gradients (B2 T1000 H4 K128 V96: partial last chunk, V not a power of two)
+    against fp64 autograd through the step loop on the rounded inputs."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, K, V = 2, 1000, 4, 128, 96
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, device="cuda")).to(dtype).double()
+
+    q, k, v, h0 = rnd(B, T, H, K, scale=K ** -0.5), rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V)
+    args = {}
+    if case in ("delta", "gated-delta"):
+        k = torch.nn.functional.normalize(k, dim=-1).to(dtype).double()
+        args["beta"] = torch.rand(B, T, H, generator=g, device="cuda").to(dtype).double()
+    if case in ("scalar", "gated-delta"):
+        args["g"] = (-0.1 * torch.rand(B, T, H, generator=g, device="cuda")).to(dtype).double()
+    if case == "key":
+        args["gk"] = (-0.1 * torch.rand(B, T, H, K, generator=g, device="cuda")).to(dtype).double()
+    form, ref = ((triton_chunk.chunk_delta, torch_forms.recurrent_delta) if "delta" in case
+                 else (triton_chunk.chunk_gated, torch_forms.recurrent_gated))
+    do, dht = rnd(B, T, H, V), rnd(B, H, K, V)
+    exact = [t.requires_grad_(True) for t in (q, k, v, h0, *args.values())]
+    low = [t.detach().to(dtype).requires_grad_(True) for t in exact]
+
+    def loss(fn, ts):
+        q_, k_, v_, h0_, *rest = ts
+        o, ht = fn(q_, k_, v_, **dict(zip(args, rest)), scale=1.0, initial_state=h0_, output_final_state=True)
+        return (o.double() * do).sum() + (ht.double() * dht).sum()
+
+    expected = torch.autograd.grad(loss(ref, exact), exact)
+    got = torch.autograd.grad(loss(form, low), low)
+    for name, a, b in zip(["q", "k", "v", "h0", *args], expected, got):
+        assert_close(f"chunk backward {case} {dtype} d{name}", a, b, dtype, 4.0)
+
+
 def test_kernels_with_an_in_kernel_inverse_run_their_torch_form_on_a_gpu(monkeypatch):
     """gpu_check on an H200 found compiled kernels with inv() in the cell off the reference: on a GPU the
     op runs the torch twin (warning once); the interpreter and other cells keep the Triton kernel."""
