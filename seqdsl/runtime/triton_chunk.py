@@ -37,7 +37,6 @@ import triton
 import triton.language as tl
 import torch
 
-from seqdsl.runtime import torch_forms as _torch_forms
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
 
