@@ -159,10 +159,14 @@ def test_the_rule_specs_cover_every_op_with_a_derivative():
             assert f"{name}(" in covered, f"no test spec uses {name}()"
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
-def test_derivative_rule_against_the_interpreter(rule, tmp_path, monkeypatch):
+RULE_CASES = [("rule", _SPEC, expr, name) for name, expr in sorted(RULES.items())] + \
+    [("crule", _COMPLEX_SPEC, expr, f"complex {name}") for name, expr in sorted(COMPLEX_RULES.items())]
+
+
+@pytest.mark.parametrize("model,spec,expr,rule", RULE_CASES, ids=[c[3] for c in RULE_CASES])
+def test_derivative_rule_against_the_interpreter(model, spec, expr, rule, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
-    m = seqdsl.loads(_SPEC.format(expr=RULES[rule]), name="rule")
+    m = seqdsl.loads(spec.format(expr=expr), name=model)
     op = seqdsl.compile(m, backend="triton")
     assert op.module.BACKWARD == "triton", op.module.BACKWARD
     _check_kernel_gradients(f"rule {rule}", m, op, seqdsl.reference(m), 1, 7, monkeypatch)
@@ -181,12 +185,3 @@ def test_a_wrong_rule_is_caught(tmp_path, monkeypatch):
     assert "* (1.0 - " not in open(op.module.__file__).read().split("def rule_recurrent_bwd_kernel")[1]
     with pytest.raises(AssertionError):
         _check_kernel_gradients("broken sigmoid", m, op, seqdsl.reference(m), 1, 7, monkeypatch)
-
-
-@pytest.mark.parametrize("rule", sorted(COMPLEX_RULES))
-def test_complex_derivative_rules_against_the_interpreter(rule, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
-    m = seqdsl.loads(_COMPLEX_SPEC.format(expr=COMPLEX_RULES[rule]), name="crule")
-    op = seqdsl.compile(m, backend="triton")
-    assert op.module.BACKWARD == "triton", op.module.BACKWARD
-    _check_kernel_gradients(f"complex rule {rule}", m, op, seqdsl.reference(m), 1, 7, monkeypatch)
