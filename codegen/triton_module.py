@@ -535,8 +535,9 @@ class _Gen:
             if sp.gate_axis not in axes:
                 return f"the state {sp.state} decays along its {sp.gate_axis} axis; the Triton chunk kernels " \
                        f"take {' or '.join(axes[1:])} gates for {sp.kind} states"
-            if self.c.cell_types[sp.state].complex:
-                return f"the state {sp.state} is complex; the Triton chunk kernels are real"
+            if self.c.cell_types[sp.state].complex and sp.kind != "gated":
+                return f"the state {sp.state} is a complex delta-rule state; the Triton delta chunk kernels are real " \
+                       "(complex gated states run on the real kernels through a phase rotation)"
         if _TORCH_FORMS_IMPORT not in twin_source:
             return "the torch module does not import its forms as the Triton chunk form expects"
         return None
@@ -581,7 +582,8 @@ class _Gen:
             "cumsum of the log gates, (delta rule: the WY / UT stage,) the state entering each chunk, the",
             "outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages",
             "by Triton backward kernels (ungated, scalar- and key-gated states, the delta rule through its",
-            "WY / UT stage)."],
+            "WY / UT stage). Complex gated states run on the same real kernels (a phase rotation of q and k,",
+            "then a realified state of twice the size: triton_chunk._complex_chunk_gated)."],
             chunked=True)
 
     # ------------------------------------------------------------------ module

@@ -250,6 +250,66 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
         assert_close(f"chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
 
 
+def _complex_step_loop(q, k, v, g, gk, h0, scale):
+    """S_t = exp(g_t) exp(gk_t)[:, None] S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t, complex, one step at a time."""
+    S, outs = h0, []
+    for t in range(q.shape[1]):
+        decay = torch.ones_like(S[..., :1])
+        if g is not None:
+            decay = decay * torch.exp(g[:, t])[..., None, None]
+        if gk is not None:
+            decay = decay * torch.exp(gk[:, t])[..., None]
+        S = decay * S + k[:, t, ..., None] * v[:, t, ..., None, :]
+        outs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1), S
+
+
+@pytest.mark.parametrize("gate", ["none", "real key", "scalar", "key", "scalar+key", "growing key"])
+@pytest.mark.parametrize("T,chunk", [(37, 16), (5, 32), (70, 64)])
+def test_complex_chunk_matches_a_step_loop(gate, T, chunk):
+    """Complex q, k, v, gates and state on the real chunk kernels (phase rotation + realification): outputs, final
+    state and the gradients of every input against autograd through a complex step loop. Rotations are fast
+    (imaginary log gates ~ N(0, 3) per step, so the cumulative phase runs over hundreds of radians); "growing key"
+    has log-gate real parts up to +0.05 per step (Liquid-S4's input-dependent transition can exceed 1)."""
+    g = torch.Generator().manual_seed(T)
+    B, H, K, V = 2, 2, 5, 3
+
+    def rnd(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def crnd(*shape):
+        return torch.complex(rnd(*shape), rnd(*shape)).requires_grad_(True)
+
+    def log_gate(*shape, low=-1.0, high=0.0):
+        re = low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)
+        return torch.complex(re, rnd(*shape, scale=3.0)).requires_grad_(True)
+
+    q, k, v, h0 = crnd(B, T, H, K), crnd(B, T, H, K), crnd(B, T, H, V), crnd(B, H, K, V)
+    gates = {}
+    if "scalar" in gate:
+        gates["g"] = log_gate(B, T, H)
+    if gate in ("key", "scalar+key"):
+        gates["gk"] = log_gate(B, T, H, K)
+    if gate == "growing key":
+        gates["gk"] = log_gate(B, T, H, K, low=-0.05, high=0.05)
+    if gate == "real key":
+        gates["gk"] = (-torch.rand(B, T, H, K, generator=g, dtype=torch.float64)).requires_grad_(True)
+    wrt = [q, k, v, h0, *gates.values()]
+    do, dht = torch.complex(rnd(B, T, H, V), rnd(B, T, H, V)), torch.complex(rnd(B, H, K, V), rnd(B, H, K, V))
+
+    def loss(o, ht):
+        return (o * do).real.sum() + (ht * dht).real.sum()
+
+    expected = _complex_step_loop(q, k, v, gates.get("g"), gates.get("gk"), h0, 0.6)
+    got = triton_chunk.chunk_gated(q, k, v, **gates, scale=0.6, initial_state=h0, output_final_state=True,
+                                   chunk_size=chunk)
+    assert got[0].dtype == got[1].dtype == torch.complex128
+    _check(f"complex chunk {gate}", expected, got, torch.float64, FORM_FACTOR["chunk"])
+    for name, a, b in zip(["q", "k", "v", "h0", *gates], torch.autograd.grad(loss(*expected), wrt),
+                          torch.autograd.grad(loss(*got), wrt)):
+        assert_close(f"complex chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
 @pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
 @pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32), (70, 64)])
 def test_delta_chunk_backward_kernels_match_autograd_of_the_recurrence(gated, T, chunk):
@@ -280,7 +340,7 @@ def test_every_example_has_a_triton_recurrent_form():
 
 def test_chunk_form_where_the_class_admits_it_with_reasons_elsewhere():
     for name, expect_chunk in [("gla", True), ("retnet", True), ("mamba2", True), ("deltanet", True),
-                               ("gated_deltanet", True), ("s4d", False), ("lstm", False)]:
+                               ("gated_deltanet", True), ("s4d", True), ("lru", True), ("lstm", False)]:
         if name not in MODELS:
             continue
         op = compiled(name)[1]
@@ -364,12 +424,13 @@ model odd(d_model = 8, n = 3):
     op = seqdsl.compile(m, backend="triton")
     assert "recurrent" not in op.modes
     assert "'**' of complex values" in op.module.WHY_NOT["recurrent"]
-    # the update is computed token-parallel by torch, so the scan form (a diagonal recurrence) remains
-    assert op.modes == ("scan",)
+    # the update is computed token-parallel by torch, so the scan and chunk forms (a diagonal recurrence) remain
+    assert op.modes == ("scan", "chunk")
     ref = seqdsl.reference(m)
     inputs = sample_inputs(ref, 1, 6, seed=2)
-    _check("odd/triton scan", ref(**inputs, output_final_state=True), op(**inputs, output_final_state=True),
-           torch.float64, FORM_FACTOR["scan"])
+    for mode in op.modes:
+        _check(f"odd/triton {mode}", ref(**inputs, output_final_state=True),
+               op(**inputs, output_final_state=True, mode=mode), torch.float64, FORM_FACTOR[mode])
 
 
 # ---------------------------------------------------------------- GPU: larger shapes, bf16

@@ -20,8 +20,10 @@ The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)
 by forward substitution, W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
 values v_new = U - W S), then stage 4 with v_new for v.
 
-Layouts are fla's: ``[B, T, H, D]``, contiguous; every exponential is of a non-positive number
-(log gates are non-positive), so nothing overflows. Accumulation in fp32 (fp64 for fp64 inputs).
+Layouts are fla's: ``[B, T, H, D]``, contiguous; for decaying gates (log gates <= 0) every exponential is of a
+non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
+transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
+taken at causal (t >= s) entries, the others are masked before the exp, never clamped. Accumulation in fp32 (fp64 for fp64 inputs).
 Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
 last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
 ``chunk_bwd_intra_gk_kernel`` computes the intra-chunk dq, dk by the forward's sub-chunks; then
@@ -145,7 +147,8 @@ def chunk_intra_gk_kernel(
                 elif DIAG_3D:       # the diagonal sub-block at once: a [BC, BC, BK] product
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
-                    b_e = tl.exp(tl.minimum(b_gi[:, None, :] - b_gj[None, :, :], 0.0))
+                    causal = o_i[:, None, None] >= o_j[None, :, None]
+                    b_e = tl.exp(tl.where(causal, b_gi[:, None, :] - b_gj[None, :, :], 0.0))
                     b_a = tl.reduce(b_q[:, None, :] * b_k[None, :, :] * b_e, 2, _tlib.add)
                     b_A += tl.where(o_i[:, None] >= o_j[None, :], b_a, 0.0)
                 else:               # column by column (fewer registers)
@@ -155,7 +158,7 @@ def chunk_intra_gk_kernel(
                         p_s = ((i_b * T + s_in) * H + i_h) * K + o_k
                         b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
                         b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
-                        b_e = tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0))
+                        b_e = tl.exp(tl.where((o_i >= s)[:, None], b_gi - b_gs[None, :], 0.0))       # causal entries only
                         b_a = tl.reduce(b_q * b_ks[None, :] * b_e, 1, _tlib.add)
                         b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
                         b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
@@ -349,8 +352,9 @@ def chunk_bwd_intra_gk_kernel(
             b_vs = tl.load(v + ((i_b * T + s) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
             b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
             b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
-            b_da = tl.where(o_i >= i_t * BT + i_i * BC + j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)
-            b_dq += b_da[:, None] * b_ks[None, :] * tl.exp(tl.minimum(b_gi - b_gs[None, :], 0.0))
+            causal = o_i >= i_t * BT + i_i * BC + j
+            b_da = tl.where(causal, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)
+            b_dq += b_da[:, None] * b_ks[None, :] * tl.exp(tl.where(causal[:, None], b_gi - b_gs[None, :], 0.0))
         tl.store(dq + p_ik, b_dq.to(dq.dtype.element_ty), mask=m_ik)
     for i_j in tl.static_range(NC):                                          # dk of key sub-chunk j
         o_j = i_t * BT + i_j * BC + o_c
@@ -384,7 +388,8 @@ def chunk_bwd_intra_gk_kernel(
             b_vs = tl.load(v + ((i_b * T + s_in) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
             b_gs = tl.load(gc + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_da = tl.where((o_j >= s) & m_j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)   # [BC] over t
-            b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.minimum(b_gj - b_gs[None, :], 0.0)), 0, _tlib.add)
+            b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.where((o_j >= s)[:, None], b_gj - b_gs[None, :], 0.0)),
+                              0, _tlib.add)
             b_dk += tl.where(o_c[:, None] == j, b_row[None, :], 0.0)
         tl.store(dk + p_jk, b_dk.to(dk.dtype.element_ty), mask=m_jk)
 
@@ -637,23 +642,81 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
 
     q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] and / or gk [B, T, H, K] log gates (or neither),
     initial_state [B, H, K, V]. Returns (o [B, T, H, V], final state [B, H, K, V] or None), computed
-    in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates,
-    cu_seqlens and complex values are not supported here. chunk_size is rounded up to a power of
+    in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates
+    and cu_seqlens are not supported here. Complex values run on the same real kernels (see
+    ``_complex_chunk_gated``). chunk_size is rounded up to a power of
     two >= 16. Differentiable through Triton backward kernels: the state gradients chunk by chunk from
     the last, then (key gates) the intra-chunk dq, dk by sub-chunks, then every chunk's dq, dk, dv, dg.
     The backward keeps all K and V channels of a chunk in one block.
     """
     if gv is not None or cu_seqlens is not None:
         raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates, one sequence per row")
-    if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
-        raise NotImplementedError("the Triton chunk kernels are real")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
+        return _complex_chunk_gated(q, k, v, g, gk, float(scale), initial_state, output_final_state, chunk_size)
     if _wants_grad(q, k, v, g, gk, initial_state):
         o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size)
     else:
         o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
     return o, (ht if output_final_state else None)
+
+
+def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_final_state: bool, chunk_size: int):
+    """chunk_gated for complex q, k, v, gates or state, on the real kernels (torch_forms' convention: the state
+    is written k v^T and read S^T q without conjugation; a complex log gate's real part is the log decay).
+
+    A complex log gate a + ib splits into a real decay exp(a) and a rotation e^{ib}. The rotations of
+    steps s+1..t multiply to e^{i(Phi_t - Phi_s)} with Phi the cumulative phase, so they move onto the
+    queries and keys: q~_t = q_t e^{i Phi_t}, k~_s = k_s e^{-i Phi_s} (modulus 1: nothing grows). What is
+    left, R_t = sum_s exp(A_t - A_s) k~_s v_s^T + exp(A_t) h0, has a real gate, and S_t = e^{i Phi_t} ⊙ R_t.
+    R is realified into one real state X [2K, 2V] written by keys [Re k~, Im k~] and values [Re v, Im v]
+    (R = X_tl - X_br + i (X_tr + X_bl)); two real queries, [Re q~, -Im q~] and [Im q~, Re q~], read the
+    real and imaginary parts of the output from it. The two queries share X, so they run as a doubled
+    batch of one real chunk_gated call: four times the real work of a K x V state. Phi is summed in fp64
+    and reduced mod 2 pi, so long sequences of fast rotations keep their phase. Differentiable: the
+    real stages by their Triton backward kernels, the (elementwise) rotations and splits through torch.
+    Returns (o [B, T, H, V] complex, final state [B, H, K, V] complex or None).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    wide = any(t is not None and t.dtype in (torch.float64, torch.complex128) for t in (q, k, v, g, gk, initial_state))
+    cdt, rdt = (torch.complex128, torch.float64) if wide else (torch.complex64, torch.float32)
+    q, k, v = (x.to(cdt) for x in (q, k, v))
+    if g is not None and gk is not None:
+        gk, g = gk + g[..., None], None
+    gate = gk if gk is not None else (g[..., None] if g is not None else None)      # [B, T, H, K or 1]
+    rot = None
+    if gate is not None and gate.is_complex():
+        phase = torch.cumsum(gate.imag.to(torch.float64), dim=1).remainder(2 * torch.pi)
+        rot = torch.complex(torch.cos(phase), torch.sin(phase)).to(cdt)              # e^{i Phi_t}
+        q, k, gate = q * rot, k * rot.conj(), gate.real
+    real_gate = None if gate is None else gate.to(rdt)
+    keys = torch.cat([k.real, k.imag], -1)
+    values = torch.cat([v.real, v.imag], -1)
+    queries = torch.cat([torch.cat([q.real, -q.imag], -1), torch.cat([q.imag, q.real], -1)], 0)
+    gates = {}
+    if real_gate is not None:
+        gates = {"g": real_gate[..., 0]} if gk is None else {"gk": torch.cat([real_gate, real_gate], -1)}
+        gates = {n: torch.cat([x, x], 0) for n, x in gates.items()}
+    h0 = None
+    if initial_state is not None:
+        h0 = initial_state.to(cdt)
+        top = torch.cat([h0.real, h0.imag], -1)                                       # [B, H, K, 2V]
+        h0 = torch.cat([top, torch.zeros_like(top)], -2)
+        h0 = torch.cat([h0, h0], 0)
+    o2, X = chunk_gated(queries.to(rdt), torch.cat([keys, keys], 0).to(rdt), torch.cat([values, values], 0).to(rdt),
+                        scale=scale, initial_state=h0, output_final_state=output_final_state, chunk_size=chunk_size,
+                        **gates)
+    o_re, o_im = o2[:B], o2[B:]
+    o = torch.complex(o_re[..., :V] - o_im[..., V:], o_re[..., V:] + o_im[..., :V])
+    if not output_final_state:
+        return o, None
+    X = X[:B]
+    ht = torch.complex(X[..., :K, :V] - X[..., K:, V:], X[..., :K, V:] + X[..., K:, :V])
+    if rot is not None:
+        ht = ht * rot[:, -1, :, :, None]
+    return o, ht
 
 
 def _wants_grad(*tensors) -> bool:
