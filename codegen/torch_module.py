@@ -31,6 +31,15 @@ class _Lines:
         return "\n".join(self.lines) + "\n"
 
 
+def varlen_forms(p: KernelPlan) -> tuple[str, ...]:
+    """The parallel forms whose generated function takes ``cu_seqlens`` and runs packed sequences in one call:
+    scan and chunk, unless a readout reads a state before its update (S_{t-1} comes from shifting the whole
+    packed time axis, which would cross sequence boundaries; those run sequence by sequence in the op)."""
+    if any(rd.before for rd in p.reads):
+        return ()
+    return tuple(f for f in ("scan", "chunk") if f in p.modes)
+
+
 class _Gen:
     def __init__(self, c: Checked, a: Analysis, p: KernelPlan):
         self.c, self.a, self.p = c, a, p
@@ -145,12 +154,24 @@ class _Gen:
             texts.append(f"(1.0 / {t})" if f.divide else t)
         return " * ".join(texts) if texts else "1.0"
 
+    def cu_arg(self, steps: int = 1) -> str:
+        """The ``cu_seqlens`` argument of a form call in a varlen form function ('' elsewhere); with several
+        sub-steps per token (interleaved), the boundaries scale with them."""
+        if not getattr(self, "varlen", False):
+            return ""
+        return ", cu_seqlens=cu_seqlens" if steps == 1 else \
+            f", cu_seqlens=(None if cu_seqlens is None else cu_seqlens * {steps})"
+
     def gen_parallel(self, out: _Lines, form: str) -> None:
-        out.add(f"def {form}({self.signature()}, chunk_size=64):" if form == "chunk" else
-                f"def {form}({self.signature()}):")
+        self.varlen = form in varlen_forms(self.p)
+        cu = ", cu_seqlens=None" if self.varlen else ""
+        out.add(f"def {form}({self.signature()}, chunk_size=64{cu}):" if form == "chunk" else
+                f"def {form}({self.signature()}{cu}):")
         doc = {"chunk": "Chunkwise form: intra-chunk matmuls, inter-chunk state passing.",
                "scan": "Parallel-scan form: a log-depth associative scan over time.",
                "conv": "Convolution form (time-invariant system): impulse responses, then FFT convolutions."}[form]
+        if self.varlen:
+            doc += " cu_seqlens (B = 1): packed sequences, one initial state each."
         out.add(f'"""{doc} Returns ((readouts [B, T, H, ...]), states)."""', 1)
         first = self.c.op_streams[0]
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], {first}.shape[2]", 1)
@@ -243,7 +264,7 @@ class _Gen:
                 qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
                 gp = gate_kw.replace(f"_{n}_g", f"_{n}_gp")
                 out.add(f"{var}, _{n}_lastp = _forms.chunk_gated({qtext}, _{n}_kp, _{n}_vp{gp}, initial_state={h0}, "
-                        f"output_final_state=True, chunk_size=chunk_size)", 1)
+                        f"output_final_state=True, chunk_size=chunk_size{self.cu_arg()})", 1)
                 axis = sp.gate_axis if sp.gate_axis != "none" else "none"
                 gate = f"_{n}_g[:, -1]" if sp.gate_axis != "none" else "None"
                 out.add(f"_{n}_last = _ops.gated_step(_{n}_lastp, {gate}, {axis!r}, _{n}_k[:, -1], _{n}_v[:, -1])", 1)
@@ -258,10 +279,10 @@ class _Gen:
                 qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
             if sp.kind == "delta":
                 call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}, initial_state={h0}, "
-                        f"output_final_state=True, chunk_size=chunk_size)")
+                        f"output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
             else:
                 call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}, initial_state={h0}, "
-                        f"output_final_state=True, chunk_size=chunk_size)")
+                        f"output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
             out.add(f"{var}, _{n}_last = {call}", 1)
             if steps > 1:
                 out.add(f"{var} = {var}[:, {steps - 1}::{steps}]", 1)
@@ -287,7 +308,7 @@ class _Gen:
             gk = f", gk={gsrc}.reshape(_B, _T, _H * {size}, 1)"
         out.add(f"{var}, _{n}_last{suffix} = _forms.chunk_gated(_{n}_ones, _{n}_k{suffix}.reshape(_B, _T, _H * {size}, 1), "
                 f"_{n}_ones{gk}, initial_state=_state[{idx}].reshape(_state[{idx}].shape[0], _H * {size}, 1, 1), "
-                f"output_final_state=True, chunk_size=chunk_size)", 1)
+                f"output_final_state=True, chunk_size=chunk_size{self.cu_arg()})", 1)
         out.add(f"{var} = {var}.reshape(_B, _T, _H, {size})", 1)
         out.add(f"_{n}_last{suffix} = _{n}_last{suffix}.reshape(-1, _H, {size})", 1)
 
@@ -333,7 +354,7 @@ class _Gen:
             out.add(f"_{n}_b = {self._full(align(k, sdims), sizes)}", 1)
             m = r(sp.dense)
             out.add(f"_{n}_all, _{n}_last = _forms.scan_dense({m.text}, _{n}_b, initial_state=_state[{idx}], "
-                    "output_final_state=True)", 1)
+                    f"output_final_state=True{self.cu_arg()})", 1)
         else:
             if sp.vector:
                 out.add(f"_{n}_b = {self._full(align(k, sdims), sizes)}", 1)
@@ -344,7 +365,7 @@ class _Gen:
             a = self.gate_product(r, sp, sdims)
             out.add(f"_{n}_a = {a}", 1)
             out.add(f"_{n}_all, _{n}_last = _forms.scan_diagonal(a=_ops.as_tensor_like(_{n}_a, _{n}_b), b=_{n}_b, "
-                    f"initial_state=_state[{idx}], output_final_state=True)", 1)
+                    f"initial_state=_state[{idx}], output_final_state=True{self.cu_arg()})", 1)
         if any(rd.before for rd in reads):   # S_{t-1}: the initial state, then every state but the last
             out.add(f"_{n}_prev = torch.cat([_state[{idx}].to(_{n}_all.dtype)[:, None], "
                     f"_{n}_all[:, :-1]], dim=1)", 1)
@@ -465,6 +486,7 @@ class _Gen:
         out.add(f"STATES = {tuple(self.states)!r}")
         out.add(f"READOUTS = {tuple(c.readouts)!r}")
         out.add(f"MODES = {tuple(self.p.modes)!r}")
+        out.add(f"VARLEN_FORMS = {varlen_forms(self.p)!r}  # forms taking cu_seqlens (others: one call per sequence)")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add()
         out.add()

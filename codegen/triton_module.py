@@ -28,6 +28,7 @@ import re
 from seqdsl import ir
 from seqdsl.analysis import Analysis
 from seqdsl.codegen.ops import OPS
+from seqdsl.codegen.torch_module import varlen_forms
 from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
 from seqdsl.plan import KernelPlan
 from seqdsl.typecheck import Checked, Ty
@@ -557,8 +558,11 @@ class _Gen:
 
     def twin_form_wrapper(self, out: _Lines, form: str, twin: str, doc: list[str], chunked: bool) -> None:
         """``def <form>(...)``: the torch twin's function of that form, its form algorithms run by Triton."""
-        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + ("'chunk_size': chunk_size" if chunked else "") + "}"
-        out.add(f"def {form}({self.signature()}{', chunk_size=64' if chunked else ''}):")
+        varlen = form in varlen_forms(self.p)
+        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + ("'chunk_size': chunk_size, " if chunked else "") \
+            + ("'cu_seqlens': cu_seqlens" if varlen else "") + "}"
+        out.add(f"def {form}({self.signature()}{', chunk_size=64' if chunked else ''}"
+                f"{', cu_seqlens=None' if varlen else ''}):")
         out.add(f'"""{"Chunkwise" if chunked else "Parallel-scan"} form. Returns ((readouts [B, T, H, ...]), '
                 '(states [B, H, ...])).', 1)
         out.add("", 0)
@@ -646,6 +650,8 @@ class _Gen:
         out.add(f"READOUTS = {tuple(c.readouts)!r}")
         out.add(f"MODES = {modes!r}")
         out.add(f"WHY_NOT = {why_not!r}")
+        out.add(f"VARLEN_FORMS = {tuple(f for f in varlen_forms(self.p) if f in modes)!r}  # forms taking cu_seqlens "
+                "(others: one call per sequence)")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
         out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")

@@ -137,6 +137,23 @@ def test_varlen_matches_interpreter(name, mode):
     _check(f"{name}/triton {mode} varlen", expected, got, torch.float64, FORM_FACTOR[mode])
 
 
+def test_packed_sequences_run_in_one_call_where_the_form_takes_cu_seqlens(monkeypatch):
+    """The chunk and scan forms take cu_seqlens (one launch for all sequences) unless a readout reads S_{t-1}
+    (RWKV's bonus: shifting the packed time axis would cross sequences), which runs one call per sequence."""
+    fused = {name for name in MODELS if "chunk" in compiled(name)[1].modes
+             and "chunk" in compiled(name)[1].module.VARLEN_FORMS}
+    assert {"gla", "deltanet", "gated_deltanet", "mamba2", "s4d", "lru", "deltaproduct"} <= fused
+    for name, expect_calls in [("gla", 1), ("rwkv6", 3)]:
+        m, op, ref = compiled(name)
+        calls = []
+        chunk = op.module.chunk
+        monkeypatch.setattr(op.module, "chunk", lambda *a, **kw: calls.append(kw.get("cu_seqlens")) or chunk(*a, **kw))
+        inputs = sample_inputs(ref, 1, 12, seed=9)
+        op(**inputs, cu_seqlens=torch.tensor([0, 4, 5, 12]), mode="chunk", chunk_size=16)
+        assert len(calls) == expect_calls, (name, calls)
+        monkeypatch.undo()
+
+
 TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem"]
 
 
@@ -248,6 +265,70 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
     got = torch.autograd.grad(loss(triton_chunk.chunk_gated, chunk_size=chunk), wrt)
     for name, a, b in zip(["q", "k", "v", "h0", *gates], expected, got):
         assert_close(f"chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
+REAL_KERNEL_CASES = ["none", "scalar", "key", "scalar+key", "delta", "gated-delta"]
+VARLEN_KERNEL_CASES = [pytest.param(case, 5, 7, id=case)
+                       for case in REAL_KERNEL_CASES + ["complex key", "complex scalar"]]
+# K = 70, V = 80: two K tiles and two V tiles of 64 in every backward kernel that loops over tiles
+VARLEN_KERNEL_CASES += [pytest.param(case, 70, 80, id=f"{case}-K70-V80") for case in REAL_KERNEL_CASES]
+
+
+@pytest.mark.parametrize("case,K,V", VARLEN_KERNEL_CASES)
+def test_chunk_kernels_run_packed_sequences_in_one_launch(case, K, V):
+    """cu_seqlens (IS_VARLEN): five packed sequences of lengths 5, 37, 16, 1, 20 (chunk 16: partial, full and
+    one-token chunks; a sequence boundary inside a chunk) with their own initial states, forward and backward,
+    against the torch step loop run on each sequence separately. With K = 70, V = 80 the backward kernels'
+    loops over K and V tiles run twice (the tiles are at most 64 wide)."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [5, 37, 16, 1, 20]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    T, N, H = sum(lengths), len(lengths), 2
+    complex_ = case.startswith("complex")
+
+    def rnd(*shape, scale=1.0):
+        x = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+        return torch.complex(x, scale * torch.randn(*shape, generator=g, dtype=torch.float64)) if complex_ else x
+
+    q, k, v, h0 = rnd(1, T, H, K), rnd(1, T, H, K), rnd(1, T, H, V), rnd(N, H, K, V)
+    args = {}
+    decay = lambda *shape: -torch.rand(*shape, generator=g, dtype=torch.float64)        # noqa: E731
+    if case in ("scalar", "scalar+key", "gated-delta"):
+        args["g"] = decay(1, T, H)
+    if case in ("key", "scalar+key"):
+        args["gk"] = decay(1, T, H, K)
+    if complex_:
+        shape = (1, T, H, K) if "key" in case else (1, T, H)
+        args["gk" if "key" in case else "g"] = torch.complex(decay(*shape), 3 * torch.randn(*shape, generator=g,
+                                                                                              dtype=torch.float64))
+    if "delta" in case:
+        k = torch.nn.functional.normalize(k, dim=-1)
+        args["beta"] = 2 * torch.rand(1, T, H, generator=g, dtype=torch.float64)
+    wrt = [t.requires_grad_(True) for t in (q, k, v, h0, *args.values())]
+    form, ref = ((triton_chunk.chunk_delta, torch_forms.recurrent_delta) if "delta" in case
+                 else (triton_chunk.chunk_gated, torch_forms.recurrent_gated))
+    do, dht = rnd(1, T, H, V), rnd(N, H, K, V)
+
+    def run(fn, **kw):
+        o, ht = fn(q, k, v, **args, scale=0.6, initial_state=h0, output_final_state=True, cu_seqlens=cu, **kw)
+        return (o, ht), (o * do).real.sum() + (ht * dht).real.sum()
+
+    expected, loss_ref = run(ref)
+    got, loss = run(form, chunk_size=16)
+    _check(f"varlen chunk kernels {case}", expected, got, torch.float64, FORM_FACTOR["chunk"])
+    for name, a, b in zip(["q", "k", "v", "h0", *args], torch.autograd.grad(loss_ref, wrt),
+                          torch.autograd.grad(loss, wrt)):
+        assert_close(f"varlen chunk backward {case} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
+def test_chunk_kernels_reject_bad_packing():
+    q = torch.randn(1, 10, 1, 4, dtype=torch.float64)
+    for cu, why in [([0, 4, 4, 10], "no empty"), ([0, 4, 9], "rising strictly from 0 to T = 10")]:
+        with pytest.raises(ValueError, match=why):
+            triton_chunk.chunk_gated(q, q, q, cu_seqlens=torch.tensor(cu))
+    with pytest.raises(ValueError, match="batch size must be 1"):
+        triton_chunk.chunk_gated(q.expand(2, -1, -1, -1), q.expand(2, -1, -1, -1), q.expand(2, -1, -1, -1),
+                                 cu_seqlens=torch.tensor([0, 10]))
 
 
 def _complex_step_loop(q, k, v, g, gk, h0, scale):

@@ -125,21 +125,28 @@ class CompiledOp:
             bounds = [int(b) for b in cu_seqlens]
             if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
                 raise ValueError(f"{self.name}: cu_seqlens must rise from 0 to T={T}; got {bounds}")
-            pieces, finals_list = [], []
-            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-                seq = [lifted[n][:, lo:hi] if n in self.checked.op_streams else lifted[n] for n in self.inputs]
-                h0 = tuple(s[i:i + 1] for s in states)
-                o, ht = fn(h0, *seq, **args, **extra)
-                pieces.append(o)
-                finals_list.append(ht)
-            outs = tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(len(pieces[0])))
-            finals = tuple(torch.cat([f[j] for f in finals_list]) for j in range(len(self.states)))
+            if mode in getattr(self.module, "VARLEN_FORMS", ()) and all(b > a for a, b in zip(bounds, bounds[1:])):
+                cu = torch.as_tensor(bounds, dtype=torch.long, device=first.device)
+                outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra, cu_seqlens=cu)
+            else:   # one call per sequence (forms reading S_{t-1}, the recurrent kernel, empty sequences)
+                outs, finals = self._per_sequence(fn, bounds, lifted, states, {**args, **extra})
         outs = tuple(self._unlift_output(o, out_dtype) for o in outs)
         o = outs[0] if len(outs) == 1 else outs
         if not output_final_state:
             return o, None
         finals = tuple(self._unlift_state(s) for s in finals)
         return o, finals[0] if len(finals) == 1 else finals
+
+    def _per_sequence(self, fn, bounds: list[int], lifted: dict, states: tuple, kwargs: dict) -> tuple:
+        """Packed sequences one call each: ((readouts [1, T, ...]), (final states [N, ...]))."""
+        pieces, finals_list = [], []
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            seq = [lifted[n][:, lo:hi] if n in self.checked.op_streams else lifted[n] for n in self.inputs]
+            o, ht = fn(tuple(s[i:i + 1] for s in states), *seq, **kwargs)
+            pieces.append(o)
+            finals_list.append(ht)
+        outs = tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(len(pieces[0])))
+        return outs, tuple(torch.cat([f[j] for f in finals_list]) for j in range(len(self.states)))
 
     def decode(self, state, **kwargs):
         """One token (O(1) per token generation): streams [B, *dims] -> (o [B, *dims], new state).

@@ -20,10 +20,14 @@ The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)
 by forward substitution, W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
 values v_new = U - W S), then stage 4 with v_new for v.
 
+Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed sequences (B = 1, N sequences of any
+lengths) run in the same launches as equal-length rows, one program row per sequence, tokens at bos + t
+(``sequence_bounds``), the chunk states h [N, H, NT, K, V] with NT the longest sequence's chunk count.
 Layouts are fla's: ``[B, T, H, D]``, contiguous; for decaying gates (log gates <= 0) every exponential is of a
 non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
 transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
-taken at causal (t >= s) entries, the others are masked before the exp, never clamped. Accumulation in fp32 (fp64 for fp64 inputs).
+taken at causal (t >= s) entries, the others are masked before the exp, never clamped.
+Accumulation in fp32 (fp64 for fp64 inputs).
 Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
 last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
 ``chunk_bwd_intra_gk_kernel`` computes the intra-chunk dq, dk by the forward's sub-chunks; then
@@ -46,14 +50,30 @@ GATE_NONE, GATE_SCALAR, GATE_KEY = 0, 1, 2
 
 
 @triton.jit
-def chunk_local_cumsum_kernel(g, gc, T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+def sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
+    """(bos, T) of sequence i_b: the row of its first token and its length. Equal lengths: rows i_b * T on;
+    packed (IS_VARLEN, B = 1): cu_seqlens[i_b] to cu_seqlens[i_b + 1]. Kernels index tokens as bos + t and
+    mask t < T, so one launch covers sequences of any lengths (programs past a sequence's end store nothing)."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+        n = (tl.load(cu_seqlens + i_b + 1) - tl.load(cu_seqlens + i_b)).to(tl.int32)
+    else:
+        bos = i_b * T
+        n = T
+    return bos, n
+
+
+@triton.jit
+def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
+                              BD: tl.constexpr, IS_VARLEN: tl.constexpr):
     """gc[b, t, h, :] = sum of g[b, s, h, :] for s from t's chunk start to t.   g, gc: [B, T, H, D]."""
     i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m = (o_t < T)[:, None] & (o_d < D)[None, :]
-    p = ((i_b * T + o_t[:, None]) * H + i_h) * D + o_d[None, :]
+    p = ((bos + o_t[:, None]) * H + i_h) * D + o_d[None, :]
     b_g = tl.load(g + p, mask=m, other=0.0)                                  # [BT, BD]
     tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m)
 
@@ -63,14 +83,17 @@ def chunk_fwd_h_kernel(
     k, v, gc,            # [B, T, H, K], [B, T, H, V], G: [B, T, H] (scalar) or [B, T, H, K] (key)
     h, h0, ht,           # h: [B, H, NT, K, V] the state entering each chunk; h0, ht: [B, H, K, V]
     w, v_new,            # DELTA only: W [B, T, H, K]; v is U, and v_new = U - W S is stored [B, T, H, V]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """h[c+1] = exp(G_last) ⊙ h[c] + (k ⊙ exp(G_last - G))^T v, chunk after chunk, for one (K, V) tile.
     DELTA (one K tile, BK >= K): the values are first corrected, v_new = U - W h[c] (stored)."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)                    # chunks per row of h (the longest sequence's)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -79,30 +102,29 @@ def chunk_fwd_h_kernel(
     b_h = tl.zeros([BK, BV], dtype=DTYPE)
     if USE_INITIAL_STATE:
         b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
-    NT = tl.cdiv(T, BT)
-    for i_t in range(0, NT):
+    for i_t in range(0, tl.cdiv(T, BT)):
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
         last = tl.minimum(i_t * BT + BT, T) - 1
-        b_k = tl.load(k + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+        b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                       mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)              # [BT, BK]
-        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_v, mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BT, BV]
         if DELTA:
-            b_w = tl.load(w + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+            b_w = tl.load(w + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                           mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)          # [BT, BK]
             b_v -= tl.dot(b_w, b_h, input_precision=PREC)
             tl.store(v_new + p_v, b_v.to(v_new.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         if GATE == 1:
-            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
-            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
+            b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
             b_h *= tl.exp(b_glast)
             b_v = b_v * tl.exp(b_glast - b_g)[:, None]
         if GATE == 2:
-            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+            b_gk = tl.load(gc + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                            mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)         # [BT, BK]
-            b_gklast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_gklast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_h *= tl.exp(b_gklast)[:, None]
             b_k = tl.where(m_t[:, None], b_k * tl.exp(b_gklast[None, :] - b_gk), 0.0)
         b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
@@ -113,12 +135,14 @@ def chunk_fwd_h_kernel(
 @triton.jit
 def chunk_intra_gk_kernel(
     q, k, gc, A,         # [B, T, H, K] x3; A: [B, T, H, BT] the causal scores within each chunk
-    T, H: tl.constexpr, K: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DIAG_3D: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     for i_i in tl.static_range(NC):
@@ -133,14 +157,14 @@ def chunk_intra_gk_kernel(
                 o_k = i_k * BK + tl.arange(0, BK)
                 m_k = o_k < K
                 m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
-                p_i = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] query rows
-                p_j = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] key rows
+                p_i = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] query rows
+                p_j = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] key rows
                 b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 b_gi = tl.load(gc + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 if i_i > i_j:
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
-                    b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+                    b_gr = tl.load(gc + ((bos + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
                     b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
                     b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
                     b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
@@ -155,27 +179,29 @@ def chunk_intra_gk_kernel(
                     for j in range(0, BC):
                         s = i_t * BT + i_j * BC + j
                         s_in = tl.minimum(s, T - 1)       # rows past T only meet rows past T (not stored)
-                        p_s = ((i_b * T + s_in) * H + i_h) * K + o_k
+                        p_s = ((bos + s_in) * H + i_h) * K + o_k
                         b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
                         b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
-                        b_e = tl.exp(tl.where((o_i >= s)[:, None], b_gi - b_gs[None, :], 0.0))       # causal entries only
+                        b_e = tl.exp(tl.where((o_i >= s)[:, None], b_gi - b_gs[None, :], 0.0))   # causal only
                         b_a = tl.reduce(b_q * b_ks[None, :] * b_e, 1, _tlib.add)
                         b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
                         b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
-            p_A = A + ((i_b * T + o_i[:, None]) * H + i_h) * BT + i_j * BC + o_c[None, :]
+            p_A = A + ((bos + o_i[:, None]) * H + i_h) * BT + i_j * BC + o_c[None, :]
             tl.store(p_A, b_A.to(A.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
 
 
 @triton.jit
 def chunk_fwd_o_kernel(
     q, k, v, gc, h, A, o,   # q, k [B, T, H, K], v, o [B, T, H, V], h [B, H, NT, K, V], A [B, T, H, BT]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < T
     o_v = i_v * BV + tl.arange(0, BV)
@@ -186,29 +212,29 @@ def chunk_fwd_o_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BK, BV]
         if GATE == 2:
-            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_gk = tl.load(gc + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
             b_o += tl.dot(b_q * tl.exp(b_gk), b_h, input_precision=PREC)
         else:
             b_o += tl.dot(b_q, b_h, input_precision=PREC)
-            b_k = tl.load(k + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
             b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     causal = o_t[:, None] >= o_t[None, :]
     if GATE == 2:
-        b_A = tl.load(A + ((i_b * T + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
+        b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
                       mask=m_t[:, None], other=0.0).to(DTYPE)
     if GATE == 1:
-        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_o = b_o * tl.exp(b_g)[:, None]
         b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(causal, b_A, 0.0)
-    b_v = tl.load(v + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+    b_v = tl.load(v + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
                   mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)
     b_o += tl.dot(b_A, b_v, input_precision=PREC)
-    tl.store(o + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+    tl.store(o + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -227,9 +253,10 @@ def unit_lower_inverse(b_A, o_c, BT: tl.constexpr, DTYPE: tl.constexpr):
 @triton.jit
 def chunk_delta_wy_kernel(
     k, v, beta, gc, w, u,   # k, w [B, T, H, K]; v, u [B, T, H, V]; beta, G [B, T, H]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """The WY / UT stage of the delta rule for one chunk: with A = tril(diag(beta) K K^T ⊙ D, -1),
     D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 by forward substitution (row i of Tm is
@@ -237,18 +264,19 @@ def chunk_delta_wy_kernel(
     Rows past T load zeros (beta = 0): their rows of Tm are unit rows and of W, U zero."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = tl.arange(0, BT)
     m_t = o_t < T
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < K)[None, :]
-    p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)                          # [BT, BK]
-    b_beta = tl.load(beta + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
+    b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
     b_kb = b_k * b_beta[:, None]
     b_A = tl.dot(b_kb, tl.trans(b_k), input_precision=PREC)                         # [BT, BT]
     if GATED:
-        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
@@ -258,7 +286,7 @@ def chunk_delta_wy_kernel(
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE) * b_beta[:, None]
         tl.store(u + p_v, tl.dot(b_Tm, b_v, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
 
@@ -267,38 +295,41 @@ def chunk_delta_wy_kernel(
 def chunk_bwd_dh_kernel(
     q, do, gc,           # q [B, T, H, K] (scaled), do [B, T, H, V], G [B, T, H]
     dh, dht, dh0,        # dh [B, H, NT, K, V]: the gradient w.r.t. the state after each chunk; dht, dh0 [B, H, K, V]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """The state gradients, chunk after chunk from the last: dS_c = exp(G_last) dS_{c+1} + (q ⊙ exp(G))^T do
     over chunk c, starting from the final state's gradient; what is left at the start is dh0."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     p_kv = o_k[:, None] * V + o_v[None, :]
     b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)
-    NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
-        i_t = NT - 1 - i
+    NT_seq = tl.cdiv(T, BT)
+    for i in range(0, NT_seq):
+        i_t = NT_seq - 1 - i
         tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
-        b_q = tl.load(q + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                       mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)               # [BT, BK]
-        b_do = tl.load(do + ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+        b_do = tl.load(do + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
         if GATE == 1:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-            b_dh *= tl.exp(tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE))
+            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_dh *= tl.exp(tl.load(gc + (bos + last) * H + i_h).to(DTYPE))
             b_q = b_q * tl.exp(b_g)[:, None]
         if GATE == 2:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_gk = tl.load(gc + ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :],
+            b_gk = tl.load(gc + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                            mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)         # [BT, BK]
-            b_gklast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_gklast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_dh *= tl.exp(b_gklast)[:, None]
             b_q = b_q * tl.exp(b_gk)
         b_dh += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
@@ -309,8 +340,9 @@ def chunk_bwd_dh_kernel(
 def chunk_bwd_intra_gk_kernel(
     q, k, v, gc, do,     # q (scaled), k, G [B, T, H, K]; v, do [B, T, H, V]
     dq, dk,              # out: the intra-chunk parts of dq, dk [B, T, H, K]
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """The intra-chunk gradients of a key-gated chunk, with dA_ts = do_t . v_s (causal):
         dq_t = sum_{s <= t} dA_ts k_s ⊙ exp(G_t - G_s),   dk_s = sum_{t >= s} dA_ts q_t ⊙ exp(G_t - G_s),
@@ -320,6 +352,7 @@ def chunk_bwd_intra_gk_kernel(
     All K (BK >= K) and V (BV >= V) channels in one block."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
@@ -328,18 +361,18 @@ def chunk_bwd_intra_gk_kernel(
         o_i = i_t * BT + i_i * BC + o_c
         m_i = o_i < T
         m_ik = m_i[:, None] & m_k[None, :]
-        p_ik = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]
-        b_do = tl.load(do + ((i_b * T + o_i[:, None]) * H + i_h) * V + o_v[None, :],
+        p_ik = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]
+        b_do = tl.load(do + ((bos + o_i[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_i[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BC, BV]
         b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)                          # [BC, BK]
         ref = tl.minimum(i_t * BT + i_i * BC, T - 1)
-        b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+        b_gr = tl.load(gc + ((bos + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
         b_off = tl.zeros([BC, BK], dtype=DTYPE)
         for i_j in tl.static_range(i_i):
             o_j = i_t * BT + i_j * BC + o_c
             m_jk = (o_j < T)[:, None] & m_k[None, :]
-            p_jk = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]
-            b_v = tl.load(v + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+            p_jk = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]
+            b_v = tl.load(v + ((bos + o_j[:, None]) * H + i_h) * V + o_v[None, :],
                           mask=(o_j < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)     # [BC, BV]
             b_k = tl.load(k + p_jk, mask=m_jk, other=0.0).to(DTYPE)
             b_gj = tl.load(gc + p_jk, mask=m_jk, other=0.0).to(DTYPE)
@@ -348,8 +381,8 @@ def chunk_bwd_intra_gk_kernel(
         b_dq = tl.where(m_ik, b_off * tl.exp(b_gi - b_gr[None, :]), 0.0)
         for j in range(0, BC):                                               # the diagonal sub-block
             s = tl.minimum(i_t * BT + i_i * BC + j, T - 1)   # rows past T only meet rows past T (not stored)
-            p_s = ((i_b * T + s) * H + i_h) * K + o_k
-            b_vs = tl.load(v + ((i_b * T + s) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
+            p_s = ((bos + s) * H + i_h) * K + o_k
+            b_vs = tl.load(v + ((bos + s) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
             b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
             b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
             causal = o_i >= i_t * BT + i_i * BC + j
@@ -360,33 +393,33 @@ def chunk_bwd_intra_gk_kernel(
         o_j = i_t * BT + i_j * BC + o_c
         m_j = o_j < T
         m_jk = m_j[:, None] & m_k[None, :]
-        p_jk = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]
-        b_v = tl.load(v + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+        p_jk = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]
+        b_v = tl.load(v + ((bos + o_j[:, None]) * H + i_h) * V + o_v[None, :],
                       mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BC, BV]
         b_gj = tl.load(gc + p_jk, mask=m_jk, other=0.0).to(DTYPE)
         ref = tl.minimum(i_t * BT + i_j * BC + BC - 1, T - 1)
-        b_gr = tl.load(gc + ((i_b * T + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+        b_gr = tl.load(gc + ((bos + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
         b_off = tl.zeros([BC, BK], dtype=DTYPE)
         for i_i in tl.static_range(i_j + 1, NC):
             o_i = i_t * BT + i_i * BC + o_c
             m_ik = (o_i < T)[:, None] & m_k[None, :]
-            p_ik = ((i_b * T + o_i[:, None]) * H + i_h) * K + o_k[None, :]
-            b_do = tl.load(do + ((i_b * T + o_i[:, None]) * H + i_h) * V + o_v[None, :],
+            p_ik = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]
+            b_do = tl.load(do + ((bos + o_i[:, None]) * H + i_h) * V + o_v[None, :],
                            mask=(o_i < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BC, BV]
             b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
             b_off += tl.dot(tl.dot(b_v, tl.trans(b_do), input_precision=PREC), b_qg, input_precision=PREC)
         b_dk = tl.where(m_jk, b_off * tl.exp(b_gr[None, :] - b_gj), 0.0)
-        p_i = ((i_b * T + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
+        p_i = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
         b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE)
-        b_do = tl.load(do + ((i_b * T + o_j[:, None]) * H + i_h) * V + o_v[None, :],
+        b_do = tl.load(do + ((bos + o_j[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)
         for j in range(0, BC):
             s = i_t * BT + i_j * BC + j
             s_in = tl.minimum(s, T - 1)
-            b_vs = tl.load(v + ((i_b * T + s_in) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
-            b_gs = tl.load(gc + ((i_b * T + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_vs = tl.load(v + ((bos + s_in) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
+            b_gs = tl.load(gc + ((bos + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_da = tl.where((o_j >= s) & m_j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)   # [BC] over t
             b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.where((o_j >= s)[:, None], b_gj - b_gs[None, :], 0.0)),
                               0, _tlib.add)
@@ -395,25 +428,26 @@ def chunk_bwd_intra_gk_kernel(
 
 
 @triton.jit
-def chunk_program_block(T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """The rows and offsets of a per-chunk backward program (grid (NT, B * H)), every K and V channel in one
+def chunk_program_block(T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The rows and offsets of a per-chunk backward program (grid (NT, N * H)), every K and V channel in one
     block: (i_b, i_h, o_t [BT] rows, o_c [BT] rows within the chunk, m_t, m_tk, m_tv, m_kv masks, p_k [BT, BK]
     and p_v [BT, BV] offsets into [B, T, H, K] / [B, T, H, V], p_h [BK, BV] into [B, H, NT, K, V], last row)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = tl.arange(0, BT)
     m_t = o_t < T
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     m_tk, m_tv = m_t[:, None] & (o_k < K)[None, :], m_t[:, None] & (o_v < V)[None, :]
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
-    p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+    p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
     p_h = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
     last = tl.minimum(i_t * BT + BT, T) - 1
-    return i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last
+    return i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last
 
 
 @triton.jit
@@ -422,8 +456,9 @@ def chunk_bwd_dqkvg_kernel(
                                 # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
     dq, dk, dv, dg,             # gradients: dq (w.r.t. the scaled q), dk [B, T, H, K], dv [B, T, H, V],
                                 # dg [B, T, H] (scalar gate) or [B, T, H, K] (key gate; dq, dk hold the intra parts)
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """One chunk's input gradients (all K and V channels in one block). With S the state entering the chunk,
     dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s) and E_s = exp(G_last - G_s):
@@ -433,7 +468,8 @@ def chunk_bwd_dqkvg_kernel(
     (or none) computes the intra parts here, A = (q k^T) ⊙ D and dA = (do v^T) ⊙ D causal, dq_intra = dA k,
     dk_intra = dA^T q, and sums dG over K; a key gate reads them from ``chunk_bwd_intra_gk_kernel`` and A
     from the forward."""
-    i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(T, H, K, V, BT, BK, BV)
+    i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(
+        T, cu_seqlens, H, K, V, BT, BK, BV, IS_VARLEN)
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
@@ -445,9 +481,9 @@ def chunk_bwd_dqkvg_kernel(
     if GATE == 2:
         b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)                         # [BT, BK]
         o_k = tl.arange(0, BK)
-        b_glast = tl.load(gc + ((i_b * T + last) * H + i_h) * K + o_k, mask=o_k < K, other=0.0).to(DTYPE)
+        b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=o_k < K, other=0.0).to(DTYPE)
         b_decay = tl.where(m_tk, tl.exp(b_glast[None, :] - b_g), 0.0)                   # E [BT, BK]
-        b_A = tl.load(A + ((i_b * T + o_t[:, None]) * H + i_h) * BT + o_c[None, :],
+        b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :],
                       mask=m_t[:, None] & m_t[None, :],
                       other=0.0).to(DTYPE)
         b_dq = tl.load(dq + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
@@ -457,8 +493,8 @@ def chunk_bwd_dqkvg_kernel(
     else:
         causal = o_c[:, None] >= o_c[None, :]
         if GATE == 1:
-            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
             b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
             b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
             b_qh = b_qh * tl.exp(b_g)[:, None]
@@ -482,7 +518,7 @@ def chunk_bwd_dqkvg_kernel(
         b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
         b_dG = tl.where(m_t, b_dG, 0.0)
         b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
-        tl.store(dg + (i_b * T + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+        tl.store(dg + (bos + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
     if GATE == 2:
         b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
         carry = tl.exp(b_glast) * tl.reduce(b_dh * b_h, 1, _tlib.add)                     # [BK]
@@ -498,15 +534,18 @@ def chunk_delta_bwd_dhu_kernel(
     q, k, w, gc, do,     # q (scaled), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
     dh, dht, dh0, dv_new,  # out: dh [B, H, NT, K, V] (w.r.t. the state after each chunk), dh0; in: dht [B, H, K, V];
                            # out: dv_new [B, T, H, V], the gradient w.r.t. the corrected values v_new = U - W S
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """The delta rule's state gradients, chunk after chunk from the last, for one V tile (all K channels).
     With S the state entering chunk c, dS' the gradient w.r.t. the state after it, E_s = exp(G_last - G_s) and
     A = (q k^T) ⊙ D causal:  dv_new = A^T do + (k ⊙ E) dS',  dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
@@ -515,15 +554,15 @@ def chunk_delta_bwd_dhu_kernel(
     m_kv = m_k[:, None] & m_v[None, :]
     b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
     causal = o_c[:, None] >= o_c[None, :]
-    NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
-        i_t = NT - 1 - i
+    NT_seq = tl.cdiv(T, BT)
+    for i in range(0, NT_seq):
+        i_t = NT_seq - 1 - i
         tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
         o_t = i_t * BT + o_c
         m_t = o_t < T
         m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        p_k = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-        p_v = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
@@ -531,8 +570,8 @@ def chunk_delta_bwd_dhu_kernel(
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
         if GATED:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-            b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
             b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
             b_kdec = tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0)
             b_qg = b_q * tl.exp(b_g)[:, None]
@@ -553,9 +592,10 @@ def chunk_delta_bwd_kernel(
     q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (scaled), k [B, T, H, K]; v, do, v_new, dv_new [B, T, H, V];
                                                    # beta, G [B, T, H]; h, dh [B, H, NT, K, V]
     dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the scaled q), dk, dv, dbeta, dg (raw log gate)
-    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """One chunk's input gradients for the delta rule (all K and V channels in one block), S the state entering
     the chunk and dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s), E_s = exp(G_last - G_s).
@@ -568,21 +608,22 @@ def chunk_delta_bwd_kernel(
         dbeta = rowsum(dVb ⊙ V) + exp(G) ⊙ rowsum(dKb ⊙ K) + rowsum(dA ⊙ D ⊙ K K^T),
     and dG_t = q_t . dq_t - k_t . dk_t (output part) + rowsum(dKb ⊙ Kb) + rowsum(dA ⊙ A) - colsum(dA ⊙ A)
     (+ at the last row exp(G_last) <dS', S> + sum_s k_s . dk_inter_s), dg its reverse cumsum in the chunk."""
-    i_b, i_h, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(T, H, K, V, BT, BK, BV)
+    i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(
+        T, cu_seqlens, H, K, V, BT, BK, BV, IS_VARLEN)
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_beta = tl.load(beta + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+    b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
     b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # S [BK, BV]
     b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)                             # dS'
     causal = o_c[:, None] >= o_c[None, :]
     strict = o_c[:, None] > o_c[None, :]
     if GATED:
-        b_g = tl.load(gc + (i_b * T + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-        b_glast = tl.load(gc + (i_b * T + last) * H + i_h).to(DTYPE)
+        b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+        b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
         b_D = tl.where(causal, tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
         b_eg = tl.where(m_t, tl.exp(b_g), 0.0)
         b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
@@ -623,13 +664,13 @@ def chunk_delta_bwd_kernel(
     tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-    tl.store(dbeta + (i_b * T + o_t) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
+    tl.store(dbeta + (bos + o_t) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if GATED:
         b_dAA = b_dA * b_A
         b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add) + tl.reduce(b_dAA, 1, _tlib.add) - tl.reduce(b_dAA, 0, _tlib.add)
         b_dG = tl.where(m_t, b_dG, 0.0)
         b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
-        tl.store(dg + (i_b * T + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+        tl.store(dg + (bos + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
 
 
 def _block(n: int, cap: int = 64) -> int:
@@ -642,27 +683,31 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
 
     q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] and / or gk [B, T, H, K] log gates (or neither),
     initial_state [B, H, K, V]. Returns (o [B, T, H, V], final state [B, H, K, V] or None), computed
-    in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates
-    and cu_seqlens are not supported here. Complex values run on the same real kernels (see
-    ``_complex_chunk_gated``). chunk_size is rounded up to a power of
-    two >= 16. Differentiable through Triton backward kernels: the state gradients chunk by chunk from
+    in fp32 (fp64 for fp64 inputs). The arguments of ``torch_forms.chunk_gated``; value-axis gates are not
+    supported here. cu_seqlens (B = 1, N packed non-empty sequences, initial_state [N, H, K, V]) runs every
+    sequence in the same launches (IS_VARLEN). Complex values run on the same real kernels (see
+    ``_complex_chunk_gated``). chunk_size is rounded up to a power of two >= 16. Differentiable through Triton
+    backward kernels: the state gradients chunk by chunk from
     the last, then (key gates) the intra-chunk dq, dk by sub-chunks, then every chunk's dq, dk, dv, dg.
     The backward keeps all K and V channels of a chunk in one block.
     """
-    if gv is not None or cu_seqlens is not None:
-        raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates, one sequence per row")
+    if gv is not None:
+        raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
     if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
-        return _complex_chunk_gated(q, k, v, g, gk, float(scale), initial_state, output_final_state, chunk_size)
+        return _complex_chunk_gated(q, k, v, g, gk, float(scale), initial_state, output_final_state, chunk_size,
+                                    rows)
     if _wants_grad(q, k, v, g, gk, initial_state):
-        o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size)
+        o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size, rows)
     else:
-        o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
+        o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
     return o, (ht if output_final_state else None)
 
 
-def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_final_state: bool, chunk_size: int):
+def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_final_state: bool, chunk_size: int,
+                         rows: "_Rows"):
     """chunk_gated for complex q, k, v, gates or state, on the real kernels (torch_forms' convention: the state
     is written k v^T and read S^T q without conjugation; a complex log gate's real part is the log decay).
 
@@ -676,7 +721,8 @@ def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_fin
     batch of one real chunk_gated call: four times the real work of a K x V state. Phi is summed in fp64
     and reduced mod 2 pi, so long sequences of fast rotations keep their phase. Differentiable: the
     real stages by their Triton backward kernels, the (elementwise) rotations and splits through torch.
-    Returns (o [B, T, H, V] complex, final state [B, H, K, V] complex or None).
+    Packed sequences (rows.varlen): Phi restarts at each sequence's first token.
+    Returns (o [B, T, H, V] complex, final state [B or N, H, K, V] complex or None).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -688,34 +734,45 @@ def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_fin
     gate = gk if gk is not None else (g[..., None] if g is not None else None)      # [B, T, H, K or 1]
     rot = None
     if gate is not None and gate.is_complex():
-        phase = torch.cumsum(gate.imag.to(torch.float64), dim=1).remainder(2 * torch.pi)
+        phase = torch.cumsum(gate.imag.to(torch.float64), dim=1)
+        if rows.varlen:   # subtract the phase accumulated before each sequence's first token
+            starts = rows.cu.to(device=phase.device, dtype=torch.long)
+            lengths = (starts[1:] - starts[:-1]).tolist()
+            before = torch.cat([torch.zeros_like(phase[:, :1]), phase[:, :-1]], 1)[:, starts[:-1]]
+            phase = phase - torch.repeat_interleave(before, torch.tensor(lengths, device=phase.device), dim=1)
+        phase = phase.remainder(2 * torch.pi)
         rot = torch.complex(torch.cos(phase), torch.sin(phase)).to(cdt)              # e^{i Phi_t}
         q, k, gate = q * rot, k * rot.conj(), gate.real
     real_gate = None if gate is None else gate.to(rdt)
     keys = torch.cat([k.real, k.imag], -1)
     values = torch.cat([v.real, v.imag], -1)
-    queries = torch.cat([torch.cat([q.real, -q.imag], -1), torch.cat([q.imag, q.real], -1)], 0)
+    q_re = torch.cat([q.real, -q.imag], -1)                                       # reads Re o
+    q_im = torch.cat([q.imag, q.real], -1)                                        # reads Im o
     gates = {}
     if real_gate is not None:
         gates = {"g": real_gate[..., 0]} if gk is None else {"gk": torch.cat([real_gate, real_gate], -1)}
-        gates = {n: torch.cat([x, x], 0) for n, x in gates.items()}
     h0 = None
     if initial_state is not None:
         h0 = initial_state.to(cdt)
-        top = torch.cat([h0.real, h0.imag], -1)                                       # [B, H, K, 2V]
+        top = torch.cat([h0.real, h0.imag], -1)                                       # [N, H, K, 2V]
         h0 = torch.cat([top, torch.zeros_like(top)], -2)
         h0 = torch.cat([h0, h0], 0)
-    o2, X = chunk_gated(queries.to(rdt), torch.cat([keys, keys], 0).to(rdt), torch.cat([values, values], 0).to(rdt),
-                        scale=scale, initial_state=h0, output_final_state=output_final_state, chunk_size=chunk_size,
-                        **gates)
-    o_re, o_im = o2[:B], o2[B:]
+    # The two queries share X: one call on a doubled batch (packed sequences: twice as many sequences).
+    axis = 1 if rows.varlen else 0
+    twice = lambda x: torch.cat([x, x], axis).to(rdt)                             # noqa: E731
+    cu2 = torch.cat([rows.cu, rows.cu[1:] + T]) if rows.varlen else None
+    o2, X = chunk_gated(torch.cat([q_re, q_im], axis).to(rdt), twice(keys), twice(values), scale=scale,
+                        initial_state=h0, output_final_state=output_final_state, cu_seqlens=cu2,
+                        chunk_size=chunk_size, **{n: twice(x) for n, x in gates.items()})
+    o_re, o_im = o2.chunk(2, axis)
     o = torch.complex(o_re[..., :V] - o_im[..., V:], o_re[..., V:] + o_im[..., :V])
     if not output_final_state:
         return o, None
-    X = X[:B]
+    X = X[:rows.N]
     ht = torch.complex(X[..., :K, :V] - X[..., K:, V:], X[..., :K, V:] + X[..., K:, :V])
-    if rot is not None:
-        ht = ht * rot[:, -1, :, :, None]
+    if rot is not None:   # the rotation at each sequence's last token
+        last = rot[0, rows.cu[1:].long() - 1] if rows.varlen else rot[:, -1]
+        ht = ht * last[:, :, :, None]
     return o, ht
 
 
@@ -723,8 +780,31 @@ def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+class _Rows:
+    """How the kernels find the sequences: B equal-length rows of T tokens, or (cu_seqlens, B = 1) N packed
+    sequences, one program row each. ``T`` is the kernels' T argument (the longest sequence: h has NT =
+    cdiv(T, BT) chunk slots per sequence), ``N`` the sequence count."""
+
+    def __init__(self, B: int, T: int, cu_seqlens=None):
+        self.varlen = cu_seqlens is not None
+        if not self.varlen:
+            self.N, self.T, self.cu = B, T, None
+            return
+        if B != 1:
+            raise ValueError(f"with cu_seqlens the batch size must be 1; got {B}")
+        bounds = [int(b) for b in cu_seqlens]
+        lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or min(lengths) < 1:
+            raise ValueError(f"the Triton chunk kernels take cu_seqlens rising strictly from 0 to T = {T} (no empty "
+                             f"sequences); got {bounds}")
+        self.N, self.T, self.cu = len(lengths), max(lengths), cu_seqlens
+
+    def kwargs(self, dummy) -> dict:
+        return dict(cu_seqlens=self.cu if self.varlen else dummy, IS_VARLEN=self.varlen)
+
+
 def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors):
-    """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch."""
+    """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch (T: the kernels' T, _Rows.T)."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     BT = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
     BK, BV = _block(K), _block(V)
@@ -734,23 +814,25 @@ def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors):
                                                             num_warps=cfg["num_warps"])
 
 
-def _local_cumsum(graw, BT: int, NT: int, cfg):
+def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows):
     """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype)."""
-    B, T, H, D = graw.shape
+    H, D = graw.shape[2], graw.shape[3]
     gc = torch.empty_like(graw)
     BD = 1 if D == 1 else _block(D)
-    chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, B * H)](graw, gc, T, H=H, D=D, BT=BT, BD=BD,
-                                                              num_warps=cfg["num_warps"])
+    chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, rows.N * H)](graw, gc, rows.T, H=H, D=D, BT=BT, BD=BD,
+                                                                   num_warps=cfg["num_warps"], **rows.kwargs(graw))
     return gc
 
 
-def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size):
+def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows: _Rows):
     """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, G, h, A, gate) for
-    the backward (h [B, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk scores of
+    the backward (h [N, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk scores of
     a key gate, else None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, g, gk, initial_state)
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, g, gk, initial_state)
+    common.update(rows.kwargs(q))
+    N = rows.N
     if g is not None and gk is not None:
         gk, g = gk + g[..., None], None
     q = q * scale if scale != 1.0 else q
@@ -758,45 +840,47 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size):
     gate, gc = GATE_NONE, q
     if g is not None or gk is not None:
         gate = GATE_SCALAR if g is not None else GATE_KEY
-        gc = _local_cumsum((g[..., None] if g is not None else gk).to(dtype).contiguous(), BT, NT, cfg)
-    h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
-    ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
+        gc = _local_cumsum((g[..., None] if g is not None else gk).to(dtype).contiguous(), BT, NT, cfg, rows)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
+    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
-    chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        k, v, gc, h, h0, ht, k, v, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=False,
+    chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        k, v, gc, h, h0, ht, k, v, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=False,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     A = q
     if gate == GATE_KEY:
         A = torch.zeros(B, T, H, BT, dtype=dtype, device=q.device)
-        chunk_intra_gk_kernel[(NT, B * H)](q, k, gc, A, T, H=H, K=K, BT=BT, BC=16, BK=BK,
+        chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
                                            DIAG_3D=cfg.get("diag_3d", False), **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, gc, h, A, o, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                                         GATE=gate, **common)
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
 
 
-def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int):
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows):
     """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form; dG is [B, T, H] for a scalar gate,
     [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
     q, k, v, gc, h, A, gate = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q)
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
+    common.update(rows.kwargs(q))
+    N = rows.N
     do = do.to(dtype).contiguous()
-    dht = torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
-    dh = torch.empty_like(h)
+    dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dh = torch.zeros_like(h) if rows.varlen else torch.empty_like(h)
     dh0 = torch.empty_like(dht)
-    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        q, do, gc, dh, dht, dh0, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
+    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        q, do, gc, dh, dht, dh0, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
     if gate == GATE_KEY:
-        chunk_bwd_intra_gk_kernel[(NT, B * H)](q, k, v, gc, do, dq, dk, T, H=H, K=K, V=V, BT=BT, BC=16,
+        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dq, dk, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
                                                BK=BK_all, BV=BV_all, **common)
     dg = torch.empty(gc.shape, dtype=dtype, device=q.device) if gate != GATE_NONE else dq
-    chunk_bwd_dqkvg_kernel[(NT, B * H)](q, k, v, gc, h, do, dh, A if A is not None else q, dq, dk, dv, dg,
-                                        T, H=H, K=K, V=V, BT=BT, BK=BK_all, BV=BV_all, GATE=gate, **common)
+    chunk_bwd_dqkvg_kernel[(NT, N * H)](q, k, v, gc, h, do, dh, A if A is not None else q, dq, dk, dv, dg,
+                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK_all, BV=BV_all, GATE=gate, **common)
     if gate == GATE_SCALAR:
         dg = dg[..., 0]
     return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
@@ -807,23 +891,23 @@ class _ChunkGated(torch.autograd.Function):
     it (gk + g); its gradient is then the key gate's summed over K."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size):
-        o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size)
+    def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size, rows):
+        o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved[:6])
-        ctx.gate, ctx.scale, ctx.chunk_size = saved[6], scale, chunk_size
+        ctx.gate, ctx.scale, ctx.chunk_size, ctx.rows = saved[6], scale, chunk_size, rows
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, gk, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         saved = (*ctx.saved_tensors, ctx.gate)
-        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size)
+        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows)
         has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
         dg = (dG.sum(-1) if has_gk else dG) if has_g else None
         dgk = dG if has_gk else None
         grads = (dq, dk, dv, dg, dgk, dh0)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
-        return (*out, None, None)
+        return (*out, None, None, None)
 
 
 def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
@@ -837,11 +921,10 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     corrected values v_new = U - W S; the outputs o = (q ⊙ exp(G)) S + (q k^T ⊙ D) v_new (the gated
     chunk's output kernel). Backward: ``chunk_delta_bwd_dhu_kernel`` (state gradients and dv_new from the last
     chunk to the first), then ``chunk_delta_bwd_kernel`` per chunk (dq, dk, dv, dbeta, dg, through the WY stage
-    with its inverse recomputed). The arguments and results of ``torch_forms.chunk_delta``; cu_seqlens and
-    complex values are not supported here; K up to 256 (one block). Computed in fp32 (fp64 for fp64).
+    with its inverse recomputed). The arguments and results of ``torch_forms.chunk_delta`` (cu_seqlens: N packed
+    non-empty sequences in the same launches); complex values are not supported here; K up to 256 (one block).
+    Computed in fp32 (fp64 for fp64).
     """
-    if cu_seqlens is not None:
-        raise NotImplementedError("the Triton delta chunk kernels take one sequence per row")
     if any(t is not None and t.is_complex() for t in (q, k, v, beta, g, initial_state)):
         raise NotImplementedError("the Triton chunk kernels are real")
     K = q.shape[-1]
@@ -849,61 +932,66 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
         raise NotImplementedError(f"the Triton delta chunk kernels keep all K = {K} key channels in one block (<= 256)")
     if scale is None:
         scale = K ** -0.5
+    rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
     if _wants_grad(q, k, v, beta, g, initial_state):
-        o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size)
+        o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size, rows)
     else:
-        o, ht, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size)
+        o, ht, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
     return o, (ht if output_final_state else None)
 
 
-def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size):
+def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows):
     """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, beta, G, w, h, v_new)
-    for the backward (h [B, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
+    for the backward (h [N, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q, k, v, beta, g, initial_state)
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state)
+    common.update(rows.kwargs(q))
+    N = rows.N
     BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
     q = q * scale if scale != 1.0 else q
     q, k, v, beta = (x.to(dtype).contiguous() for x in (q, k, v, beta))
     gc = None
     if g is not None:
-        gc = _local_cumsum(g[..., None].to(dtype).contiguous(), BT, NT, cfg)
+        gc = _local_cumsum(g[..., None].to(dtype).contiguous(), BT, NT, cfg, rows)
     gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
     w, u = torch.empty_like(k), torch.empty_like(v)
-    chunk_delta_wy_kernel[(NT, B * H)](k, v, beta, gcp, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    chunk_delta_wy_kernel[(NT, N * H)](k, v, beta, gcp, w, u, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                        GATED=g is not None, **common)
-    h = torch.empty(B, H, NT, K, V, dtype=dtype, device=q.device)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
     v_new = torch.empty_like(v)
-    ht = torch.empty(B, H, K, V, dtype=dtype, device=q.device)
+    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     gate = GATE_SCALAR if g is not None else GATE_NONE
-    chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), B * H)](
-        k, u, gcp, h, h0, ht, w, v_new, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
+    chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), N * H)](
+        k, u, gcp, h, h0, ht, w, v_new, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v_new, gcp, h, q, o, T, H=H, K=K, V=V, BT=BT,
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v_new, gcp, h, q, o, rows.T, H=H, K=K, V=V, BT=BT,
                                                         BK=_block(K), BV=BV, GATE=gate, **common)
     return o, ht, (q, k, v, beta, gc, w, h, v_new)
 
 
-def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int):
+def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
     q, k, v, beta, gc, w, h, v_new = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, T, q.device, q)
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
+    common.update(rows.kwargs(q))
+    N = rows.N
     BK = max(16, _rt.next_pow2(K))
     gated = gc is not None
     gcp = gc if gated else beta
     do = do.to(dtype).contiguous()
-    dht = torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
-    dh, dh0, dv_new = torch.empty_like(h), torch.empty_like(dht), torch.empty_like(v)
-    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), B * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, T, H=H, K=K,
+    dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dh, dh0, dv_new = (torch.zeros_like if rows.varlen else torch.empty_like)(h), torch.empty_like(dht), torch.empty_like(v)
+    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, rows.T, H=H, K=K,
                                                             V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
     dq, dk, dv, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
     dg = torch.empty_like(beta) if gated else dbeta
-    chunk_delta_bwd_kernel[(NT, B * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg,
-                                        T, H=H, K=K, V=V, BT=BT, BK=BK, BV=max(16, _rt.next_pow2(V)), GATED=gated,
+    chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg,
+                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=max(16, _rt.next_pow2(V)), GATED=gated,
                                         **common)
     return dq * scale if scale != 1.0 else dq, dk, dv, dbeta, (dg if gated else None), dh0
 
@@ -912,15 +1000,15 @@ class _ChunkDelta(torch.autograd.Function):
     """chunk_delta, forward and backward as Triton kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size):
-        o, ht, saved = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size)
+    def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size, rows):
+        o, ht, saved = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved)
-        ctx.scale, ctx.chunk_size = scale, chunk_size
+        ctx.scale, ctx.chunk_size, ctx.rows = scale, chunk_size, rows
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, beta, g, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size)
+        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size, ctx.rows)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
-        return (*out, None, None)
+        return (*out, None, None, None)
