@@ -31,8 +31,9 @@ Accumulation in fp32 (fp64 for fp64 inputs).
 Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
 last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
 ``chunk_bwd_intra_gk_kernel`` computes the intra-chunk dq, dk by the forward's sub-chunks; then
-``chunk_bwd_dqkvg_kernel`` adds the inter-chunk terms and gives dv and the log-gate gradient (a reverse
-cumulative sum within the chunk). The delta rule's backward: ``chunk_delta_bwd_dhu_kernel`` carries the state
+``chunk_bwd_dqk_kernel`` (per K tile, looping over V tiles) adds the inter-chunk terms of dq, dk and gives the
+log-gate gradient (a reverse cumulative sum within the chunk), ``chunk_bwd_dv_kernel`` (per V tile, looping over
+K tiles) dv. The delta rule's backward: ``chunk_delta_bwd_dhu_kernel`` carries the state
 gradient back and gives the gradient of the corrected values v_new; ``chunk_delta_bwd_kernel`` then does each
 chunk's outputs, state passing and WY / UT stage in reverse (the inverse recomputed by forward substitution).
 """
@@ -65,8 +66,9 @@ def sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
-                              BD: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """gc[b, t, h, :] = sum of g[b, s, h, :] for s from t's chunk start to t.   g, gc: [B, T, H, D]."""
+                              BD: tl.constexpr, REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """gc[b, t, h, :] = sum of g[b, s, h, :] for s from t's chunk start to t (REVERSE: from t to the chunk's end).
+    g, gc: [B, T, H, D]."""
     i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
@@ -75,7 +77,10 @@ def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.const
     m = (o_t < T)[:, None] & (o_d < D)[None, :]
     p = ((bos + o_t[:, None]) * H + i_h) * D + o_d[None, :]
     b_g = tl.load(g + p, mask=m, other=0.0)                                  # [BT, BD]
-    tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m)
+    b_c = tl.cumsum(b_g, axis=0)
+    if REVERSE:
+        b_c = tl.reduce(b_g, 0, _tlib.add)[None, :] - b_c + b_g
+    tl.store(gc + p, b_c, mask=m)
 
 
 @triton.jit
@@ -428,68 +433,68 @@ def chunk_bwd_intra_gk_kernel(
 
 
 @triton.jit
-def chunk_program_block(T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """The rows and offsets of a per-chunk backward program (grid (NT, N * H)), every K and V channel in one
-    block: (i_b, i_h, o_t [BT] rows, o_c [BT] rows within the chunk, m_t, m_tk, m_tv, m_kv masks, p_k [BT, BK]
-    and p_v [BT, BV] offsets into [B, T, H, K] / [B, T, H, V], p_h [BK, BV] into [B, H, NT, K, V], last row)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    o_c = tl.arange(0, BT)
-    m_t = o_t < T
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_tk, m_tv = m_t[:, None] & (o_k < K)[None, :], m_t[:, None] & (o_v < V)[None, :]
-    m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
-    p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-    p_h = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
-    last = tl.minimum(i_t * BT + BT, T) - 1
-    return i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last
-
-
-@triton.jit
-def chunk_bwd_dqkvg_kernel(
-    q, k, v, gc, h, do, dh, A,  # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, H, NT, K, V];
-                                # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
-    dq, dk, dv, dg,             # gradients: dq (w.r.t. the scaled q), dk [B, T, H, K], dv [B, T, H, V],
-                                # dg [B, T, H] (scalar gate) or [B, T, H, K] (key gate; dq, dk hold the intra parts)
+def chunk_bwd_dqk_kernel(
+    q, k, v, gc, h, do, dh,  # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
+    dq, dk, dg,              # dq (w.r.t. the scaled q), dk [B, T, H, K] (key gates: hold the intra parts on entry);
+                             # dg: key gate [B, T, H, K] (the raw log gate's gradient); scalar gate [B, T, H, NK]
+                             # (this K tile's part of dG, before the reverse cumsum)
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
-    """One chunk's input gradients (all K and V channels in one block). With S the state entering the chunk,
-    dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s) and E_s = exp(G_last - G_s):
-        dq = dq_intra + exp(G) ⊙ do S^T,  dk = dk_intra + E ⊙ v dS'^T,  dv = A^T do + (k ⊙ E) dS',
-        dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t (+ at the last row: exp(G_last) ⊙ rowsum(dS' ⊙ S) + sum_s k_s ⊙ dk_inter_s),
-    and dg = the reverse cumulative sum of dG within the chunk (G is the chunk-local cumsum of g). A scalar gate
-    (or none) computes the intra parts here, A = (q k^T) ⊙ D and dA = (do v^T) ⊙ D causal, dq_intra = dA k,
-    dk_intra = dA^T q, and sums dG over K; a key gate reads them from ``chunk_bwd_intra_gk_kernel`` and A
-    from the forward."""
-    i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(
-        T, cu_seqlens, H, K, V, BT, BK, BV, IS_VARLEN)
+    """dq, dk of one chunk for one K tile, looping over V tiles. With S the state entering the chunk, dS' the
+    gradient w.r.t. the state after it, D_ts = exp(G_t - G_s) and E_s = exp(G_last - G_s):
+        dq = dq_intra + exp(G) ⊙ do S^T,   dk = dk_intra + E ⊙ v dS'^T,
+        dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t (+ at the last row: exp(G_last) ⊙ rowsum(dS' ⊙ S) + sum_s k_s ⊙ dk_inter_s).
+    A scalar gate (or none) computes the intra parts here from dA = (do v^T) ⊙ D (causal): dq_intra = dA k,
+    dk_intra = dA^T q, and stores this tile's sum of dG over its K channels; a key gate reads the intra parts
+    from ``chunk_bwd_intra_gk_kernel`` and stores dg = the reverse cumsum of dG within the chunk."""
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    NK = tl.cdiv(K, BK)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
+    o_t = i_t * BT + o_c
+    m_t = o_t < T
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    last = tl.minimum(i_t * BT + BT, T) - 1
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
-    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # [BK, BV]
-    b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)
-    b_qh = tl.dot(b_do, tl.trans(b_h), input_precision=PREC)                            # do S^T [BT, BK]
-    b_vdh = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)                           # v dS'^T [BT, BK]
+    b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                                # do S^T
+    b_vdh = tl.zeros([BT, BK], dtype=DTYPE)                                               # v dS'^T
+    b_hdh = tl.zeros([BK], dtype=DTYPE)                                                   # rowsum(dS' ⊙ S)
+    b_dA = tl.zeros([BT, BT], dtype=DTYPE)                                                # do v^T
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv, m_kv = m_t[:, None] & (o_v < V)[None, :], m_k[:, None] & (o_v < V)[None, :]
+        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        p_h = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                            # [BK, BV]
+        b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)
+        b_qh += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_vdh += tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)
+        b_hdh += tl.reduce(b_dh * b_h, 1, _tlib.add)
+        if GATE != 2:
+            b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
     if GATE == 2:
         b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)                         # [BT, BK]
-        o_k = tl.arange(0, BK)
-        b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=o_k < K, other=0.0).to(DTYPE)
+        b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
         b_decay = tl.where(m_tk, tl.exp(b_glast[None, :] - b_g), 0.0)                   # E [BT, BK]
-        b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :],
-                      mask=m_t[:, None] & m_t[None, :],
-                      other=0.0).to(DTYPE)
         b_dq = tl.load(dq + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
         b_dk_inter = b_vdh * b_decay
         b_dk = tl.load(dk + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_dk_inter
-        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_k * b_decay, b_dh, input_precision=PREC)
+        b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
+        carry = tl.exp(b_glast) * b_hdh + tl.reduce(b_k * b_dk_inter, 0, _tlib.add)        # [BK]
+        b_dG = tl.where((o_t == last)[:, None], b_dG + carry[None, :], b_dG)
+        b_dG = tl.where(m_tk, b_dG, 0.0)
+        b_dg = tl.reduce(b_dG, 0, _tlib.add)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG     # sum over s >= t
+        tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
     else:
         causal = o_c[:, None] >= o_c[None, :]
         if GATE == 1:
@@ -501,32 +506,74 @@ def chunk_bwd_dqkvg_kernel(
         else:
             b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
             b_decay = tl.where(m_t, 1.0, 0.0).to(DTYPE)
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_D                      # [BT, BT]
-        b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * b_D
+        b_dA = b_dA * b_D
         b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_qh
         b_dk_inter = b_vdh * b_decay[:, None]
         b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dk_inter
-        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + \
-            tl.dot(b_k, b_dh, input_precision=PREC) * b_decay[:, None]
+        if GATE == 1:
+            b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                        # [BT]
+            carry = tl.exp(b_glast) * tl.reduce(b_hdh, 0, _tlib.add) + \
+                tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
+            b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
+            tl.store(dg + ((bos + o_t) * H + i_h) * NK + i_k, b_dG.to(dg.dtype.element_ty), mask=m_t)
     tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-    if GATE == 1:
-        b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                          # [BT]
-        carry = tl.exp(b_glast) * tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
-        carry += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
-        b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
-        b_dG = tl.where(m_t, b_dG, 0.0)
-        b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
-        tl.store(dg + (bos + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
+
+
+@triton.jit
+def chunk_bwd_dv_kernel(
+    q, k, gc, dh, do, A, dv,  # q (scaled), k [B, T, H, K]; G; dh [N, H, NT, K, V]; do, dv [B, T, H, V];
+                              # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    """dv = A^T do + (k ⊙ E) dS' of one chunk for one V tile, looping over K tiles (A = (q k^T) ⊙ D causal,
+    recomputed here for a scalar gate or none; read from the forward for a key gate)."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
+    o_t = i_t * BT + o_c
+    m_t = o_t < T
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    b_dv = tl.zeros([BT, BV], dtype=DTYPE)
+    b_A = tl.zeros([BT, BT], dtype=DTYPE)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_dh = tl.load(dh + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
+                       mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)            # [BK, BV]
+        if GATE == 2:
+            b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
+            b_k = tl.where(m_tk, b_k * tl.exp(b_glast[None, :] - b_g), 0.0)                # k ⊙ E
+        else:
+            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_dv += tl.dot(b_k, b_dh, input_precision=PREC)
     if GATE == 2:
-        b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
-        carry = tl.exp(b_glast) * tl.reduce(b_dh * b_h, 1, _tlib.add)                     # [BK]
-        carry += tl.reduce(b_k * b_dk_inter, 0, _tlib.add)
-        b_dG = tl.where((o_t == last)[:, None], b_dG + carry[None, :], b_dG)
-        b_dG = tl.where(m_tk, b_dG, 0.0)
-        b_dg = tl.reduce(b_dG, 0, _tlib.add)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG
-        tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
+        b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None] & m_t[None, :],
+                      other=0.0).to(DTYPE)
+    else:
+        causal = o_c[:, None] >= o_c[None, :]
+        if GATE == 1:
+            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
+            b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+            b_dv = b_dv * tl.where(m_t, tl.exp(b_glast - b_g), 0.0)[:, None]
+        b_A = tl.where(causal, b_A, 0.0)
+    b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -590,16 +637,15 @@ def chunk_delta_bwd_dhu_kernel(
 @triton.jit
 def chunk_delta_bwd_kernel(
     q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (scaled), k [B, T, H, K]; v, do, v_new, dv_new [B, T, H, V];
-                                                   # beta, G [B, T, H]; h, dh [B, H, NT, K, V]
+                                                   # beta, G [B, T, H]; h, dh [N, H, NT, K, V]
     dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the scaled q), dk, dv, dbeta, dg (raw log gate)
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
-    PREC: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One chunk's input gradients for the delta rule (all K and V channels in one block), S the state entering
-    the chunk and dS' the gradient w.r.t. the state after it, D_ts = exp(G_t - G_s), E_s = exp(G_last - G_s).
-    Outputs and state passing (as the gated chunk, with v_new for v):
+    """One chunk's input gradients for the delta rule, S the state entering the chunk and dS' the gradient
+    w.r.t. the state after it, D_ts = exp(G_t - G_s), E_s = exp(G_last - G_s). Outputs and state passing (as
+    the gated chunk, with v_new for v):
         dq = (do v_new^T ⊙ D) k + exp(G) ⊙ do S^T,   dk = (do v_new^T ⊙ D)^T q + E ⊙ v_new dS'^T,   dW = -dv_new S^T.
     Then the WY / UT stage backward, W = Tm Kb and U = Tm Vb with Kb = diag(beta exp(G)) K, Vb = diag(beta) V,
     Tm = (I + A)^-1, A = tril(diag(beta) K K^T ⊙ D, -1) (recomputed), dU = dv_new:
@@ -607,20 +653,23 @@ def chunk_delta_bwd_kernel(
         dk += dKb ⊙ beta exp(G) + diag(beta) (dA ⊙ D) K + (dA ⊙ D)^T diag(beta) K,   dv = dVb ⊙ beta,
         dbeta = rowsum(dVb ⊙ V) + exp(G) ⊙ rowsum(dKb ⊙ K) + rowsum(dA ⊙ D ⊙ K K^T),
     and dG_t = q_t . dq_t - k_t . dk_t (output part) + rowsum(dKb ⊙ Kb) + rowsum(dA ⊙ A) - colsum(dA ⊙ A)
-    (+ at the last row exp(G_last) <dS', S> + sum_s k_s . dk_inter_s), dg its reverse cumsum in the chunk."""
-    i_b, i_h, bos, T, o_t, o_c, m_t, m_tk, m_tv, m_kv, p_k, p_v, p_h, last = chunk_program_block(
-        T, cu_seqlens, H, K, V, BT, BK, BV, IS_VARLEN)
-    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
-    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
-    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-    b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                               # S [BK, BV]
-    b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)                             # dS'
+    (+ at the last row exp(G_last) <dS', S> + sum_s k_s . dk_inter_s), dg its reverse cumsum in the chunk.
+    Tiled: only [BT, BT] matrices and [BT, BK], [BT, BV], [BK, BV] tiles live at once. Pass 1 over K tiles
+    builds K K^T (then A and Tm); pass 2 over V tiles gives dv, do v_new^T and the dU Vb^T part of dTm;
+    pass 3 over K tiles (each looping over V tiles for dW) the dW Kb^T part; pass 4 over K tiles (recomputing
+    dW) gives dq, dk and the K-side sums of dbeta and dG."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
+    o_t = i_t * BT + o_c
+    m_t = o_t < T
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    p_hc = (i_bh * NT + i_t) * K * V                                   # this chunk's [K, V] state in h, dh
     causal = o_c[:, None] >= o_c[None, :]
     strict = o_c[:, None] > o_c[None, :]
+    b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
     if GATED:
         b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
@@ -631,43 +680,100 @@ def chunk_delta_bwd_kernel(
         b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
         b_eg = tl.where(m_t, 1.0, 0.0).to(DTYPE)
         b_decay = b_eg
-    # outputs and state passing
-    b_dAqk = tl.dot(b_do, tl.trans(b_vn), input_precision=PREC) * b_D                   # [BT, BT]
-    b_dq = tl.dot(b_dAqk, b_k, input_precision=PREC) + \
-        tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_eg[:, None]
-    b_dk_inter = tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC) * b_decay[:, None]
-    b_dk = tl.dot(tl.trans(b_dAqk), b_q, input_precision=PREC) + b_dk_inter
-    b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                              # [BT]
-    if GATED:
-        carry = tl.exp(b_glast) * tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
-        carry += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
-        b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
-    b_dw = -tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)                           # [BT, BK]
-    # the WY / UT stage
-    b_kbeta = b_k * b_beta[:, None]
-    b_A = tl.where(strict, tl.dot(b_kbeta, tl.trans(b_k), input_precision=PREC) * b_D, 0.0)
+    # pass 1: K K^T, then A and Tm = (I + A)^-1
+    b_kk = tl.zeros([BT, BT], dtype=DTYPE)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
+                      other=0.0).to(DTYPE)
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    b_A = tl.where(strict, b_kk * b_beta[:, None] * b_D, 0.0)
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
-    b_kb = b_kbeta * b_eg[:, None]                                                      # Kb [BT, BK]
-    b_vb = b_v * b_beta[:, None]                                                        # Vb [BT, BV]
-    b_dTm = tl.dot(b_dw, tl.trans(b_kb), input_precision=PREC) + tl.dot(b_dvn, tl.trans(b_vb), input_precision=PREC)
-    b_dkb = tl.dot(tl.trans(b_Tm), b_dw, input_precision=PREC)
-    b_dvb = tl.dot(tl.trans(b_Tm), b_dvn, input_precision=PREC)
+    # pass 2 over V tiles: dv = (Tm^T dU) ⊙ beta, dbeta's V part, do v_new^T, dU Vb^T
+    b_dAqk = tl.zeros([BT, BT], dtype=DTYPE)
+    b_dTm = tl.zeros([BT, BT], dtype=DTYPE)
+    b_dbeta = tl.zeros([BT], dtype=DTYPE)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        b_dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dTm += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        b_dvb = tl.dot(tl.trans(b_Tm), b_dvn, input_precision=PREC)
+        b_dbeta += tl.reduce(b_dvb * b_v, 1, _tlib.add)
+        tl.store(dv + p_v, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+    b_dAqk = b_dAqk * b_D
+    # pass 3 over K tiles: dW Kb^T (dW = -dU S^T, over V tiles)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_dw = tl.zeros([BT, BK], dtype=DTYPE)
+        for i_v in range(0, tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            b_dvn = tl.load(dv_new + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
+                            mask=m_t[:, None] & (o_v < V)[None, :], other=0.0).to(DTYPE)
+            b_h = tl.load(h + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & (o_v < V)[None, :],
+                          other=0.0).to(DTYPE)
+            b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+        b_dTm += tl.dot(b_dw, tl.trans(b_k * (b_beta * b_eg)[:, None]), input_precision=PREC)
     b_dA = tl.dot(tl.dot(tl.trans(b_Tm), b_dTm, input_precision=PREC), tl.trans(b_Tm), input_precision=PREC)
     b_dA = tl.where(strict, -b_dA, 0.0)
     b_M = b_dA * b_D                                                                     # dA ⊙ D, strictly lower
-    b_dk += b_dkb * (b_beta * b_eg)[:, None] + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None] + \
-        tl.dot(tl.trans(b_M), b_kbeta, input_precision=PREC)
-    b_dv = b_dvb * b_beta[:, None]
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-    b_dbeta = tl.reduce(b_dvb * b_v, 1, _tlib.add) + b_eg * tl.reduce(b_dkb * b_k, 1, _tlib.add) + \
-        tl.reduce(b_M * b_kk, 1, _tlib.add)
-    tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    b_dbeta += tl.reduce(b_M * b_kk, 1, _tlib.add)
+    b_dAA = b_dA * b_A
+    b_dG = tl.reduce(b_dAA, 1, _tlib.add) - tl.reduce(b_dAA, 0, _tlib.add)
+    carry_h = tl.zeros([1], dtype=DTYPE)                                               # <dS', S>
+    carry_k = tl.zeros([1], dtype=DTYPE)                                               # sum_s k_s . dk_inter_s
+    # pass 4 over K tiles: dq, dk, and the K-side sums of dbeta and dG
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_dw = tl.zeros([BT, BK], dtype=DTYPE)
+        b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                          # do S^T
+        b_vdh = tl.zeros([BT, BK], dtype=DTYPE)                                         # v_new dS'^T
+        for i_v in range(0, tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_tv, m_kv = m_t[:, None] & (o_v < V)[None, :], m_k[:, None] & (o_v < V)[None, :]
+            p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+            b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+            b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+            b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
+            b_h = tl.load(h + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(DTYPE)
+            b_dh = tl.load(dh + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(DTYPE)
+            b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+            b_qh += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+            b_vdh += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+            if GATED:
+                carry_h += tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
+        b_dq = tl.dot(b_dAqk, b_k, input_precision=PREC) + b_qh * b_eg[:, None]
+        b_dk_inter = b_vdh * b_decay[:, None]
+        b_dk = tl.dot(tl.trans(b_dAqk), b_q, input_precision=PREC) + b_dk_inter
+        b_dG += tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)
+        b_kbeta = b_k * b_beta[:, None]
+        b_kb = b_kbeta * b_eg[:, None]                                                  # Kb [BT, BK]
+        b_dkb = tl.dot(tl.trans(b_Tm), b_dw, input_precision=PREC)
+        b_dk += b_dkb * (b_beta * b_eg)[:, None] + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None] + \
+            tl.dot(tl.trans(b_M), b_kbeta, input_precision=PREC)
+        b_dbeta += b_eg * tl.reduce(b_dkb * b_k, 1, _tlib.add)
+        b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add)
+        if GATED:
+            carry_k += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
+        tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+        tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + (bos + o_t) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if GATED:
-        b_dAA = b_dA * b_A
-        b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add) + tl.reduce(b_dAA, 1, _tlib.add) - tl.reduce(b_dAA, 0, _tlib.add)
+        carry = tl.exp(b_glast) * tl.reduce(carry_h, 0, _tlib.add) + tl.reduce(carry_k, 0, _tlib.add)
+        b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
         b_dG = tl.where(m_t, b_dG, 0.0)
         b_dg = tl.reduce(b_dG, 0, _tlib.add) - tl.cumsum(b_dG, axis=0) + b_dG               # sum over s >= t
         tl.store(dg + (bos + o_t) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)
@@ -814,13 +920,15 @@ def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors):
                                                             num_warps=cfg["num_warps"])
 
 
-def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows):
-    """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype)."""
+def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = False):
+    """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype); reverse: the
+    sums from each token to its chunk's end (the backward's gate gradient)."""
     H, D = graw.shape[2], graw.shape[3]
     gc = torch.empty_like(graw)
     BD = 1 if D == 1 else _block(D)
     chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, rows.N * H)](graw, gc, rows.T, H=H, D=D, BT=BT, BD=BD,
-                                                                   num_warps=cfg["num_warps"], **rows.kwargs(graw))
+                                                                   REVERSE=reverse, num_warps=cfg["num_warps"],
+                                                                   **rows.kwargs(graw))
     return gc
 
 
@@ -853,8 +961,8 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
         chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
                                            DIAG_3D=cfg.get("diag_3d", False), **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-                                                        GATE=gate, **common)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
+                                                        BV=BV, GATE=gate, **common)
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
 
 
@@ -878,11 +986,18 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     if gate == GATE_KEY:
         chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dq, dk, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
                                                BK=BK_all, BV=BV_all, **common)
-    dg = torch.empty(gc.shape, dtype=dtype, device=q.device) if gate != GATE_NONE else dq
-    chunk_bwd_dqkvg_kernel[(NT, N * H)](q, k, v, gc, h, do, dh, A if A is not None else q, dq, dk, dv, dg,
-                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK_all, BV=BV_all, GATE=gate, **common)
+    NK = triton.cdiv(K, BK)
+    dg = dq                                      # a pointer the kernel does not write without a gate
+    if gate == GATE_KEY:
+        dg = torch.empty(gc.shape, dtype=dtype, device=q.device)
+    elif gate == GATE_SCALAR:                    # each K tile's part of dG, summed below
+        dg = torch.empty(B, T, H, NK, dtype=dtype, device=q.device)
+    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dq, dk, dg, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
+                                          BV=BV, GATE=gate, **common)
+    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, gc, dh, do, A if A is not None else q, dv, rows.T,
+                                                         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
     if gate == GATE_SCALAR:
-        dg = dg[..., 0]
+        dg = _local_cumsum(dg.sum(-1, keepdim=True).contiguous(), BT, NT, cfg, rows, reverse=True)[..., 0]
     return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
 
 
@@ -977,22 +1092,22 @@ def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     q, k, v, beta, gc, w, h, v_new = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
+    dtype, BT, BK_tile, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
     common.update(rows.kwargs(q))
     N = rows.N
-    BK = max(16, _rt.next_pow2(K))
+    BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
     gated = gc is not None
     gcp = gc if gated else beta
     do = do.to(dtype).contiguous()
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
-    dh, dh0, dv_new = (torch.zeros_like if rows.varlen else torch.empty_like)(h), torch.empty_like(dht), torch.empty_like(v)
+    dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
+    dh0, dv_new = torch.empty_like(dht), torch.empty_like(v)
     chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, rows.T, H=H, K=K,
                                                             V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
     dq, dk, dv, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
     dg = torch.empty_like(beta) if gated else dbeta
     chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg,
-                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=max(16, _rt.next_pow2(V)), GATED=gated,
-                                        **common)
+                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
     return dq * scale if scale != 1.0 else dq, dk, dv, dbeta, (dg if gated else None), dh0
 
 
