@@ -485,6 +485,36 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     assert gpu["block"] == 64 and gpu["num_warps"] in (1, 2, 4, 8)
     assert triton_runtime.launch_config("recurrent", tiled_size=None, state_numel=16,
                                         device=torch.device("cuda"))["block"] == 0
+    chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
+                                                     low_precision_inputs=low)["precision"]
+    assert chunk(False) == "tf32x3" and chunk(True) == "tf32"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["gated", "delta"])
+def test_chunk_forward_and_backward_ask_the_policy_with_the_input_precision(monkeypatch, dtype, form):
+    """bf16 / fp16 inputs get the cheaper tl.dot precision in every chunk launch, the backward's included (its
+    tensors are fp32 by then, so it must be told)."""
+    asked = []
+    real = triton_runtime.launch_config
+
+    def recording(form_, *args, **kwargs):
+        asked.append(kwargs.get("low_precision_inputs"))
+        return real(form_, *args, **kwargs)
+
+    monkeypatch.setattr(triton_runtime, "launch_config", recording)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 20, 1, 8, generator=g).to(dtype).requires_grad_(True) for _ in range(3))
+    if form == "gated":
+        o, _ = triton_chunk.chunk_gated(q, k, v, g=-torch.rand(1, 20, 1, generator=g).to(dtype), chunk_size=16)
+    else:
+        beta = torch.rand(1, 20, 1, generator=g).to(dtype)
+        o, _ = triton_chunk.chunk_delta(q, torch.nn.functional.normalize(k.float(), dim=-1).to(dtype), v, beta,
+                                        chunk_size=16)
+    n_forward = len(asked)
+    o.float().sum().backward()
+    assert n_forward > 0 and len(asked) > n_forward
+    assert asked == [dtype == torch.bfloat16] * len(asked)
 
 
 def test_unsupported_cell_falls_back_with_a_reason(tmp_path, monkeypatch):

@@ -909,12 +909,18 @@ class _Rows:
         return dict(cu_seqlens=self.cu if self.varlen else dummy, IS_VARLEN=self.varlen)
 
 
-def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors):
+def _low_precision(*tensors) -> bool:
+    """Whether any input is bf16 / fp16 (the launch policy then picks a cheaper tl.dot precision)."""
+    return any(t is not None and t.dtype in (torch.bfloat16, torch.float16) for t in tensors)
+
+
+def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low: bool | None = None):
     """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch (T: the kernels' T, _Rows.T)."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     BT = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
     BK, BV = _block(K), _block(V)
-    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device)
+    low = _low_precision(*tensors) if low is None else low
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device, low_precision_inputs=low)
     prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
     return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec,
                                                             num_warps=cfg["num_warps"])
@@ -966,13 +972,13 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
 
 
-def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows):
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low: bool = False):
     """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form; dG is [B, T, H] for a scalar gate,
     [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
     q, k, v, gc, h, A, gate = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
     common.update(rows.kwargs(q))
     N = rows.N
     do = do.to(dtype).contiguous()
@@ -1010,13 +1016,14 @@ class _ChunkGated(torch.autograd.Function):
         o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved[:6])
         ctx.gate, ctx.scale, ctx.chunk_size, ctx.rows = saved[6], scale, chunk_size, rows
+        ctx.low = _low_precision(q, k, v, g, gk, initial_state)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, gk, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         saved = (*ctx.saved_tensors, ctx.gate)
-        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows)
+        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low)
         has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
         dg = (dG.sum(-1) if has_gk else dG) if has_g else None
         dgk = dG if has_gk else None
@@ -1087,12 +1094,12 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     return o, ht, (q, k, v, beta, gc, w, h, v_new)
 
 
-def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows):
+def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low: bool = False):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
     q, k, v, beta, gc, w, h, v_new = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, BK_tile, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q)
+    dtype, BT, BK_tile, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
@@ -1119,11 +1126,12 @@ class _ChunkDelta(torch.autograd.Function):
         o, ht, saved = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved)
         ctx.scale, ctx.chunk_size, ctx.rows = scale, chunk_size, rows
+        ctx.low = _low_precision(q, k, v, beta, g, initial_state)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, beta, g, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size, ctx.rows)
+        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
         return (*out, None, None, None)

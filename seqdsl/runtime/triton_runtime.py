@@ -45,13 +45,17 @@ def override_launch(**config):
         _OVERRIDE = saved
 
 
-def launch_config(form: str, tiled_size: int | None, state_numel: int, device: torch.device | None = None) -> dict:
+def launch_config(form: str, tiled_size: int | None, state_numel: int, device: torch.device | None = None,
+                  low_precision_inputs: bool = False) -> dict:
     """The one launch configuration of a kernel call.
 
     form: "recurrent" or "chunk". tiled_size: the true size of the state axis split across programs
     (None: not tiled). state_numel: register elements of the whole state per program before tiling.
-    Returns {"block": block of the tiled axis (0 when not tiled), "num_warps": ..., "precision": the
-    tl.dot input precision of fp32 chunk kernels, "diag_3d": whether the key-gated intra-chunk kernel
+    low_precision_inputs: the op's inputs are bf16 / fp16. Returns {"block": block of the tiled axis (0 when
+    not tiled), "num_warps": ..., "precision": the tl.dot input precision of the chunk kernels, which compute
+    in fp32 (tf32x3, fp32-accurate, for fp32 inputs; one tf32 pass for bf16 / fp16 inputs, whose own 8 or 11
+    mantissa bits tf32's 10 already cover: a third of the tensor-core work), "diag_3d": whether the key-gated
+    intra-chunk kernel
     computes a diagonal sub-block as one 3-d product (fast to interpret) or column by column}.
     """
     full = next_pow2(tiled_size) if tiled_size else 0
@@ -66,7 +70,7 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     if interpreting() or device is None or device.type != "cuda":
         return {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
     if form == "chunk":
-        return {"block": 0, "num_warps": 4, "precision": "tf32x3", "diag_3d": False}
+        return {"block": 0, "num_warps": 4, "precision": "tf32" if low_precision_inputs else "tf32x3", "diag_3d": False}
     block = min(full, 64) if tiled_size else 0
     numel = state_numel * block // full if tiled_size else state_numel
     num_warps = 1 if numel <= 1024 else 2 if numel <= 4096 else 4 if numel <= 16384 else 8
