@@ -578,11 +578,12 @@ CHUNK_GPU_CASES = ["scalar", "key", "delta", "gated-delta"]
                     reason="needs a CUDA GPU and compiled Triton (run with TRITON_INTERPRET=0)")
 @pytest.mark.parametrize("case", CHUNK_GPU_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_chunk_backward_kernels_at_large_shapes(case, dtype):
-    """The compiled chunk kernels' gradients (B2 T1000 H4 K128 V96: partial last chunk, V not a power of two)
-    against fp64 autograd through the step loop on the rounded inputs."""
+@pytest.mark.parametrize("B,T,H,K,V", [(2, 1000, 4, 128, 96), (1, 300, 2, 256, 256)], ids=["K128-V96", "K256-V256"])
+def test_gpu_chunk_backward_kernels_at_large_shapes(case, dtype, B, T, H, K, V):
+    """The compiled chunk kernels' gradients (B2 T1000 H4 K128 V96: partial last chunk, V not a power of two;
+    K = V = 256: fla's largest head dim, four tiles each way) against fp64 autograd through the step loop on
+    the rounded inputs."""
     g = torch.Generator(device="cuda").manual_seed(0)
-    B, T, H, K, V = 2, 1000, 4, 128, 96
 
     def rnd(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=g, device="cuda")).to(dtype).double()
