@@ -577,7 +577,7 @@ class _Gen:
             "with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an",
             "associative scan over blocks of time, the state carried between blocks). Backward (autograd):",
             "the preparation through torch; the recurrence by the same kernel run backwards in time (packed",
-            "sequences: through the torch scan)."], chunked=False)
+            "sequences too: one launch on the mirrored boundaries)."], chunked=False)
 
     def chunk_wrapper(self, out: _Lines) -> None:
         self.twin_form_wrapper(out, "chunk", "_CHUNK_TWIN", [

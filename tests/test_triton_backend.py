@@ -475,6 +475,50 @@ def test_scan_form_runs_the_triton_scan_kernel(name, monkeypatch):
     assert len(runs) == 3
 
 
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
+def test_scan_kernel_backward_on_packed_sequences(complex_, with_h0, monkeypatch):
+    """cu_seqlens with gradients stays on the Triton scan kernel (one forward, one time-reversed backward launch
+    on the mirrored boundaries): states, final states and the gradients of b, the log decays and h0 against
+    autograd through a step loop over each sequence (lengths 5, 1, 17, 17: a one-token sequence)."""
+    g = torch.Generator().manual_seed(0)
+    cu = torch.tensor([0, 5, 6, 23, 40])
+
+    def rnd(*shape):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return torch.complex(x, torch.randn(*shape, generator=g, dtype=torch.float64)) if complex_ else x
+
+    b, h0 = rnd(1, 40, 3, 4), rnd(4, 3, 4) if with_h0 else None
+    a_log = -torch.rand(1, 40, 3, 4, generator=g, dtype=torch.float64)
+    if complex_:
+        a_log = torch.complex(a_log, torch.randn(1, 40, 3, 4, generator=g, dtype=torch.float64))
+    wrt = [t.requires_grad_(True) for t in (b, a_log, h0) if t is not None]
+
+    def step_loop():
+        states, finals = [], []
+        for n, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            h = h0[n] if h0 is not None else torch.zeros_like(b[0, 0])
+            for t in range(lo, hi):
+                h = torch.exp(a_log[0, t]) * h + b[0, t]
+                states.append(h)
+            finals.append(h)
+        return torch.stack(states)[None], torch.stack(finals)
+
+    runs = []
+    original = triton_scan.scan_diagonal_kernel.run
+    monkeypatch.setattr(triton_scan.scan_diagonal_kernel, "run",
+                        lambda *args, **kwargs: runs.append(1) or original(*args, **kwargs))
+    expected = step_loop()
+    got = triton_scan.scan_diagonal(b, a_log=a_log, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    _check("varlen scan kernel", expected, got, torch.float64, FORM_FACTOR["scan"])
+    w1, w2 = rnd(*expected[0].shape), rnd(*expected[1].shape)
+    loss = lambda h, ht: (h * w1).real.sum() + (ht * w2).real.sum()     # noqa: E731
+    for name, x, y in zip(["b", "a_log", "h0"], torch.autograd.grad(loss(*expected), wrt),
+                          torch.autograd.grad(loss(*got), wrt)):
+        assert_close(f"varlen scan backward d{name}", x, y, torch.float64, FORM_FACTOR["scan"])
+    assert len(runs) == 2
+
+
 def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     assert triton_runtime.interpreting()
     cfg = triton_runtime.launch_config("recurrent", tiled_size=100, state_numel=64 * 100)

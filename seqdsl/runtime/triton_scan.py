@@ -12,8 +12,7 @@ previous block, and carries the block's last state on. Complex states are carrie
 imaginary parts (Triton has no complex dtype). Compute in fp32 (fp64 for fp64 inputs).
 
 Backward (``_ScanDiagonal``): the same kernel on the time-reversed gradients (the adjoint of a diagonal
-recurrence is a diagonal recurrence), for equal-length sequences; packed sequences (cu_seqlens)
-differentiate through ``torch_forms.scan_diagonal``.
+recurrence is a diagonal recurrence), packed sequences (cu_seqlens) included.
 """
 
 from __future__ import annotations
@@ -127,34 +126,45 @@ class _ScanDiagonal(torch.autograd.Function):
     """h = scan(a, b, h0) with a Triton backward: the gradient of a diagonal recurrence is the same
     recurrence run backwards, lam_t = dh_t + conj(a_{t+1}) lam_{t+1} from lam_T = dht, so the backward is
     the forward kernel on the time-reversed inputs; then db = lam, da = lam conj(h_{t-1}),
-    dh0 = conj(a_0) lam_0 (torch's conjugate convention for complex values). Equal-length sequences."""
+    dh0 = conj(a_0) lam_0 (torch's conjugate convention for complex values). Packed sequences (cu_seqlens,
+    B = 1): flipping the packed time axis reverses every sequence and their order, so the backward is one
+    varlen launch on the mirrored boundaries, with a_{t+1} taken as 1 at each sequence's last token."""
 
     @staticmethod
-    def forward(ctx, decay, b, h0):
-        h, ht = _launch(decay, b, h0, None)
-        ctx.save_for_backward(decay, h, h0)
+    def forward(ctx, decay, b, h0, cu_seqlens):
+        h, ht = _launch(decay, b, h0, cu_seqlens)
+        ctx.save_for_backward(decay, h, h0, cu_seqlens)
         return h, ht
 
     @staticmethod
     def backward(ctx, dh, dht):
-        decay, h, h0 = ctx.saved_tensors
+        decay, h, h0, cu = ctx.saved_tensors
         a = decay.expand(h.shape)
-        ones = torch.ones_like(a[:, :1])
-        reverse_decay = torch.cat([ones, a[:, 1:].flip(1)], 1).conj()   # a_{T-s} at reversed step s >= 1
-        lam_rev, _ = _launch(reverse_decay, dh.flip(1).contiguous(), dht, None)
+        T = h.shape[1]
+        next_a = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], 1)      # a_{t+1}; 1 after the last token
+        starts = torch.zeros(1, dtype=torch.long, device=h.device) if cu is None else cu[:-1].long()
+        if cu is not None:
+            next_a[:, cu[1:].long() - 1] = 1                               # no a_{t+1} across a boundary
+        mirrored = None if cu is None else (T - cu).flip(0)
+        dht_rev = None if dht is None else (dht if cu is None else dht.flip(0))
+        lam_rev, _ = _launch(next_a.flip(1).conj(), dh.flip(1).contiguous(), dht_rev, mirrored)
         lam = lam_rev.flip(1)
-        first = h0[:, None] if h0 is not None else torch.zeros_like(h[:, :1])
-        h_prev = torch.cat([first, h[:, :-1]], 1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
+        if cu is None:
+            h_prev[:, 0] = h0 if h0 is not None else 0
+        else:
+            h_prev[:, starts] = h0[None] if h0 is not None else 0
         da = lam * h_prev.conj()
-        dh0 = (a[:, 0].conj() * lam[:, 0]) if h0 is not None and ctx.needs_input_grad[2] else None
-        return da, lam, dh0
+        dh0 = None
+        if h0 is not None and ctx.needs_input_grad[2]:
+            dh0 = a[:, 0].conj() * lam[:, 0] if cu is None else (a[:, starts].conj() * lam[:, starts])[0]
+        return da, lam, dh0, None
 
 
 def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """``torch_forms.scan_diagonal`` on the Triton kernel above (see there for shapes and dtypes).
 
-    Autograd: the Triton backward of ``_ScanDiagonal`` for equal-length sequences; with cu_seqlens and a
-    gradient wanted, the torch scan."""
+    Autograd: the Triton backward of ``_ScanDiagonal`` (packed sequences too)."""
     if (a is None) == (a_log is None):
         raise ValueError("scan_diagonal needs exactly one of a or a_log")
     gate = a if a is not None else a_log
@@ -163,7 +173,7 @@ def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=
     B, T = b.shape[:2]
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (b, gate, initial_state))
-    if T == 0 or (wants_grad and cu_seqlens is not None):
+    if T == 0:
         return _torch_forms.scan_diagonal(b, a_log, a, initial_state, output_final_state, cu_seqlens)
     _torch_forms._check_varlen(B, cu_seqlens, initial_state)
     cd = _torch_forms._compute_dtype(b, gate, state=initial_state)
@@ -171,7 +181,7 @@ def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=
     decay = torch.exp(a_log.to(cd)) if a is None else a.to(cd)
     h0 = initial_state.to(cd) if initial_state is not None else None
     if wants_grad:
-        h, ht = _ScanDiagonal.apply(decay, b.to(cd), h0)
+        h, ht = _ScanDiagonal.apply(decay, b.to(cd), h0, cu_seqlens)
     else:
         h, ht = _launch(decay, b.to(cd), h0, cu_seqlens)
     return h.to(out_dtype), (ht if output_final_state else None)
