@@ -830,7 +830,7 @@ def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_fin
     Packed sequences (rows.varlen): Phi restarts at each sequence's first token.
     Returns (o [B, T, H, V] complex, final state [B or N, H, K, V] complex or None).
     """
-    B, T, H, K = q.shape
+    T, K = q.shape[1], q.shape[3]
     V = v.shape[-1]
     wide = any(t is not None and t.dtype in (torch.float64, torch.complex128) for t in (q, k, v, g, gk, initial_state))
     cdt, rdt = (torch.complex128, torch.float64) if wide else (torch.complex64, torch.float32)
@@ -1097,9 +1097,9 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
 def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low: bool = False):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
     q, k, v, beta, gc, w, h, v_new = saved
-    B, T, H, K = q.shape
+    H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
-    dtype, BT, BK_tile, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
+    dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
