@@ -479,10 +479,11 @@ class BackwardKernel:
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
     def token_offsets(self, n: str) -> tuple[str, str | None]:
-        """(offset, mask) of a value of token t in a contiguous [B, T, H, *dims] buffer (complex: real view)."""
+        """(offset, mask) of a value of token t of the program's sequence in a contiguous [B, T, H, *dims] buffer
+        (complex: real view)."""
         t = self.g.cell_ty(n)
         offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, t.complex)
-        ptr = f"((i_b * T + t) * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
+        ptr = f"((seq_row * T + seq_t0 + t) * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
     @staticmethod
@@ -510,7 +511,7 @@ class BackwardKernel:
             t = self.g.cell_ty(n)
             st = self.N["stride"][n]
             offs = f" + {self.tm.block_offsets(self.blocks, t.dims, st[3:])}" if t.dims else ""
-            ptr = f"{self.N['ptr'][n]} + i_b * {st[0]} + t * {st[1]} + i_h * {st[2]}{offs}"
+            ptr = f"{self.N['ptr'][n]} + seq_row * {st[0]} + (seq_t0 + t) * {st[1]} + i_h * {st[2]}{offs}"
             self.assign(out, level, self.var(n), self.load(ptr, self.tm.block_mask(self.blocks, t.dims), t.complex))
             env[n] = Val(self.var(n)[0], t.dims, self.var(n)[1])
 
@@ -565,16 +566,17 @@ class BackwardKernel:
         for n in c.op_streams:
             sig.append(f"{self.buf['dx', n]},  # gradient of stream {n}: [B, T, H, ...]{cplx(n)}")
         for n in c.op_params:
-            sig.append(f"{self.buf['dp', n]},  # gradient of param {n} per program: [B, H, ...]{cplx(n)}")
+            sig.append(f"{self.buf['dp', n]},  # gradient of param {n} per program: [N, H, ...]{cplx(n)}")
         if g.args:
             sig.append(f"args,  # cell args: {', '.join(g.args)}")
-        sig.append("T, CHUNK, NC,")
+        sig.append("cu_seqlens, T, CHUNK, NC,  # packed sequences (IS_VARLEN); the buffers' T; checkpoint spacing, slots")
         sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr"
                              for d in self.dims) + ",")
-        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,")
+        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,")
         tm.open_kernel(out, self.kernel_name, sig)
         L = 1
         out.add("H = tl.num_programs(1)", L)
+        out.add(tm.SEQUENCE_ROWS, L)
         for d in self.dims:
             out.add(f"{blocks.offset(d)} = tl.arange(0, {blocks.block(d)})", L)
             out.add(f"{blocks.mask(d)} = {blocks.offset(d)} < {blocks.size(d)}", L)
@@ -620,7 +622,7 @@ class BackwardKernel:
             zero = self.zeros(t.dims)
             self.assign(out, L + 1, self.var(s), (zero if init == "0.0" else f"{zero} + {init}", zero))
             env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
-        out.add("for t in range(0, T):", L)
+        out.add("for t in range(0, seq_len):", L)
         out.add("if t % CHUNK == 0:", L + 1)
         self.store_states(out, L + 2, "ck", ("NC", "t // CHUNK"))
         self.load_streams(out, L + 1, env)
@@ -637,11 +639,12 @@ class BackwardKernel:
             ptr, m = self.state_offsets(s, None)
             dht = self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex)
             self.assign(out, L, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
-        out.add("for i_c in range(0, NC):", L)
+        out.add("n_chunks = (seq_len + CHUNK - 1) // CHUNK", L)
+        out.add("for i_c in range(0, n_chunks):", L)
         L2 = L + 1
-        out.add("c0 = (NC - 1 - i_c) * CHUNK", L2)
-        out.add("n_steps = tl.minimum(CHUNK, T - c0)", L2)
-        self.load_states(out, L2, env, "ck", ("NC", "NC - 1 - i_c"))
+        out.add("c0 = (n_chunks - 1 - i_c) * CHUNK", L2)
+        out.add("n_steps = tl.minimum(CHUNK, seq_len - c0)", L2)
+        self.load_states(out, L2, env, "ck", ("NC", "n_chunks - 1 - i_c"))
         out.add("for j in range(0, n_steps):", L2)
         self.store_states(out, L2 + 1, "wk", ("CHUNK", "j"))
         out.add("t = c0 + j", L2 + 1)
@@ -752,23 +755,24 @@ class BackwardKernel:
 
         n_outs = len(c.readouts)
         kw = "".join(f", {a}" for a in g.args)
-        out.add(f"def _backward_recurrent(_state, {', '.join(g.inputs)}, *{kw}, _grads):")
+        out.add(f"def _backward_recurrent(_state, {', '.join(g.inputs)}, *{kw}, cu_seqlens=None, _grads):")
         out.add('"""The Triton backward of the recurrent form: ((initial state grads), (input grads)).', 1)
         out.add("", 0)
         out.add("_grads: the gradients of (readouts..., final states...) as autograd gives them (None: zero).", 1)
         out.add("Checkpoints every _rt.checkpoint_every(T) steps; stream and param gradients are summed back", 1)
-        out.add("to the inputs' (possibly broadcast) shapes.", 1)
+        out.add("to the inputs' (possibly broadcast) shapes. cu_seqlens: N packed sequences (B = 1), a program row each.", 1)
         out.add('"""', 1)
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
-        out.add("_chunk = _rt.checkpoint_every(_T)", 1)
-        out.add("_nc = triton.cdiv(_T, _chunk)", 1)
+        out.add("_pk = _rt.Packing(cu_seqlens, _B, _T, _device)", 1)
+        out.add("_chunk = _rt.checkpoint_every(_pk.longest)", 1)
+        out.add("_nc = triton.cdiv(_pk.longest, _chunk)", 1)
         for i, s in enumerate(g.states):
             sh, cx = shape(c.cell_types[s].dims), c.cell_types[s].complex
-            out.add(f"_ck_{s} = _rt.empty((_B, _H, _nc{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_wk_{s} = _rt.empty((_B, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_dh0_{s} = _rt.empty((_B, _H{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_B, _H{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_ck_{s} = _rt.empty((_pk.N, _H, _nc{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_wk_{s} = _rt.empty((_pk.N, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_dh0_{s} = _rt.empty((_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
         for i, o in enumerate(c.readouts):
             t = g.cell_ty(o)
             out.add(f"_do_{o} = _rt.grad_in(_grads[{i}], (_B, _T, _H{shape(t.dims)}), _dtype, _device, "
@@ -778,10 +782,10 @@ class BackwardKernel:
             out.add(f"_dx_{n} = _rt.zeros((_B, _T, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
         for n in c.op_params:
             t = g.cell_ty(n)
-            out.add(f"_dp_{n} = _rt.zeros((_B, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
+            out.add(f"_dp_{n} = _rt.zeros((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
         out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size=None, state_numel={state_numel}, device=_device)", 1)
-        out.add(f"{self.kernel_name}[(_B, _H)](", 1)
+        out.add(f"{self.kernel_name}[(_pk.N, _H)](", 1)
         for n in c.op_streams:
             out.add(f"*_rt.stream({n}, _B, _T, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for n in c.op_params:
@@ -794,10 +798,11 @@ class BackwardKernel:
             out.add(", ".join(buffers) + ",", 2)
         if g.args:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
-        out.add("_T, _chunk, _nc,", 2)
+        out.add("_pk.cu, _T, _chunk, _nc,", 2)
         out.add(", ".join(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={_pow2(sizes[d])}"
                           for d in self.dims) + ",", 2)
-        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, num_warps=_cfg['num_warps'],", 2)
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
+                2)
         out.add(")", 1)
         states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
         grads = []

@@ -35,9 +35,14 @@ from seqdsl.typecheck import Checked, Ty
 
 INDENT = "    "
 _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", "USE_INITIAL_STATE",
-             "STORE_FINAL_STATE", "tl", "triton", "torch", "_tlib", "_rt"}
+             "STORE_FINAL_STATE", "IS_VARLEN", "cu_seqlens", "seq_row", "seq_t0", "seq_len", "tl", "triton", "torch",
+             "_tlib", "_rt",
+             # the backward kernel's own names (codegen/triton_backward.py)
+             "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
+# the sequence a program row runs: its batch row, first token and length (packed sequences: IS_VARLEN)
+SEQUENCE_ROWS = "seq_row, seq_t0, seq_len = _tlib.sequence_rows(cu_seqlens, i_b, T, IS_VARLEN)"
 
 
 class _Lines:
@@ -256,15 +261,17 @@ class _Gen:
                        f"{' (complex: real view)' if t.complex else ''}")
         if self.args:
             sig.append(f"args,  # cell args: {', '.join(self.args)}")
-        sig.append("T,")
+        sig.append("cu_seqlens, T,  # packed sequences: [N + 1] token offsets (IS_VARLEN); the buffers' T")
         sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in dims) + ",")
-        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,")
+        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,"
+                   " IS_VARLEN: tl.constexpr,")
         open_kernel(out, self.kernel_name, sig)
         L = 1
         if tiled is not None:
             out.add(f"i_v = tl.program_id(2)  # tile of the {tiled} axis", L)
             out.add("first_tile = (tl.zeros([1], dtype=tl.int32) + i_v) == 0  # stores the values without that axis", L)
         out.add("H = tl.num_programs(1)", L)
+        out.add(SEQUENCE_ROWS, L)
         for d in dims:
             base = f"i_v * {blocks.block(d)} + " if d == tiled else ""
             out.add(f"{blocks.offset(d)} = {base}tl.arange(0, {blocks.block(d)})", L)
@@ -361,12 +368,13 @@ class _Gen:
             t = self.cell_ty(n)
             st = N["stride"][n]
             offs = f" + {offsets(t.dims, st[3:])}" if t.dims else ""
-            out.add(f"{N['p'][n]} = {N['ptr'][n]} + i_b * {st[0]} + i_h * {st[2]}{offs}", L)
+            out.add(f"{N['p'][n]} = {N['ptr'][n]} + seq_row * {st[0]} + seq_t0 * {st[1]} + i_h * {st[2]}{offs}", L)
         out_step = {}
         for o in c.readouts:
             t = self.cell_ty(o)
             offs, numel = contiguous(t.dims, t.complex)
-            out.add(f"{N['p'][o]} = {N['ptr'][o]} + (i_b * T * H + i_h){'' if numel == '1' else ' * ' + numel}"
+            out.add(f"{N['p'][o]} = {N['ptr'][o]} + ((seq_row * T + seq_t0) * H + i_h)"
+                    f"{'' if numel == '1' else ' * ' + numel}"
                     + (f" + {offs}" if t.dims else ""), L)
             out_step[o] = "H" if numel == "1" else f"H * {numel}"
 
@@ -401,7 +409,7 @@ class _Gen:
         if r.hoisted:
             out.add("# loop-invariant parts of the step", L)
             out.extend(r.hoisted, L)
-        out.add("for t in range(0, T):", L)
+        out.add("for t in range(0, seq_len):", L)
         out.lines += body.lines
 
         # ---- final states
@@ -431,14 +439,18 @@ class _Gen:
         c = self.c
         first = c.op_streams[0]
         sizes = {d: c.dim_sizes[d] for d in self.dims}
-        out.add(f"def _launch_recurrent({self.signature()}, use_initial_state=True):")
-        out.add('"""The recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [B, H, ...]))."""', 1)
+        out.add(f"def _launch_recurrent({self.signature()}, use_initial_state=True, cu_seqlens=None):")
+        out.add('"""The recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [N, H, ...])).', 1)
+        out.add("", 0)
+        out.add("cu_seqlens: N packed sequences in one launch (B = 1), a program row each; else N = B.", 1)
+        out.add('"""', 1)
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
+        out.add("_pk = _rt.Packing(cu_seqlens, _B, _T, _device)", 1)
         for s in self.states:
             t = c.cell_types[s]
             shape = ", ".join(str(sizes[d]) for d in t.dims)
-            out.add(f"_ht_{s} = _rt.empty((_B, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
+            out.add(f"_ht_{s} = _rt.empty((_pk.N, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
         for o in c.readouts:
             t = self.cell_ty(o)
             shape = ", ".join(str(sizes[d]) for d in t.dims)
@@ -448,7 +460,7 @@ class _Gen:
         tiled_size = sizes[self.tiled] if self.tiled is not None else None
         out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size={tiled_size}, state_numel={state_numel}, "
                 "device=_device)", 1)
-        grid = "(_B, _H)" if self.tiled is None else f"(_B, _H, triton.cdiv({tiled_size}, _cfg['block']))"
+        grid = "(_pk.N, _H)" if self.tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _cfg['block']))"
         out.add(f"{self.kernel_name}[{grid}](", 1)
         for n in c.op_streams:
             dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
@@ -462,13 +474,14 @@ class _Gen:
             out.add(f"_out_{o},", 2)
         if self.args:
             out.add(f"_rt.cell_args([{', '.join(self.args)}], _dtype, _device),", 2)
-        out.add("_T,", 2)
+        out.add("_pk.cu, _T,", 2)
         consts = []
         for d in self.dims:
             block = "_cfg['block']" if d == self.tiled else str(_next_pow2(sizes[d]))
             consts.append(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={block}")
         out.add(", ".join(consts) + ",", 2)
-        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True,", 2)
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True, "
+                "IS_VARLEN=_pk.varlen,", 2)
         out.add("num_warps=_cfg['num_warps'],", 2)
         out.add(")", 1)
         outs = ", ".join(f"torch.view_as_complex(_out_{o})" if self.cell_ty(o).complex else f"_out_{o}"
@@ -479,12 +492,13 @@ class _Gen:
 
     def wrappers(self, out: _Lines) -> None:
         kws = ", ".join(f"{a}={a}" for a in self.args)
-        kwdict = "{" + ", ".join(f"{a!r}: {a}" for a in self.args) + "}"
+        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'cu_seqlens': cu_seqlens}"
         inputs = ", ".join(self.inputs)
-        out.add(f"def recurrent({self.signature()}):")
-        out.add('"""The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [B, H, ...])).', 1)
+        out.add(f"def recurrent({self.signature()}{', ' if self.args else ', *, '}cu_seqlens=None):")
+        out.add('"""The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [N, H, ...])).', 1)
         out.add("", 0)
-        out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [B, H, *dims] tensors.", 1)
+        out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [N, H, *dims] tensors.", 1)
+        out.add("cu_seqlens ([N + 1] token offsets, B = 1): N packed sequences in one launch; else N = B.", 1)
         if self.backward_kernel is not None:
             out.add("Backward (autograd): the Triton backward kernel (reverse-mode through the cell's step,", 1)
             out.add("states recomputed from checkpoints every ~sqrt(T) steps).", 1)
@@ -509,9 +523,12 @@ class _Gen:
         out.add("return tuple(_r[:, 0] for _r in _readouts), _state", 1)
         out.add()
         out.add()
-        out.add("def _twin_recurrent(*inputs, **args):")
-        out.add('"""The torch twin\'s recurrent form (the backward recomputes through it)."""', 1)
-        out.add("return _TWIN.module.recurrent(*inputs, **args)", 1)
+        streams = tuple(n in self.c.op_streams for n in self.inputs)
+        out.add("def _twin_recurrent(_state, *inputs, cu_seqlens=None, **args):")
+        out.add('"""The torch twin\'s recurrent form (the backward recomputes through it; packed sequences: one', 1)
+        out.add('call each)."""', 1)
+        out.add(f"return _rt.twin_per_sequence(_TWIN.module.recurrent, _state, inputs, {streams!r}, args, cu_seqlens)",
+                1)
 
     def gpu_caveat(self) -> str | None:
         """Why the compiled recurrent kernel is not trusted on a GPU (None: it is). benchmarks/gpu_check.py
@@ -650,8 +667,8 @@ class _Gen:
         out.add(f"READOUTS = {tuple(c.readouts)!r}")
         out.add(f"MODES = {modes!r}")
         out.add(f"WHY_NOT = {why_not!r}")
-        out.add(f"VARLEN_FORMS = {tuple(f for f in varlen_forms(self.p) if f in modes)!r}  # forms taking cu_seqlens "
-                "(others: one call per sequence)")
+        varlen = ("recurrent",) * bool(kernel_lines) + tuple(f for f in varlen_forms(self.p) if f in modes)
+        out.add(f"VARLEN_FORMS = {varlen!r}  # forms taking cu_seqlens (others: one call per sequence)")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
         out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")

@@ -86,3 +86,24 @@ def random_state(op_or_ref, n: int, seed: int = 1, scale: float = 0.5):
             value = torch.complex(value, torch.randn(shape, generator=g, dtype=torch.float64) * scale)
         out.append(value)
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def projected_grads(fn, inputs: dict, h0) -> dict:
+    """Gradients of a fixed random projection of (outputs, final states) w.r.t. every input and initial state.
+
+    fn(inputs, initial_state) -> (o, final state) as an op returns them (tuples or single tensors); complex
+    outputs contribute their real and imaginary parts. Returns {input name or "h0[i]": gradient or None}.
+    """
+    def flat(x):
+        return x if isinstance(x, tuple) else (x,)
+
+    xs = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    hs = tuple(h.detach().clone().requires_grad_(True) for h in flat(h0))
+    o, ht = fn(xs, hs if len(hs) > 1 else hs[0])
+    g = torch.Generator().manual_seed(0)
+    loss = 0
+    for t in flat(o) + flat(ht):
+        w = torch.randn(t.shape, generator=g, dtype=torch.float64)
+        loss = loss + (t.real * w).sum() + ((t.imag * w).sum() if t.is_complex() else 0)
+    loss.backward()
+    return {**{k: v.grad for k, v in xs.items()}, **{f"h0[{i}]": h.grad for i, h in enumerate(hs)}}

@@ -9,7 +9,8 @@ import torch
 from conftest import EXAMPLES
 
 import seqdsl
-from seqdsl.testing import FORM_FACTOR, assert_close, random_state, sample_inputs, small_hparams
+from seqdsl.testing import (FORM_FACTOR, assert_close, projected_grads, random_state, sample_inputs,
+                            small_hparams)
 
 MODELS = {p.stem: p for p in EXAMPLES}
 
@@ -76,20 +77,9 @@ def test_gradients_match_interpreter(name, mode):
     inputs = sample_inputs(ref, 1, 21, seed=5)
     h0 = random_state(ref, 1, scale=0.3)
 
-    def grads(fn):
-        xs = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-        hs = tuple(h.detach().clone().requires_grad_(True) for h in _flat(h0))
-        o, ht = fn(xs, hs if len(hs) > 1 else hs[0])
-        g = torch.Generator().manual_seed(0)
-        loss = 0
-        for t in _flat(o) + _flat(ht):
-            w = torch.randn(t.shape, generator=g, dtype=torch.float64)
-            loss = loss + (t.real * w).sum() + ((t.imag * w).sum() if t.is_complex() else 0)
-        loss.backward()
-        return {**{k: v.grad for k, v in xs.items()}, **{f"h0[{i}]": h.grad for i, h in enumerate(hs)}}
-
-    g_ref = grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True))
-    g_op = grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode, chunk_size=8))
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode,
+                                            chunk_size=8), inputs, h0)
     for k in g_ref:
         if g_ref[k] is None:
             assert g_op[k] is None or g_op[k].abs().max() == 0, f"{name}/{mode}: unexpected gradient for {k}"

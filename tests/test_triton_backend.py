@@ -20,7 +20,8 @@ from conftest import EXAMPLES
 import seqdsl
 from seqdsl.errors import SpecError
 from seqdsl.runtime import torch_forms, triton_chunk, triton_runtime, triton_scan
-from seqdsl.testing import FORM_FACTOR, assert_close, at_dims, random_state, sample_inputs
+from seqdsl.testing import (FORM_FACTOR, assert_close, at_dims, projected_grads, random_state,
+                            sample_inputs)
 
 # padded lanes of a block may divide by zero or overflow; they are masked, and numpy says so
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -104,20 +105,9 @@ def test_gradients_match_interpreter(name, mode):
     inputs = sample_inputs(ref, 1, 13, seed=5)
     h0 = random_state(ref, 1, scale=0.3)
 
-    def grads(fn):
-        xs = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-        hs = tuple(h.detach().clone().requires_grad_(True) for h in _flat(h0))
-        o, ht = fn(xs, hs if len(hs) > 1 else hs[0])
-        g = torch.Generator().manual_seed(0)
-        loss = 0
-        for t in _flat(o) + _flat(ht):
-            w = torch.randn(t.shape, generator=g, dtype=torch.float64)
-            loss = loss + (t.real * w).sum() + ((t.imag * w).sum() if t.is_complex() else 0)
-        loss.backward()
-        return {**{k: v.grad for k, v in xs.items()}, **{f"h0[{i}]": h.grad for i, h in enumerate(hs)}}
-
-    g_ref = grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True))
-    g_op = grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode, chunk_size=16))
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode,
+                                            chunk_size=16), inputs, h0)
     for k in g_ref:
         if g_ref[k] is None:
             assert g_op[k] is None or g_op[k].abs().max() == 0, f"{name}/{mode}: unexpected gradient for {k}"
@@ -152,6 +142,62 @@ def test_packed_sequences_run_in_one_call_where_the_form_takes_cu_seqlens(monkey
         op(**inputs, cu_seqlens=torch.tensor([0, 4, 5, 12]), mode="chunk", chunk_size=16)
         assert len(calls) == expect_calls, (name, calls)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("name", ["gla", "mamba", "lru", "lstm", "deltanet"])
+def test_recurrent_kernel_runs_packed_sequences_in_one_launch(name, monkeypatch):
+    """cu_seqlens reaches the fused recurrent kernel and its Triton backward: one launch each for all the
+    sequences (lengths 4, 0, 1, 9, 3: an empty one keeps its initial state and gets dh0 = dh_T), against
+    the interpreter's sequence-by-sequence loop, forward and gradients."""
+    m, op, ref = compiled(name)
+    assert "recurrent" in op.module.VARLEN_FORMS and op.module.BACKWARD == "triton"
+    cu = torch.tensor([0, 4, 4, 5, 14, 17])
+    inputs = sample_inputs(ref, 1, 17, seed=21)
+    h0 = random_state(ref, 5, scale=0.5)
+    launches = {"forward": 0, "backward": 0}
+    for key, fn in (("forward", "_launch_recurrent"), ("backward", "_backward_recurrent")):
+        original = getattr(op.module, fn)
+
+        def counted(*a, _original=original, _key=key, **kw):
+            launches[_key] += 1
+            return _original(*a, **kw)
+        monkeypatch.setattr(op.module, fn, counted)
+    expected = ref(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    got = op(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu, mode="recurrent")
+    _check(f"{name}/packed recurrent", expected, got, torch.float64)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu,
+                                          mode="recurrent"), inputs, h0)
+    assert launches == {"forward": 2, "backward": 1}, launches
+    for k in g_ref:
+        if g_ref[k] is not None:
+            assert_close(f"{name}/packed recurrent d{k}", g_ref[k], g_op[k], torch.float64, 10)
+
+
+def test_recurrent_twin_backward_runs_packed_sequences_one_call_each():
+    """Where the recurrent form has no Triton backward (or a GPU caveat), the torch twin recomputes packed
+    sequences one call each: the kernel's forward with the twin's backward against the interpreter."""
+    m, op, ref = compiled("gla")
+    cu = [0, 3, 3, 10, 12]
+    inputs = sample_inputs(ref, 1, 12, seed=4)
+    h0 = random_state(ref, 4, scale=0.5)
+    args = dict(op.args)
+
+    def run(xs, h):
+        lifted = [op._lift(n, xs[n], torch.float64) for n in op.inputs]
+        states = op._initial_states(h, 4, torch.float64, torch.device("cpu"))
+        outs, finals = triton_runtime.apply_form(
+            op.module._launch_recurrent, op.module._twin_recurrent, states, tuple(lifted),
+            {**args, "cu_seqlens": torch.tensor(cu)}, n_outs=len(op.checked.readouts), backward=None)
+        return op._unlift_output(outs[0], torch.float64), op._unlift_state(finals[0])
+
+    expected = ref(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=torch.tensor(cu))
+    _check("gla/twin packed", expected, run(inputs, h0), torch.float64)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True,
+                                            cu_seqlens=torch.tensor(cu)), inputs, h0)
+    g_twin = projected_grads(run, inputs, h0)
+    for k in g_ref:
+        assert_close(f"gla/twin packed d{k}", g_ref[k], g_twin[k], torch.float64, 10)
 
 
 TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem"]

@@ -18,6 +18,26 @@ import torch
 LARGE_VECTOR_STATE = 1024   # numbers per sequence above which vector states run as a loop by default
 
 
+def per_sequence(fn, states: tuple, inputs: list, is_stream: list[bool], bounds: list[int], kwargs: dict) -> tuple:
+    """Run a form on packed sequences one call each: ((readouts [1, T, ...]), (final states [N, ...])).
+
+    fn(states, *inputs, **kwargs) is a generated form; inputs are lifted (streams [1, T, H, ...], cut at
+    ``bounds``, the cu_seqlens as ints; params whole); states [N, H, ...], one row per sequence.
+    """
+    pieces, finals_list = [], []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        h0 = tuple(s[i:i + 1] for s in states)
+        if hi == lo and (pieces or hi < bounds[-1]):   # empty: keeps its state (forms need one token)
+            finals_list.append(h0)
+            continue
+        seq = [x[:, lo:hi] if stream else x for x, stream in zip(inputs, is_stream)]
+        o, ht = fn(h0, *seq, **kwargs)
+        pieces.append(o)
+        finals_list.append(ht)
+    outs = tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(len(pieces[0])))
+    return outs, tuple(torch.cat([f[j] for f in finals_list]) for j in range(len(states)))
+
+
 class CompiledOp:
     """A generated op. ``modes`` lists its forms; ``inputs`` the tensors it takes (streams, then params)."""
 
@@ -125,10 +145,12 @@ class CompiledOp:
             bounds = [int(b) for b in cu_seqlens]
             if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
                 raise ValueError(f"{self.name}: cu_seqlens must rise from 0 to T={T}; got {bounds}")
-            if mode in getattr(self.module, "VARLEN_FORMS", ()) and all(b > a for a, b in zip(bounds, bounds[1:])):
+            one_call = mode in getattr(self.module, "VARLEN_FORMS", ()) and (
+                mode == "recurrent" or all(b > a for a, b in zip(bounds, bounds[1:])))   # chunk / scan: no empty ones
+            if one_call:
                 cu = torch.as_tensor(bounds, dtype=torch.long, device=first.device)
                 outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra, cu_seqlens=cu)
-            else:   # one call per sequence (forms reading S_{t-1}, the recurrent kernel, empty sequences)
+            else:   # one call per sequence (forms reading S_{t-1}, torch recurrent loops, empty sequences)
                 outs, finals = self._per_sequence(fn, bounds, lifted, states, {**args, **extra})
         outs = tuple(self._unlift_output(o, out_dtype) for o in outs)
         o = outs[0] if len(outs) == 1 else outs
@@ -139,14 +161,8 @@ class CompiledOp:
 
     def _per_sequence(self, fn, bounds: list[int], lifted: dict, states: tuple, kwargs: dict) -> tuple:
         """Packed sequences one call each: ((readouts [1, T, ...]), (final states [N, ...]))."""
-        pieces, finals_list = [], []
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            seq = [lifted[n][:, lo:hi] if n in self.checked.op_streams else lifted[n] for n in self.inputs]
-            o, ht = fn(tuple(s[i:i + 1] for s in states), *seq, **kwargs)
-            pieces.append(o)
-            finals_list.append(ht)
-        outs = tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(len(pieces[0])))
-        return outs, tuple(torch.cat([f[j] for f in finals_list]) for j in range(len(self.states)))
+        is_stream = [n in self.checked.op_streams for n in self.inputs]
+        return per_sequence(fn, states, [lifted[n] for n in self.inputs], is_stream, bounds, kwargs)
 
     def decode(self, state, **kwargs):
         """One token (O(1) per token generation): streams [B, *dims] -> (o [B, *dims], new state).

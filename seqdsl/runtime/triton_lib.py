@@ -134,3 +134,19 @@ def inv(a, o, m, N: tl.constexpr):
         a = tl.where(o[:, None] == k, r[None, :], a)
         b = tl.where(o[:, None] == k, rb[None, :], b)
     return b
+
+
+@triton.jit
+def sequence_rows(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
+    """(batch row, first token, length) of sequence i_b in a recurrent kernel's [B, T, ...] buffers: equal
+    lengths: row i_b from token 0, T tokens; packed (IS_VARLEN, B = 1): row 0 from cu_seqlens[i_b] to
+    cu_seqlens[i_b + 1]."""
+    if IS_VARLEN:
+        row = i_b * 0
+        t0 = tl.load(cu_seqlens + i_b).to(tl.int64)
+        n = (tl.load(cu_seqlens + i_b + 1) - tl.load(cu_seqlens + i_b)).to(tl.int32)
+    else:
+        row = i_b
+        t0 = i_b * 0
+        n = T
+    return row, t0, n

@@ -147,6 +147,35 @@ def checkpoint_every(T: int) -> int:
     return max(1, int(round(T ** 0.5)))
 
 
+class Packing:
+    """How a recurrent launch finds its sequences: B equal rows of T tokens, or (cu_seqlens, B = 1) N packed
+    sequences of any lengths (an empty one keeps its initial state). ``N``: program rows (sequences);
+    ``cu``: the kernels' cu_seqlens argument (a dummy when not packed); ``varlen``: IS_VARLEN; ``longest``:
+    the longest sequence (the backward's checkpoint spacing)."""
+
+    def __init__(self, cu_seqlens, B: int, T: int, device):
+        if cu_seqlens is None:
+            self.N, self.cu, self.varlen, self.longest = B, torch.zeros(1, dtype=torch.int64, device=device), False, T
+            return
+        if B != 1:
+            raise ValueError(f"with cu_seqlens the batch size must be 1; got {B}")
+        bounds = [int(b) for b in cu_seqlens]
+        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or any(b < a for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"cu_seqlens must rise from 0 to T = {T}; got {bounds}")
+        self.N, self.varlen = len(bounds) - 1, True
+        self.cu = torch.as_tensor(bounds, dtype=torch.int64, device=device)
+        self.longest = max(1, max(b - a for a, b in zip(bounds, bounds[1:])))
+
+
+def twin_per_sequence(fn, states: tuple, inputs: tuple, is_stream: tuple, kwargs: dict, cu_seqlens=None):
+    """A torch twin's form on packed sequences (it takes no cu_seqlens): one call per sequence."""
+    if cu_seqlens is None:
+        return fn(tuple(states), *inputs, **kwargs)
+    from seqdsl.runtime.op import per_sequence
+
+    return per_sequence(fn, tuple(states), list(inputs), list(is_stream), [int(b) for b in cu_seqlens], kwargs)
+
+
 # ------------------------------------------------------------------ the torch twin and autograd
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 
