@@ -2,10 +2,22 @@
 
     python benchmarks/gpu_diag_inv.py
 
-Inverts random well-conditioned [n, n] matrices (I + 0.3 G / sqrt(n)) in one program each, with the
-library's ``inv`` and with variants that localise a miscompile (the same algorithm through
-``tl.sum`` / ``tl.max`` / ``tl.min``; without pivoting), and prints each one's relative error
-against ``torch.linalg.inv`` in fp64; and a @ a contracted as the generated kernels do. Runs under TRITON_INTERPRET=1 on the CPU too.
+Inverts [n, n] matrices in one program each, with the library's ``inv`` and with variants that localise
+a miscompile (the same algorithm through ``tl.sum`` / ``tl.max`` / ``tl.min``; without pivoting), and
+prints each one's relative error against ``torch.linalg.inv`` in fp64; and a @ a contracted as the
+generated kernels do. Three kinds of matrices, with the row swaps partial pivoting makes (``swaps``):
+
+* random, well conditioned (I + 0.3 G / sqrt(n)): no row swaps (run 2 of 2026-12-04 checked only these);
+* the same with their rows reversed: a row swap at almost every step;
+* HiPPO-LegS's bilinear matrix I - dt/2 A at dt = 0.1, what hippo_legs, hippo_rnn, lssl and s4 invert
+  (the four cells that failed on the H200): lower triangular; pivoting swaps rows only for n >= 32.
+
+The last variant computes lssl's whole loop-invariant transition inv(I - dt/2 A) @ (I + dt/2 A) from A in
+registers, as its generated recurrent kernel does. Every variant runs at num_warps 1 (what the recurrent
+kernels of these cells launch with) and 4 (what run 2 used).
+
+"inv: no pivoting" is expected to fail on the reversed rows (zero-free but badly ordered pivots); every
+other row should be ~1e-7. Runs under TRITON_INTERPRET=1 on the CPU too.
 """
 
 import sys
@@ -83,26 +95,81 @@ def kernel(x_ptr, y_ptr, N: tl.constexpr, BLOCK: tl.constexpr, WHICH: tl.constex
         b = inv_nopivot(a, o, m, N)
     elif WHICH == 3:                    # a @ a as the generated kernels contract: a 3-D product, reduced
         b = tl.reduce(tl.where(m[None, :, None], a[:, :, None] * a[None, :, :], 0.0), 1, _tlib.add)
-    else:                               # a @ a through tl.sum
+    elif WHICH == 4:                    # a @ a through tl.sum
         b = tl.sum(tl.where(m[None, :, None], a[:, :, None] * a[None, :, :], 0.0), 1)
+    else:                               # lssl's transition from A (= a), as its generated kernel computes it
+        eye = (o[:, None] == o[None, :]).to(tl.float32)
+        back = _tlib.inv(eye - (0.1 / 2.0) * a, o, m, N)
+        b = tl.reduce(back[:, :, None] * (eye + (0.1 / 2.0) * a)[None, :, :], 1, _tlib.add)
     tl.store(y_ptr + ptrs, b, mask=mask)
+
+
+def hippo_bilinear(n: int, dt: float) -> torch.Tensor:
+    """I - dt/2 A with HiPPO-LegS's A (A[i, j] = -sqrt(2i+1) sqrt(2j+1) below the diagonal, -(i+1) on it)."""
+    i = torch.arange(n, dtype=torch.float64)
+    r = torch.sqrt(2 * i + 1)
+    a = -torch.tril(r[:, None] * r[None, :], diagonal=-1) - torch.diag(i + 1)
+    return torch.eye(n, dtype=torch.float64) - dt / 2 * a
+
+
+def row_swaps(x: torch.Tensor) -> int:
+    """Row swaps Gauss-Jordan with partial pivoting (as _tlib.inv does it) makes on one matrix."""
+    a, swaps = x.clone(), 0
+    for k in range(a.shape[0]):
+        p = k + int(torch.argmax(a[k:, k].abs()))
+        if p != k:
+            a[[k, p]] = a[[p, k]]
+            swaps += 1
+        a[k] = a[k] / a[k, k]
+        col = a[:, k].clone()
+        col[k] = 0
+        a = a - col[:, None] * a[k][None, :]
+    return swaps
+
+
+def hippo_a(n: int) -> torch.Tensor:
+    return (torch.eye(n, dtype=torch.float64) - hippo_bilinear(n, 0.1)) / 0.05
+
+
+def matrices(n: int, g: torch.Generator) -> list[tuple[str, torch.Tensor]]:
+    x = torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(64, n, n, generator=g, dtype=torch.float64) / n ** 0.5
+    hippo = hippo_bilinear(n, 0.1).expand(64, n, n).contiguous()
+    return [("random", x), ("random, rows reversed", x.flip(1).contiguous()), ("HiPPO-LegS I - dt/2 A, dt 0.1", hippo)]
+
+
+NAMES = ("inv: _tlib.inv (tl.reduce + combine fns)", "inv: tl.sum / tl.max / tl.min", "inv: no pivoting",
+         "a @ a: 3-D product, tl.reduce", "a @ a: 3-D product, tl.sum",
+         "lssl's inv(I - dt/2 A) @ (I + dt/2 A) from A in registers")
+
+
+def run(which: int, x: torch.Tensor, n: int, warps: int, dev: str) -> torch.Tensor:
+    y = torch.full((x.shape[0], n, n), float("nan"), device=dev)
+    kernel[(x.shape[0],)](x.float().to(dev), y, N=n, BLOCK=triton.next_power_of_2(n), WHICH=which, num_warps=warps)
+    return y.double().cpu()
 
 
 def main() -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = [int(a) for a in sys.argv[1:]] or [3, 16, 20, 32]
     g = torch.Generator().manual_seed(0)
-    print("| n | variant | rel err vs torch fp64 |")
-    print("|---|---|---|")
-    for n in (3, 16, 20):
-        x = torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(64, n, n, generator=g, dtype=torch.float64) / n ** 0.5
-        refs = [torch.linalg.inv(x)] * 3 + [x @ x] * 2
-        names = ("inv: _tlib.inv (tl.reduce + combine fns)", "inv: tl.sum / tl.max / tl.min", "inv: no pivoting",
-                 "a @ a: 3-D product, tl.reduce", "a @ a: 3-D product, tl.sum")
-        for which, (name, ref) in enumerate(zip(names, refs)):
-            y = torch.full((64, n, n), float("nan"), device=dev)
-            kernel[(64,)](x.float().to(dev), y, N=n, BLOCK=triton.next_power_of_2(n), WHICH=which)
-            err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
-            print(f"| {n} | {name} | {err:.1e} |", flush=True)
+    print("| n | matrices | swaps | variant | num_warps | rel err vs torch fp64 |")
+    print("|---|---|---|---|---|---|")
+    for n in sizes:
+        cases = []
+        for kind, x in matrices(n, g):
+            swaps = row_swaps(x[0])
+            refs = [torch.linalg.inv(x)] * 3 + [x @ x] * 2
+            for which, ref in enumerate(refs):
+                if which < 3 or kind == "random":
+                    cases.append((kind, swaps, which, x, ref))
+        a = hippo_a(n).expand(64, n, n).contiguous()
+        eye = torch.eye(n, dtype=torch.float64)
+        cases.append(("HiPPO-LegS A", row_swaps(eye - 0.05 * a[0]), 5, a,
+                      torch.linalg.inv(eye - 0.05 * a) @ (eye + 0.05 * a)))
+        for kind, swaps, which, x, ref in cases:
+            for warps in (1, 4):    # the recurrent kernels of these cells launch with num_warps = 1
+                err = ((run(which, x, n, warps, dev) - ref).norm() / ref.norm()).item()
+                print(f"| {n} | {kind} | {swaps} | {NAMES[which]} | {warps} | {err:.1e} |", flush=True)
     return 0
 
 
