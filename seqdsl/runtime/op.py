@@ -104,12 +104,7 @@ class CompiledOp:
             why = getattr(self.module, "WHY_NOT", {}).get(mode) or self.plan.why_not.get(mode, "it is not generated")
             raise ValueError(f"{self.name}: mode '{mode}' is not available for the {self.module.CLASS} class "
                              f"({why}); available: {', '.join(self.modes)}")
-        args = dict(self.args)
-        for name in list(kwargs):
-            if name in args:
-                value = kwargs.pop(name)
-                if value is not None:
-                    args[name] = float(value)
+        args = self._take_args(kwargs)
         missing = [n for n in self.inputs if n not in kwargs]
         unknown = [n for n in kwargs if n not in self.inputs]
         if missing or unknown:
@@ -169,17 +164,22 @@ class CompiledOp:
 
         ``state`` is what a previous call returned as the final state (None: zeros).
         """
+        args = self._take_args(kwargs)
+        seq = {n: (t.unsqueeze(1) if n in self.checked.op_streams else t) for n, t in kwargs.items()}
+        o, final = self(initial_state=state, output_final_state=True, mode="recurrent", **seq, **args)
+        if isinstance(o, tuple):
+            return tuple(x[:, 0] for x in o), final
+        return o[:, 0], final
+
+    def _take_args(self, kwargs: dict) -> dict[str, float]:
+        """The cell's scalar args: its defaults, overridden by (and removed from) kwargs where given (None: default)."""
         args = dict(self.args)
         for name in list(kwargs):
             if name in args:
                 value = kwargs.pop(name)
                 if value is not None:
                     args[name] = float(value)
-        seq = {n: (t.unsqueeze(1) if n in self.checked.op_streams else t) for n, t in kwargs.items()}
-        o, final = self(initial_state=state, output_final_state=True, mode="recurrent", **seq, **args)
-        if isinstance(o, tuple):
-            return tuple(x[:, 0] for x in o), final
-        return o[:, 0], final
+        return args
 
     # ------------------------------------------------------------------ layout helpers
     def _lift(self, name: str, t: torch.Tensor, compute: torch.dtype) -> torch.Tensor:

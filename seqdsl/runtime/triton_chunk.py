@@ -65,6 +65,21 @@ def sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def chunk_rows(i_t, i_bh, T, cu_seqlens, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Where chunk i_t of program row i_bh (= i_b * H + i_h) lies: (i_h, NT, bos, T, o_c, o_t, m_t, last) =
+    the head, the chunk slots per sequence in h / dh (this chunk's: i_bh * NT + i_t), the sequence's first
+    row and length, the chunk's local offsets [BT], its time steps, which of them exist, and its last step."""
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
+    o_t = i_t * BT + o_c
+    m_t = o_t < T
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    return i_h, NT, bos, T, o_c, o_t, m_t, last
+
+
+@triton.jit
 def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
                               BD: tl.constexpr, REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr):
     """gc[b, t, h, :] = sum of g[b, s, h, :] for s from t's chunk start to t (REVERSE: from t to the chunk's end).
@@ -450,18 +465,12 @@ def chunk_bwd_dqk_kernel(
     dk_intra = dA^T q, and stores this tile's sum of dG over its K channels; a key gate reads the intra parts
     from ``chunk_bwd_intra_gk_kernel`` and stores dg = the reverse cumsum of dG within the chunk."""
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)
+    i_h, NT, bos, T, o_c, o_t, m_t, last = chunk_rows(i_t, i_bh, T, cu_seqlens, H, BT, IS_VARLEN)
     NK = tl.cdiv(K, BK)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_c = tl.arange(0, BT)
-    o_t = i_t * BT + o_c
-    m_t = o_t < T
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    last = tl.minimum(i_t * BT + BT, T) - 1
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                                # do S^T
@@ -531,17 +540,11 @@ def chunk_bwd_dv_kernel(
     """dv = A^T do + (k ⊙ E) dS' of one chunk for one V tile, looping over K tiles (A = (q k^T) ⊙ D causal,
     recomputed here for a scalar gate or none; read from the forward for a key gate)."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_c = tl.arange(0, BT)
-    o_t = i_t * BT + o_c
-    m_t = o_t < T
+    i_h, NT, bos, T, o_c, o_t, m_t, last = chunk_rows(i_t, i_bh, T, cu_seqlens, H, BT, IS_VARLEN)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
     p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-    last = tl.minimum(i_t * BT + BT, T) - 1
     b_dv = tl.zeros([BT, BV], dtype=DTYPE)
     b_A = tl.zeros([BT, BT], dtype=DTYPE)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -659,13 +662,7 @@ def chunk_delta_bwd_kernel(
     pass 3 over K tiles (each looping over V tiles for dW) the dW Kb^T part; pass 4 over K tiles (recomputing
     dW) gives dq, dk and the K-side sums of dbeta and dG."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_c = tl.arange(0, BT)
-    o_t = i_t * BT + o_c
-    m_t = o_t < T
-    last = tl.minimum(i_t * BT + BT, T) - 1
+    i_h, NT, bos, T, o_c, o_t, m_t, last = chunk_rows(i_t, i_bh, T, cu_seqlens, H, BT, IS_VARLEN)
     p_hc = (i_bh * NT + i_t) * K * V                                   # this chunk's [K, V] state in h, dh
     causal = o_c[:, None] >= o_c[None, :]
     strict = o_c[:, None] > o_c[None, :]
