@@ -65,16 +65,21 @@ def block_name(m: str) -> str:
 
 def mixer(r: dict) -> str:
     """The run's mixer: the ``blocks.mixer`` edit, or for a ``layers`` edit the mixers of the pattern joined
-    with + (hybrids: "gated_deltanet+attention_window"); short convolutions and MLPs are not mixers."""
+    with + (hybrids: "gated_deltanet+attention_window"); short convolutions and MLPs are not mixers. The
+    MQAR base has a short convolution before each mixer; the MAD base has none, so a MAD run that adds one
+    is its own row ("gla + conv")."""
     cand = r.get("candidate") or {}
     if "layers" in cand:
-        names = []
+        names, convs = [], False
         for block in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", cand["layers"]):
             definition = cand.get(f"blocks.{block}")
+            convs = convs or bool(definition and definition.startswith("shortconv"))
             if definition and not definition.startswith(("shortconv", "mlp", "swiglu")):
                 name = block_name(definition)
                 names += [name] if name not in names else []
-        return "+".join(names) or "?"
+        if not names and "blocks.mixer" in cand:
+            names = [block_name(cand["blocks.mixer"])]
+        return "+".join(names or ["?"]) + (" + conv" if convs and r.get("task") in MAD else "")
     return block_name(cand.get("blocks.mixer", r.get("stack", "?")))
 
 
@@ -117,8 +122,8 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
              "|---|---|---|---|---|---|---|"]
     both_ours, both_pub = [], []
     for name, r in sorted(ours.items(), key=lambda kv: -kv[1]["eval_accuracy"]):
-        key = name.split(" ")[0]
-        pub = published.get(key)
+        key = name.split(" ")[0] if not name.endswith(" + conv") else None   # "mamba2 (n=64)": mamba2's row;
+        pub = published.get(key)                                            # + conv: not the published setting
         lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g} | {pub if pub is not None else '-'} | "
                      f"{r['train']['steps']} | {r['train']['lr']} | {r.get('schedule', 'cosine')} | {r.get('seconds', 0):.0f} |")
         if pub is not None and key not in [k for k, _ in both_ours]:
@@ -129,7 +134,7 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
               + (f"{rho:+.2f}" if rho is not None else "n/a (fewer than 3)")]
     if expected:
         text, ranks_expected = expected
-        names = [n for n in ours if n.split(" ")[0] in ranks_expected]
+        names = [n for n in ours if n.split(" ")[0] in ranks_expected and not n.endswith(" + conv")]
         rho = spearman([ours[n]["eval_accuracy"] for n in names], [ranks_expected[n.split(" ")[0]] for n in names])
         lines.append(f"Expected ordering: {text}; Spearman with it over {len(names)} mixers: "
                      + (f"{rho:+.2f}" if rho is not None else "n/a"))
