@@ -88,6 +88,25 @@ def test_gradients_match_interpreter(name, mode):
         assert_close(f"{name}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
 
 
+@pytest.mark.parametrize("name", ["gla", "mamba", "lru"])
+def test_empty_packed_sequences_keep_their_initial_state(name):
+    """cu_seqlens with empty sequences (first, middle, last) in every form: those keep their initial state,
+    the others match the interpreter (which runs sequence by sequence)."""
+    m, op, ref = compiled(name)
+    cu = torch.tensor([0, 0, 5, 5, 11, 11])
+    inputs = sample_inputs(ref, 1, 11, seed=12)
+    h0 = random_state(ref, 5)
+    expected = ref(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    for mode in op.modes:
+        got = op(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu, mode=mode, chunk_size=4)
+        for a, b in zip(_flat(expected[0]), _flat(got[0])):
+            assert_close(f"{name}/{mode}/empty sequences o", a, b, torch.float64, FORM_FACTOR[mode])
+        for a, b, h in zip(_flat(expected[1]), _flat(got[1]), _flat(h0)):
+            assert_close(f"{name}/{mode}/empty sequences state", a, b, torch.float64, FORM_FACTOR[mode])
+            for i in (0, 2, 4):
+                assert torch.equal(b[i].to(h.dtype), h[i]), f"{name}/{mode}: empty sequence {i} changed its state"
+
+
 @pytest.mark.parametrize("name,mode", list(cases()))
 def test_varlen_equals_separate_runs(name, mode):
     m, op, ref = compiled(name)
