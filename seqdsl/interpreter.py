@@ -21,6 +21,7 @@ from seqdsl import ir
 from seqdsl.codegen.ops import CONSTANTS, LAYER_INPUT, OPS
 from seqdsl.errors import SpecError
 from seqdsl.typecheck import Checked, ImplicitParam, broadcast, check
+from seqdsl.runtime.op import packed_bounds
 
 REAL = torch.float64
 COMPLEX = torch.complex128
@@ -345,10 +346,8 @@ class Reference:
         params = {n: tensors[n] for n in c.op_params}
         if cu_seqlens is None:
             return self._run(streams, params, args, initial_state, output_final_state)
-        bounds = [int(b) for b in cu_seqlens]
         any_stream = next(iter(streams.values()))
-        if any_stream.shape[0] != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1; got {any_stream.shape[0]}")
+        bounds = packed_bounds(cu_seqlens, any_stream.shape[0], any_stream.shape[1], who=self.model.name)
         outs, finals = [], []
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             h0 = None if initial_state is None else self._index_state(initial_state, i)

@@ -176,8 +176,13 @@ def test_bad_inputs_are_clear_errors():
     bad = dict(inputs, q=inputs["q"][..., :3])
     with pytest.raises(ValueError, match="'q' must have shape"):
         op(**bad)
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        op(**inputs, cu_seqlens=torch.tensor([0, 2, 1, 4]))
+    for bad_cu in ([0, 2, 1, 4], [0, 3], [1, 4], [4]):   # falling, short of T, not from 0, no sequence
+        with pytest.raises(ValueError, match=r"gla: cu_seqlens must rise from 0 to T = 4"):
+            op(**inputs, cu_seqlens=torch.tensor(bad_cu))
+        with pytest.raises(ValueError, match=r"gla: cu_seqlens must rise from 0 to T = 4"):
+            ref(**inputs, cu_seqlens=torch.tensor(bad_cu))   # the interpreter checks them the same way
+    with pytest.raises(ValueError, match="gla: with cu_seqlens the batch size must be 1; got 2"):
+        op(**sample_inputs(ref, 2, 4), cu_seqlens=torch.tensor([0, 4]))
 
 
 def test_generated_source_is_cached_readable_and_headed(tmp_path, monkeypatch):

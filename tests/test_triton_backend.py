@@ -373,7 +373,7 @@ def test_chunk_kernels_run_packed_sequences_in_one_launch(case, K, V):
 
 def test_chunk_kernels_reject_bad_packing():
     q = torch.randn(1, 10, 1, 4, dtype=torch.float64)
-    for cu, why in [([0, 4, 4, 10], "no empty"), ([0, 4, 9], "rising strictly from 0 to T = 10")]:
+    for cu, why in [([0, 4, 4, 10], "no empty"), ([0, 4, 9], r"rise strictly from 0 to T \(no empty sequences\) = 10")]:
         with pytest.raises(ValueError, match=why):
             triton_chunk.chunk_gated(q, q, q, cu_seqlens=torch.tensor(cu))
     with pytest.raises(ValueError, match="batch size must be 1"):

@@ -18,6 +18,21 @@ import torch
 LARGE_VECTOR_STATE = 1024   # numbers per sequence above which vector states run as a loop by default
 
 
+def packed_bounds(cu_seqlens, B: int, T: int, allow_empty: bool = True, who: str = "") -> list[int]:
+    """cu_seqlens as ints, checked (the one validator of every form, Triton kernels included): the batch size is
+    1 and the bounds rise from 0 to T, strictly where ``allow_empty`` is False. ``who`` prefixes the error."""
+    prefix = f"{who}: " if who else ""
+    if B != 1:
+        raise ValueError(f"{prefix}with cu_seqlens the batch size must be 1; got {B}")
+    bounds = [int(b) for b in cu_seqlens]
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or any(n < 0 for n in lengths) or (
+            not allow_empty and 0 in lengths):
+        rising = "rise from 0 to T" if allow_empty else "rise strictly from 0 to T (no empty sequences)"
+        raise ValueError(f"{prefix}cu_seqlens must {rising} = {T}; got {bounds}")
+    return bounds
+
+
 def per_sequence(fn, states: tuple, inputs: list, is_stream: list[bool], bounds: list[int], kwargs: dict) -> tuple:
     """Run a form on packed sequences one call each: ((readouts [1, T, ...]), (final states [N, ...])).
 
@@ -128,18 +143,13 @@ class CompiledOp:
         compute = torch.float64 if any(t.dtype in (torch.float64, torch.complex128) for t in inputs.values()) \
             else torch.float32
         lifted = {n: self._lift(n, t, compute) for n, t in inputs.items()}
-        states = self._initial_states(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1, compute,
-                                      first.device)
+        bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
+        states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
         if cu_seqlens is None:
             outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
         else:
-            if B != 1:
-                raise ValueError(f"{self.name}: with cu_seqlens the batch size must be 1; got {B}")
-            bounds = [int(b) for b in cu_seqlens]
-            if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
-                raise ValueError(f"{self.name}: cu_seqlens must rise from 0 to T={T}; got {bounds}")
             one_call = mode in getattr(self.module, "VARLEN_FORMS", ()) and (
                 mode == "recurrent" or all(b > a for a, b in zip(bounds, bounds[1:])))   # chunk / scan: no empty ones
             if one_call:

@@ -22,7 +22,7 @@ values v_new = U - W S), then stage 4 with v_new for v.
 
 Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed sequences (B = 1, N sequences of any
 lengths) run in the same launches as equal-length rows, one program row per sequence, tokens at bos + t
-(``sequence_bounds``), the chunk states h [N, H, NT, K, V] with NT the longest sequence's chunk count.
+(``triton_lib.sequence_bounds``), the chunk states h [N, H, NT, K, V] with NT the longest sequence's chunk count.
 Layouts are fla's: ``[B, T, H, D]``, contiguous; for decaying gates (log gates <= 0) every exponential is of a
 non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
 transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
@@ -46,22 +46,9 @@ import torch
 
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
+from seqdsl.runtime.op import packed_bounds as _packed_bounds
 
 GATE_NONE, GATE_SCALAR, GATE_KEY = 0, 1, 2
-
-
-@triton.jit
-def sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
-    """(bos, T) of sequence i_b: the row of its first token and its length. Equal lengths: rows i_b * T on;
-    packed (IS_VARLEN, B = 1): cu_seqlens[i_b] to cu_seqlens[i_b + 1]. Kernels index tokens as bos + t and
-    mask t < T, so one launch covers sequences of any lengths (programs past a sequence's end store nothing)."""
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_b).to(tl.int64)
-        n = (tl.load(cu_seqlens + i_b + 1) - tl.load(cu_seqlens + i_b)).to(tl.int32)
-    else:
-        bos = i_b * T
-        n = T
-    return bos, n
 
 
 @triton.jit
@@ -71,7 +58,7 @@ def chunk_rows(i_t, i_bh, T, cu_seqlens, H: tl.constexpr, BT: tl.constexpr, IS_V
     row and length, the chunk's local offsets [BT], its time steps, which of them exist, and its last step."""
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_c = tl.arange(0, BT)
     o_t = i_t * BT + o_c
     m_t = o_t < T
@@ -86,7 +73,7 @@ def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.const
     g, gc: [B, T, H, D]."""
     i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m = (o_t < T)[:, None] & (o_d < D)[None, :]
@@ -113,7 +100,7 @@ def chunk_fwd_h_kernel(
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of h (the longest sequence's)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -162,7 +149,7 @@ def chunk_intra_gk_kernel(
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     for i_i in tl.static_range(NC):
@@ -221,7 +208,7 @@ def chunk_fwd_o_kernel(
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     m_t = o_t < T
     o_v = i_v * BV + tl.arange(0, BV)
@@ -284,7 +271,7 @@ def chunk_delta_wy_kernel(
     Rows past T load zeros (beta = 0): their rows of Tm are unit rows and of W, U zero."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = tl.arange(0, BT)
     m_t = o_t < T
@@ -324,7 +311,7 @@ def chunk_bwd_dh_kernel(
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -372,7 +359,7 @@ def chunk_bwd_intra_gk_kernel(
     All K (BK >= K) and V (BV >= V) channels in one block."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
@@ -595,7 +582,7 @@ def chunk_delta_bwd_dhu_kernel(
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
-    bos, T = sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
@@ -893,13 +880,8 @@ class _Rows:
         if not self.varlen:
             self.N, self.T, self.cu = B, T, None
             return
-        if B != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1; got {B}")
-        bounds = [int(b) for b in cu_seqlens]
+        bounds = _packed_bounds(cu_seqlens, B, T, allow_empty=False, who="the Triton chunk kernels")
         lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or min(lengths) < 1:
-            raise ValueError(f"the Triton chunk kernels take cu_seqlens rising strictly from 0 to T = {T} (no empty "
-                             f"sequences); got {bounds}")
         self.N, self.T, self.cu = len(lengths), max(lengths), cu_seqlens
 
     def kwargs(self, dummy) -> dict:

@@ -150,3 +150,12 @@ def sequence_rows(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
         t0 = i_b * 0
         n = T
     return row, t0, n
+
+
+@triton.jit
+def sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
+    """(bos, n) of sequence i_b in a flat [B * T, ...] view: the row of its first token and its length
+    (``sequence_rows``). Kernels index tokens as bos + t and mask t < n, so one launch covers sequences of
+    any lengths (programs past a sequence's end store nothing)."""
+    row, t0, n = sequence_rows(cu_seqlens, i_b, T, IS_VARLEN)
+    return row * T + t0, n

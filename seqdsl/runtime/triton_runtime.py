@@ -22,6 +22,8 @@ import warnings
 
 import torch
 
+from seqdsl.runtime.op import packed_bounds, per_sequence
+
 _OVERRIDE: dict | None = None
 
 
@@ -157,11 +159,7 @@ class Packing:
         if cu_seqlens is None:
             self.N, self.cu, self.varlen, self.longest = B, torch.zeros(1, dtype=torch.int64, device=device), False, T
             return
-        if B != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1; got {B}")
-        bounds = [int(b) for b in cu_seqlens]
-        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or any(b < a for a, b in zip(bounds, bounds[1:])):
-            raise ValueError(f"cu_seqlens must rise from 0 to T = {T}; got {bounds}")
+        bounds = packed_bounds(cu_seqlens, B, T)
         self.N, self.varlen = len(bounds) - 1, True
         self.cu = torch.as_tensor(bounds, dtype=torch.int64, device=device)
         self.longest = max(1, max(b - a for a, b in zip(bounds, bounds[1:])))
@@ -171,8 +169,6 @@ def twin_per_sequence(fn, states: tuple, inputs: tuple, is_stream: tuple, kwargs
     """A torch twin's form on packed sequences (it takes no cu_seqlens): one call per sequence."""
     if cu_seqlens is None:
         return fn(tuple(states), *inputs, **kwargs)
-    from seqdsl.runtime.op import per_sequence
-
     return per_sequence(fn, tuple(states), list(inputs), list(is_stream), [int(b) for b in cu_seqlens], kwargs)
 
 

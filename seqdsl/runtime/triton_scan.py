@@ -46,12 +46,9 @@ def scan_diagonal_kernel(a, b, h, h0, ht, cu_seqlens, T, C, DTYPE: tl.constexpr,
     """a, b, h: [rows, C] (rows = B * T, or the packed tokens with cu_seqlens), complex as [rows, C, 2];
     h0, ht: [N, C] (complex [N, C, 2]). Program (i_n, i_c): sequence i_n, channels i_c * BC + [0, BC)."""
     i_n, i_c = tl.program_id(0), tl.program_id(1)
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
+    bos, n = _tlib.sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    bos = bos.to(tl.int64)      # rows * C can pass 2^31 (e.g. Mamba's C = d_inner * N)
+    eos = bos + n
     P: tl.constexpr = 2 if COMPLEX else 1
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < C
