@@ -611,6 +611,34 @@ def test_chunk_forward_and_backward_ask_the_policy_with_the_input_precision(monk
     assert asked == [dtype == torch.bfloat16] * len(asked)
 
 
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet"])
+def test_the_op_tells_the_chunk_kernels_its_inputs_were_bf16(monkeypatch, name):
+    """The op hands its forms fp32 copies, so the chunk kernels cannot see that the user's inputs were bf16: it
+    says so (op.low_precision_inputs) and every chunk launch, the backward's included, is asked for bf16's
+    cheaper tl.dot precision; fp32 inputs keep the fp32-accurate one, and nothing leaks past the call."""
+    from seqdsl.runtime import op as op_module
+
+    asked = []
+    real = triton_runtime.launch_config
+
+    def recording(form_, *args, **kwargs):
+        if form_ == "chunk":
+            asked.append(kwargs.get("low_precision_inputs"))
+        return real(form_, *args, **kwargs)
+
+    monkeypatch.setattr(triton_runtime, "launch_config", recording)
+    m, op, ref = compiled(name)
+    for dtype in (torch.float32, torch.bfloat16):
+        asked.clear()
+        inputs = {n: t.to(dtype).requires_grad_(True) for n, t in sample_inputs(ref, 1, 20).items()}
+        o, _ = op(**inputs, mode="chunk", chunk_size=16)
+        n_forward = len(asked)
+        o.float().sum().backward()
+        assert n_forward > 0 and len(asked) > n_forward, asked
+        assert asked == [dtype == torch.bfloat16] * len(asked), (dtype, asked)
+        assert not op_module.low_precision_inputs()
+
+
 def test_unsupported_cell_falls_back_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
     spec = """

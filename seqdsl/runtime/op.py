@@ -12,10 +12,31 @@ in the dtype of the first stream.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 
 LARGE_VECTOR_STATE = 1024   # numbers per sequence above which vector states run as a loop by default
+
+
+_LOW_PRECISION_INPUTS = contextvars.ContextVar("seqdsl_low_precision_inputs", default=False)
+
+
+def low_precision_inputs() -> bool:
+    """Whether the op running now was given bf16 / fp16 inputs. The op computes in fp32, so its forms only see
+    fp32 tensors; the Triton chunk kernels' launch policy asks this to pick the tl.dot precision."""
+    return _LOW_PRECISION_INPUTS.get()
+
+
+@contextlib.contextmanager
+def _inputs_precision(low: bool):
+    token = _LOW_PRECISION_INPUTS.set(low)
+    try:
+        yield
+    finally:
+        _LOW_PRECISION_INPUTS.reset(token)
 
 
 def packed_bounds(cu_seqlens, B: int, T: int, allow_empty: bool = True, who: str = "") -> list[int]:
@@ -147,16 +168,18 @@ class CompiledOp:
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
-        if cu_seqlens is None:
-            outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
-        else:
-            one_call = mode in getattr(self.module, "VARLEN_FORMS", ()) and (
-                mode == "recurrent" or all(b > a for a, b in zip(bounds, bounds[1:])))   # chunk / scan: no empty ones
-            if one_call:
-                cu = torch.as_tensor(bounds, dtype=torch.long, device=first.device)
-                outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra, cu_seqlens=cu)
-            else:   # one call per sequence (forms reading S_{t-1}, torch recurrent loops, empty sequences)
-                outs, finals = self._per_sequence(fn, bounds, lifted, states, {**args, **extra})
+        low = any(t.dtype in (torch.bfloat16, torch.float16) for t in inputs.values())
+        with _inputs_precision(low):   # the forms see fp32; the chunk kernels' launch policy asks
+            if cu_seqlens is None:
+                outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
+            else:
+                one_call = mode in getattr(self.module, "VARLEN_FORMS", ()) and (   # chunk / scan: no empty ones
+                    mode == "recurrent" or all(b > a for a, b in zip(bounds, bounds[1:])))
+                if one_call:
+                    cu = torch.as_tensor(bounds, dtype=torch.long, device=first.device)
+                    outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra, cu_seqlens=cu)
+                else:   # one call per sequence (forms reading S_{t-1}, torch recurrent loops, empty sequences)
+                    outs, finals = self._per_sequence(fn, bounds, lifted, states, {**args, **extra})
         outs = tuple(self._unlift_output(o, out_dtype) for o in outs)
         o = outs[0] if len(outs) == 1 else outs
         if not output_final_state:
