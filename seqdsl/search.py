@@ -198,7 +198,7 @@ def _run_one(job: dict) -> dict:
         result = train(cs, job["task"], steps=job["train"]["steps"], lr=job["train"]["lr"],
                        batch_size=job["train"]["batch_size"], seed=job["seed"], task_settings=job["task_settings"],
                        schedule=job["train"].get("schedule", "cosine"),
-                       progress=False, threads=job.get("threads"))
+                       progress=f"  run {job['id'][:8]}", threads=job.get("threads"))
     except Exception as e:   # noqa: BLE001 - a failed candidate is a result, not a crash of the search
         result = {"error": f"{type(e).__name__}: {e}"}
     result.update(id=job["id"], candidate=job["candidate"], spec_path=job["spec_path"], rung=job.get("rung", 0),
@@ -279,11 +279,13 @@ def search(path: str, out: str | None = None, workers: int = 2, executor: str = 
         total = len(survivors) * len(s.seeds)
         print(f"search {s.name}: rung {rung}: {total} runs, {total - len(jobs)} already done, {len(jobs)} to run "
               f"({executor}, {workers} workers)", file=log)
+        for job in jobs:
+            print(f"  run {job['id'][:8]}: {job['candidate']} seed {job['seed']}", file=log)
         for i, result in enumerate(_execute(jobs, workers, executor), 1):
             _append(results_path, result)
             done.add(result["id"])
             metric = "error" if "error" in result else f"{_metric(result):.3f}"
-            print(f"  [{i}/{len(jobs)}] {result['candidate']} -> {metric}", file=log)
+            print(f"  [{i}/{len(jobs)}] run {result['id'][:8]} {result['candidate']} -> {metric}", file=log)
         if rung_steps is not None and rung < len(rungs) - 1:
             by_cand = {}
             for r in read_results(results_path):

@@ -13,17 +13,21 @@ import sys
 import time
 
 
-def _progress(step: int, steps: int, loss: float, acc: float, tok_s: float, elapsed: float, stream=sys.stderr):
+def _progress(step: int, steps: int, loss: float, acc: float, tok_s: float, elapsed: float,
+              label: str | None = None, stream=None):
+    """A progress bar (redrawn in place on a terminal), or with a ``label`` one plain line per call (the
+    lines of several search workers sharing one log stay readable)."""
+    stream = stream or sys.stderr
     eta = elapsed / max(step, 1) * (steps - step)
-    width = 24
-    filled = int(width * step / steps)
-    bar = "#" * filled + "." * (width - filled)
-    line = (f"[{bar}] {step}/{steps} loss {loss:.4f} acc {acc:.3f} {tok_s:,.0f} tok/s "
-            f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-    if stream.isatty():
-        stream.write("\r" + line + ("\n" if step == steps else ""))
+    stats = (f"{step}/{steps} loss {loss:.4f} acc {acc:.3f} {tok_s:,.0f} tok/s "
+             f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    if label is not None:
+        stream.write(f"{label} {stats}\n")
     else:
-        stream.write(line + "\n")
+        width = 24
+        filled = int(width * step / steps)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {stats}"
+        stream.write("\r" + line + ("\n" if step == steps else "") if stream.isatty() else line + "\n")
     stream.flush()
 
 
@@ -50,12 +54,15 @@ SCHEDULES = ("cosine", "constant")
 
 def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
           out_dir: str | None = None, eval_batches: int = 8, weight_decay: float = 0.1, warmup: float = 0.05,
-          progress: bool = True, task_settings: dict | None = None, stack_hparams: dict | None = None,
+          progress: bool | str = True, task_settings: dict | None = None, stack_hparams: dict | None = None,
           threads: int | None = None, schedule: str = "cosine") -> dict:
     """Train a stack (a path or a CheckedStack) on a task; returns the result dict (also written as JSON).
 
     schedule: "cosine" (linear warmup, then cosine decay to 0 at the last step) or "constant" (linear
     warmup, then lr throughout, as in the MQAR calibration runs of benchmarks.md §3.3).
+    progress: True, a bar on stderr (50 updates); a string, a line starting with it at every tenth of the
+    steps (what ``seqdsl search`` prints per run); False, nothing. The result's ``curve`` holds the smoothed
+    training loss and accuracy at every fiftieth of the steps: [[step, loss, accuracy], ...].
     """
     import torch
 
@@ -94,6 +101,8 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
     tokens = 0
     loss_ema = acc_ema = None
     every = max(1, steps // 50)
+    report_every = max(1, steps // 10) if isinstance(progress, str) else every
+    curve = []
     for step in range(1, steps + 1):
         batch = t.sample(batch_size, g)
         loss, acc = _loss_and_acc(model, batch, regression)
@@ -108,9 +117,12 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
         acc_ema = acc if acc_ema is None else 0.9 * acc_ema + 0.1 * acc
         if not math.isfinite(lv):
             raise FloatingPointError(f"the loss became {lv} at step {step}; lower the learning rate")
-        if progress and (step % every == 0 or step == steps):
+        if step % every == 0 or step == steps:
+            curve.append([step, round(loss_ema, 4), round(acc_ema, 4)])
+        if progress and (step % report_every == 0 or step == steps):
             elapsed = time.perf_counter() - start
-            _progress(step, steps, loss_ema, acc_ema, tokens / elapsed, elapsed)
+            _progress(step, steps, loss_ema, acc_ema, tokens / elapsed, elapsed,
+                      label=progress if isinstance(progress, str) else None)
     seconds = time.perf_counter() - start
     model.eval()
     eval_gen = torch.Generator().manual_seed(10_000 + seed)
@@ -128,7 +140,7 @@ def train(stack, task: str, steps: int = 1000, lr: float = 1e-3, batch_size: int
         "seed": seed, "train_loss": loss_ema, "eval_loss": sum(losses) / len(losses),
         ("eval_mse" if regression else "eval_accuracy"): sum(accs) / len(accs),
         "num_parameters": model.num_parameters(), "state_size": model.state_size(t.seq_len),
-        "tokens_per_s": tokens / seconds, "seconds": seconds, "layers": list(cs.layers),
+        "tokens_per_s": tokens / seconds, "seconds": seconds, "layers": list(cs.layers), "curve": curve,
     }
     if out_dir:
         import torch as _torch

@@ -1,5 +1,6 @@
 """train / search / report end to end, at toy sizes: results, checkpoints, resuming, strategies, Ray."""
 
+import io
 import json
 import os
 import subprocess
@@ -22,6 +23,17 @@ def test_train_writes_result_and_checkpoint(tmp_path):
     assert 0.0 <= r["eval_accuracy"] <= 1.0 and r["num_parameters"] > 0 and r["state_size"] > 0
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["eval_accuracy"] == r["eval_accuracy"] and (tmp_path / "checkpoint.pt").exists()
+    assert [row[0] for row in r["curve"]] == [1, 2, 3] and r["curve"][-1][1] == round(r["train_loss"], 4)
+
+
+def test_train_records_the_loss_curve_at_every_fiftieth_step(tmp_path, capsys):
+    r = train(str(ROOT / "examples/stacks/gla.seq"), "mqar", steps=100, batch_size=2, task_settings=TASK,
+              stack_hparams=TINY, progress="  run x")
+    assert [row[0] for row in r["curve"]] == list(range(2, 101, 2))
+    assert all(len(row) == 3 and 0.0 <= row[2] <= 1.0 for row in r["curve"])
+    lines = capsys.readouterr().err.splitlines()     # a labelled line at every tenth of the steps
+    assert [line.split()[2] for line in lines] == [f"{s}/100" for s in range(10, 101, 10)], lines
+    assert all(line.startswith("  run x ") and "ETA" in line for line in lines)
 
 
 def test_train_cli_shows_progress(tmp_path):
@@ -60,9 +72,12 @@ batch_size = 4
 def test_grid_search_saves_resolved_specs_and_resumes(tmp_path):
     path = write_search(tmp_path)
     out = str(tmp_path / "out")
-    results = search(path, out=out, workers=1)
+    log = io.StringIO()
+    results = search(path, out=out, workers=1, log=log)
     rows = read_results(results)
     assert len(rows) == 2 and all("eval_accuracy" in r for r in rows)
+    for r in rows:   # the log names each run before it starts and when it finishes
+        assert f"  run {r['id'][:8]}: " in log.getvalue() and f"run {r['id'][:8]} {r['candidate']} ->" in log.getvalue()
     for r in rows:
         spec = open(r["spec_path"]).read()
         assert "stack gla_lm(" in spec and os.path.isabs(spec.split('cell("')[1].split('"')[0]) \
