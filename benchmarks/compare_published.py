@@ -171,7 +171,8 @@ def main(paths: list[str]) -> str:
         elif key[0] in MAD:
             out.append(table(f"MAD {key[0]} (published: DeltaNet paper's MAD table, %)", ours, MAD[key[0]], 100.0))
         else:
-            out.append(table(f"{' '.join(map(str, key))} (no published table)", ours, {}, expected=EXPECTED.get(key)))
+            name = f"MQAR L={key[1]}, N={key[2]}, d_model={key[3]}" if key[0] == "mqar" else " ".join(map(str, key))
+            out.append(table(f"{name} (no published table)", ours, {}, expected=EXPECTED.get(key)))
     if any(k[0] in MAD for k in by_setting):
         names = sorted({mixer(r) for r in results if r["task"] in MAD})
         ours_avg, pub_avg = [], []
