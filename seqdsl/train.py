@@ -27,7 +27,10 @@ def _progress(step: int, steps: int, loss: float, acc: float, tok_s: float, elap
         width = 24
         filled = int(width * step / steps)
         line = f"[{'#' * filled}{'.' * (width - filled)}] {stats}"
-        stream.write("\r" + line + ("\n" if step == steps else "") if stream.isatty() else line + "\n")
+        if stream.isatty():                      # redraw in place; a newline only at the end
+            stream.write("\r" + line + ("\n" if step == steps else ""))
+        else:
+            stream.write(line + "\n")
     stream.flush()
 
 

@@ -24,6 +24,11 @@ LARGE_VECTOR_STATE = 1024   # numbers per sequence above which vector states run
 _LOW_PRECISION_INPUTS = contextvars.ContextVar("seqdsl_low_precision_inputs", default=False)
 
 
+def is_low_precision(t) -> bool:
+    """Whether a tensor (or None) is bf16 / fp16: inputs the op computes in fp32 but whose rounding is coarser."""
+    return t is not None and t.dtype in (torch.bfloat16, torch.float16)
+
+
 def low_precision_inputs() -> bool:
     """Whether the op running now was given bf16 / fp16 inputs. The op computes in fp32, so its forms only see
     fp32 tensors; the Triton chunk kernels' launch policy asks this to pick the tl.dot precision."""
@@ -168,7 +173,7 @@ class CompiledOp:
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
-        low = any(t.dtype in (torch.bfloat16, torch.float16) for t in inputs.values())
+        low = any(is_low_precision(t) for t in inputs.values())
         with _inputs_precision(low):   # the forms see fp32; the chunk kernels' launch policy asks
             if cu_seqlens is None:
                 outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)

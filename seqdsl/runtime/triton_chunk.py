@@ -46,6 +46,7 @@ import torch
 
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
+from seqdsl.runtime.op import is_low_precision
 from seqdsl.runtime.op import low_precision_inputs as _op_low_precision
 from seqdsl.runtime.op import packed_bounds as _packed_bounds
 
@@ -892,7 +893,7 @@ class _Rows:
 def _low_precision(*tensors) -> bool:
     """Whether the inputs are bf16 / fp16 (the launch policy then picks a cheaper tl.dot precision): any of these
     tensors, or the inputs of the op running now (it hands its forms fp32 copies; ``op.low_precision_inputs``)."""
-    return _op_low_precision() or any(t is not None and t.dtype in (torch.bfloat16, torch.float16) for t in tensors)
+    return _op_low_precision() or any(is_low_precision(t) for t in tensors)
 
 
 def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low: bool | None = None):
