@@ -170,3 +170,18 @@ def test_constant_schedule_is_recorded_and_bad_schedules_are_clear_errors(tmp_pa
     open(path, "w").write(text.replace('"constant"', '"linear"'))
     with pytest.raises(seqdsl.SpecError, match="schedule must be one of cosine, constant; got 'linear'"):
         load_search(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples/searches").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_search_file_resolves_to_stacks_that_check(path):
+    """RESULTS.md gives these files as the commands that reproduce its numbers: each must still load, and
+    every candidate's resolved stack (its cells included) must pass the checker."""
+    from seqdsl.api import loads
+    from seqdsl.search import resolve
+
+    s = load_search(str(path))
+    cands = candidates(s)
+    assert cands, path
+    for cand in cands:
+        spec_text, _ = resolve(s, cand)
+        loads(spec_text, path=f"{path.stem}:{cand.as_dict()}")
