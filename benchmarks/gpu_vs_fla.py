@@ -245,6 +245,16 @@ def main(argv=None) -> int:
 
             for form in chosen(forms):
                 row(shape, "gla", "seqdsl", form, measure(lambda: make_gla(True, form), form))
+            if phase == "seqdsl":
+                # what the op's lift to fp32 alone costs (part of every seqdsl row above; fla reads bf16):
+                # the copies of q, k, v; the backward casts their gradients back, about as much again
+                def make_lift():
+                    q, k, v = qkv()
+                    return (lambda: (q.float(), k.float(), v.float())), ()
+
+                row(shape, "gla", "seqdsl's bf16 -> fp32 input copies alone", "-",
+                    timed(make_lift, args.reps, backward=False) if time.time() - began <= args.budget_s
+                    else ("not run (budget)", "-"))
             if fla_ops and phase == "reference":
                 row(shape, "gla", "fla chunk_gla" + fla_note, "chunk", measure(lambda: make_gla(False)))
 
