@@ -184,10 +184,11 @@ def main(argv=None) -> int:
 
     began = time.time()
 
-    def measure(make, form=None):
+    def measure(make, form=None, forward_only=False):
         if time.time() - began > args.budget_s:
             return "not run (budget)", "-"
-        with_bwd = backward and (form is None or args.backward_forms is None or form in args.backward_forms)
+        with_bwd = backward and not forward_only and (form is None or args.backward_forms is None
+                                                      or form in args.backward_forms)
         fwd, bwd = timed(make, args.reps, with_bwd, args.max_ms)
         return fwd, (bwd if with_bwd or not backward else "not timed")
 
@@ -253,8 +254,7 @@ def main(argv=None) -> int:
                     return (lambda: (q.float(), k.float(), v.float())), ()
 
                 row(shape, "gla", "seqdsl's bf16 -> fp32 input copies alone", "-",
-                    timed(make_lift, args.reps, backward=False) if time.time() - began <= args.budget_s
-                    else ("not run (budget)", "-"))
+                    measure(make_lift, forward_only=True))
             if fla_ops and phase == "reference":
                 row(shape, "gla", "fla chunk_gla" + fla_note, "chunk", measure(lambda: make_gla(False)))
 
