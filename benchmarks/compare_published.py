@@ -5,7 +5,8 @@
 Reads every results.jsonl / result.json under the given paths, names each run by its mixer (the
 ``blocks.mixer`` edit: attention, gla, deltanet, ...), and prints, per setting, our accuracy beside
 the published or calibration number, and the Spearman rank correlation of the two orderings over
-the mixers present in both. The published numbers below are copied from ../shared/reference/benchmarks.md
+the mixers present in both. Seeds of one configuration are pooled (the mean, with the worst and best
+seed in brackets); of a mixer's configurations (lr, steps) the best mean is shown. The published numbers below are copied from ../shared/reference/benchmarks.md
 (Zoology MQAR calibration runs §3.3; MAD table as printed in the DeltaNet paper §2.2).
 """
 
@@ -119,14 +120,15 @@ def setting(r: dict) -> tuple:
 
 def table(title: str, ours: dict[str, dict], published: dict[str, float], scale: float = 1.0,
           expected: tuple | None = None) -> str:
-    lines = [f"### {title}", "", "| mixer | ours | published | steps | lr | schedule | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"### {title}", "", "| mixer | ours | published | seeds | steps | lr | schedule | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     both_ours, both_pub = [], []
     for name, r in sorted(ours.items(), key=lambda kv: -kv[1]["eval_accuracy"]):
         key = name.split(" ")[0] if not name.endswith(" + conv") else None   # "mamba2 (n=64)": mamba2's row;
         pub = published.get(key)                                            # + conv: not the published setting
-        lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g} | {pub if pub is not None else '-'} | "
-                     f"{r['train']['steps']} | {r['train']['lr']} | {r.get('schedule', 'cosine')} | {r.get('seconds', 0):.0f} |")
+        spread = f" [{scale * r['low']:.3g}, {scale * r['high']:.3g}]" if r.get("seeds", 1) > 1 else ""
+        lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g}{spread} | {pub if pub is not None else '-'} | "
+                     f"{r.get('seeds', 1)} | {r['train']['steps']} | {r['train']['lr']} | {r.get('schedule', 'cosine')} | {r.get('seconds', 0):.0f} |")
         if pub is not None and key not in [k for k, _ in both_ours]:
             both_ours.append((key, r["eval_accuracy"]))
             both_pub.append(pub)
@@ -152,16 +154,31 @@ def result_files(paths: list[str]) -> list[str]:
     return out
 
 
+def pool_seeds(results: list[dict]) -> list[dict]:
+    """One result per configuration (setting, mixer, steps, lr, schedule): the first run of it, with
+    ``eval_accuracy`` the mean over its seeds, ``low`` / ``high`` the worst and best seed, ``seeds`` how many."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if (r.get("train") or {}).get("lr") is None:
+            r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
+        key = (setting(r), mixer(r), r["train"]["steps"], r["train"]["lr"], r.get("schedule", "cosine"))
+        groups.setdefault(key, []).append(r)
+    pooled = []
+    for runs in groups.values():
+        accs = [r["eval_accuracy"] for r in runs]
+        pooled.append({**runs[0], "eval_accuracy": sum(accs) / len(accs), "low": min(accs), "high": max(accs),
+                       "seeds": len(runs), "seconds": sum(r.get("seconds", 0) for r in runs) / len(runs)})
+    return pooled
+
+
 def main(paths: list[str]) -> str:
     results = [r for p in result_files(paths) for r in load_results(p) if "eval_accuracy" in r]
     by_setting: dict[tuple, dict[str, dict]] = {}
-    for r in results:
-        name = mixer(r)
-        if (r.get("train") or {}).get("lr") is None:
-            r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
+    for r in pool_seeds(results):
         best = by_setting.setdefault(setting(r), {})
+        name = mixer(r)
         if name not in best or r["eval_accuracy"] > best[name]["eval_accuracy"]:
-            best[name] = r                         # the best run of a mixer (over lr / seeds)
+            best[name] = r                         # a mixer's best configuration (lr, steps), by its mean over seeds
     out = []
     for key, ours in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
         if key in PUBLISHED:

@@ -1,7 +1,9 @@
 """``seqdsl report RESULTS``: a leaderboard (markdown and terminal) and plots from search or train results.
 
 RESULTS is a results.jsonl of ``seqdsl search``, a result.json of ``seqdsl train``, or a folder holding
-either. Plots (matplotlib PNGs): accuracy vs state size and accuracy vs parameters, one per task.
+either. Runs that differ only in their seed are one row: the mean over seeds, with the worst and best
+seed beside it. Plots (matplotlib PNGs): accuracy vs state size and accuracy vs parameters, one per
+task (a bar from the worst to the best seed where there are several).
 """
 
 from __future__ import annotations
@@ -33,42 +35,62 @@ def _label(r: dict) -> str:
     return r.get("stack", "?")
 
 
+def _setting(r: dict) -> tuple:
+    """Everything that defines a run except its seed: runs equal here are seeds of one configuration."""
+    train = r.get("train") or {}
+    return (r.get("task", "?"), _label(r), r.get("stack", ""), json.dumps(r.get("task_settings") or {}, sort_keys=True),
+            r.get("steps", train.get("steps")), r.get("lr", train.get("lr")), r.get("batch_size", train.get("batch_size")),
+            r.get("schedule", train.get("schedule", "cosine")))
+
+
 def leaderboard(results: list[dict]) -> list[dict]:
-    rows = []
+    """One row per configuration, its seeds pooled: score is the mean over seeds, ``low`` / ``high`` the
+    worst and best seed, ``seeds`` how many there were (failed runs are left out). Rows are sorted by task,
+    then by mean score (best first)."""
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        if "error" in r:
-            continue
-        score = r.get("eval_accuracy", None)
-        rows.append({"task": r.get("task", "?"), "model": _label(r), "stack": r.get("stack", ""),
-                     "score": score if score is not None else -r.get("eval_mse", float("nan")),
-                     "metric": "accuracy" if score is not None else "-mse",
-                     "params": r.get("num_parameters", 0), "state": r.get("state_size", 0),
-                     "steps": r.get("steps", r.get("train", {}).get("steps")), "lr": r.get("lr", r.get("train", {}).get("lr")),
-                     "seconds": r.get("seconds", 0.0)})
+        if "error" not in r:
+            groups.setdefault(_setting(r), []).append(r)
+    rows = []
+    for (task, model, stack, _, steps, lr, _, _), runs in groups.items():
+        accuracy = all(r.get("eval_accuracy") is not None for r in runs)
+        scores = [r["eval_accuracy"] if accuracy else -r.get("eval_mse", float("nan")) for r in runs]
+        first = runs[0]
+        rows.append({"task": task, "model": model, "stack": stack,
+                     "score": sum(scores) / len(scores), "low": min(scores), "high": max(scores),
+                     "seeds": len(runs), "metric": "accuracy" if accuracy else "-mse",
+                     "params": first.get("num_parameters", 0), "state": first.get("state_size", 0),
+                     "steps": steps, "lr": lr, "seconds": sum(r.get("seconds", 0.0) for r in runs) / len(runs)})
     rows.sort(key=lambda x: (x["task"], -x["score"]))
     return rows
 
 
+def _score(r: dict) -> str:
+    """mean, with the range over seeds when there is more than one."""
+    spread = f" [{r['low']:.3f}, {r['high']:.3f}]" if r.get("seeds", 1) > 1 else ""
+    return f"{r['score']:.3f}{spread}"
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | rank | model | score | parameters | state size | steps | lr | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | rank | model | score | seeds | parameters | state size | steps | lr | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rank, last = 0, None
     for r in rows:
         rank = rank + 1 if r["task"] == last else 1
         last = r["task"]
-        lines.append(f"| {r['task']} | {rank} | {r['model']} | {r['score']:.3f} ({r['metric']}) | {r['params']:,} | "
-                     f"{r['state']:,} | {r['steps']} | {r['lr']} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['task']} | {rank} | {r['model']} | {_score(r)} ({r['metric']}) | {r.get('seeds', 1)} | "
+                     f"{r['params']:,} | {r['state']:,} | {r['steps']} | {r['lr']} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def terminal(rows: list[dict]) -> str:
-    head = f"{'task':18s} {'#':>2s} {'score':>7s} {'params':>9s} {'state':>9s}  model"
+    head = f"{'task':18s} {'#':>2s} {'score':>7s} {'seeds':>5s} {'params':>9s} {'state':>9s}  model"
     out = [head, "-" * len(head)]
     rank, last = 0, None
     for r in rows:
         rank = rank + 1 if r["task"] == last else 1
         last = r["task"]
-        out.append(f"{r['task'][:18]:18s} {rank:2d} {r['score']:7.3f} {r['params']:9,d} {r['state']:9,d}  {r['model']}")
+        out.append(f"{r['task'][:18]:18s} {rank:2d} {r['score']:7.3f} {r.get('seeds', 1):5d} {r['params']:9,d} {r['state']:9,d}  {r['model']}")
     return "\n".join(out) + "\n"
 
 
@@ -86,8 +108,11 @@ def plots(rows: list[dict], folder: str) -> list[str]:
         for key, label in (("state", "state size (numbers per sequence)"), ("params", "parameters")):
             fig, ax = plt.subplots(figsize=(6, 4))
             for r in sub:
-                ax.scatter(max(r[key], 1), r["score"])
-                ax.annotate(r["model"][:30], (max(r[key], 1), r["score"]), fontsize=6)
+                x = max(r[key], 1)
+                ax.scatter(x, r["score"])
+                if r.get("seeds", 1) > 1:
+                    ax.vlines(x, r["low"], r["high"], linewidth=1)
+                ax.annotate(r["model"][:30], (x, r["score"]), fontsize=6)
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel(sub[0]["metric"])
