@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from seqdsl.search import read_results
 
@@ -43,16 +44,34 @@ def _setting(r: dict) -> tuple:
             r.get("schedule", train.get("schedule", "cosine")))
 
 
+def _task_names(results: list[dict]) -> dict[tuple, str]:
+    """(task, settings JSON) -> the task's name, with the settings that differ between its runs
+    ("mqar seq_len=256 num_kv_pairs=64"), so that one leaderboard ranks only runs of the same setting."""
+    by_task: dict[str, list[dict]] = {}
+    for r in results:
+        by_task.setdefault(r.get("task", "?"), []).append(r.get("task_settings") or {})
+    names = {}
+    for task, settings in by_task.items():
+        keys = sorted({k for s in settings for k in s})
+        varying = [k for k in keys if len({json.dumps(s.get(k)) for s in settings}) > 1]
+        for s in settings:
+            names[(task, json.dumps(s, sort_keys=True))] = " ".join([task] + [f"{k}={s.get(k)}" for k in varying])
+    return names
+
+
 def leaderboard(results: list[dict]) -> list[dict]:
     """One row per configuration, its seeds pooled: score is the mean over seeds, ``low`` / ``high`` the
-    worst and best seed, ``seeds`` how many there were (failed runs are left out). Rows are sorted by task,
-    then by mean score (best first)."""
+    worst and best seed, ``seeds`` how many there were (failed runs are left out). A task run at several
+    settings is one task per setting (``mqar seq_len=256``). Rows are sorted by task, then by mean score
+    (best first)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         if "error" not in r:
             groups.setdefault(_setting(r), []).append(r)
+    names = _task_names([runs[0] for runs in groups.values()])
     rows = []
-    for (task, model, stack, _, steps, lr, _, _), runs in groups.items():
+    for (task, model, stack, settings, steps, lr, _, _), runs in groups.items():
+        task = names[(task, settings)]
         accuracy = all(r.get("eval_accuracy") is not None for r in runs)
         scores = [r["eval_accuracy"] if accuracy else -r.get("eval_mse", float("nan")) for r in runs]
         first = runs[0]
@@ -84,13 +103,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def terminal(rows: list[dict]) -> str:
-    head = f"{'task':18s} {'#':>2s} {'score':>7s} {'seeds':>5s} {'params':>9s} {'state':>9s}  model"
+    width = max([18] + [len(r["task"]) for r in rows])
+    head = f"{'task':{width}s} {'#':>2s} {'score':>7s} {'seeds':>5s} {'params':>9s} {'state':>9s}  model"
     out = [head, "-" * len(head)]
     rank, last = 0, None
     for r in rows:
         rank = rank + 1 if r["task"] == last else 1
         last = r["task"]
-        out.append(f"{r['task'][:18]:18s} {rank:2d} {r['score']:7.3f} {r.get('seeds', 1):5d} {r['params']:9,d} {r['state']:9,d}  {r['model']}")
+        out.append(f"{r['task']:{width}s} {rank:2d} {r['score']:7.3f} {r.get('seeds', 1):5d} {r['params']:9,d} {r['state']:9,d}  {r['model']}")
     return "\n".join(out) + "\n"
 
 
@@ -118,7 +138,7 @@ def plots(rows: list[dict], folder: str) -> list[str]:
             ax.set_ylabel(sub[0]["metric"])
             ax.set_title(f"{task}: {sub[0]['metric']} vs {key}")
             fig.tight_layout()
-            p = os.path.join(folder, f"{task}_{key}.png")
+            p = os.path.join(folder, f"{re.sub(r'[^A-Za-z0-9_=-]+', '_', task)}_{key}.png")
             fig.savefig(p, dpi=120)
             plt.close(fig)
             paths.append(p)

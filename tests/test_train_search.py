@@ -125,22 +125,24 @@ def test_report_leaderboard_and_plots(tmp_path):
 
 def test_report_pools_seeds_of_one_configuration(tmp_path):
     """Three seeds of one configuration are one row (mean, worst and best seed); a different lr or step count
-    is its own row; failed runs are left out."""
+    is its own row; another task setting is its own ranking; failed runs are left out."""
     def line(seed, acc, lr=1e-3, steps=100):
         return {"task": "mqar", "candidate": {"blocks.mixer": "gla"}, "stack": "s", "task_settings": {"seq_len": 64},
                 "steps": steps, "lr": lr, "batch_size": 8, "schedule": "constant", "seed": seed,
                 "eval_accuracy": acc, "num_parameters": 10, "state_size": 5, "seconds": 2.0 * (seed + 1)}
-    rows = [line(0, 0.5), line(1, 0.9), line(2, 0.7), line(0, 0.95, lr=3e-3), line(0, 0.2, steps=50),
+    longer = {**line(0, 0.99), "task_settings": {"seq_len": 128}}     # another setting: its own ranking
+    rows = [line(0, 0.5), line(1, 0.9), line(2, 0.7), line(0, 0.95, lr=3e-3), line(0, 0.2, steps=50), longer,
             {"task": "mqar", "candidate": {"blocks.mixer": "gla"}, "seed": 3, "error": "boom"}]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     md, term, _ = report(str(path), out=str(tmp_path / "rep"), make_plots=False)
-    lines = [ln for ln in md.splitlines() if ln.startswith("| mqar |")]
+    assert md.count("| mqar seq_len=128 | 1 | mixer=gla | 0.990 (accuracy) |") == 1
+    lines = [ln for ln in md.splitlines() if ln.startswith("| mqar seq_len=64 |")]
     assert len(lines) == 3
-    assert lines[0].startswith("| mqar | 1 | mixer=gla | 0.950 (accuracy) | 1 |") and "| 0.003 |" in lines[0]
-    assert lines[1].startswith("| mqar | 2 | mixer=gla | 0.700 [0.500, 0.900] (accuracy) | 3 |")
+    assert lines[0].startswith("| mqar seq_len=64 | 1 | mixer=gla | 0.950 (accuracy) | 1 |") and "| 0.003 |" in lines[0]
+    assert lines[1].startswith("| mqar seq_len=64 | 2 | mixer=gla | 0.700 [0.500, 0.900] (accuracy) | 3 |")
     assert lines[1].endswith("| 100 | 0.001 | 4 |")          # mean of 2, 4 and 6 seconds
-    assert lines[2].startswith("| mqar | 3 | mixer=gla | 0.200 (accuracy) | 1 |") and "| 50 |" in lines[2]
+    assert lines[2].startswith("| mqar seq_len=64 | 3 | mixer=gla | 0.200 (accuracy) | 1 |") and "| 50 |" in lines[2]
     assert "  0.700     3 " in term
 
 
