@@ -12,6 +12,7 @@ seed in brackets); of a mixer's configurations (lr, steps) the best mean is show
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -54,15 +55,33 @@ MAD = {   # DeltaNet paper's MAD table (benchmarks.md §2.2), accuracy in %; Mam
 
 
 def block_name(m: str) -> str:
-    """A block definition's short name: attention[_window][_rope], the cell spec's file stem, or the block kind
-    (``hyena(order = 2)`` -> hyena)."""
+    """A block definition's short name: attention[_window][_rope], the cell spec's file stem with its header edits
+    other than layout (``cell("../gla.seq", heads = 2, gate_norm = 1.0)`` -> "gla (gate_norm=1.0)"), or the
+    block kind (``hyena(order = 2)`` -> hyena)."""
     if m.startswith("attention"):
         return "attention" + ("_window" if "window" in m else "") + ("_rope" if re.search(r"rope = 1", m) else "")
     found = re.search(r'cell\("(?:[^"]*/)?([A-Za-z0-9_]+)\.seq"', m)
     kind = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", m)
     name = found.group(1) if found else kind.group(1) if kind else m
-    extra = re.search(r"\bn = (\d+)", m)
-    return name + (f" (n={extra.group(1)})" if extra and name == "mamba2" else "")
+    edits = [f"{k}={v}" for k, v in re.findall(r"\b([A-Za-z_]\w*) = ([^,)]+)", m) if k not in _LAYOUT_EDITS]
+    return name + (f" ({', '.join(edits)})" if edits and found else "")
+
+
+# A cell's header parameters that only set its layout (how the width is split into heads): not in its name.
+_LAYOUT_EDITS = {"heads", "dk", "dv", "headdim", "expand"}
+# The edits with which a row still stands for the paper's model (the state size, a hyper-parameter of it), so it
+# is compared with the published numbers and the expected ordering; any other edit (gate_norm = 1.0: a paper
+# constant changed) makes the row a variant, shown but not compared.
+_COMPARABLE_EDITS = {"n"}
+
+
+def comparable(name: str) -> str | None:
+    """The published row a table row stands for ("mamba2 (n=64)" -> mamba2), or None (a variant, + conv)."""
+    if name.endswith(" + conv"):
+        return None
+    base, _, edits = name.partition(" (")
+    keys = {e.split("=")[0] for e in edits.rstrip(")").split(", ") if e}
+    return base if keys <= _COMPARABLE_EDITS else None
 
 
 def mixer(r: dict) -> str:
@@ -124,8 +143,8 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
              "|---|---|---|---|---|---|---|---|"]
     both_ours, both_pub = [], []
     for name, r in sorted(ours.items(), key=lambda kv: -kv[1]["eval_accuracy"]):
-        key = name.split(" ")[0] if not name.endswith(" + conv") else None   # "mamba2 (n=64)": mamba2's row;
-        pub = published.get(key)                                            # + conv: not the published setting
+        key = comparable(name)
+        pub = published.get(key)
         spread = f" [{scale * r['low']:.3g}, {scale * r['high']:.3g}]" if r.get("seeds", 1) > 1 else ""
         lines.append(f"| {name} | {scale * r['eval_accuracy']:.3g}{spread} | {pub if pub is not None else '-'} | "
                      f"{r.get('seeds', 1)} | {r['train']['steps']} | {r['train']['lr']} | {r.get('schedule', 'cosine')} | {r.get('seconds', 0):.0f} |")
@@ -137,8 +156,8 @@ def table(title: str, ours: dict[str, dict], published: dict[str, float], scale:
               + (f"{rho:+.2f}" if rho is not None else "n/a (fewer than 3)")]
     if expected:
         text, ranks_expected = expected
-        names = [n for n in ours if n.split(" ")[0] in ranks_expected and not n.endswith(" + conv")]
-        rho = spearman([ours[n]["eval_accuracy"] for n in names], [ranks_expected[n.split(" ")[0]] for n in names])
+        names = [n for n in ours if comparable(n) in ranks_expected]
+        rho = spearman([ours[n]["eval_accuracy"] for n in names], [ranks_expected[comparable(n)] for n in names])
         lines.append(f"Expected ordering: {text}; Spearman with it over {len(names)} mixers: "
                      + (f"{rho:+.2f}" if rho is not None else "n/a"))
     return "\n".join(lines + [""])
@@ -155,13 +174,14 @@ def result_files(paths: list[str]) -> list[str]:
 
 
 def pool_seeds(results: list[dict]) -> list[dict]:
-    """One result per configuration (setting, mixer, steps, lr, schedule): the first run of it, with
+    """One result per configuration (setting, candidate, steps, lr, schedule): the first run of it, with
     ``eval_accuracy`` the mean over its seeds, ``low`` / ``high`` the worst and best seed, ``seeds`` how many."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         if (r.get("train") or {}).get("lr") is None:
             r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
-        key = (setting(r), mixer(r), r["train"]["steps"], r["train"]["lr"], r.get("schedule", "cosine"))
+        key = (setting(r), json.dumps(r.get("candidate"), sort_keys=True), r["train"]["steps"], r["train"]["lr"],
+               r.get("schedule", "cosine"))
         groups.setdefault(key, []).append(r)
     pooled = []
     for runs in groups.values():

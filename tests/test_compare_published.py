@@ -25,6 +25,10 @@ def test_mixer_names():
     assert cp.mixer({"candidate": {"blocks.mixer": 'cell("../gla.seq", heads = 2)'}}) == "gla"
     assert cp.mixer({"candidate": {"blocks.mixer": "attention(heads = 1, window = 32)"}}) == "attention_window"
     assert cp.mixer({"candidate": {"blocks.mixer": "hyena(order = 2)"}}) == "hyena"
+    variant = cp.mixer({"candidate": {"blocks.mixer": 'cell("../gla.seq", heads = 2, dk = 32, gate_norm = 1.0)'}})
+    assert variant == "gla (gate_norm=1.0)" and cp.comparable(variant) is None
+    assert cp.comparable(cp.mixer({"candidate": {"blocks.mixer": 'cell("../mamba2.seq", n = 64)'}})) == "mamba2"
+    assert cp.comparable("gla + conv") is None and cp.comparable("gla") == "gla"
 
 
 def test_seeds_are_pooled_and_the_best_configuration_is_shown(tmp_path):
@@ -38,3 +42,17 @@ def test_seeds_are_pooled_and_the_best_configuration_is_shown(tmp_path):
     # lr 1e-3 has the best single run (0.8) but lr 3e-3 the best mean (0.6 over two seeds against 0.5)
     assert "| gla | 0.6 [0.55, 0.65] | - | 2 | 10 | 0.003 | constant | 10 |" in text
     assert "| 0.001 |" not in text
+
+
+def test_a_variant_is_its_own_row_and_not_compared(tmp_path):
+    """A changed paper constant (gate_norm) is not pooled with the paper's cell nor counted in the correlations."""
+    def line(mixer, acc):
+        return {"task": "mqar", "task_settings": {"seq_len": 128, "num_kv_pairs": 16}, "seed": 0,
+                "candidate": {"blocks.mixer": mixer}, "train": {"steps": 10, "lr": 1e-3}, "schedule": "constant",
+                "eval_accuracy": acc, "seconds": 1.0}
+    rows = [line('cell("../gla.seq")', 0.9), line('cell("../gla.seq", gate_norm = 1.0)', 0.1),
+            line('cell("../deltanet.seq")', 0.95), line("attention(heads = 1)", 0.99)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = cp.main([str(tmp_path)])
+    assert "| gla | 0.9 | 0.986 | 1 |" in text and "| gla (gate_norm=1.0) | 0.1 | - | 1 |" in text
+    assert "published numbers over 3 mixers" in text
