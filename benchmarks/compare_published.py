@@ -6,8 +6,9 @@ Reads every results.jsonl / result.json under the given paths, names each run by
 ``blocks.mixer`` edit: attention, gla, deltanet, ...), and prints, per setting, our accuracy beside
 the published or calibration number, and the Spearman rank correlation of the two orderings over
 the mixers present in both. Seeds of one configuration are pooled (the mean, with the worst and best
-seed in brackets); of a mixer's configurations (lr, steps) the best mean is shown. The published numbers below are copied from ../shared/reference/benchmarks.md
-(Zoology MQAR calibration runs §3.3; MAD table as printed in the DeltaNet paper §2.2).
+seed in brackets); of a mixer's configurations (lr, steps) the best mean is shown. The published
+numbers below are copied from ../shared/reference/benchmarks.md (Zoology MQAR calibration runs §3.3;
+MAD table as printed in the DeltaNet paper §2.2).
 """
 
 from __future__ import annotations
