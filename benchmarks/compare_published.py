@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
 
-from seqdsl.report import load_results  # noqa: E402
+from seqdsl.report import load_results, pool_seeds  # noqa: E402
 
 # published / calibration accuracies (0-1) per setting and mixer
 PUBLISHED = {
@@ -174,28 +174,20 @@ def result_files(paths: list[str]) -> list[str]:
     return out
 
 
-def pool_seeds(results: list[dict]) -> list[dict]:
-    """One result per configuration (setting, candidate, steps, lr, schedule): the first run of it, with
-    ``eval_accuracy`` the mean over its seeds, ``low`` / ``high`` the worst and best seed, ``seeds`` how many."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        if (r.get("train") or {}).get("lr") is None:
-            r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
-        key = (setting(r), json.dumps(r.get("candidate"), sort_keys=True), r["train"]["steps"], r["train"]["lr"],
-               r.get("schedule", "cosine"))
-        groups.setdefault(key, []).append(r)
-    pooled = []
-    for runs in groups.values():
-        accs = [r["eval_accuracy"] for r in runs]
-        pooled.append({**runs[0], "eval_accuracy": sum(accs) / len(accs), "low": min(accs), "high": max(accs),
-                       "seeds": len(runs), "seconds": sum(r.get("seconds", 0) for r in runs) / len(runs)})
-    return pooled
+def configuration(r: dict) -> tuple:
+    """What defines a run except its seed: (setting, candidate, steps, lr, schedule)."""
+    return (setting(r), json.dumps(r.get("candidate"), sort_keys=True), r["train"]["steps"], r["train"]["lr"],
+            r.get("schedule", "cosine"))
 
 
 def main(paths: list[str]) -> str:
     results = [r for p in result_files(paths) for r in load_results(p) if "eval_accuracy" in r]
+    for r in results:
+        if (r.get("train") or {}).get("lr") is None:
+            r["train"] = {"steps": r.get("steps"), "lr": r.get("lr")}
     by_setting: dict[tuple, dict[str, dict]] = {}
-    for r in pool_seeds(results):
+    for r in pool_seeds(results, configuration):
+        r["eval_accuracy"] = r["score"]            # the mean over seeds
         best = by_setting.setdefault(setting(r), {})
         name = mixer(r)
         if name not in best or r["eval_accuracy"] > best[name]["eval_accuracy"]:

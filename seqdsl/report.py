@@ -59,27 +59,40 @@ def _task_names(results: list[dict]) -> dict[tuple, str]:
     return names
 
 
+def pool_seeds(results: list[dict], key, score=lambda r: r["eval_accuracy"]) -> list[dict]:
+    """Runs with equal ``key(run)`` are seeds of one configuration: one dict per configuration, its first run
+    with ``score`` the mean of ``score(run)`` over the seeds, ``low`` / ``high`` the worst and best seed,
+    ``seeds`` how many, ``seconds`` the mean wall time."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault(key(r), []).append(r)
+    pooled = []
+    for runs in groups.values():
+        scores = [score(r) for r in runs]
+        pooled.append({**runs[0], "score": sum(scores) / len(scores), "low": min(scores), "high": max(scores),
+                       "seeds": len(runs), "seconds": sum(r.get("seconds", 0.0) for r in runs) / len(runs)})
+    return pooled
+
+
+def _score_of(r: dict) -> float:
+    return r["eval_accuracy"] if r.get("eval_accuracy") is not None else -r.get("eval_mse", float("nan"))
+
+
 def leaderboard(results: list[dict]) -> list[dict]:
     """One row per configuration, its seeds pooled: score is the mean over seeds, ``low`` / ``high`` the
     worst and best seed, ``seeds`` how many there were (failed runs are left out). A task run at several
     settings is one task per setting (``mqar seq_len=256``). Rows are sorted by task, then by mean score
     (best first)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        if "error" not in r:
-            groups.setdefault(_setting(r), []).append(r)
-    names = _task_names([runs[0] for runs in groups.values()])
+    pooled = pool_seeds([r for r in results if "error" not in r], _setting, _score_of)
+    names = _task_names(pooled)
     rows = []
-    for (task, model, stack, settings, steps, lr, _, _), runs in groups.items():
-        task = names[(task, settings)]
-        accuracy = all(r.get("eval_accuracy") is not None for r in runs)
-        scores = [r["eval_accuracy"] if accuracy else -r.get("eval_mse", float("nan")) for r in runs]
-        first = runs[0]
-        rows.append({"task": task, "model": model, "stack": stack,
-                     "score": sum(scores) / len(scores), "low": min(scores), "high": max(scores),
-                     "seeds": len(runs), "metric": "accuracy" if accuracy else "-mse",
-                     "params": first.get("num_parameters", 0), "state": first.get("state_size", 0),
-                     "steps": steps, "lr": lr, "seconds": sum(r.get("seconds", 0.0) for r in runs) / len(runs)})
+    for p in pooled:
+        task, model, stack, settings, steps, lr, _, _ = _setting(p)
+        rows.append({"task": names[(task, settings)], "model": model, "stack": stack,
+                     "score": p["score"], "low": p["low"], "high": p["high"], "seeds": p["seeds"],
+                     "metric": "accuracy" if p.get("eval_accuracy") is not None else "-mse",
+                     "params": p.get("num_parameters", 0), "state": p.get("state_size", 0),
+                     "steps": steps, "lr": lr, "seconds": p["seconds"]})
     rows.sort(key=lambda x: (x["task"], -x["score"]))
     return rows
 
