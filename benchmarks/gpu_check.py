@@ -14,7 +14,9 @@ not a power of two), T = 100 with chunk boundaries inside, and for each form:
 
 Each cell prints the relative RMS error of the worst tensor, or the first line of the failure. The
 examples are shared among worker processes (Triton compiles on the CPU, so 16 cores compile in
-parallel). Without a CUDA GPU it says so and exits 0.
+parallel). Without a CUDA GPU it says so and exits 0. It sets ``SEQDSL_TRUST_GPU_KERNELS=1``, so ops
+whose kernels carry a GPU caveat (an in-kernel inverse) are checked through those kernels, not their
+torch fallback.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import multiprocessing
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MEDIUM = {"d_model": 32, "heads": 2, "dk": 32, "dv": 48, "n": 16, "hidden": 24, "headdim": 16, "expand": 2,
           "dt_rank": 4, "gate_rank": 4, "m": 8, "mix_rank": 8, "decay_rank": 8, "iclr_rank": 8}
+# Check the compiled kernels themselves, also those the op would replace by their torch form on a GPU
+# (``gpu_caveat``: the cells with an in-kernel inverse); workers inherit the environment.
+os.environ.setdefault("SEQDSL_TRUST_GPU_KERNELS", "1")
 DEVICE = os.environ.get("SEQDSL_GPU_CHECK_DEVICE", "cuda")   # "cpu": try the script under the interpreter
 TF32_FACTOR = 4.0      # fp32 dots run as tf32 on the device (Triton's default)
 CHECKS = ("fwd", "varlen", "grad", "bf16")

@@ -12,9 +12,15 @@ generated kernels do. Three kinds of matrices, with the row swaps partial pivoti
 * HiPPO-LegS's bilinear matrix I - dt/2 A at dt = 0.1, what hippo_legs, hippo_rnn, lssl and s4 invert
   (the four cells that failed on the H200): lower triangular; pivoting swaps rows only for n >= 32.
 
-The last variant computes lssl's whole loop-invariant transition inv(I - dt/2 A) @ (I + dt/2 A) from A in
+The last variants compute lssl's whole loop-invariant transition inv(I - dt/2 A) @ (I + dt/2 A) from A in
 registers, as its generated recurrent kernel does. Every variant runs at num_warps 1 (what the recurrent
 kernels of these cells launch with) and 4 (what run 2 used).
+
+Since 2026-12-05 generated kernels compute matrix @ matrix with ``_tlib.mm`` (rank-1 updates, 2-d blocks
+only) instead of a 3-d product reduced over its middle axis: those four cells were the only kernels with 3-d
+blocks. The "3-D product" rows are what they used before, the "_tlib.mm" rows what they use now: if the
+former fail at one warp and the latter pass, the 3-d lowering was the cause; if the inverse rows fail, it
+was the inverse.
 
 "inv: no pivoting" is expected to fail on the reversed rows (zero-free but badly ordered pivots); every
 other row should be ~1e-7. Runs under TRITON_INTERPRET=1 on the CPU too.
@@ -97,10 +103,16 @@ def kernel(x_ptr, y_ptr, N: tl.constexpr, BLOCK: tl.constexpr, WHICH: tl.constex
         b = tl.reduce(tl.where(m[None, :, None], a[:, :, None] * a[None, :, :], 0.0), 1, _tlib.add)
     elif WHICH == 4:                    # a @ a through tl.sum
         b = tl.sum(tl.where(m[None, :, None], a[:, :, None] * a[None, :, :], 0.0), 1)
-    else:                               # lssl's transition from A (= a), as its generated kernel computes it
+    elif WHICH == 5:                    # lssl's transition from A (= a), as its kernel computed it up to 2026-12-05
         eye = (o[:, None] == o[None, :]).to(tl.float32)
         back = _tlib.inv(eye - (0.1 / 2.0) * a, o, m, N)
         b = tl.reduce(back[:, :, None] * (eye + (0.1 / 2.0) * a)[None, :, :], 1, _tlib.add)
+    elif WHICH == 6:                    # a @ a as the generated kernels contract now: _tlib.mm, rank-1 updates
+        b = _tlib.mm(a, a, o, N)
+    else:                               # lssl's transition as its generated kernel computes it now (_tlib.mm)
+        eye = (o[:, None] == o[None, :]).to(tl.float32)
+        back = _tlib.inv(eye - (0.1 / 2.0) * a, o, m, N)
+        b = _tlib.mm(back, eye + (0.1 / 2.0) * a, o, N)
     tl.store(y_ptr + ptrs, b, mask=mask)
 
 
@@ -139,7 +151,9 @@ def matrices(n: int, g: torch.Generator) -> list[tuple[str, torch.Tensor]]:
 
 NAMES = ("inv: _tlib.inv (tl.reduce + combine fns)", "inv: tl.sum / tl.max / tl.min", "inv: no pivoting",
          "a @ a: 3-D product, tl.reduce", "a @ a: 3-D product, tl.sum",
-         "lssl's inv(I - dt/2 A) @ (I + dt/2 A) from A in registers")
+         "lssl's inv(I - dt/2 A) @ (I + dt/2 A) from A in registers, 3-D product",
+         "a @ a: _tlib.mm (rank-1 updates, what kernels use now)",
+         "lssl's inv(I - dt/2 A) @ (I + dt/2 A) from A in registers, _tlib.mm")
 
 
 def run(which: int, x: torch.Tensor, n: int, warps: int, dev: str) -> torch.Tensor:
@@ -158,14 +172,16 @@ def main() -> int:
         cases = []
         for kind, x in matrices(n, g):
             swaps = row_swaps(x[0])
-            refs = [torch.linalg.inv(x)] * 3 + [x @ x] * 2
-            for which, ref in enumerate(refs):
+            refs = {0: torch.linalg.inv(x), 1: torch.linalg.inv(x), 2: torch.linalg.inv(x), 3: x @ x, 4: x @ x,
+                    6: x @ x}
+            for which, ref in refs.items():
                 if which < 3 or kind == "random":
                     cases.append((kind, swaps, which, x, ref))
         a = hippo_a(n).expand(64, n, n).contiguous()
         eye = torch.eye(n, dtype=torch.float64)
-        cases.append(("HiPPO-LegS A", row_swaps(eye - 0.05 * a[0]), 5, a,
-                      torch.linalg.inv(eye - 0.05 * a) @ (eye + 0.05 * a)))
+        for which in (5, 7):
+            cases.append(("HiPPO-LegS A", row_swaps(eye - 0.05 * a[0]), which, a,
+                          torch.linalg.inv(eye - 0.05 * a) @ (eye + 0.05 * a)))
         for kind, swaps, which, x, ref in cases:
             for warps in (1, 4):    # the recurrent kernels of these cells launch with num_warps = 1
                 err = ((run(which, x, n, warps, dev) - ref).norm() / ref.norm()).item()

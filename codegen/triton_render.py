@@ -321,8 +321,8 @@ class TritonRenderer:
             prod, axis, frame = f"{a}[:, None] * {b}", 0, (d, bdims[1])
         elif len(bdims) == 1:
             prod, axis, frame = f"{a} * {b}[None, :]", 1, (adims[0], d)
-        else:
-            prod, axis, frame = f"{a}[:, :, None] * {b}[None, :, :]", 1, (adims[0], d, bdims[1])
+        else:   # matrix @ matrix: rank-1 updates, never a 3-d block (see triton_lib.mm)
+            return f"_tlib.mm({a}, {b}, {self.blocks.offset(d)}, {self.blocks.size(d)})"
         if self.blocks.padded(d):
             where = [":" if i == axis else "None" for i in range(len(frame))]
             m = self.blocks.mask(d) + (f"[{', '.join(where)}]" if len(frame) > 1 else "")

@@ -137,6 +137,26 @@ def inv(a, o, m, N: tl.constexpr):
 
 
 @triton.jit
+def mm(a, b, o, N: tl.constexpr):
+    """``a @ b`` of register blocks a [M, BLOCK] and b [BLOCK, P] contracted over an axis of N real lanes at
+    offsets ``o`` [BLOCK]: N rank-1 updates (column j of a times row j of b), so no [M, BLOCK, P] block is
+    ever formed. Padded lanes (j >= N) take no part. Generated kernels use this for matrix @ matrix.
+
+    Why not ``tl.reduce(a[:, :, None] * b[None, :, :], 1, add)``: the four cells that used it (hippo_legs,
+    hippo_rnn, lssl, s4; the only 3-d blocks in any generated recurrent kernel) were 0.3-2 % off on an H200
+    at one warp, and Triton's lowering of 3-d layouts is thinly tested (its maintainers say so in
+    triton-lang/triton#4116, a wrong 3-d reduction at one warp). Unconfirmed as the cause:
+    benchmarks/gpu_diag_inv.py runs both on the next GPU.
+    """
+    acc = tl.zeros([a.shape[0], b.shape[1]], dtype=a.dtype)
+    for j in range(N):
+        col = tl.reduce(tl.where(o[None, :] == j, a, 0.0), 1, add)       # a[:, j]  [M]
+        row = tl.reduce(tl.where(o[:, None] == j, b, 0.0), 0, add)       # b[j, :]  [P]
+        acc += col[:, None] * row[None, :]
+    return acc
+
+
+@triton.jit
 def sequence_rows(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
     """(batch row, first token, length) of sequence i_b in a recurrent kernel's [B, T, ...] buffers: equal
     lengths: row i_b from token 0, T tokens; packed (IS_VARLEN, B = 1): row 0 from cu_seqlens[i_b] to

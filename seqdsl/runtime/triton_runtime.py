@@ -57,8 +57,8 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     not tiled), "num_warps": ..., "precision": the tl.dot input precision of the chunk kernels, which compute
     in fp32 (tf32x3, fp32-accurate, for fp32 inputs; one tf32 pass for bf16 / fp16 inputs, whose own 8 or 11
     mantissa bits tf32's 10 already cover: a third of the tensor-core work), "diag_3d": whether the key-gated
-    intra-chunk kernel
-    computes a diagonal sub-block as one 3-d product (fast to interpret) or column by column}.
+    intra-chunk kernel computes a diagonal sub-block as one 3-d product (fast to interpret) or column by
+    column}.
     """
     full = next_pow2(tiled_size) if tiled_size else 0
     if _OVERRIDE is not None:
@@ -250,6 +250,12 @@ class FormFunction(torch.autograd.Function):
 _WARNED: set[str] = set()
 
 
+def trusting_gpu_kernels() -> bool:
+    """Whether ``SEQDSL_TRUST_GPU_KERNELS=1`` asks to run compiled kernels on a GPU despite a ``gpu_caveat``
+    (benchmarks/gpu_check.py sets it: it exists to check those kernels)."""
+    return os.environ.get("SEQDSL_TRUST_GPU_KERNELS", "0") not in ("", "0")
+
+
 def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int,
                gpu_caveat: str | None = None, backward=None):
     """Run a form under ``FormFunction``: ((readouts...), (final states...)).
@@ -257,9 +263,10 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
     forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); backward (if given) is the
     form's Triton backward; otherwise twin_form (same signature, plain torch) is what the backward
     differentiates, recomputing the forward. ``gpu_caveat``: why the compiled kernels are not trusted
-    on a GPU; there the twin runs instead (with a warning, once).
+    on a GPU; there the twin runs instead (with a warning, once), unless ``trusting_gpu_kernels()``.
     """
-    if gpu_caveat and not interpreting() and any(t.is_cuda for t in (*states, *inputs)):
+    if gpu_caveat and not interpreting() and not trusting_gpu_kernels() and any(
+            t.is_cuda for t in (*states, *inputs)):
         if gpu_caveat not in _WARNED:
             _WARNED.add(gpu_caveat)
             warnings.warn(f"seqdsl: {gpu_caveat}; running the torch form instead", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,91 @@
+"""The Triton helpers generated kernels call (seqdsl.runtime.triton_lib), one program each, against torch in fp64.
+
+Runs under ``TRITON_INTERPRET=1`` (set by conftest); the same kernels run on a GPU where one is present
+(benchmarks/gpu_diag_inv.py times them there at the sizes the examples use). Blocks are padded to a power
+of two and the padded lanes are loaded as NaN, so a helper that lets them take part fails.
+"""
+
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from seqdsl.runtime import triton_lib as _tlib
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@triton.jit
+def _mm_kernel(a, b, out, M, P, N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr):
+    o_m, o_n, o_p = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP)
+    b_a = tl.load(a + o_m[:, None] * N + o_n[None, :], mask=(o_m[:, None] < M) & (o_n[None, :] < N),
+                  other=float("nan"))
+    b_b = tl.load(b + o_n[:, None] * P + o_p[None, :], mask=(o_n[:, None] < N) & (o_p[None, :] < P),
+                  other=float("nan"))
+    c = _tlib.mm(b_a, b_b, o_n, N)
+    tl.store(out + o_m[:, None] * P + o_p[None, :], c, mask=(o_m[:, None] < M) & (o_p[None, :] < P))
+
+
+@triton.jit
+def _inv_kernel(a, out, N: tl.constexpr, BN: tl.constexpr):
+    o = tl.arange(0, BN)
+    m = o < N
+    b_a = tl.load(a + o[:, None] * N + o[None, :], mask=m[:, None] & m[None, :], other=float("nan"))
+    tl.store(out + o[:, None] * N + o[None, :], _tlib.inv(b_a, o, m, N), mask=m[:, None] & m[None, :])
+
+
+def _block(n: int) -> int:
+    return max(2, triton.next_power_of_2(n))
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    (M, N), P = a.shape, b.shape[1]
+    out = torch.empty(M, P, dtype=a.dtype, device=a.device)
+    _mm_kernel[(1,)](a.contiguous(), b.contiguous(), out, M, P, N=N, BM=_block(M), BN=_block(N), BP=_block(P),
+                     num_warps=1)
+    return out
+
+
+def _inv(a: torch.Tensor) -> torch.Tensor:
+    n = a.shape[0]
+    out = torch.empty_like(a)
+    _inv_kernel[(1,)](a.contiguous(), out, N=n, BN=_block(n), num_warps=1)
+    return out
+
+
+def _hippo_bilinear(n: int, dt: float) -> torch.Tensor:
+    """I - dt/2 A for HiPPO-LegS's A (A[i, j] = -sqrt(2i+1) sqrt(2j+1) below the diagonal, -(i+1) on it):
+    what hippo_legs, hippo_rnn, lssl and s4 invert. At dt = 1 partial pivoting swaps rows."""
+    r = torch.sqrt(2 * torch.arange(n, dtype=torch.float64) + 1)
+    A = -torch.tril(r[:, None] * r[None, :], -1) - torch.diag(torch.arange(1, n + 1, dtype=torch.float64))
+    return torch.eye(n, dtype=torch.float64) - dt / 2 * A
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.double().cpu() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("M,N,P", [(3, 3, 3), (4, 5, 6), (16, 16, 16), (20, 20, 20), (32, 32, 32), (1, 7, 2)])
+def test_mm_matches_torch_and_ignores_padded_lanes(M, N, P):
+    g = torch.Generator().manual_seed(M * 100 + N * 10 + P)
+    a, b = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(N, P, generator=g, dtype=torch.float64)
+    got = _mm(a.float().to(DEVICE), b.float().to(DEVICE))
+    assert _rel(got, a @ b) < 1e-6
+
+
+@pytest.mark.parametrize("n", [3, 16, 20, 32])
+@pytest.mark.parametrize("kind", ["random", "rows reversed", "hippo dt=1", "hippo dt=0.1"])
+def test_inv_matches_torch_with_and_without_row_swaps(n, kind):
+    g = torch.Generator().manual_seed(n)
+    if kind.startswith("hippo"):
+        a = _hippo_bilinear(n, float(kind.split("=")[1]))
+    else:
+        a = torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) / math.sqrt(n)
+        if kind == "rows reversed":   # every pivot is off the diagonal: a row swap at almost every step
+            a = a.flip(0)
+    got = _inv(a.float().to(DEVICE))
+    ref = torch.linalg.inv(a)
+    # fp32 Gauss-Jordan: error ~ condition number x 6e-8
+    assert _rel(got, ref) < 1e-6 * max(1.0, float(torch.linalg.cond(a)))
