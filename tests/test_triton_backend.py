@@ -582,6 +582,13 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
                                                      low_precision_inputs=low)["precision"]
     assert chunk(False) == "tf32x3" and chunk(True) == "tf32"
+    stages = lambda numel: {k: triton_runtime.launch_config("chunk", None, numel, device=torch.device("cuda"))[k]  # noqa: E731
+                            for k in ("num_warps", "num_stages")}
+    # gla's 32 x 64 blocks; fla's 64 x 64 tiles; the delta rule's whole-key blocks at K = 128 (x BV 64): one stage,
+    # which keeps them within an H100's shared memory (tests/test_gpu_compile_check.py compiles them)
+    assert stages(32 * 64) == {"num_warps": 4, "num_stages": 2}
+    assert stages(64 * 64) == {"num_warps": 8, "num_stages": 2}
+    assert stages(128 * 64) == {"num_warps": 8, "num_stages": 1}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

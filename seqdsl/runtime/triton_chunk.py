@@ -896,16 +896,21 @@ def _low_precision(*tensors) -> bool:
     return _op_low_precision() or any(is_low_precision(t) for t in tensors)
 
 
-def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low: bool | None = None):
-    """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch (T: the kernels' T, _Rows.T)."""
+def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low: bool | None = None,
+           whole_key: bool = False):
+    """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch (T: the kernels' T, _Rows.T).
+    whole_key: some of the launches hold every key channel in one block (the delta rule), which the launch
+    policy sizes for."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     BT = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
     BK, BV = _block(K), _block(V)
     low = _low_precision(*tensors) if low is None else low
-    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device, low_precision_inputs=low)
+    state_block = (max(16, _rt.next_pow2(K)) if whole_key else BK) * BV
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=state_block, device=device,
+                            low_precision_inputs=low)
     prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
-    return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec,
-                                                            num_warps=cfg["num_warps"])
+    launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
 
 
 def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = False):
@@ -1049,7 +1054,8 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     for the backward (h [N, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state)
+    dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state,
+                                               whole_key=True)
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
@@ -1081,7 +1087,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     q, k, v, beta, gc, w, h, v_new = saved
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
-    dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
+    dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low, whole_key=True)
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block

@@ -58,7 +58,7 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     in fp32 (tf32x3, fp32-accurate, for fp32 inputs; one tf32 pass for bf16 / fp16 inputs, whose own 8 or 11
     mantissa bits tf32's 10 already cover: a third of the tensor-core work), "diag_3d": whether the key-gated
     intra-chunk kernel computes a diagonal sub-block as one 3-d product (fast to interpret) or column by
-    column}.
+    column}; chunk launches on a GPU also get "num_stages" (``chunk_warps_and_stages``).
     """
     full = next_pow2(tiled_size) if tiled_size else 0
     if _OVERRIDE is not None:
@@ -72,11 +72,27 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     if interpreting() or device is None or device.type != "cuda":
         return {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
     if form == "chunk":
-        return {"block": 0, "num_warps": 4, "precision": "tf32" if low_precision_inputs else "tf32x3", "diag_3d": False}
+        return {"block": 0, **chunk_warps_and_stages(state_numel),
+                "precision": "tf32" if low_precision_inputs else "tf32x3", "diag_3d": False}
     block = min(full, 64) if tiled_size else 0
     numel = state_numel * block // full if tiled_size else state_numel
     num_warps = 1 if numel <= 1024 else 2 if numel <= 4096 else 4 if numel <= 16384 else 8
     return {"block": block, "num_warps": num_warps}
+
+
+CHUNK_BIG_BLOCK = 64 * 64   # state-block elements from which a chunk launch takes 8 warps and, past it, 1 stage
+
+
+def chunk_warps_and_stages(state_numel: int) -> dict:
+    """num_warps and num_stages of the chunk kernels on a GPU, from the largest state block a program holds
+    (BK x BV; the delta rule: every key channel x BV). Sized without a GPU by benchmarks/gpu_compile_check.py
+    (registers, spills, shared memory compiled for sm_90; BENCHMARKS.md has the table): Triton's default of 3
+    pipeline stages made the delta rule's kernels at K = 128 and 256 need 272-560 KB of shared memory, past
+    the H100's 227 KB, so their launches would fail; one stage keeps them at 64-208 KB. Two stages for the
+    64 x 64 blocks of the gated kernels stay within 160 KB. Eight warps for 64 x 64 blocks and up: at four,
+    tf32 kernels spilled up to 370 B of registers per thread; at eight, none of the gated ones do."""
+    big = state_numel >= CHUNK_BIG_BLOCK
+    return {"num_warps": 8 if big else 4, "num_stages": 1 if state_numel > CHUNK_BIG_BLOCK else 2}
 
 
 # ------------------------------------------------------------------ argument layout

@@ -1,0 +1,41 @@
+"""benchmarks/gpu_compile_check.py: the kernels the ops launch, compiled by Triton's own CUDA compiler for an
+H100 / H200 (sm_90) on this CPU-only machine, within the GPU's shared memory.
+
+The interpreter tests execute the kernels as numpy and never meet the GPU compiler, nor the per-block
+shared-memory limit a launch is refused past; this runs the GPU launch policy through both. It runs the script
+in a subprocess: Triton decides between interpreted and compiled kernels when a kernel module is imported,
+and conftest sets TRITON_INTERPRET=1 for every other test.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="with a GPU, benchmarks/gpu_check.py compiles and runs the kernels there")
+
+
+def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
+    out = tmp_path / "report.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_compile_check.py"), "--only", "gla", "lssl",
+                          "--chunk-dims", "128", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=1500)
+    assert out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    compiled = {row["kernel"] for row in report["rows"]}
+    # recurrent (with _tlib.inv and _tlib.mm), scan, and every chunk stage (gated and delta rule, both directions)
+    assert {"lssl_recurrent_fwd_kernel", "lssl_recurrent_bwd_kernel", "gla_recurrent_fwd_kernel", "scan_diagonal_kernel",
+            "chunk_fwd_h_kernel", "chunk_fwd_o_kernel", "chunk_intra_gk_kernel", "chunk_bwd_intra_gk_kernel",
+            "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel", "chunk_bwd_dv_kernel", "chunk_delta_wy_kernel",
+            "chunk_delta_bwd_dhu_kernel", "chunk_delta_bwd_kernel"} <= compiled, sorted(compiled)
+    assert report["failures"] == []
+    too_big = [(r["kernel"], r["case"], r["shared"]) for r in report["rows"] if r["too_much_shared"]]
+    assert too_big == []
+    assert run.returncode == 0, run.stdout[-2000:]
