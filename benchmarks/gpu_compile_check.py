@@ -134,7 +134,7 @@ def compile_only(recorder: Recorder):
         recorder.add(self, kernel, kwargs)
         return kernel
 
-    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=False):
+    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None):
         return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs)
 
     saved = driver._active                 # None without a GPU: nothing to reset to
@@ -195,7 +195,7 @@ def chunk_cases(dims: list[int]):
 
     B, T, H = 1, 128, 2
     for d in dims:
-        for low in (False, True):
+        for low in (None, torch.bfloat16):
             precision = "bf16 policy" if low else "fp32 policy"
             for gate in ("none", "scalar", "key"):
                 def gated(d=d, low=low, gate=gate):

@@ -20,7 +20,7 @@ from conftest import EXAMPLES
 import seqdsl
 from seqdsl.errors import SpecError
 from seqdsl.runtime import torch_forms, triton_chunk, triton_runtime, triton_scan
-from seqdsl.testing import (FORM_FACTOR, assert_close, at_dims, projected_grads, random_state,
+from seqdsl.testing import (FORM_FACTOR, assert_close, at_dims, projected_grads, random_state, rel_rms,
                             sample_inputs)
 
 # padded lanes of a block may divide by zero or overflow; they are masked, and numpy says so
@@ -317,6 +317,57 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
         assert_close(f"chunk backward {gate} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
 
 
+@pytest.mark.parametrize("case", ["none", "scalar", "key", "delta", "gated-delta"])
+def test_chunk_kernels_with_half_precision_dot_operands(case):
+    """The policy for bf16 / fp16 inputs rounds every tl.dot operand of the chunk kernels to that dtype
+    (``triton_lib.dot``, fla's numerics), forward and backward. Under the interpreter the fp16 path runs (Triton
+    3.9's interpreter computes bf16 dots wrongly: 1e9 relative error on a plain 32 x 32 product; the bf16 path is
+    the same code with the other dtype, compiled by tests/test_gpu_compile_check.py and run by the `gpu` tests).
+    Against autograd through the fp64 step loop: within fp16's tolerance, and measurably coarser than fp32, so
+    the rounding did happen."""
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K, V = 1, 37, 2, 5, 18
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+    q, v, h0 = rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V, scale=0.5)
+    delta = "delta" in case
+    k = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1).detach().requires_grad_(True) if delta else rnd(B, T, H, K)
+    gates = {}
+    if case in ("scalar", "gated-delta"):
+        gates["g"] = (-torch.rand(B, T, H, generator=g, dtype=torch.float64)).requires_grad_(True)
+    if case == "key":
+        gates["gk"] = (-torch.rand(B, T, H, K, generator=g, dtype=torch.float64)).requires_grad_(True)
+    beta = torch.rand(B, T, H, generator=g, dtype=torch.float64).requires_grad_(True) if delta else None
+    wrt = [q, k, v, h0, *gates.values()] + ([beta] if delta else [])
+    do, dht = torch.randn(B, T, H, V, generator=g, dtype=torch.float64), torch.randn(B, H, K, V, generator=g,
+                                                                                     dtype=torch.float64)
+
+    def run(form, cast, **kw):
+        xs = [x.float() if cast else x for x in (q, k, v, h0)]
+        gs = {n: (x.float() if cast else x) for n, x in gates.items()}
+        if delta:
+            o, ht = form(xs[0], xs[1], xs[2], beta.float() if cast else beta, **gs, scale=0.6, initial_state=xs[3],
+                         output_final_state=True, **kw)
+        else:
+            o, ht = form(*xs[:3], **gs, scale=0.6, initial_state=xs[3], output_final_state=True, **kw)
+        loss = (o.double() * do).sum() + (ht.double() * dht).sum()
+        return [o.double(), ht.double(), *torch.autograd.grad(loss, wrt)]
+
+    names = ["o", "ht", "dq", "dk", "dv", "dh0", *(f"d{n}" for n in gates)] + (["dbeta"] if delta else [])
+    reference = run(torch_forms.recurrent_delta if delta else torch_forms.recurrent_gated, cast=False)
+    form = triton_chunk.chunk_delta if delta else triton_chunk.chunk_gated
+    with triton_runtime.override_launch(precision="fp16"):
+        half = run(form, cast=True, chunk_size=16)
+    full = run(form, cast=True, chunk_size=16)
+    for name, ref, a, b in zip(names, reference, half, full):
+        assert_close(f"{case} fp16 operands {name}", ref, a, torch.float16)      # measured 1e-4 - 1.2e-3
+        assert_close(f"{case} ieee {name}", ref, b, torch.float32, FORM_FACTOR["chunk"])
+    coarser = [rel_rms(ref, a) > 3 * rel_rms(ref, b) for ref, a, b in zip(reference, half, full)]
+    assert all(coarser), coarser
+
+
 REAL_KERNEL_CASES = ["none", "scalar", "key", "scalar+key", "delta", "gated-delta"]
 VARLEN_KERNEL_CASES = [pytest.param(case, 5, 7, id=case)
                        for case in REAL_KERNEL_CASES + ["complex key", "complex scalar"]]
@@ -581,7 +632,7 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
                                         device=torch.device("cuda"))["block"] == 0
     chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
                                                      low_precision_inputs=low)["precision"]
-    assert chunk(False) == "tf32x3" and chunk(True) == "tf32"
+    assert chunk(None) == "tf32x3" and chunk(torch.bfloat16) == "bf16" and chunk(torch.float16) == "fp16"
     stages = lambda numel: {k: triton_runtime.launch_config("chunk", None, numel, device=torch.device("cuda"))[k]  # noqa: E731
                             for k in ("num_warps", "num_stages")}
     # gla's 32 x 64 blocks; fla's 64 x 64 tiles; the delta rule's whole-key blocks at K = 128 (x BV 64): one stage,
@@ -594,7 +645,7 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("form", ["gated", "delta"])
 def test_chunk_forward_and_backward_ask_the_policy_with_the_input_precision(monkeypatch, dtype, form):
-    """bf16 / fp16 inputs get the cheaper tl.dot precision in every chunk launch, the backward's included (its
+    """bf16 / fp16 inputs get their dtype's tl.dot operands in every chunk launch, the backward's included (its
     tensors are fp32 by then, so it must be told)."""
     asked = []
     real = triton_runtime.launch_config
@@ -615,14 +666,14 @@ def test_chunk_forward_and_backward_ask_the_policy_with_the_input_precision(monk
     n_forward = len(asked)
     o.float().sum().backward()
     assert n_forward > 0 and len(asked) > n_forward
-    assert asked == [dtype == torch.bfloat16] * len(asked)
+    assert asked == [torch.bfloat16 if dtype == torch.bfloat16 else None] * len(asked)
 
 
 @pytest.mark.parametrize("name", ["gla", "gated_deltanet"])
 def test_the_op_tells_the_chunk_kernels_its_inputs_were_bf16(monkeypatch, name):
     """The op hands its forms fp32 copies, so the chunk kernels cannot see that the user's inputs were bf16: it
-    says so (op.low_precision_inputs) and every chunk launch, the backward's included, is asked for bf16's
-    cheaper tl.dot precision; fp32 inputs keep the fp32-accurate one, and nothing leaks past the call."""
+    says so (op.low_precision_inputs) and every chunk launch, the backward's included, is asked for bf16
+    tl.dot operands; fp32 inputs keep the fp32-accurate one, and nothing leaks past the call."""
     from seqdsl.runtime import op as op_module
 
     asked = []
@@ -642,7 +693,7 @@ def test_the_op_tells_the_chunk_kernels_its_inputs_were_bf16(monkeypatch, name):
         n_forward = len(asked)
         o.float().sum().backward()
         assert n_forward > 0 and len(asked) > n_forward, asked
-        assert asked == [dtype == torch.bfloat16] * len(asked), (dtype, asked)
+        assert asked == [torch.bfloat16 if dtype == torch.bfloat16 else None] * len(asked), (dtype, asked)
         assert not op_module.low_precision_inputs()
 
 

@@ -21,7 +21,7 @@ import torch
 LARGE_VECTOR_STATE = 1024   # numbers per sequence above which vector states run as a loop by default
 
 
-_LOW_PRECISION_INPUTS = contextvars.ContextVar("seqdsl_low_precision_inputs", default=False)
+_LOW_PRECISION_INPUTS = contextvars.ContextVar("seqdsl_low_precision_inputs", default=None)
 
 
 def is_low_precision(t) -> bool:
@@ -29,14 +29,22 @@ def is_low_precision(t) -> bool:
     return t is not None and t.dtype in (torch.bfloat16, torch.float16)
 
 
-def low_precision_inputs() -> bool:
-    """Whether the op running now was given bf16 / fp16 inputs. The op computes in fp32, so its forms only see
-    fp32 tensors; the Triton chunk kernels' launch policy asks this to pick the tl.dot precision."""
+def low_precision_of(*tensors) -> torch.dtype | None:
+    """The low-precision dtype among these tensors (None entries allowed): bf16 if any is bf16, else fp16 if any
+    is fp16, else None."""
+    found = {t.dtype for t in tensors if is_low_precision(t)}
+    return torch.bfloat16 if torch.bfloat16 in found else torch.float16 if found else None
+
+
+def low_precision_inputs() -> torch.dtype | None:
+    """bf16 / fp16 if the op running now was given inputs of that dtype (``low_precision_of``), else None. The op
+    computes in fp32, so its forms only see fp32 tensors; the Triton chunk kernels' launch policy asks this to
+    round their tl.dot operands as fla does for such inputs."""
     return _LOW_PRECISION_INPUTS.get()
 
 
 @contextlib.contextmanager
-def _inputs_precision(low: bool):
+def _inputs_precision(low: torch.dtype | None):
     token = _LOW_PRECISION_INPUTS.set(low)
     try:
         yield
@@ -173,7 +181,7 @@ class CompiledOp:
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
-        low = any(is_low_precision(t) for t in inputs.values())
+        low = low_precision_of(*inputs.values())
         with _inputs_precision(low):   # the forms see fp32; the chunk kernels' launch policy asks
             if cu_seqlens is None:
                 outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)

@@ -46,7 +46,7 @@ import torch
 
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
-from seqdsl.runtime.op import is_low_precision
+from seqdsl.runtime.op import low_precision_of
 from seqdsl.runtime.op import low_precision_inputs as _op_low_precision
 from seqdsl.runtime.op import packed_bounds as _packed_bounds
 
@@ -123,7 +123,7 @@ def chunk_fwd_h_kernel(
         if DELTA:
             b_w = tl.load(w + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
                           mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)          # [BT, BK]
-            b_v -= tl.dot(b_w, b_h, input_precision=PREC)
+            b_v -= _tlib.dot(b_w, b_h, PREC)
             tl.store(v_new + p_v, b_v.to(v_new.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         if GATE == 1:
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
@@ -136,7 +136,7 @@ def chunk_fwd_h_kernel(
             b_gklast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_h *= tl.exp(b_gklast)[:, None]
             b_k = tl.where(m_t[:, None], b_k * tl.exp(b_gklast[None, :] - b_gk), 0.0)
-        b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
+        b_h += _tlib.dot(tl.trans(b_k), b_v, PREC)
     if STORE_FINAL_STATE:
         tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
 
@@ -176,7 +176,7 @@ def chunk_intra_gk_kernel(
                     b_gr = tl.load(gc + ((bos + ref) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
                     b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
                     b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
-                    b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
+                    b_A += _tlib.dot(b_qg, tl.trans(b_kg), PREC)
                 elif DIAG_3D:       # the diagonal sub-block at once: a [BC, BC, BK] product
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
@@ -226,11 +226,11 @@ def chunk_fwd_o_kernel(
                       mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BK, BV]
         if GATE == 2:
             b_gk = tl.load(gc + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-            b_o += tl.dot(b_q * tl.exp(b_gk), b_h, input_precision=PREC)
+            b_o += _tlib.dot(b_q * tl.exp(b_gk), b_h, PREC)
         else:
-            b_o += tl.dot(b_q, b_h, input_precision=PREC)
+            b_o += _tlib.dot(b_q, b_h, PREC)
             b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-            b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+            b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
     causal = o_t[:, None] >= o_t[None, :]
     if GATE == 2:
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
@@ -242,7 +242,7 @@ def chunk_fwd_o_kernel(
     b_A = tl.where(causal, b_A, 0.0)
     b_v = tl.load(v + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
                   mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)
-    b_o += tl.dot(b_A, b_v, input_precision=PREC)
+    b_o += _tlib.dot(b_A, b_v, PREC)
     tl.store(o + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -283,7 +283,7 @@ def chunk_delta_wy_kernel(
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)                          # [BT, BK]
     b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
     b_kb = b_k * b_beta[:, None]
-    b_A = tl.dot(b_kb, tl.trans(b_k), input_precision=PREC)                         # [BT, BT]
+    b_A = _tlib.dot(b_kb, tl.trans(b_k), PREC)                         # [BT, BT]
     if GATED:
         b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
@@ -291,13 +291,13 @@ def chunk_delta_wy_kernel(
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
     if GATED:
         b_kb = b_kb * tl.exp(b_g)[:, None]
-    tl.store(w + p_k, tl.dot(b_Tm, b_kb, input_precision=PREC).to(w.dtype.element_ty), mask=m_tk)
+    tl.store(w + p_k, _tlib.dot(b_Tm, b_kb, PREC).to(w.dtype.element_ty), mask=m_tk)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE) * b_beta[:, None]
-        tl.store(u + p_v, tl.dot(b_Tm, b_v, input_precision=PREC).to(u.dtype.element_ty), mask=m_tv)
+        tl.store(u + p_v, _tlib.dot(b_Tm, b_v, PREC).to(u.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -341,7 +341,7 @@ def chunk_bwd_dh_kernel(
             b_gklast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_dh *= tl.exp(b_gklast)[:, None]
             b_q = b_q * tl.exp(b_gk)
-        b_dh += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
+        b_dh += _tlib.dot(tl.trans(b_q), b_do, PREC)
     tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
 
 
@@ -386,7 +386,7 @@ def chunk_bwd_intra_gk_kernel(
             b_k = tl.load(k + p_jk, mask=m_jk, other=0.0).to(DTYPE)
             b_gj = tl.load(gc + p_jk, mask=m_jk, other=0.0).to(DTYPE)
             b_kg = tl.where(m_jk, b_k * tl.exp(b_gr[None, :] - b_gj), 0.0)
-            b_off += tl.dot(tl.dot(b_do, tl.trans(b_v), input_precision=PREC), b_kg, input_precision=PREC)
+            b_off += _tlib.dot(_tlib.dot(b_do, tl.trans(b_v), PREC), b_kg, PREC)
         b_dq = tl.where(m_ik, b_off * tl.exp(b_gi - b_gr[None, :]), 0.0)
         for j in range(0, BC):                                               # the diagonal sub-block
             s = tl.minimum(i_t * BT + i_i * BC + j, T - 1)   # rows past T only meet rows past T (not stored)
@@ -418,7 +418,7 @@ def chunk_bwd_intra_gk_kernel(
             b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
-            b_off += tl.dot(tl.dot(b_v, tl.trans(b_do), input_precision=PREC), b_qg, input_precision=PREC)
+            b_off += _tlib.dot(_tlib.dot(b_v, tl.trans(b_do), PREC), b_qg, PREC)
         b_dk = tl.where(m_jk, b_off * tl.exp(b_gr[None, :] - b_gj), 0.0)
         p_i = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
         b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE)
@@ -475,11 +475,11 @@ def chunk_bwd_dqk_kernel(
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
         b_h = tl.load(h + p_h, mask=m_kv, other=0.0).to(DTYPE)                            # [BK, BV]
         b_dh = tl.load(dh + p_h, mask=m_kv, other=0.0).to(DTYPE)
-        b_qh += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        b_vdh += tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)
+        b_qh += _tlib.dot(b_do, tl.trans(b_h), PREC)
+        b_vdh += _tlib.dot(b_v, tl.trans(b_dh), PREC)
         b_hdh += tl.reduce(b_dh * b_h, 1, _tlib.add)
         if GATE != 2:
-            b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+            b_dA += _tlib.dot(b_do, tl.trans(b_v), PREC)
     if GATE == 2:
         b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)                         # [BT, BK]
         b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
@@ -505,9 +505,9 @@ def chunk_bwd_dqk_kernel(
             b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
             b_decay = tl.where(m_t, 1.0, 0.0).to(DTYPE)
         b_dA = b_dA * b_D
-        b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_qh
+        b_dq = _tlib.dot(b_dA, b_k, PREC) + b_qh
         b_dk_inter = b_vdh * b_decay[:, None]
-        b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dk_inter
+        b_dk = _tlib.dot(tl.trans(b_dA), b_q, PREC) + b_dk_inter
         if GATE == 1:
             b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                        # [BT]
             carry = tl.exp(b_glast) * tl.reduce(b_hdh, 0, _tlib.add) + \
@@ -550,8 +550,8 @@ def chunk_bwd_dv_kernel(
             b_k = tl.where(m_tk, b_k * tl.exp(b_glast[None, :] - b_g), 0.0)                # k ⊙ E
         else:
             b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
-            b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-        b_dv += tl.dot(b_k, b_dh, input_precision=PREC)
+            b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
+        b_dv += _tlib.dot(b_k, b_dh, PREC)
     if GATE == 2:
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None] & m_t[None, :],
                       other=0.0).to(DTYPE)
@@ -564,7 +564,7 @@ def chunk_bwd_dv_kernel(
             b_dv = b_dv * tl.where(m_t, tl.exp(b_glast - b_g), 0.0)[:, None]
         b_A = tl.where(causal, b_A, 0.0)
     b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_dv += _tlib.dot(tl.trans(b_A), b_do, PREC)
     tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
@@ -606,7 +606,7 @@ def chunk_delta_bwd_dhu_kernel(
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_A = _tlib.dot(b_q, tl.trans(b_k), PREC)
         if GATED:
             last = tl.minimum(i_t * BT + BT, T) - 1
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
@@ -618,11 +618,11 @@ def chunk_delta_bwd_dhu_kernel(
             b_kdec = b_k
             b_qg = b_q
         b_A = tl.where(causal, b_A, 0.0)
-        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_kdec, b_dh, input_precision=PREC)
+        b_dv = _tlib.dot(tl.trans(b_A), b_do, PREC) + _tlib.dot(b_kdec, b_dh, PREC)
         tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
         if GATED:
             b_dh = b_dh * tl.exp(b_glast)
-        b_dh += tl.dot(tl.trans(b_qg), b_do, input_precision=PREC) - tl.dot(tl.trans(b_w), b_dv, input_precision=PREC)
+        b_dh += _tlib.dot(tl.trans(b_qg), b_do, PREC) - _tlib.dot(tl.trans(b_w), b_dv, PREC)
     tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
 
 
@@ -672,7 +672,7 @@ def chunk_delta_bwd_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :],
                       other=0.0).to(DTYPE)
-        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+        b_kk += _tlib.dot(b_k, tl.trans(b_k), PREC)
     b_A = tl.where(strict, b_kk * b_beta[:, None] * b_D, 0.0)
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
     # pass 2 over V tiles: dv = (Tm^T dU) ⊙ beta, dbeta's V part, do v_new^T, dU Vb^T
@@ -687,9 +687,9 @@ def chunk_delta_bwd_kernel(
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
         b_vn = tl.load(v_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
         b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
-        b_dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        b_dTm += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
-        b_dvb = tl.dot(tl.trans(b_Tm), b_dvn, input_precision=PREC)
+        b_dAqk += _tlib.dot(b_do, tl.trans(b_vn), PREC)
+        b_dTm += _tlib.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), PREC)
+        b_dvb = _tlib.dot(tl.trans(b_Tm), b_dvn, PREC)
         b_dbeta += tl.reduce(b_dvb * b_v, 1, _tlib.add)
         tl.store(dv + p_v, (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
     b_dAqk = b_dAqk * b_D
@@ -706,9 +706,9 @@ def chunk_delta_bwd_kernel(
                             mask=m_t[:, None] & (o_v < V)[None, :], other=0.0).to(DTYPE)
             b_h = tl.load(h + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & (o_v < V)[None, :],
                           other=0.0).to(DTYPE)
-            b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
-        b_dTm += tl.dot(b_dw, tl.trans(b_k * (b_beta * b_eg)[:, None]), input_precision=PREC)
-    b_dA = tl.dot(tl.dot(tl.trans(b_Tm), b_dTm, input_precision=PREC), tl.trans(b_Tm), input_precision=PREC)
+            b_dw -= _tlib.dot(b_dvn, tl.trans(b_h), PREC)
+        b_dTm += _tlib.dot(b_dw, tl.trans(b_k * (b_beta * b_eg)[:, None]), PREC)
+    b_dA = _tlib.dot(_tlib.dot(tl.trans(b_Tm), b_dTm, PREC), tl.trans(b_Tm), PREC)
     b_dA = tl.where(strict, -b_dA, 0.0)
     b_M = b_dA * b_D                                                                     # dA ⊙ D, strictly lower
     b_dbeta += tl.reduce(b_M * b_kk, 1, _tlib.add)
@@ -736,20 +736,20 @@ def chunk_delta_bwd_kernel(
             b_dvn = tl.load(dv_new + p_v, mask=m_tv, other=0.0).to(DTYPE)
             b_h = tl.load(h + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(DTYPE)
             b_dh = tl.load(dh + p_hc + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(DTYPE)
-            b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
-            b_qh += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-            b_vdh += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+            b_dw -= _tlib.dot(b_dvn, tl.trans(b_h), PREC)
+            b_qh += _tlib.dot(b_do, tl.trans(b_h), PREC)
+            b_vdh += _tlib.dot(b_vn, tl.trans(b_dh), PREC)
             if GATED:
                 carry_h += tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
-        b_dq = tl.dot(b_dAqk, b_k, input_precision=PREC) + b_qh * b_eg[:, None]
+        b_dq = _tlib.dot(b_dAqk, b_k, PREC) + b_qh * b_eg[:, None]
         b_dk_inter = b_vdh * b_decay[:, None]
-        b_dk = tl.dot(tl.trans(b_dAqk), b_q, input_precision=PREC) + b_dk_inter
+        b_dk = _tlib.dot(tl.trans(b_dAqk), b_q, PREC) + b_dk_inter
         b_dG += tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)
         b_kbeta = b_k * b_beta[:, None]
         b_kb = b_kbeta * b_eg[:, None]                                                  # Kb [BT, BK]
-        b_dkb = tl.dot(tl.trans(b_Tm), b_dw, input_precision=PREC)
-        b_dk += b_dkb * (b_beta * b_eg)[:, None] + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None] + \
-            tl.dot(tl.trans(b_M), b_kbeta, input_precision=PREC)
+        b_dkb = _tlib.dot(tl.trans(b_Tm), b_dw, PREC)
+        b_dk += b_dkb * (b_beta * b_eg)[:, None] + _tlib.dot(b_M, b_k, PREC) * b_beta[:, None] + \
+            _tlib.dot(tl.trans(b_M), b_kbeta, PREC)
         b_dbeta += b_eg * tl.reduce(b_dkb * b_k, 1, _tlib.add)
         b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add)
         if GATED:
@@ -890,25 +890,27 @@ class _Rows:
         return dict(cu_seqlens=self.cu if self.varlen else dummy, IS_VARLEN=self.varlen)
 
 
-def _low_precision(*tensors) -> bool:
-    """Whether the inputs are bf16 / fp16 (the launch policy then picks a cheaper tl.dot precision): any of these
-    tensors, or the inputs of the op running now (it hands its forms fp32 copies; ``op.low_precision_inputs``)."""
-    return _op_low_precision() or any(is_low_precision(t) for t in tensors)
+def _low_precision(*tensors) -> torch.dtype | None:
+    """bf16 / fp16 if the inputs are (the launch policy then rounds the tl.dot operands to it), else None: the
+    inputs of the op running now (it hands its forms fp32 copies; ``op.low_precision_inputs``), or these."""
+    return _op_low_precision() or low_precision_of(*tensors)
 
 
-def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low: bool | None = None,
-           whole_key: bool = False):
+_ASK = object()    # _setup's low: find it from the tensors and the op running now
+
+
+def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low=_ASK, whole_key: bool = False):
     """(dtype, BT, BK, BV, NT, cfg, common kernel kwargs) of a chunk launch (T: the kernels' T, _Rows.T).
     whole_key: some of the launches hold every key channel in one block (the delta rule), which the launch
     policy sizes for."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     BT = max(16, _rt.next_pow2(chunk_size))       # tl.dot needs blocks of at least 16
     BK, BV = _block(K), _block(V)
-    low = _low_precision(*tensors) if low is None else low
+    low = _low_precision(*tensors) if low is _ASK else low
     state_block = (max(16, _rt.next_pow2(K)) if whole_key else BK) * BV
     cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=state_block, device=device,
                             low_precision_inputs=low)
-    prec = "ieee" if dtype == torch.float64 or _rt.interpreting() else cfg.get("precision", "tf32x3")
+    prec = "ieee" if dtype == torch.float64 else cfg.get("precision", "tf32x3")
     launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
 
@@ -959,7 +961,7 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
 
 
-def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low: bool = False):
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None):
     """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form; dG is [B, T, H] for a scalar gate,
     [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
     q, k, v, gc, h, A, gate = saved
@@ -1082,7 +1084,7 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     return o, ht, (q, k, v, beta, gc, w, h, v_new)
 
 
-def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low: bool = False):
+def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
     q, k, v, beta, gc, w, h, v_new = saved
     H, K = q.shape[2], q.shape[3]

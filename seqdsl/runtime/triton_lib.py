@@ -137,6 +137,19 @@ def inv(a, o, m, N: tl.constexpr):
 
 
 @triton.jit
+def dot(a, b, PREC: tl.constexpr):
+    """``tl.dot(a, b)`` accumulated in fp32 (fp64 blocks in fp64) at the chunk kernels' precision: "bf16" / "fp16"
+    round both operands to that dtype first (what fla's kernels do with bf16 / fp16 inputs), else PREC is
+    tl.dot's input_precision ("ieee", "tf32", "tf32x3")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif PREC == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def mm(a, b, o, N: tl.constexpr):
     """``a @ b`` of register blocks a [M, BLOCK] and b [BLOCK, P] contracted over an axis of N real lanes at
     offsets ``o`` [BLOCK]: N rank-1 updates (column j of a times row j of b), so no [M, BLOCK, P] block is

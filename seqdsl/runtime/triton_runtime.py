@@ -48,15 +48,16 @@ def override_launch(**config):
 
 
 def launch_config(form: str, tiled_size: int | None, state_numel: int, device: torch.device | None = None,
-                  low_precision_inputs: bool = False) -> dict:
+                  low_precision_inputs: torch.dtype | None = None) -> dict:
     """The one launch configuration of a kernel call.
 
     form: "recurrent" or "chunk". tiled_size: the true size of the state axis split across programs
     (None: not tiled). state_numel: register elements of the whole state per program before tiling.
-    low_precision_inputs: the op's inputs are bf16 / fp16. Returns {"block": block of the tiled axis (0 when
-    not tiled), "num_warps": ..., "precision": the tl.dot input precision of the chunk kernels, which compute
-    in fp32 (tf32x3, fp32-accurate, for fp32 inputs; one tf32 pass for bf16 / fp16 inputs, whose own 8 or 11
-    mantissa bits tf32's 10 already cover: a third of the tensor-core work), "diag_3d": whether the key-gated
+    low_precision_inputs: bf16 / fp16 if the op's inputs are (else None). Returns {"block": block of the tiled
+    axis (0 when not tiled), "num_warps": ..., "precision": the tl.dot precision of the chunk kernels
+    (``triton_lib.dot``), which accumulate in fp32: "tf32x3" (fp32-accurate) for fp32 inputs; for bf16 / fp16
+    inputs "bf16" / "fp16", the operands rounded to the inputs' dtype as fla's kernels do (one tensor-core
+    pass at twice tf32's rate, half the shared memory and registers per operand), "diag_3d": whether the key-gated
     intra-chunk kernel computes a diagonal sub-block as one 3-d product (fast to interpret) or column by
     column}; chunk launches on a GPU also get "num_stages" (``chunk_warps_and_stages``).
     """
@@ -73,13 +74,14 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
         return {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
     if form == "chunk":
         return {"block": 0, **chunk_warps_and_stages(state_numel),
-                "precision": "tf32" if low_precision_inputs else "tf32x3", "diag_3d": False}
+                "precision": DOT_OPERANDS.get(low_precision_inputs, "tf32x3"), "diag_3d": False}
     block = min(full, 64) if tiled_size else 0
     numel = state_numel * block // full if tiled_size else state_numel
     num_warps = 1 if numel <= 1024 else 2 if numel <= 4096 else 4 if numel <= 16384 else 8
     return {"block": block, "num_warps": num_warps}
 
 
+DOT_OPERANDS = {torch.bfloat16: "bf16", torch.float16: "fp16"}   # chunk kernels' tl.dot operands per input dtype
 CHUNK_BIG_BLOCK = 64 * 64   # state-block elements from which a chunk launch takes 8 warps and, past it, 1 stage
 
 
