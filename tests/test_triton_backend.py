@@ -318,13 +318,17 @@ def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk)
 
 
 @pytest.mark.parametrize("case", ["none", "scalar", "key", "delta", "gated-delta"])
-def test_chunk_kernels_with_half_precision_dot_operands(case):
+def test_chunk_kernels_with_half_precision_dot_operands(case, monkeypatch):
     """The policy for bf16 / fp16 inputs rounds every tl.dot operand of the chunk kernels to that dtype
     (``triton_lib.dot``, fla's numerics), forward and backward. Under the interpreter the fp16 path runs (Triton
     3.9's interpreter computes bf16 dots wrongly: 1e9 relative error on a plain 32 x 32 product; the bf16 path is
     the same code with the other dtype, compiled by tests/test_gpu_compile_check.py and run by the `gpu` tests).
     Against autograd through the fp64 step loop: within fp16's tolerance, and measurably coarser than fp32, so
-    the rounding did happen."""
+    the rounding did happen. The per-chunk states h are stored in the operands' dtype too, as fla does."""
+    stored = []
+    states_dtype = triton_chunk._states_dtype
+    monkeypatch.setattr(triton_chunk, "_states_dtype", lambda common, dtype: stored.append(
+        states_dtype(common, dtype)) or stored[-1])
     g = torch.Generator().manual_seed(3)
     B, T, H, K, V = 1, 37, 2, 5, 18
 
@@ -360,7 +364,9 @@ def test_chunk_kernels_with_half_precision_dot_operands(case):
     form = triton_chunk.chunk_delta if delta else triton_chunk.chunk_gated
     with triton_runtime.override_launch(precision="fp16"):
         half = run(form, cast=True, chunk_size=16)
+    assert stored == [torch.float16]
     full = run(form, cast=True, chunk_size=16)
+    assert stored == [torch.float16, torch.float32]
     for name, ref, a, b in zip(names, reference, half, full):
         assert_close(f"{case} fp16 operands {name}", ref, a, torch.float16)      # measured 1e-4 - 1.2e-3
         assert_close(f"{case} ieee {name}", ref, b, torch.float32, FORM_FACTOR["chunk"])

@@ -915,6 +915,13 @@ def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low=_ASK, 
     return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
 
 
+def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the per-chunk states h [N, H, NT, K, V] (and of their gradients dh): the dot operands' for
+    bf16 / fp16 inputs, as fla stores them (every kernel reading h rounds it to that dtype for its dots anyway;
+    half the bytes of the largest intermediate), else the compute dtype."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(common["PREC"], dtype)
+
+
 def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = False):
     """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype); reverse: the
     sums from each token to its chunk's end (the backward's gate gradient)."""
@@ -944,7 +951,8 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     if g is not None or gk is not None:
         gate = GATE_SCALAR if g is not None else GATE_KEY
         gc = _local_cumsum((g[..., None] if g is not None else gk).to(dtype).contiguous(), BT, NT, cfg, rows)
-    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
+                                                       device=q.device)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
@@ -1070,7 +1078,8 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     w, u = torch.empty_like(k), torch.empty_like(v)
     chunk_delta_wy_kernel[(NT, N * H)](k, v, beta, gcp, w, u, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                        GATED=g is not None, **common)
-    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
+                                                       device=q.device)
     v_new = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
