@@ -109,7 +109,8 @@ class Recorder:
     def fail(self, fn, error: Exception, kwargs: dict) -> None:
         first = (str(error).strip().splitlines() or [""])[-1]
         self.failures.append({"kernel": getattr(fn, "__name__", str(fn)), "case": self.case,
-                              "num_warps": kwargs.get("num_warps", 4), "error": f"{type(error).__name__}: {first[:300]}"})
+                              "num_warps": kwargs.get("num_warps", 4),
+                              "error": f"{type(error).__name__}: {first[:300]}"})
 
 
 @contextlib.contextmanager

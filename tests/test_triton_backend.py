@@ -337,7 +337,9 @@ def test_chunk_kernels_with_half_precision_dot_operands(case, monkeypatch):
 
     q, v, h0 = rnd(B, T, H, K), rnd(B, T, H, V), rnd(B, H, K, V, scale=0.5)
     delta = "delta" in case
-    k = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1).detach().requires_grad_(True) if delta else rnd(B, T, H, K)
+    k = rnd(B, T, H, K)
+    if delta:
+        k = torch.nn.functional.normalize(k, dim=-1).detach().requires_grad_(True)
     gates = {}
     if case in ("scalar", "gated-delta"):
         gates["g"] = (-torch.rand(B, T, H, generator=g, dtype=torch.float64)).requires_grad_(True)
@@ -639,8 +641,11 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
                                                      low_precision_inputs=low)["precision"]
     assert chunk(None) == "tf32x3" and chunk(torch.bfloat16) == "bf16" and chunk(torch.float16) == "fp16"
-    stages = lambda numel: {k: triton_runtime.launch_config("chunk", None, numel, device=torch.device("cuda"))[k]  # noqa: E731
-                            for k in ("num_warps", "num_stages")}
+
+    def stages(numel):
+        cfg = triton_runtime.launch_config("chunk", None, numel, device=torch.device("cuda"))
+        return {k: cfg[k] for k in ("num_warps", "num_stages")}
+
     # gla's 32 x 64 blocks; fla's 64 x 64 tiles; the delta rule's whole-key blocks at K = 128 (x BV 64): one stage,
     # which keeps them within an H100's shared memory (tests/test_gpu_compile_check.py compiles them)
     assert stages(32 * 64) == {"num_warps": 4, "num_stages": 2}
