@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
+from seqdsl.interpreter import hippo_legs  # noqa: E402
 from seqdsl.runtime import triton_lib as _tlib  # noqa: E402
 
 
@@ -117,11 +118,8 @@ def kernel(x_ptr, y_ptr, N: tl.constexpr, BLOCK: tl.constexpr, WHICH: tl.constex
 
 
 def hippo_bilinear(n: int, dt: float) -> torch.Tensor:
-    """I - dt/2 A with HiPPO-LegS's A (A[i, j] = -sqrt(2i+1) sqrt(2j+1) below the diagonal, -(i+1) on it)."""
-    i = torch.arange(n, dtype=torch.float64)
-    r = torch.sqrt(2 * i + 1)
-    a = -torch.tril(r[:, None] * r[None, :], diagonal=-1) - torch.diag(i + 1)
-    return torch.eye(n, dtype=torch.float64) - dt / 2 * a
+    """I - dt/2 A with HiPPO-LegS's A (the spec initialiser ``hippo_legs()``)."""
+    return torch.eye(n, dtype=torch.float64) - dt / 2 * hippo_legs(n).double()
 
 
 def row_swaps(x: torch.Tensor) -> int:
@@ -137,10 +135,6 @@ def row_swaps(x: torch.Tensor) -> int:
         col[k] = 0
         a = a - col[:, None] * a[k][None, :]
     return swaps
-
-
-def hippo_a(n: int) -> torch.Tensor:
-    return (torch.eye(n, dtype=torch.float64) - hippo_bilinear(n, 0.1)) / 0.05
 
 
 def matrices(n: int, g: torch.Generator) -> list[tuple[str, torch.Tensor]]:
@@ -177,7 +171,7 @@ def main() -> int:
             for which, ref in refs.items():
                 if which < 3 or kind == "random":
                     cases.append((kind, swaps, which, x, ref))
-        a = hippo_a(n).expand(64, n, n).contiguous()
+        a = hippo_legs(n).double().expand(64, n, n).contiguous()
         eye = torch.eye(n, dtype=torch.float64)
         for which in (5, 7):
             cases.append(("HiPPO-LegS A", row_swaps(eye - 0.05 * a[0]), which, a,

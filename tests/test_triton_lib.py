@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from seqdsl.interpreter import hippo_legs
 from seqdsl.runtime import triton_lib as _tlib
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,11 +57,9 @@ def _inv(a: torch.Tensor) -> torch.Tensor:
 
 
 def _hippo_bilinear(n: int, dt: float) -> torch.Tensor:
-    """I - dt/2 A for HiPPO-LegS's A (A[i, j] = -sqrt(2i+1) sqrt(2j+1) below the diagonal, -(i+1) on it):
-    what hippo_legs, hippo_rnn, lssl and s4 invert. At dt = 1 partial pivoting swaps rows."""
-    r = torch.sqrt(2 * torch.arange(n, dtype=torch.float64) + 1)
-    A = -torch.tril(r[:, None] * r[None, :], -1) - torch.diag(torch.arange(1, n + 1, dtype=torch.float64))
-    return torch.eye(n, dtype=torch.float64) - dt / 2 * A
+    """I - dt/2 A for HiPPO-LegS's A (the spec initialiser ``hippo_legs()``): what hippo_legs, hippo_rnn, lssl
+    and s4 invert. At dt = 1 partial pivoting swaps rows."""
+    return torch.eye(n, dtype=torch.float64) - dt / 2 * hippo_legs(n).double()
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:

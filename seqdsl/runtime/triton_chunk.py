@@ -919,7 +919,8 @@ def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the per-chunk states h [N, H, NT, K, V] (and of their gradients dh): the dot operands' for
     bf16 / fp16 inputs, as fla stores them (every kernel reading h rounds it to that dtype for its dots anyway;
     half the bytes of the largest intermediate), else the compute dtype."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(common["PREC"], dtype)
+    operand_dtypes = {name: low for low, name in _rt.DOT_OPERANDS.items()}
+    return operand_dtypes.get(common["PREC"], dtype)
 
 
 def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = False):
