@@ -247,8 +247,9 @@ def main(argv=None) -> int:
             for form in chosen(forms):
                 row(shape, "gla", "seqdsl", form, measure(lambda: make_gla(True, form), form))
             if phase == "seqdsl":
-                # what the op's lift to fp32 alone costs (part of every seqdsl row above; fla reads bf16):
-                # the copies of q, k, v; the backward casts their gradients back, about as much again
+                # what the op's lift to fp32 alone costs: part of the recurrent and scan rows above (fla
+                # reads bf16); the chunk form reads q, k, v as given (the module's PASSTHROUGH_INPUTS). The
+                # backward casts their gradients back, about as much again
                 def make_lift():
                     q, k, v = qkv()
                     return (lambda: (q.float(), k.float(), v.float())), ()

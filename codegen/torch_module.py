@@ -273,15 +273,17 @@ class _Gen:
                     out.add(f"_{n}_last = _{n}_last[..., 0]", 1)
                 read_vars[rd.node] = var
                 continue
-            q = r(rd.q)
+            q_expr, q_scale = self.query_and_scale(rd.q)
+            q = r(q_expr)
             qtext = self._full(align(q, (sdims[0],)), [sizes[0]])
+            scale_kw = "" if q_scale is None else f", scale={r(q_scale).text}"
             if steps > 1:
                 qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
             if sp.kind == "delta":
-                call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}, initial_state={h0}, "
-                        f"output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
+                call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}{scale_kw}, "
+                        f"initial_state={h0}, output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
             else:
-                call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}, initial_state={h0}, "
+                call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}{scale_kw}, initial_state={h0}, "
                         f"output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
             out.add(f"{var}, _{n}_last = {call}", 1)
             if steps > 1:
@@ -292,6 +294,16 @@ class _Gen:
         if not reads:
             raise AssertionError("a state without reads has no parallel form")
         finals[n] = f"_{n}_last"
+
+    def query_and_scale(self, q: ir.Expr) -> tuple[ir.Expr, ir.Expr | None]:
+        """A read's query split as (query, scalar factor): ``q * scale`` or ``scale * q`` with the factor a number
+        or a cell arg gives (q, scale), handed to the chunk form as its ``scale`` argument (the Triton kernels
+        apply it as they load q, so q itself reaches them unconverted); anything else gives (q, None)."""
+        if isinstance(q, ir.Binary) and q.op == "*":
+            for query, factor in ((q.left, q.right), (q.right, q.left)):
+                if isinstance(factor, ir.Num) or (isinstance(factor, ir.Name) and factor.id in self.args):
+                    return query, factor
+        return q, None
 
     def whole_vector_read(self, out: _Lines, sp: StatePlan, size: int, idx: int, var: str, suffix: str) -> None:
         """Read a whole vector state h [n] by running each element as a head with K = V = 1.

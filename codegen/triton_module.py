@@ -28,6 +28,7 @@ import re
 from seqdsl import ir
 from seqdsl.analysis import Analysis
 from seqdsl.codegen.ops import OPS
+from seqdsl.codegen.passthrough import passthrough_inputs
 from seqdsl.codegen.torch_module import varlen_forms
 from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
 from seqdsl.plan import KernelPlan
@@ -541,6 +542,14 @@ class _Gen:
                            "on the GPU (benchmarks/gpu_check.py)"
         return None
 
+    def stream_ranks(self) -> dict[str, int]:
+        """The rank of each stream input as the forms receive it, [B, T, H, *dims], for the streams that are not
+        broadcast over the cell axis (a stream without it gets H = 1, which a form expands to the heads)."""
+        c = self.c
+        if not c.cell_axis:
+            return {n: 3 + len(c.types[n].dims) for n in c.op_streams}
+        return {n: 2 + len(c.types[n].dims) for n in c.op_streams if c.types[n].dims[:1] == (c.cell_axis,)}
+
     # ------------------------------------------------------------------ chunk form
     def chunk_unsupported(self, twin_source: str) -> str | None:
         """Why the Triton chunk form is not offered (None: it is)."""
@@ -669,6 +678,9 @@ class _Gen:
         out.add(f"WHY_NOT = {why_not!r}")
         varlen = ("recurrent",) * bool(kernel_lines) + tuple(f for f in varlen_forms(self.p) if f in modes)
         out.add(f"VARLEN_FORMS = {varlen!r}  # forms taking cu_seqlens (others: one call per sequence)")
+        passthrough = {"chunk": passthrough_inputs(twin_source, "chunk", self.stream_ranks())} if "chunk" in modes \
+            else {}
+        out.add(f"PASSTHROUGH_INPUTS = {passthrough!r}  # read by the kernels as given: bf16 / fp16 stay so")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
         out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")

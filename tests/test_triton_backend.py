@@ -682,8 +682,9 @@ def test_chunk_forward_and_backward_ask_the_policy_with_the_input_precision(monk
 
 @pytest.mark.parametrize("name", ["gla", "gated_deltanet"])
 def test_the_op_tells_the_chunk_kernels_its_inputs_were_bf16(monkeypatch, name):
-    """The op hands its forms fp32 copies, so the chunk kernels cannot see that the user's inputs were bf16: it
-    says so (op.low_precision_inputs) and every chunk launch, the backward's included, is asked for bf16
+    """The op hands its forms fp32 copies of inputs that meet torch arithmetic first, and the backward's tensors
+    are fp32, so the chunk kernels cannot always see that the user's inputs were bf16: the op says so
+    (op.low_precision_inputs) and every chunk launch, the backward's included, is asked for bf16
     tl.dot operands; fp32 inputs keep the fp32-accurate one, and nothing leaks past the call."""
     from seqdsl.runtime import op as op_module
 
@@ -706,6 +707,68 @@ def test_the_op_tells_the_chunk_kernels_its_inputs_were_bf16(monkeypatch, name):
         assert n_forward > 0 and len(asked) > n_forward, asked
         assert asked == [torch.bfloat16 if dtype == torch.bfloat16 else None] * len(asked), (dtype, asked)
         assert not op_module.low_precision_inputs()
+
+
+@pytest.mark.parametrize("name,kept", [("gla", {"q", "k", "v", "gk"}), ("retnet", {"q", "k", "v"}),
+                                       ("gated_deltanet", {"q", "k", "v", "beta", "g"}), ("mamba2", set())])
+def test_bf16_inputs_reach_the_chunk_kernels_without_fp32_copies(monkeypatch, name, kept):
+    """Inputs that the chunk form hands to its kernels unchanged (a query's scalar factor goes in as ``scale``)
+    reach them in bf16: no fp32 copy. The others are converted, so torch never computes in bf16: mamba2's u and
+    dt meet torch arithmetic first; retnet's g_gamma (a parameter) and mamba2's B and C (no head axis) are
+    broadcast by the form, and a broadcast input's gradient, a sum, would be taken in bf16. The numbers are those of fp32 copies: under the interpreter (ieee
+    dots, fp32 states) the outputs, final state and every gradient equal, bit for bit, those of the same op given
+    the inputs upcast to fp32 (its gradients rounded to bf16 once, as autograd does)."""
+    arrived = []
+    for fn in ("chunk_gated", "chunk_delta"):
+        real = getattr(triton_chunk, fn)
+        monkeypatch.setattr(triton_chunk, fn, lambda *a, _real=real, **kw: arrived.append(
+            [t.dtype for t in (*a, *kw.values()) if isinstance(t, torch.Tensor)]) or _real(*a, **kw))
+    m, op, ref = compiled(name)
+    assert set(op.module.PASSTHROUGH_INPUTS["chunk"]) == kept
+    base = sample_inputs(ref, 1, 37)
+    g = torch.Generator().manual_seed(1)
+    weights = None                                   # bf16 numbers: the same output gradient in both runs
+    results = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        inputs = {n: t.to(torch.bfloat16).to(dtype).requires_grad_(True) for n, t in base.items()}
+        arrived.clear()
+        o, ht = op(**inputs, mode="chunk", chunk_size=16, output_final_state=True)
+        if weights is None:
+            weights = [torch.randn(x.shape, generator=g).to(torch.bfloat16).float() for x in (o, ht)]
+        loss = (o.float() * weights[0]).sum() + (ht * weights[1]).sum()
+        grads = torch.autograd.grad(loss, list(inputs.values()))
+        results[dtype] = [o.to(torch.bfloat16).float(), ht, *(gr.to(torch.bfloat16).float() for gr in grads)]
+        if dtype == torch.bfloat16:
+            assert arrived, "no chunk-form call"
+            assert all(sum(d == torch.bfloat16 for d in seen) == len(kept) for seen in arrived), arrived
+    for i, (a, b) in enumerate(zip(results[torch.bfloat16], results[torch.float32])):
+        assert torch.equal(a, b), (name, i, (a - b).abs().max())
+
+
+def test_passthrough_inputs_follow_every_read():
+    """codegen.passthrough keeps an input only if every read of it ends, whole, in a chunk-form call."""
+    from seqdsl.codegen.passthrough import passthrough_inputs
+
+    source = """
+def chunk(_state, q, k, v, u, g, w, p, *, scale, chunk_size=64):
+    _B = q.shape[0]
+    _S_k = (k).expand(_B, 4)
+    _S_g = (g).expand(_B, 4)
+    _S_p = (p).expand(_B, 4)
+    _S_u = u * 2.0
+    _S_w = (w).expand(_B, 4)
+    _S_w2 = _ops.shift_time(_S_w)
+    o, s = _forms.chunk_gated((q).expand(_B, 4), _S_k, v, gk=_S_g, g=_S_p, scale=scale, initial_state=_state[0])
+    o2, s2 = _forms.chunk_gated(q, _S_k, _S_u, initial_state=_state[0])
+    o3, s3 = _forms.chunk_gated(q, _S_w, v + 1.0, initial_state=_state[0])
+    return (o + o2,), (s,)
+"""
+    # v: once whole, once in "v + 1.0"; u: multiplied; w: its view is also shifted by torch; p: of rank 1,
+    # broadcast by its expand
+    ranks = {"q": 2, "k": 2, "v": 2, "u": 2, "g": 2, "w": 2, "p": 1}
+    assert passthrough_inputs(source, "chunk", ranks) == ("q", "k", "g")
+    assert passthrough_inputs(source, "scan", {"q": 2}) == ()
+    assert passthrough_inputs(source, "chunk", {"q": 2}, calls=frozenset({"chunk_delta"})) == ()
 
 
 def test_unsupported_cell_falls_back_with_a_reason(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ Streams are ``[B, T, *dims]`` (the cell axis first among dims: fla's ``[B, T, H,
 declared shape. States are ``[N, H, *dims]`` (``[N, *dims]`` for a cell over no axis), one tensor or
 a tuple in declaration order, returned in fp32 (fp64 for fp64 inputs; complex for complex states).
 Computation runs in fp32 for fp32/bf16/fp16 inputs and in fp64 for fp64 inputs; outputs come back
-in the dtype of the first stream.
+in the dtype of the first stream. bf16 / fp16 inputs that a Triton form hands to its kernels unchanged
+(the module's ``PASSTHROUGH_INPUTS``) reach them as given; the kernels convert them as they load them.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class CompiledOp:
         out_dtype = first.dtype
         compute = torch.float64 if any(t.dtype in (torch.float64, torch.complex128) for t in inputs.values()) \
             else torch.float32
-        lifted = {n: self._lift(n, t, compute) for n, t in inputs.items()}
+        passthrough = getattr(self.module, "PASSTHROUGH_INPUTS", {}).get(mode, ())
+        lifted = {n: self._lift(n, t, compute, keep_low_precision=n in passthrough) for n, t in inputs.items()}
         bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
@@ -228,9 +230,15 @@ class CompiledOp:
         return args
 
     # ------------------------------------------------------------------ layout helpers
-    def _lift(self, name: str, t: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
-        """Streams -> [B, T, H, *dims]; params -> [1, 1, H, *dims] (H = 1 without the cell axis)."""
-        t = t.to(torch.complex128 if compute == torch.float64 else torch.complex64) if t.is_complex() else t.to(compute)
+    def _lift(self, name: str, t: torch.Tensor, compute: torch.dtype, keep_low_precision: bool = False) -> torch.Tensor:
+        """Streams -> [B, T, H, *dims]; params -> [1, 1, H, *dims] (H = 1 without the cell axis), in the compute
+        dtype -- except, with ``keep_low_precision``, a bf16 / fp16 input of an fp32 computation: the form's
+        kernels read it as given (the module's PASSTHROUGH_INPUTS) and convert it as they load it, so the op
+        makes no fp32 copy (same numbers: the conversion is exact)."""
+        if t.is_complex():
+            t = t.to(torch.complex128 if compute == torch.float64 else torch.complex64)
+        elif not (keep_low_precision and compute == torch.float32 and is_low_precision(t)):
+            t = t.to(compute)
         if name in self.checked.op_streams:
             return t if self._has_axis(name) else t.unsqueeze(2)
         t = t if self._has_axis(name) else t.unsqueeze(0)

@@ -80,7 +80,7 @@ def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.const
     o_d = i_d * BD + tl.arange(0, BD)
     m = (o_t < T)[:, None] & (o_d < D)[None, :]
     p = ((bos + o_t[:, None]) * H + i_h) * D + o_d[None, :]
-    b_g = tl.load(g + p, mask=m, other=0.0)                                  # [BT, BD]
+    b_g = tl.load(g + p, mask=m, other=0.0).to(gc.dtype.element_ty)         # [BT, BD], in gc's dtype
     b_c = tl.cumsum(b_g, axis=0)
     if REVERSE:
         b_c = tl.reduce(b_g, 0, _tlib.add)[None, :] - b_c + b_g
@@ -144,6 +144,7 @@ def chunk_fwd_h_kernel(
 @triton.jit
 def chunk_intra_gk_kernel(
     q, k, gc, A,         # [B, T, H, K] x3; A: [B, T, H, BT] the causal scores within each chunk
+    scale,               # the queries' scale, applied as they are loaded
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DIAG_3D: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
@@ -168,7 +169,7 @@ def chunk_intra_gk_kernel(
                 m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
                 p_i = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] query rows
                 p_j = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] key rows
-                b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE)
+                b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE) * scale
                 b_gi = tl.load(gc + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 if i_i > i_j:
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
@@ -202,6 +203,7 @@ def chunk_intra_gk_kernel(
 @triton.jit
 def chunk_fwd_o_kernel(
     q, k, v, gc, h, A, o,   # q, k [B, T, H, K], v, o [B, T, H, V], h [B, H, NT, K, V], A [B, T, H, BT]
+    scale,                  # the queries' scale, applied as they are loaded
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
@@ -221,7 +223,7 @@ def chunk_fwd_o_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE) * scale
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BK, BV]
         if GATE == 2:
@@ -302,8 +304,9 @@ def chunk_delta_wy_kernel(
 
 @triton.jit
 def chunk_bwd_dh_kernel(
-    q, do, gc,           # q [B, T, H, K] (scaled), do [B, T, H, V], G [B, T, H]
+    q, do, gc,           # q [B, T, H, K] (times scale on load), do [B, T, H, V], G [B, T, H]
     dh, dht, dh0,        # dh [B, H, NT, K, V]: the gradient w.r.t. the state after each chunk; dht, dh0 [B, H, K, V]
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
@@ -326,7 +329,7 @@ def chunk_bwd_dh_kernel(
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
         b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
-                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)               # [BT, BK]
+                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE) * scale       # [BT, BK]
         b_do = tl.load(do + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
         if GATE == 1:
@@ -347,8 +350,9 @@ def chunk_bwd_dh_kernel(
 
 @triton.jit
 def chunk_bwd_intra_gk_kernel(
-    q, k, v, gc, do,     # q (scaled), k, G [B, T, H, K]; v, do [B, T, H, V]
-    dq, dk,              # out: the intra-chunk parts of dq, dk [B, T, H, K]
+    q, k, v, gc, do,     # q (times scale on load), k, G [B, T, H, K]; v, do [B, T, H, V]
+    dq, dk,              # out: the intra-chunk parts of dq (w.r.t. the scaled q), dk [B, T, H, K]
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
@@ -415,13 +419,13 @@ def chunk_bwd_intra_gk_kernel(
             p_ik = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]
             b_do = tl.load(do + ((bos + o_i[:, None]) * H + i_h) * V + o_v[None, :],
                            mask=(o_i < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BC, BV]
-            b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE)
+            b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE) * scale
             b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
             b_off += _tlib.dot(_tlib.dot(b_v, tl.trans(b_do), PREC), b_qg, PREC)
         b_dk = tl.where(m_jk, b_off * tl.exp(b_gr[None, :] - b_gj), 0.0)
         p_i = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
-        b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE)
+        b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE) * scale
         b_do = tl.load(do + ((bos + o_j[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)
         for j in range(0, BC):
@@ -438,10 +442,11 @@ def chunk_bwd_intra_gk_kernel(
 
 @triton.jit
 def chunk_bwd_dqk_kernel(
-    q, k, v, gc, h, do, dh,  # q (scaled), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
-    dq, dk, dg,              # dq (w.r.t. the scaled q), dk [B, T, H, K] (key gates: hold the intra parts on entry);
+    q, k, v, gc, h, do, dh,  # q (times scale on load), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
+    dq, dk, dg,              # dq (w.r.t. the unscaled q), dk [B, T, H, K] (key gates: hold the intra parts on entry);
                              # dg: key gate [B, T, H, K] (the raw log gate's gradient); scalar gate [B, T, H, NK]
                              # (this K tile's part of dG, before the reverse cumsum)
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
@@ -460,7 +465,7 @@ def chunk_bwd_dqk_kernel(
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                                # do S^T
     b_vdh = tl.zeros([BT, BK], dtype=DTYPE)                                               # v dS'^T
@@ -514,14 +519,15 @@ def chunk_bwd_dqk_kernel(
                 tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
             b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
             tl.store(dg + ((bos + o_t) * H + i_h) * NK + i_k, b_dG.to(dg.dtype.element_ty), mask=m_t)
-    tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dq + p_k, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
 
 
 @triton.jit
 def chunk_bwd_dv_kernel(
-    q, k, gc, dh, do, A, dv,  # q (scaled), k [B, T, H, K]; G; dh [N, H, NT, K, V]; do, dv [B, T, H, V];
+    q, k, gc, dh, do, A, dv,  # q (times scale on load), k [B, T, H, K]; G; dh [N, H, NT, K, V]; do, dv [B, T, H, V];
                               # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
@@ -549,7 +555,7 @@ def chunk_bwd_dv_kernel(
             b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_k = tl.where(m_tk, b_k * tl.exp(b_glast[None, :] - b_g), 0.0)                # k ⊙ E
         else:
-            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
         b_dv += _tlib.dot(b_k, b_dh, PREC)
     if GATE == 2:
@@ -570,9 +576,10 @@ def chunk_bwd_dv_kernel(
 
 @triton.jit
 def chunk_delta_bwd_dhu_kernel(
-    q, k, w, gc, do,     # q (scaled), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
+    q, k, w, gc, do,     # q (times scale on load), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
     dh, dht, dh0, dv_new,  # out: dh [B, H, NT, K, V] (w.r.t. the state after each chunk), dh0; in: dht [B, H, K, V];
                            # out: dv_new [B, T, H, V], the gradient w.r.t. the corrected values v_new = U - W S
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
@@ -602,7 +609,7 @@ def chunk_delta_bwd_dhu_kernel(
         m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
         p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
         p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
@@ -628,9 +635,10 @@ def chunk_delta_bwd_dhu_kernel(
 
 @triton.jit
 def chunk_delta_bwd_kernel(
-    q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (scaled), k [B, T, H, K]; v, do, v_new, dv_new [B, T, H, V];
-                                                   # beta, G [B, T, H]; h, dh [N, H, NT, K, V]
-    dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the scaled q), dk, dv, dbeta, dg (raw log gate)
+    q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (times scale on load), k [B, T, H, K]; v, do, v_new, dv_new
+                                                   # [B, T, H, V]; beta, G [B, T, H]; h, dh [N, H, NT, K, V]
+    dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the unscaled q), dk, dv, dbeta, dg (raw log gate)
+    scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -722,7 +730,7 @@ def chunk_delta_bwd_kernel(
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_dw = tl.zeros([BT, BK], dtype=DTYPE)
         b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                          # do S^T
@@ -754,7 +762,7 @@ def chunk_delta_bwd_kernel(
         b_dG += tl.reduce(b_dkb * b_kb, 1, _tlib.add)
         if GATED:
             carry_k += tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
-        tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+        tl.store(dq + p_k, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
         tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + (bos + o_t) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if GATED:
@@ -923,11 +931,12 @@ def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:
     return operand_dtypes.get(common["PREC"], dtype)
 
 
-def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = False):
-    """The chunk-local cumulative sums of log gates graw [B, T, H, D] (contiguous, compute dtype); reverse: the
-    sums from each token to its chunk's end (the backward's gate gradient)."""
+def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, dtype: torch.dtype, reverse: bool = False):
+    """The chunk-local cumulative sums, in ``dtype`` (the compute dtype), of log gates graw [B, T, H, D]
+    (contiguous, any float dtype: converted as loaded); reverse: the sums from each token to its chunk's end (the
+    backward's gate gradient)."""
     H, D = graw.shape[2], graw.shape[3]
-    gc = torch.empty_like(graw)
+    gc = torch.empty(graw.shape, dtype=dtype, device=graw.device)
     BD = 1 if D == 1 else _block(D)
     chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, rows.N * H)](graw, gc, rows.T, H=H, D=D, BT=BT, BD=BD,
                                                                    REVERSE=reverse, num_warps=cfg["num_warps"],
@@ -935,23 +944,33 @@ def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, reverse: bool = Fals
     return gc
 
 
+def _query_scale(q, scale: float, dtype: torch.dtype):
+    """(q, the scale the kernels apply as they load q). The kernels take it as an fp32 scalar, which is exact for
+    fp32 computation; fp64 computation scales q here instead (kernel scale 1)."""
+    if dtype == torch.float64 and scale != 1.0:
+        return q * scale, 1.0
+    return q, scale
+
+
 def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows: _Rows):
-    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, G, h, A, gate) for
-    the backward (h [N, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk scores of
-    a key gate, else None)."""
+    """The forward stages. q, k, v, g, gk are read in their own dtypes (bf16 / fp16 inputs are converted as the
+    kernels load them: no fp32 copies); the computation is in the compute dtype (``_setup``). Returns (o, final
+    state, saved) with saved = (q, k, v, G, h, A, gate, kernel scale) for the backward (q as the kernels read it,
+    times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk
+    scores of a key gate, else None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, g, gk, initial_state)
     common.update(rows.kwargs(q))
     N = rows.N
     if g is not None and gk is not None:
-        gk, g = gk + g[..., None], None
-    q = q * scale if scale != 1.0 else q
-    q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+        gk, g = gk.to(dtype) + g[..., None].to(dtype), None      # in the compute dtype
+    q, kscale = _query_scale(q, scale, dtype)
+    q, k, v = (x.contiguous() for x in (q, k, v))
     gate, gc = GATE_NONE, q
     if g is not None or gk is not None:
         gate = GATE_SCALAR if g is not None else GATE_KEY
-        gc = _local_cumsum((g[..., None] if g is not None else gk).to(dtype).contiguous(), BT, NT, cfg, rows)
+        gc = _local_cumsum((g[..., None] if g is not None else gk).contiguous(), BT, NT, cfg, rows, dtype)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
                                                        device=q.device)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
@@ -962,21 +981,21 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     A = q
     if gate == GATE_KEY:
         A = torch.zeros(B, T, H, BT, dtype=dtype, device=q.device)
-        chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
+        chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, kscale, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
                                            DIAG_3D=cfg.get("diag_3d", False), **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
-                                                        BV=BV, GATE=gate, **common)
-    return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, kscale, rows.T, H=H, K=K, V=V, BT=BT,
+                                                        BK=BK, BV=BV, GATE=gate, **common)
+    return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate, kscale)
 
 
 def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None):
-    """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form; dG is [B, T, H] for a scalar gate,
-    [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
-    q, k, v, gc, h, A, gate = saved
+    """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form, in the compute dtype; dG is [B, T, H] for a
+    scalar gate, [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
+    q, k, v, gc, h, A, gate, kscale = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low)
+    dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, gc, h, low=low)
     common.update(rows.kwargs(q))
     N = rows.N
     do = do.to(dtype).contiguous()
@@ -984,11 +1003,11 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     dh = torch.zeros_like(h) if rows.varlen else torch.empty_like(h)
     dh0 = torch.empty_like(dht)
     chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        q, do, gc, dh, dht, dh0, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        q, do, gc, dh, dht, dh0, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
+    dq, dk, dv = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k, v))
     BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
     if gate == GATE_KEY:
-        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dq, dk, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
+        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dq, dk, kscale, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
                                                BK=BK_all, BV=BV_all, **common)
     NK = triton.cdiv(K, BK)
     dg = dq                                      # a pointer the kernel does not write without a gate
@@ -996,13 +1015,16 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
         dg = torch.empty(gc.shape, dtype=dtype, device=q.device)
     elif gate == GATE_SCALAR:                    # each K tile's part of dG, summed below
         dg = torch.empty(B, T, H, NK, dtype=dtype, device=q.device)
-    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dq, dk, dg, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
+    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dq, dk, dg, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
                                           BV=BV, GATE=gate, **common)
-    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, gc, dh, do, A if A is not None else q, dv, rows.T,
+    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, gc, dh, do, A if A is not None else q, dv, kscale,
+                                                         rows.T,
                                                          H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
     if gate == GATE_SCALAR:
-        dg = _local_cumsum(dg.sum(-1, keepdim=True).contiguous(), BT, NT, cfg, rows, reverse=True)[..., 0]
-    return dq * scale if scale != 1.0 else dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
+        dg = _local_cumsum(dg.sum(-1, keepdim=True).contiguous(), BT, NT, cfg, rows, dtype, reverse=True)[..., 0]
+    if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
+        dq = dq * scale
+    return dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
 
 
 class _ChunkGated(torch.autograd.Function):
@@ -1013,14 +1035,14 @@ class _ChunkGated(torch.autograd.Function):
     def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size, rows):
         o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved[:6])
-        ctx.gate, ctx.scale, ctx.chunk_size, ctx.rows = saved[6], scale, chunk_size, rows
+        ctx.gate, ctx.kscale, ctx.scale, ctx.chunk_size, ctx.rows = saved[6], saved[7], scale, chunk_size, rows
         ctx.low = _low_precision(q, k, v, g, gk, initial_state)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, g, gk, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        saved = (*ctx.saved_tensors, ctx.gate)
+        saved = (*ctx.saved_tensors, ctx.gate, ctx.kscale)
         dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low)
         has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
         dg = (dG.sum(-1) if has_gk else dG) if has_g else None
@@ -1056,13 +1078,14 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     if _wants_grad(q, k, v, beta, g, initial_state):
         o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size, rows)
     else:
-        o, ht, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
+        o, ht, _, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
     return o, (ht if output_final_state else None)
 
 
 def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows):
-    """The forward stages. Returns (o, final state, saved) with saved = (scaled q, k, v, beta, G, w, h, v_new)
-    for the backward (h [N, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
+    """The forward stages (inputs read in their own dtypes, as ``_chunk_gated_forward``). Returns (o, final state,
+    saved, kernel scale) with saved = (q, k, v, beta, G, w, h, v_new) for the backward (q as the kernels read it,
+    times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state,
@@ -1070,18 +1093,18 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
-    q = q * scale if scale != 1.0 else q
-    q, k, v, beta = (x.to(dtype).contiguous() for x in (q, k, v, beta))
+    q, kscale = _query_scale(q, scale, dtype)
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     gc = None
     if g is not None:
-        gc = _local_cumsum(g[..., None].to(dtype).contiguous(), BT, NT, cfg, rows)
+        gc = _local_cumsum(g[..., None].contiguous(), BT, NT, cfg, rows, dtype)
     gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
-    w, u = torch.empty_like(k), torch.empty_like(v)
+    w, u = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (k, v))
     chunk_delta_wy_kernel[(NT, N * H)](k, v, beta, gcp, w, u, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
                                        GATED=g is not None, **common)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
                                                        device=q.device)
-    v_new = torch.empty_like(v)
+    v_new = torch.empty_like(u)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     gate = GATE_SCALAR if g is not None else GATE_NONE
@@ -1089,17 +1112,18 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
         k, u, gcp, h, h0, ht, w, v_new, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v_new, gcp, h, q, o, rows.T, H=H, K=K, V=V, BT=BT,
-                                                        BK=_block(K), BV=BV, GATE=gate, **common)
-    return o, ht, (q, k, v, beta, gc, w, h, v_new)
+    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v_new, gcp, h, q, o, kscale, rows.T, H=H, K=K, V=V,
+                                                        BT=BT, BK=_block(K), BV=BV, GATE=gate, **common)
+    return o, ht, (q, k, v, beta, gc, w, h, v_new), kscale
 
 
-def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None):
-    """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form."""
+def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_size: int, rows: _Rows, low=None):
+    """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form, in the compute
+    dtype (kscale: the scale the kernels apply to the saved q)."""
     q, k, v, beta, gc, w, h, v_new = saved
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
-    dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, q, low=low, whole_key=True)
+    dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, w, low=low, whole_key=True)
     common.update(rows.kwargs(q))
     N = rows.N
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
@@ -1108,14 +1132,16 @@ def _chunk_delta_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     do = do.to(dtype).contiguous()
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
     dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
-    dh0, dv_new = torch.empty_like(dht), torch.empty_like(v)
-    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, rows.T, H=H, K=K,
-                                                            V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
-    dq, dk, dv, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
-    dg = torch.empty_like(beta) if gated else dbeta
-    chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg,
+    dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
+    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T,
+                                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
+    dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k, v, beta))
+    dg = torch.empty_like(dbeta) if gated else dbeta
+    chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale,
                                         rows.T, H=H, K=K, V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
-    return dq * scale if scale != 1.0 else dq, dk, dv, dbeta, (dg if gated else None), dh0
+    if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
+        dq = dq * scale
+    return dq, dk, dv, dbeta, (dg if gated else None), dh0
 
 
 class _ChunkDelta(torch.autograd.Function):
@@ -1123,15 +1149,16 @@ class _ChunkDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size, rows):
-        o, ht, saved = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
+        o, ht, saved, kscale = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
         ctx.save_for_backward(*saved)
-        ctx.scale, ctx.chunk_size, ctx.rows = scale, chunk_size, rows
+        ctx.scale, ctx.kscale, ctx.chunk_size, ctx.rows = scale, kscale, chunk_size, rows
         ctx.low = _low_precision(q, k, v, beta, g, initial_state)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, k, v, beta, g, initial_state))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low)
+        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.kscale, ctx.chunk_size, ctx.rows,
+                                      ctx.low)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
         return (*out, None, None, None)
