@@ -28,7 +28,7 @@ import re
 from seqdsl import ir
 from seqdsl.analysis import Analysis
 from seqdsl.codegen.ops import OPS
-from seqdsl.codegen.passthrough import passthrough_inputs
+from seqdsl.codegen.passthrough import direct_readout, passthrough_inputs
 from seqdsl.codegen.torch_module import varlen_forms
 from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
 from seqdsl.plan import KernelPlan
@@ -681,6 +681,8 @@ class _Gen:
         passthrough = {"chunk": passthrough_inputs(twin_source, "chunk", self.stream_ranks())} if "chunk" in modes \
             else {}
         out.add(f"PASSTHROUGH_INPUTS = {passthrough!r}  # read by the kernels as given: bf16 / fp16 stay so")
+        direct = tuple(f for f in ("chunk",) if f in modes and direct_readout(twin_source, f))
+        out.add(f"DIRECT_READOUT_FORMS = {direct!r}  # whose kernels may store the readout in the op's output dtype")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
         out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")

@@ -45,12 +45,32 @@ def low_precision_inputs() -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def _inputs_precision(low: torch.dtype | None):
-    token = _LOW_PRECISION_INPUTS.set(low)
+def _setting(var: contextvars.ContextVar, value):
+    """Inside: ``var`` holds ``value``; restored after."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _LOW_PRECISION_INPUTS.reset(token)
+        var.reset(token)
+
+
+def _inputs_precision(low: torch.dtype | None):
+    return _setting(_LOW_PRECISION_INPUTS, low)
+
+
+_READOUT_DTYPE = contextvars.ContextVar("seqdsl_readout_dtype", default=None)
+
+
+def readout_dtype() -> torch.dtype | None:
+    """bf16 / fp16 if the op running now returns its readout in that dtype and its form returns, untouched, the
+    one readout of its chunk kernels (the module's DIRECT_READOUT_FORMS): the kernels may then store it in that
+    dtype (the one rounding the op's cast would do), else None."""
+    return _READOUT_DTYPE.get()
+
+
+def readouts_in(dtype: torch.dtype | None):
+    """A context inside which ``readout_dtype()`` is ``dtype`` (None: the compute dtype)."""
+    return _setting(_READOUT_DTYPE, dtype)
 
 
 def packed_bounds(cu_seqlens, B: int, T: int, allow_empty: bool = True, who: str = "") -> list[int]:
@@ -184,7 +204,9 @@ class CompiledOp:
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
         low = low_precision_of(*inputs.values())
-        with _inputs_precision(low):   # the forms see fp32; the chunk kernels' launch policy asks
+        direct = mode in getattr(self.module, "DIRECT_READOUT_FORMS", ()) and compute == torch.float32 \
+            and is_low_precision(first)
+        with _inputs_precision(low), readouts_in(out_dtype if direct else None):   # the chunk kernels ask
             if cu_seqlens is None:
                 outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
             else:

@@ -27,7 +27,9 @@ Layouts are fla's: ``[B, T, H, D]``, contiguous; for decaying gates (log gates <
 non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
 transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
 taken at causal (t >= s) entries, the others are masked before the exp, never clamped.
-Accumulation in fp32 (fp64 for fp64 inputs).
+Accumulation in fp32 (fp64 for fp64 inputs). Inputs are read in their own dtypes (bf16 / fp16 converted as they
+are loaded; the query scale applied as q is loaded), o is stored in the op's output dtype where the op asks for it
+(``op.readout_dtype``), and the backward kernels store dq, dk, dv (and dbeta) in their inputs' dtypes.
 Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
 last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
 ``chunk_bwd_intra_gk_kernel`` computes the intra-chunk dq, dk by the forward's sub-chunks; then
@@ -49,6 +51,8 @@ from seqdsl.runtime import triton_runtime as _rt
 from seqdsl.runtime.op import low_precision_of
 from seqdsl.runtime.op import low_precision_inputs as _op_low_precision
 from seqdsl.runtime.op import packed_bounds as _packed_bounds
+from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
+from seqdsl.runtime.op import readouts_in as _readouts_in
 
 GATE_NONE, GATE_SCALAR, GATE_KEY = 0, 1, 2
 
@@ -443,7 +447,8 @@ def chunk_bwd_intra_gk_kernel(
 @triton.jit
 def chunk_bwd_dqk_kernel(
     q, k, v, gc, h, do, dh,  # q (times scale on load), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
-    dq, dk, dg,              # dq (w.r.t. the unscaled q), dk [B, T, H, K] (key gates: hold the intra parts on entry);
+    dqi, dki,                # key gates: the intra-chunk parts of dq (w.r.t. the scaled q), dk [B, T, H, K]
+    dq, dk, dg,              # out: dq (w.r.t. the unscaled q), dk [B, T, H, K] (any float dtype: stored once);
                              # dg: key gate [B, T, H, K] (the raw log gate's gradient); scalar gate [B, T, H, NK]
                              # (this K tile's part of dG, before the reverse cumsum)
     scale,
@@ -457,7 +462,7 @@ def chunk_bwd_dqk_kernel(
         dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t (+ at the last row: exp(G_last) ⊙ rowsum(dS' ⊙ S) + sum_s k_s ⊙ dk_inter_s).
     A scalar gate (or none) computes the intra parts here from dA = (do v^T) ⊙ D (causal): dq_intra = dA k,
     dk_intra = dA^T q, and stores this tile's sum of dG over its K channels; a key gate reads the intra parts
-    from ``chunk_bwd_intra_gk_kernel`` and stores dg = the reverse cumsum of dG within the chunk."""
+    (dqi, dki) from ``chunk_bwd_intra_gk_kernel`` and stores dg = the reverse cumsum of dG within the chunk."""
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_h, NT, bos, T, o_c, o_t, m_t, last = chunk_rows(i_t, i_bh, T, cu_seqlens, H, BT, IS_VARLEN)
     NK = tl.cdiv(K, BK)
@@ -489,9 +494,9 @@ def chunk_bwd_dqk_kernel(
         b_g = tl.load(gc + p_k, mask=m_tk, other=0.0).to(DTYPE)                         # [BT, BK]
         b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
         b_decay = tl.where(m_tk, tl.exp(b_glast[None, :] - b_g), 0.0)                   # E [BT, BK]
-        b_dq = tl.load(dq + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
+        b_dq = tl.load(dqi + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
         b_dk_inter = b_vdh * b_decay
-        b_dk = tl.load(dk + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_dk_inter
+        b_dk = tl.load(dki + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_dk_inter
         b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
         carry = tl.exp(b_glast) * b_hdh + tl.reduce(b_k * b_dk_inter, 0, _tlib.add)        # [BK]
         b_dG = tl.where((o_t == last)[:, None], b_dG + carry[None, :], b_dG)
@@ -861,9 +866,10 @@ def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_fin
     axis = 1 if rows.varlen else 0
     twice = lambda x: torch.cat([x, x], axis).to(rdt)                             # noqa: E731
     cu2 = torch.cat([rows.cu, rows.cu[1:] + T]) if rows.varlen else None
-    o2, X = chunk_gated(torch.cat([q_re, q_im], axis).to(rdt), twice(keys), twice(values), scale=scale,
-                        initial_state=h0, output_final_state=output_final_state, cu_seqlens=cu2,
-                        chunk_size=chunk_size, **{n: twice(x) for n, x in gates.items()})
+    with _readouts_in(None):    # the real parts are combined below: in the compute dtype
+        o2, X = chunk_gated(torch.cat([q_re, q_im], axis).to(rdt), twice(keys), twice(values), scale=scale,
+                            initial_state=h0, output_final_state=output_final_state, cu_seqlens=cu2,
+                            chunk_size=chunk_size, **{n: twice(x) for n, x in gates.items()})
     o_re, o_im = o2.chunk(2, axis)
     o = torch.complex(o_re[..., :V] - o_im[..., V:], o_re[..., V:] + o_im[..., :V])
     if not output_final_state:
@@ -983,31 +989,43 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
         A = torch.zeros(B, T, H, BT, dtype=dtype, device=q.device)
         chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, kscale, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
                                            DIAG_3D=cfg.get("diag_3d", False), **common)
-    o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+    o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, kscale, rows.T, H=H, K=K, V=V, BT=BT,
                                                         BK=BK, BV=BV, GATE=gate, **common)
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate, kscale)
 
 
-def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None):
-    """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form, in the compute dtype; dG is [B, T, H] for a
-    scalar gate, [B, T, H, K] for a key gate (the gradient of the raw log gate, not of its cumulative sums)."""
+def _grad_dtypes(dtype: torch.dtype, *inputs: torch.dtype | None) -> list[torch.dtype]:
+    """The dtypes the backward kernels store the gradients of these inputs in: a bf16 / fp16 input's own (each
+    such gradient is stored once, from the fp32 accumulators: the rounding autograd would do after), else the
+    compute dtype. fp64 computation keeps fp64 (its dq is scaled after the kernels)."""
+    low = (torch.bfloat16, torch.float16)
+    return [d if d in low and dtype != torch.float64 else dtype for d in inputs]
+
+
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None, grad_dtypes=()):
+    """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form, in the compute dtype or, for dq, dk, dv, in
+    ``grad_dtypes`` (the inputs' dtypes; see ``_grad_dtypes``); dG is [B, T, H] for a scalar gate, [B, T, H, K]
+    for a key gate (the gradient of the raw log gate, not of its cumulative sums). do in any float dtype."""
     q, k, v, gc, h, A, gate, kscale = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, gc, h, low=low)
     common.update(rows.kwargs(q))
     N = rows.N
-    do = do.to(dtype).contiguous()
+    do = do.contiguous()                         # converted as loaded
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
     dh = torch.zeros_like(h) if rows.varlen else torch.empty_like(h)
     dh0 = torch.empty_like(dht)
     chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
         q, do, gc, dh, dht, dh0, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
-    dq, dk, dv = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k, v))
+    dq, dk, dv = (torch.empty(x.shape, dtype=gd, device=x.device)
+                  for x, gd in zip((q, k, v), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 3))
     BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
+    dqi, dki = dq, dk                            # the intra-chunk parts (key gates), in the compute dtype
     if gate == GATE_KEY:
-        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dq, dk, kscale, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
+        dqi, dki = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k))
+        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dqi, dki, kscale, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
                                                BK=BK_all, BV=BV_all, **common)
     NK = triton.cdiv(K, BK)
     dg = dq                                      # a pointer the kernel does not write without a gate
@@ -1015,7 +1033,7 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
         dg = torch.empty(gc.shape, dtype=dtype, device=q.device)
     elif gate == GATE_SCALAR:                    # each K tile's part of dG, summed below
         dg = torch.empty(B, T, H, NK, dtype=dtype, device=q.device)
-    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dq, dk, dg, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
+    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dqi, dki, dq, dk, dg, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
                                           BV=BV, GATE=gate, **common)
     chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, gc, dh, do, A if A is not None else q, dv, kscale,
                                                          rows.T,
@@ -1043,7 +1061,8 @@ class _ChunkGated(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         saved = (*ctx.saved_tensors, ctx.gate, ctx.kscale)
-        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low)
+        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low,
+                                                    ctx.dtypes[:3])
         has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
         dg = (dG.sum(-1) if has_gk else dG) if has_g else None
         dgk = dG if has_gk else None
@@ -1111,15 +1130,17 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), N * H)](
         k, u, gcp, h, h0, ht, w, v_new, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
-    o = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+    o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
     chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v_new, gcp, h, q, o, kscale, rows.T, H=H, K=K, V=V,
                                                         BT=BT, BK=_block(K), BV=BV, GATE=gate, **common)
     return o, ht, (q, k, v, beta, gc, w, h, v_new), kscale
 
 
-def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_size: int, rows: _Rows, low=None):
+def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_size: int, rows: _Rows, low=None,
+                          grad_dtypes=()):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form, in the compute
-    dtype (kscale: the scale the kernels apply to the saved q)."""
+    dtype or, for dq, dk, dv, dbeta, in ``grad_dtypes`` (see ``_grad_dtypes``); kscale: the scale the kernels
+    apply to the saved q. do in any float dtype."""
     q, k, v, beta, gc, w, h, v_new = saved
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
@@ -1129,14 +1150,15 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
     gated = gc is not None
     gcp = gc if gated else beta
-    do = do.to(dtype).contiguous()
+    do = do.contiguous()                         # converted as loaded
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
     dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
     dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
     chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T,
                                                             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
-    dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k, v, beta))
-    dg = torch.empty_like(dbeta) if gated else dbeta
+    dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
+        (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
+    dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
     chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale,
                                         rows.T, H=H, K=K, V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
     if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
@@ -1159,6 +1181,6 @@ class _ChunkDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.kscale, ctx.chunk_size, ctx.rows,
-                                      ctx.low)
+                                      ctx.low, ctx.dtypes[:4])
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
         return (*out, None, None, None)

@@ -1,0 +1,181 @@
+"""Bytes a compiled op moves outside its Triton kernels, counted on the CPU at fla's benchmark shapes.
+
+    python benchmarks/memory_traffic.py [--shapes 4,2048,16,128 ...] [--ops simple_gla gla ...] [--backward]
+                                        [--verbose]
+
+At fla's shapes the chunk forms are memory-bound on a GPU, so every pass over a [B, T, H, D] tensor outside
+the kernels (a cast of the inputs to fp32, a scaling of q, a cast of the output back) costs time that fla does
+not spend. This script needs no GPU and measures no time: it calls the op on CPU tensors with every Triton
+launch replaced by nothing (the outputs are garbage), under the GPU launch policy (bf16 tl.dot operands and
+states for bf16 inputs, as on an H100), and counts
+
+* torch glue: every aten op the call runs, with the bytes of its tensor inputs (read) and outputs (written);
+  views and allocations move nothing and are not counted;
+* kernels: the launches, and the bytes of the distinct tensors each is handed (an estimate of what it touches:
+  a tensor read by several tile programs counts once).
+
+bf16 inputs, as gpu_vs_fla.py times them (the log gates in fp32, as fla takes them). One row per op, form and
+shape; forward, or forward and backward with ``--backward`` (the backward's gradient of the output is bf16 ones).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "0"       # real JIT functions, whose launches are replaced below
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gpu_vs_fla import SHAPES, SIMPLE_GLA  # noqa: E402
+
+_ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh"}
+
+
+def _bytes(x) -> int:
+    return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    out = []
+    for x in tree if isinstance(tree, (list, tuple)) else [tree]:
+        if isinstance(x, (list, tuple)):
+            out += _tensors(x)
+        elif isinstance(x, torch.Tensor):
+            out.append(x)
+    return out
+
+
+class GlueCounter(TorchDispatchMode):
+    """Counts the bytes every aten op reads (tensor inputs) and writes (tensor outputs); views and allocations
+    are skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+        self.by_op: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in _ALLOCATIONS:
+            moved = sum(_bytes(t) for t in _tensors(list(args) + list((kwargs or {}).values()))) + \
+                sum(_bytes(t) for t in _tensors(out))
+            self.bytes += moved
+            self.by_op[name] += moved
+        return out
+
+
+@contextlib.contextmanager
+def launches_recorded(record: list):
+    """Inside: a Triton launch runs nothing and appends (kernel name, bytes of its distinct tensor arguments);
+    the launch policy answers as for a CUDA device."""
+    from triton.runtime.jit import JITFunction
+
+    from seqdsl.runtime import triton_runtime
+
+    run, policy = JITFunction.run, triton_runtime.launch_config
+
+    def record_instead(self, *args, grid, warmup, **kwargs):
+        seen = {}
+        for t in list(args) + list(kwargs.values()):
+            if isinstance(t, torch.Tensor):
+                seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), _bytes(t))
+        record.append((self.fn.__name__, sum(seen.values())))
+
+    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None):
+        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs)
+
+    JITFunction.run, triton_runtime.launch_config = record_instead, gpu_policy
+    try:
+        yield
+    finally:
+        JITFunction.run, triton_runtime.launch_config = run, policy
+
+
+def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
+    """The inputs gpu_vs_fla.py gives each op (bf16; log gates fp32), requiring gradients."""
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*s, dtype=torch.bfloat16):
+        return torch.randn(*s, generator=g, dtype=dtype)
+
+    inputs = {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, D)}
+    if name == "simple_gla":
+        inputs["g"] = F.logsigmoid(rnd(B, T, H, dtype=torch.float32))
+    elif name == "gla":
+        inputs["gk"] = F.logsigmoid(rnd(B, T, H, D, dtype=torch.float32)) / 16
+    else:
+        inputs["k"] = F.normalize(inputs["k"].float(), dim=-1).to(torch.bfloat16)
+        inputs["beta"] = torch.sigmoid(rnd(B, T, H))
+        if name == "gated_deltanet":
+            inputs["g"] = F.logsigmoid(rnd(B, T, H, dtype=torch.float32))
+    return {n: t.requires_grad_(True) for n, t in inputs.items()}
+
+
+def compiled(name: str, H: int, D: int):
+    import seqdsl
+
+    model = seqdsl.loads(SIMPLE_GLA, name="simple_gla") if name == "simple_gla" else \
+        seqdsl.load(ROOT / f"examples/{name}.seq")
+    return seqdsl.compile(model.with_hparams(heads=H, dk=D, dv=D), backend="triton")
+
+
+def measure(op, inputs: dict, form: str, backward: bool) -> dict:
+    launches: list = []
+    counters = [GlueCounter()]
+    with launches_recorded(launches):
+        with counters[0]:
+            o, _ = op(**inputs, mode=form)
+        if backward:
+            do = torch.ones(o.shape, dtype=o.dtype)          # made outside the count
+            counters.append(GlueCounter())
+            with counters[1]:
+                o.backward(do)
+    by_op = sum((c.by_op for c in counters), Counter())
+    return {"glue": sum(c.bytes for c in counters), "by_op": by_op, "launches": len(launches),
+            "kernel_args": sum(b for _, b in launches)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D (default: gpu_vs_fla's six shapes)")
+    ap.add_argument("--ops", nargs="*", default=["simple_gla", "gla", "deltanet", "gated_deltanet"])
+    ap.add_argument("--form", default="chunk")
+    ap.add_argument("--backward", action="store_true", help="forward and backward")
+    ap.add_argument("--verbose", action="store_true", help="the aten ops that move the most bytes, per row")
+    args = ap.parse_args(argv)
+    if torch.cuda.is_available():
+        print("memory_traffic.py: a GPU is present; time the ops there instead (benchmarks/gpu_vs_fla.py)")
+        return 2
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    what = "forward + backward" if args.backward else "forward"
+    print(f"Bytes moved per call ({what}, bf16 inputs), GB (1e9 bytes); kernels: the tensors they are handed\n")
+    print("| B, T, H, D | op | form | torch glue GB | glue as passes over q | launches | kernel tensors GB |")
+    print("|---|---|---|---|---|---|---|")
+    for B, T, H, D in shapes:
+        for name in args.ops:
+            op = compiled(name, H, D)
+            inputs = op_inputs(name, B, T, H, D)
+            r = measure(op, inputs, args.form, args.backward)
+            passes = r["glue"] / _bytes(inputs["q"])
+            print(f"| {B}, {T}, {H}, {D} | {name} | {args.form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
+                  f"{r['launches']} | {r['kernel_args'] / 1e9:.3f} |", flush=True)
+            if args.verbose:
+                for op_name, n in r["by_op"].most_common(6):
+                    print(f"|  |  |  | {op_name}: {n / 1e9:.3f} |  |  |  |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
