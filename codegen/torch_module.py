@@ -298,7 +298,7 @@ class _Gen:
     def query_and_scale(self, q: ir.Expr) -> tuple[ir.Expr, ir.Expr | None]:
         """A read's query split as (query, scalar factor): ``q * scale`` or ``scale * q`` with the factor a number
         or a cell arg gives (q, scale), handed to the chunk form as its ``scale`` argument (the Triton kernels
-        apply it as they load q, so q itself reaches them unconverted); anything else gives (q, None)."""
+        apply it to q's products, so q itself reaches them unconverted); anything else gives (q, None)."""
         if isinstance(q, ir.Binary) and q.op == "*":
             for query, factor in ((q.left, q.right), (q.right, q.left)):
                 if isinstance(factor, ir.Num) or (isinstance(factor, ir.Name) and factor.id in self.args):

@@ -28,7 +28,7 @@ non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Li
 transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
 taken at causal (t >= s) entries, the others are masked before the exp, never clamped.
 Accumulation in fp32 (fp64 for fp64 inputs). Inputs are read in their own dtypes (bf16 / fp16 converted as they
-are loaded; the query scale applied as q is loaded), o is stored in the op's output dtype where the op asks for it
+are loaded; the query scale applied to what q's products give, so that q goes to tl.dot straight from memory), o is stored in the op's output dtype where the op asks for it
 (``op.readout_dtype``), and the backward kernels store dq, dk, dv (and dbeta) in their inputs' dtypes.
 Backward (gated chunk; Triton kernels too): ``chunk_bwd_dh_kernel`` carries the state gradient from the
 last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do); for key gates
@@ -148,7 +148,7 @@ def chunk_fwd_h_kernel(
 @triton.jit
 def chunk_intra_gk_kernel(
     q, k, gc, A,         # [B, T, H, K] x3; A: [B, T, H, BT] the causal scores within each chunk
-    scale,               # the queries' scale, applied as they are loaded
+    scale,               # the queries' scale: A is stored times it
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DIAG_3D: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
@@ -173,7 +173,7 @@ def chunk_intra_gk_kernel(
                 m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
                 p_i = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] query rows
                 p_j = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]           # [BC, BK] key rows
-                b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE) * scale
+                b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 b_gi = tl.load(gc + p_i, mask=m_ik, other=0.0).to(DTYPE)
                 if i_i > i_j:
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
@@ -201,13 +201,14 @@ def chunk_intra_gk_kernel(
                         b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
                         b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
             p_A = A + ((bos + o_i[:, None]) * H + i_h) * BT + i_j * BC + o_c[None, :]
-            tl.store(p_A, b_A.to(A.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
+            tl.store(p_A, (b_A * scale).to(A.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
 
 
 @triton.jit
 def chunk_fwd_o_kernel(
     q, k, v, gc, h, A, o,   # q, k [B, T, H, K], v, o [B, T, H, V], h [B, H, NT, K, V], A [B, T, H, BT]
-    scale,                  # the queries' scale, applied as they are loaded
+    scale,                  # the queries' scale (applied to the products, not to q: a dot operand straight
+                            # from memory keeps its shared-memory pipeline)
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
@@ -227,7 +228,7 @@ def chunk_fwd_o_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE) * scale
+        b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)               # [BK, BV]
         if GATE == 2:
@@ -237,6 +238,8 @@ def chunk_fwd_o_kernel(
             b_o += _tlib.dot(b_q, b_h, PREC)
             b_k = tl.load(k + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
+    b_o = b_o * scale
+    b_A = b_A * scale           # (a key gate's A, read below, is stored scaled)
     causal = o_t[:, None] >= o_t[None, :]
     if GATE == 2:
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
@@ -308,7 +311,7 @@ def chunk_delta_wy_kernel(
 
 @triton.jit
 def chunk_bwd_dh_kernel(
-    q, do, gc,           # q [B, T, H, K] (times scale on load), do [B, T, H, V], G [B, T, H]
+    q, do, gc,           # q [B, T, H, K] (times scale), do [B, T, H, V], G [B, T, H]
     dh, dht, dh0,        # dh [B, H, NT, K, V]: the gradient w.r.t. the state after each chunk; dht, dh0 [B, H, K, V]
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -333,7 +336,7 @@ def chunk_bwd_dh_kernel(
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
         b_q = tl.load(q + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
-                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE) * scale       # [BT, BK]
+                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)               # [BT, BK]
         b_do = tl.load(do + ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)              # [BT, BV]
         if GATE == 1:
@@ -348,13 +351,13 @@ def chunk_bwd_dh_kernel(
             b_gklast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_dh *= tl.exp(b_gklast)[:, None]
             b_q = b_q * tl.exp(b_gk)
-        b_dh += _tlib.dot(tl.trans(b_q), b_do, PREC)
+        b_dh += _tlib.dot(tl.trans(b_q), b_do, PREC) * scale
     tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
 
 
 @triton.jit
 def chunk_bwd_intra_gk_kernel(
-    q, k, v, gc, do,     # q (times scale on load), k, G [B, T, H, K]; v, do [B, T, H, V]
+    q, k, v, gc, do,     # q (times scale), k, G [B, T, H, K]; v, do [B, T, H, V]
     dq, dk,              # out: the intra-chunk parts of dq (w.r.t. the scaled q), dk [B, T, H, K]
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -423,13 +426,13 @@ def chunk_bwd_intra_gk_kernel(
             p_ik = ((bos + o_i[:, None]) * H + i_h) * K + o_k[None, :]
             b_do = tl.load(do + ((bos + o_i[:, None]) * H + i_h) * V + o_v[None, :],
                            mask=(o_i < T)[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BC, BV]
-            b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE) * scale
+            b_q = tl.load(q + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_gi = tl.load(gc + p_ik, mask=m_ik, other=0.0).to(DTYPE)
             b_qg = tl.where(m_ik, b_q * tl.exp(b_gi - b_gr[None, :]), 0.0)
             b_off += _tlib.dot(_tlib.dot(b_v, tl.trans(b_do), PREC), b_qg, PREC)
         b_dk = tl.where(m_jk, b_off * tl.exp(b_gr[None, :] - b_gj), 0.0)
         p_i = ((bos + o_j[:, None]) * H + i_h) * K + o_k[None, :]       # the diagonal: query rows = o_j
-        b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE) * scale
+        b_q = tl.load(q + p_i, mask=m_jk, other=0.0).to(DTYPE)
         b_do = tl.load(do + ((bos + o_j[:, None]) * H + i_h) * V + o_v[None, :],
                        mask=m_j[:, None] & m_v[None, :], other=0.0).to(DTYPE)
         for j in range(0, BC):
@@ -441,12 +444,12 @@ def chunk_bwd_intra_gk_kernel(
             b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.where((o_j >= s)[:, None], b_gj - b_gs[None, :], 0.0)),
                               0, _tlib.add)
             b_dk += tl.where(o_c[:, None] == j, b_row[None, :], 0.0)
-        tl.store(dk + p_jk, b_dk.to(dk.dtype.element_ty), mask=m_jk)
+        tl.store(dk + p_jk, (b_dk * scale).to(dk.dtype.element_ty), mask=m_jk)      # linear in q
 
 
 @triton.jit
 def chunk_bwd_dqk_kernel(
-    q, k, v, gc, h, do, dh,  # q (times scale on load), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
+    q, k, v, gc, h, do, dh,  # q (times scale), k [B, T, H, K]; v, do [B, T, H, V]; G; h, dh [N, H, NT, K, V]
     dqi, dki,                # key gates: the intra-chunk parts of dq (w.r.t. the scaled q), dk [B, T, H, K]
     dq, dk, dg,              # out: dq (w.r.t. the unscaled q), dk [B, T, H, K] (any float dtype: stored once);
                              # dg: key gate [B, T, H, K] (the raw log gate's gradient); scalar gate [B, T, H, NK]
@@ -470,7 +473,7 @@ def chunk_bwd_dqk_kernel(
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                                # do S^T
     b_vdh = tl.zeros([BT, BK], dtype=DTYPE)                                               # v dS'^T
@@ -497,7 +500,7 @@ def chunk_bwd_dqk_kernel(
         b_dq = tl.load(dqi + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_qh * tl.exp(b_g)
         b_dk_inter = b_vdh * b_decay
         b_dk = tl.load(dki + p_k, mask=m_tk, other=0.0).to(DTYPE) + b_dk_inter
-        b_dG = b_q * b_dq - b_k * b_dk                                                     # [BT, BK]
+        b_dG = (b_q * scale) * b_dq - b_k * b_dk                                           # [BT, BK]
         carry = tl.exp(b_glast) * b_hdh + tl.reduce(b_k * b_dk_inter, 0, _tlib.add)        # [BK]
         b_dG = tl.where((o_t == last)[:, None], b_dG + carry[None, :], b_dG)
         b_dG = tl.where(m_tk, b_dG, 0.0)
@@ -517,9 +520,9 @@ def chunk_bwd_dqk_kernel(
         b_dA = b_dA * b_D
         b_dq = _tlib.dot(b_dA, b_k, PREC) + b_qh
         b_dk_inter = b_vdh * b_decay[:, None]
-        b_dk = _tlib.dot(tl.trans(b_dA), b_q, PREC) + b_dk_inter
+        b_dk = _tlib.dot(tl.trans(b_dA), b_q, PREC) * scale + b_dk_inter
         if GATE == 1:
-            b_dG = tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)                        # [BT]
+            b_dG = tl.reduce((b_q * scale) * b_dq - b_k * b_dk, 1, _tlib.add)              # [BT]
             carry = tl.exp(b_glast) * tl.reduce(b_hdh, 0, _tlib.add) + \
                 tl.reduce(tl.reduce(b_k * b_dk_inter, 1, _tlib.add), 0, _tlib.add)
             b_dG = tl.where(o_t == last, b_dG + carry, b_dG)
@@ -530,7 +533,7 @@ def chunk_bwd_dqk_kernel(
 
 @triton.jit
 def chunk_bwd_dv_kernel(
-    q, k, gc, dh, do, A, dv,  # q (times scale on load), k [B, T, H, K]; G; dh [N, H, NT, K, V]; do, dv [B, T, H, V];
+    q, k, gc, dh, do, A, dv,  # q (times scale), k [B, T, H, K]; G; dh [N, H, NT, K, V]; do, dv [B, T, H, V];
                               # A [B, T, H, BT] (key gates: the forward's intra-chunk scores)
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -560,13 +563,14 @@ def chunk_bwd_dv_kernel(
             b_glast = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_k = tl.where(m_tk, b_k * tl.exp(b_glast[None, :] - b_g), 0.0)                # k ⊙ E
         else:
-            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
+            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
         b_dv += _tlib.dot(b_k, b_dh, PREC)
     if GATE == 2:
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None] & m_t[None, :],
                       other=0.0).to(DTYPE)
     else:
+        b_A = b_A * scale
         causal = o_c[:, None] >= o_c[None, :]
         if GATE == 1:
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
@@ -581,7 +585,7 @@ def chunk_bwd_dv_kernel(
 
 @triton.jit
 def chunk_delta_bwd_dhu_kernel(
-    q, k, w, gc, do,     # q (times scale on load), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
+    q, k, w, gc, do,     # q (times scale), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
     dh, dht, dh0, dv_new,  # out: dh [B, H, NT, K, V] (w.r.t. the state after each chunk), dh0; in: dht [B, H, K, V];
                            # out: dv_new [B, T, H, V], the gradient w.r.t. the corrected values v_new = U - W S
     scale,
@@ -614,11 +618,11 @@ def chunk_delta_bwd_dhu_kernel(
         m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
         p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
         p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
-        b_A = _tlib.dot(b_q, tl.trans(b_k), PREC)
+        b_A = _tlib.dot(b_q, tl.trans(b_k), PREC) * scale
         if GATED:
             last = tl.minimum(i_t * BT + BT, T) - 1
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
@@ -634,13 +638,13 @@ def chunk_delta_bwd_dhu_kernel(
         tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
         if GATED:
             b_dh = b_dh * tl.exp(b_glast)
-        b_dh += _tlib.dot(tl.trans(b_qg), b_do, PREC) - _tlib.dot(tl.trans(b_w), b_dv, PREC)
+        b_dh += _tlib.dot(tl.trans(b_qg), b_do, PREC) * scale - _tlib.dot(tl.trans(b_w), b_dv, PREC)
     tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
 
 
 @triton.jit
 def chunk_delta_bwd_kernel(
-    q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (times scale on load), k [B, T, H, K]; v, do, v_new, dv_new
+    q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (times scale), k [B, T, H, K]; v, do, v_new, dv_new
                                                    # [B, T, H, V]; beta, G [B, T, H]; h, dh [N, H, NT, K, V]
     dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the unscaled q), dk, dv, dbeta, dg (raw log gate)
     scale,
@@ -735,7 +739,7 @@ def chunk_delta_bwd_kernel(
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE) * scale
+        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
         b_dw = tl.zeros([BT, BK], dtype=DTYPE)
         b_qh = tl.zeros([BT, BK], dtype=DTYPE)                                          # do S^T
@@ -756,8 +760,8 @@ def chunk_delta_bwd_kernel(
                 carry_h += tl.reduce(tl.reduce(b_dh * b_h, 1, _tlib.add), 0, _tlib.add)
         b_dq = _tlib.dot(b_dAqk, b_k, PREC) + b_qh * b_eg[:, None]
         b_dk_inter = b_vdh * b_decay[:, None]
-        b_dk = _tlib.dot(tl.trans(b_dAqk), b_q, PREC) + b_dk_inter
-        b_dG += tl.reduce(b_q * b_dq - b_k * b_dk, 1, _tlib.add)
+        b_dk = _tlib.dot(tl.trans(b_dAqk), b_q, PREC) * scale + b_dk_inter
+        b_dG += tl.reduce((b_q * scale) * b_dq - b_k * b_dk, 1, _tlib.add)
         b_kbeta = b_k * b_beta[:, None]
         b_kb = b_kbeta * b_eg[:, None]                                                  # Kb [BT, BK]
         b_dkb = _tlib.dot(tl.trans(b_Tm), b_dw, PREC)
@@ -951,7 +955,7 @@ def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, dtype: torch.dtype, 
 
 
 def _query_scale(q, scale: float, dtype: torch.dtype):
-    """(q, the scale the kernels apply as they load q). The kernels take it as an fp32 scalar, which is exact for
+    """(q, the scale the kernels apply to q's products). The kernels take it as an fp32 scalar, which is exact for
     fp32 computation; fp64 computation scales q here instead (kernel scale 1)."""
     if dtype == torch.float64 and scale != 1.0:
         return q * scale, 1.0
