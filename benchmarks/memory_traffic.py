@@ -14,8 +14,10 @@ states for bf16 inputs, as on an H100), and counts
 * kernels: the launches, and the bytes of the distinct tensors each is handed (an estimate of what it touches:
   a tensor read by several tile programs counts once).
 
-bf16 inputs, as gpu_vs_fla.py times them (the log gates in fp32, as fla takes them). One row per op, form and
-shape; forward, or forward and backward with ``--backward`` (the backward's gradient of the output is bf16 ones).
+bf16 inputs, as gpu_vs_fla.py times them (the log gates in fp32, as fla takes them; Mamba with d_inner = H * D
+channels and n = 16, its scan form by default, as gpu_vs_fla.py compares it with mamba_ssm's selective scan).
+One row per op, form and shape; forward, or forward and backward with ``--backward`` (the backward's gradient of
+the output is bf16 ones).
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ _ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_
 
 
 def _bytes(x) -> int:
-    return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
+    """The bytes of the distinct elements a tensor view holds (a broadcast axis, stride 0, counts once)."""
+    if not isinstance(x, torch.Tensor):
+        return 0
+    n = 1
+    for size, stride in zip(x.shape, x.stride()):
+        n *= size if stride != 0 else 1
+    return n * x.element_size()
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -103,6 +111,10 @@ def launches_recorded(record: list):
         JITFunction.run, triton_runtime.launch_config = run, policy
 
 
+MAMBA_N = 16
+DEFAULT_FORM = {"mamba": "scan"}      # the others: chunk
+
+
 def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
     """The inputs gpu_vs_fla.py gives each op (bf16; log gates fp32), requiring gradients."""
     g = torch.Generator().manual_seed(0)
@@ -110,6 +122,12 @@ def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
     def rnd(*s, dtype=torch.bfloat16):
         return torch.randn(*s, generator=g, dtype=dtype)
 
+    if name == "mamba":
+        Dn = H * D
+        inputs = {"u": rnd(B, T, Dn), "delta": F.softplus(rnd(B, T, Dn).float() - 4).to(torch.bfloat16),
+                  "B": rnd(B, T, MAMBA_N), "C": rnd(B, T, MAMBA_N),
+                  "A_log": torch.log(torch.arange(1, MAMBA_N + 1.0)).repeat(Dn, 1), "D": torch.ones(Dn)}
+        return {n: t.requires_grad_(True) for n, t in inputs.items()}
     inputs = {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, D)}
     if name == "simple_gla":
         inputs["g"] = F.logsigmoid(rnd(B, T, H, dtype=torch.float32))
@@ -126,9 +144,13 @@ def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
 def compiled(name: str, H: int, D: int):
     import seqdsl
 
-    model = seqdsl.loads(SIMPLE_GLA, name="simple_gla") if name == "simple_gla" else \
-        seqdsl.load(ROOT / f"examples/{name}.seq")
-    return seqdsl.compile(model.with_hparams(heads=H, dk=D, dv=D), backend="triton")
+    if name == "mamba":
+        model = seqdsl.load(ROOT / "examples/mamba.seq").with_hparams(d_model=H * D // 2, n=MAMBA_N)
+    else:
+        model = seqdsl.loads(SIMPLE_GLA, name="simple_gla") if name == "simple_gla" else \
+            seqdsl.load(ROOT / f"examples/{name}.seq")
+        model = model.with_hparams(heads=H, dk=D, dv=D)
+    return seqdsl.compile(model, backend="triton")
 
 
 def measure(op, inputs: dict, form: str, backward: bool) -> dict:
@@ -151,7 +173,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D (default: gpu_vs_fla's six shapes)")
     ap.add_argument("--ops", nargs="*", default=["simple_gla", "gla", "deltanet", "gated_deltanet"])
-    ap.add_argument("--form", default="chunk")
+    ap.add_argument("--form", default=None, help="the form of every op (default: chunk; mamba: scan)")
     ap.add_argument("--backward", action="store_true", help="forward and backward")
     ap.add_argument("--verbose", action="store_true", help="the aten ops that move the most bytes, per row")
     args = ap.parse_args(argv)
@@ -161,15 +183,16 @@ def main(argv=None) -> int:
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     what = "forward + backward" if args.backward else "forward"
     print(f"Bytes moved per call ({what}, bf16 inputs), GB (1e9 bytes); kernels: the tensors they are handed\n")
-    print("| B, T, H, D | op | form | torch glue GB | glue as passes over q | launches | kernel tensors GB |")
+    print("| B, T, H, D | op | form | torch glue GB | glue as passes over q (u) | launches | kernel tensors GB |")
     print("|---|---|---|---|---|---|---|")
     for B, T, H, D in shapes:
         for name in args.ops:
             op = compiled(name, H, D)
             inputs = op_inputs(name, B, T, H, D)
-            r = measure(op, inputs, args.form, args.backward)
-            passes = r["glue"] / _bytes(inputs["q"])
-            print(f"| {B}, {T}, {H}, {D} | {name} | {args.form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
+            form = args.form or DEFAULT_FORM.get(name, "chunk")
+            r = measure(op, inputs, form, args.backward)
+            passes = r["glue"] / _bytes(next(iter(inputs.values())))      # q, or Mamba's u
+            print(f"| {B}, {T}, {H}, {D} | {name} | {form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
                   f"{r['launches']} | {r['kernel_args'] / 1e9:.3f} |", flush=True)
             if args.verbose:
                 for op_name, n in r["by_op"].most_common(6):

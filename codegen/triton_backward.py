@@ -488,8 +488,9 @@ class BackwardKernel:
 
     @staticmethod
     def load(ptr: str, m: str | None, cplx: bool = False) -> Pair:
+        """Loads, converted to DTYPE (bf16 / fp16 streams and params reach the kernel as given)."""
         def one(p):
-            return f"tl.load({p}, mask={m}, other=0.0)" if m else f"tl.load({p})"
+            return f"tl.load({p}, mask={m}, other=0.0).to(DTYPE)" if m else f"tl.load({p}).to(DTYPE)"
         return (one(ptr), one(f"{ptr} + 1") if cplx else None)
 
     @staticmethod

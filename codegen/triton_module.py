@@ -282,11 +282,12 @@ class _Gen:
             out.add(f"{env[a].re} = tl.load(args + {i})", L)
 
         def load(dst: _Lines, level: int, ptr: str, t: Ty, m: str | None, name: str) -> None:
+            """A stream's or param's value, converted to DTYPE (bf16 / fp16 inputs reach the kernel as given)."""
             opts = f", mask={m}, other=0.0" if m else ""
             target = var(name, t)
-            dst.add(f"{target.re} = tl.load({ptr}{opts})", level)
+            dst.add(f"{target.re} = tl.load({ptr}{opts}).to(DTYPE)", level)
             if t.complex:
-                dst.add(f"{target.im} = tl.load({ptr} + 1{opts})", level)
+                dst.add(f"{target.im} = tl.load({ptr} + 1{opts}).to(DTYPE)", level)
 
         # ---- params: loaded once
         if c.op_params:
@@ -678,8 +679,9 @@ class _Gen:
         out.add(f"WHY_NOT = {why_not!r}")
         varlen = ("recurrent",) * bool(kernel_lines) + tuple(f for f in varlen_forms(self.p) if f in modes)
         out.add(f"VARLEN_FORMS = {varlen!r}  # forms taking cu_seqlens (others: one call per sequence)")
-        passthrough = {"chunk": passthrough_inputs(twin_source, "chunk", self.stream_ranks())} if "chunk" in modes \
-            else {}
+        passthrough = {"recurrent": tuple(self.inputs)} if kernel_lines is not None else {}
+        if "chunk" in modes:
+            passthrough["chunk"] = passthrough_inputs(twin_source, "chunk", self.stream_ranks())
         out.add(f"PASSTHROUGH_INPUTS = {passthrough!r}  # read by the kernels as given: bf16 / fp16 stay so")
         direct = tuple(f for f in ("chunk",) if f in modes and direct_readout(twin_source, f))
         out.add(f"DIRECT_READOUT_FORMS = {direct!r}  # whose kernels may store the readout in the op's output dtype")

@@ -766,6 +766,63 @@ def test_bf16_inputs_reach_the_chunk_kernels_without_fp32_copies(monkeypatch, na
             assert torch.equal(a, b), (name, i, (a - b).abs().max())
 
 
+@pytest.mark.parametrize("name", ["mamba", "gla", "lstm", "lru"])
+def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch, name):
+    """The fused recurrent kernels convert every stream and param as they load them (the module lists all its
+    inputs in PASSTHROUGH_INPUTS["recurrent"]), so the op hands them bf16 as given (complex inputs excepted).
+    The kernels compute in fp32 and the backward sums and casts the gradients as before, so outputs, final
+    states and every gradient equal, bit for bit, those of the same op given the inputs upcast to fp32."""
+    handed = []
+    real_stream, real_param = triton_runtime.stream, triton_runtime.param
+    monkeypatch.setattr(triton_runtime, "stream", lambda t, *a: handed.append(t.dtype) or real_stream(t, *a))
+    monkeypatch.setattr(triton_runtime, "param", lambda t, *a: handed.append(t.dtype) or real_param(t, *a))
+    m, op, ref = compiled(name)
+    assert set(op.module.PASSTHROUGH_INPUTS["recurrent"]) == set(op.inputs)
+    base = {n: t.to(torch.complex64) if t.is_complex() else t for n, t in sample_inputs(ref, 2, 23).items()}
+    real = [n for n, t in base.items() if not t.is_complex()]
+    g = torch.Generator().manual_seed(2)
+    weights, results = None, {}
+    for dtype in (torch.bfloat16, torch.float32):
+        inputs = {n: (t.to(torch.bfloat16).to(dtype) if n in real else t).requires_grad_(True)
+                  for n, t in base.items()}
+        handed.clear()
+        o, ht = op(**inputs, mode="recurrent", output_final_state=True)
+        outs, finals = _flat(o), _flat(ht)
+        if weights is None:
+            weights = [torch.randn(x.shape, generator=g, dtype=x.dtype).to(torch.bfloat16).to(x.dtype)
+                       if not x.is_complex() else torch.randn(x.shape, generator=g, dtype=x.dtype)
+                       for x in (*outs, *finals)]
+        loss = sum(((x.to(w.dtype) * w).real if x.is_complex() else (x.float() * w)).sum()
+                   for x, w in zip((*outs, *finals), weights))
+        grads = torch.autograd.grad(loss, list(inputs.values()))
+        results[dtype] = [*(x.to(torch.bfloat16).float() if not x.is_complex() else x for x in outs), *finals,
+                          *(gr.to(torch.bfloat16).float() if not gr.is_complex() else gr for gr in grads)]
+        if dtype == torch.bfloat16:
+            assert handed.count(torch.bfloat16) >= len(real), handed     # forward and backward launches
+    for i, (a, b) in enumerate(zip(results[torch.bfloat16], results[torch.float32])):
+        assert torch.equal(a, b), (name, i, (a - b).abs().max())
+
+
+def test_twin_recompute_and_fallback_run_in_fp32_for_bf16_inputs():
+    """A form without a Triton backward differentiates its torch twin, and a form not trusted on a GPU runs it:
+    the twin gets bf16 / fp16 inputs upcast to fp32 (torch never computes in bf16) and the gradients come back
+    in the inputs' dtype."""
+    seen = []
+
+    def forward(states, x):
+        return (x.float() * 3,), (states[0],)
+
+    def twin(states, x):
+        seen.append(x.dtype)
+        return (x * 3,), (states[0] * 1,)
+
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).requires_grad_(True)
+    h0 = torch.zeros(2)
+    outs, _ = triton_runtime.apply_form(forward, twin, (h0,), (x,), {}, n_outs=1)
+    (dx,) = torch.autograd.grad(outs[0].sum(), [x])
+    assert seen == [torch.float32] and dx.dtype == torch.bfloat16 and torch.equal(dx, torch.full_like(x, 3.0))
+
+
 def test_passthrough_inputs_follow_every_read():
     """codegen.passthrough keeps an input only if every read of it ends, whole, in a chunk-form call."""
     from seqdsl.codegen.passthrough import passthrough_inputs
@@ -908,16 +965,22 @@ def test_gpu_chunk_backward_kernels_at_large_shapes(case, dtype, B, T, H, K, V):
 
 def test_kernels_with_an_in_kernel_inverse_run_their_torch_form_on_a_gpu(monkeypatch):
     """gpu_check on an H200 found compiled kernels with inv() in the cell off the reference: on a GPU the
-    op runs the torch twin (warning once); the interpreter and other cells keep the Triton kernel."""
+    op runs the torch twin (warning once), on fp32 copies of bf16 inputs (the recurrent kernels take them as
+    given); the interpreter and other cells keep the Triton kernel."""
     src = {n: open(compiled(n)[1].path).read() for n in ("s4", "hippo_legs", "gla")}
     assert "gpu_caveat=" in src["s4"] and "gpu_caveat=" in src["hippo_legs"] and "gpu_caveat=" not in src["gla"]
 
-    class OnGpu:
-        is_cuda, requires_grad = True, False
+    class OnGpu:            # a bf16 CUDA tensor, as far as apply_form looks
+        is_cuda, requires_grad, dtype = True, False, torch.bfloat16
+
+        def float(self):
+            copy = OnGpu()
+            copy.dtype = torch.float32
+            return copy
 
     calls = []
     kernel = lambda states, *xs, **kw: calls.append("kernel")   # noqa: E731
-    twin = lambda states, *xs, **kw: calls.append("twin")       # noqa: E731
+    twin = lambda states, *xs, **kw: calls.append(("twin", [x.dtype for x in xs]))       # noqa: E731
     monkeypatch.setattr(triton_runtime, "interpreting", lambda: False)
     with pytest.warns(RuntimeWarning, match="inv\\(\\) inside the cell"):
         triton_runtime.apply_form(kernel, twin, (OnGpu(),), (OnGpu(),), {}, 1, gpu_caveat="inv() inside the cell: x")
@@ -927,7 +990,7 @@ def test_kernels_with_an_in_kernel_inverse_run_their_torch_form_on_a_gpu(monkeyp
     monkeypatch.setattr(triton_runtime, "interpreting", lambda: False)
     monkeypatch.setenv("SEQDSL_TRUST_GPU_KERNELS", "1")    # what benchmarks/gpu_check.py sets
     triton_runtime.apply_form(kernel, twin, (OnGpu(),), (OnGpu(),), {}, 1, gpu_caveat="inv() inside the cell: x")
-    assert calls == ["twin", "kernel", "kernel", "kernel"]
+    assert calls == [("twin", [torch.float32]), "kernel", "kernel", "kernel"]
 
 
 def test_no_generated_kernel_forms_a_3d_block():

@@ -98,9 +98,18 @@ def chunk_warps_and_stages(state_numel: int) -> dict:
 
 
 # ------------------------------------------------------------------ argument layout
+_COMPUTE_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64,
+                  torch.bfloat16: torch.float32, torch.float16: torch.float32}
+
+
 def real_dtype(t: torch.Tensor) -> torch.dtype:
-    """The real compute dtype of a (possibly complex) lifted tensor."""
-    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(t.dtype, t.dtype)
+    """The real compute dtype of a (possibly complex, possibly bf16 / fp16) lifted tensor."""
+    return _COMPUTE_DTYPE.get(t.dtype, t.dtype)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """A bf16 / fp16 tensor in fp32 (exact); any other as it is: what a torch twin computes on."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def tl_dtype(dtype: torch.dtype):
@@ -114,9 +123,12 @@ def _real_view(t: torch.Tensor) -> torch.Tensor:
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t in the compute dtype (complex: its complex counterpart): the kernels load without casting."""
+    """t in the compute dtype (complex: its complex counterpart), except bf16 / fp16, which the recurrent
+    kernels convert as they load (exact: the numbers of an fp32 copy, without the copy)."""
     if t.is_complex():
         return t.to({torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype])
+    if t.dtype in (torch.bfloat16, torch.float16) and dtype == torch.float32:
+        return t
     return t.to(dtype)
 
 
@@ -252,8 +264,8 @@ class FormFunction(torch.autograd.Function):
             d_states, d_inputs = backward(tuple(tensors[:n_states]), *tensors[n_states:], **kwargs, _grads=grads)
             result = [g if need else None for g, need in zip((*d_states, *d_inputs), needs)]
             return (None, None, None, None, None, *result)
-        with torch.enable_grad():
-            xs = [t.detach().requires_grad_(bool(need)) for t, need in zip(tensors, needs)]
+        with torch.enable_grad():   # the twin computes in fp32: bf16 / fp16 inputs upcast (their grads cast back)
+            xs = [upcast(t.detach()).requires_grad_(bool(need)) for t, need in zip(tensors, needs)]
             outs, finals = twin_form(tuple(xs[:n_states]), *xs[n_states:], **kwargs)
             ys = [*outs, *finals]
             pairs = [(y, g) for y, g in zip(ys, grads) if g is not None and y.requires_grad]
@@ -262,6 +274,7 @@ class FormFunction(torch.autograd.Function):
                 if pairs and wanted else [None] * len(wanted)
         it = iter(got)
         result = [next(it) if x.requires_grad else None for x in xs]
+        result = [g if g is None else g.to(t.dtype) for g, t in zip(result, tensors)]
         return (None, None, None, None, None, *result)
 
 
@@ -288,7 +301,7 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
         if gpu_caveat not in _WARNED:
             _WARNED.add(gpu_caveat)
             warnings.warn(f"seqdsl: {gpu_caveat}; running the torch form instead", RuntimeWarning, stacklevel=3)
-        return twin_form(tuple(states), *inputs, **kwargs)
+        return twin_form(tuple(states), *(upcast(x) for x in inputs), **kwargs)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
         return forward(tuple(states), *inputs, **kwargs)
     ys = FormFunction.apply(forward, twin_form, backward, len(states), kwargs, *states, *inputs)
