@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from seqdsl.runtime.op import packed_bounds, per_sequence
+from seqdsl.runtime.op import is_low_precision, packed_bounds, per_sequence
 
 _OVERRIDE: dict | None = None
 
@@ -98,18 +98,16 @@ def chunk_warps_and_stages(state_numel: int) -> dict:
 
 
 # ------------------------------------------------------------------ argument layout
-_COMPUTE_DTYPE = {torch.complex64: torch.float32, torch.complex128: torch.float64,
-                  torch.bfloat16: torch.float32, torch.float16: torch.float32}
-
-
 def real_dtype(t: torch.Tensor) -> torch.dtype:
     """The real compute dtype of a (possibly complex, possibly bf16 / fp16) lifted tensor."""
-    return _COMPUTE_DTYPE.get(t.dtype, t.dtype)
+    if is_low_precision(t):
+        return torch.float32
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(t.dtype, t.dtype)
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """A bf16 / fp16 tensor in fp32 (exact); any other as it is: what a torch twin computes on."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+    return t.float() if is_low_precision(t) else t
 
 
 def tl_dtype(dtype: torch.dtype):
@@ -127,7 +125,7 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     kernels convert as they load (exact: the numbers of an fp32 copy, without the copy)."""
     if t.is_complex():
         return t.to({torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype])
-    if t.dtype in (torch.bfloat16, torch.float16) and dtype == torch.float32:
+    if is_low_precision(t) and dtype == torch.float32:
         return t
     return t.to(dtype)
 
