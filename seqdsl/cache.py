@@ -16,7 +16,7 @@ import pathlib
 import sys
 import tempfile
 
-_GENERATOR_FILES = ("torch_module.py", "torch_render.py", "ops.py", "triton_module.py", "triton_render.py")
+_PASS_FILES = ("plan.py", "analysis.py")   # the passes whose results the generators render
 
 
 def cache_dir() -> pathlib.Path:
@@ -27,13 +27,15 @@ def cache_dir() -> pathlib.Path:
 
 
 def _generator_fingerprint() -> str:
+    """A hash of every generator source (each .py file of the codegen package, wherever it is installed) and of
+    the passes they render: a change to any of them names new files."""
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for folder in (here.parent / "codegen", here / "codegen", here):
-        for name in _GENERATOR_FILES + ("plan.py", "analysis.py"):
-            f = folder / name
-            if f.exists():
-                h.update(f.read_bytes())
+    for folder in (here.parent / "codegen", here / "codegen"):
+        for f in sorted(folder.glob("*.py")) if folder.is_dir() else ():
+            h.update(f.name.encode() + f.read_bytes())
+    for name in _PASS_FILES:
+        h.update((here / name).read_bytes())
     return h.hexdigest()
 
 

@@ -112,3 +112,23 @@ def test_zoo_table_has_model_and_stack_rows_with_test_outcomes(tmp_path):
     assert stack_row.startswith("| M99 | [tiny_hybrid](stacks/survey/tiny_hybrid.seq) | Tiny hybrid")
     assert "stack: cell, swiglu" in stack_row and "a loop written in the test" in stack_row
     assert "test_survey_blocks.py::test_block" in stack_row and "1/1 pass" in stack_row
+
+
+def test_the_cache_key_covers_every_generator_file(monkeypatch):
+    """Generated modules are cached under a hash of what determines them, the generators' source included: an
+    edit to any file of the codegen package (triton_backward.py and passthrough.py too) must name new files,
+    or a stale kernel would be imported."""
+    import pathlib
+
+    from seqdsl import cache
+
+    import seqdsl
+
+    checked = seqdsl.load(ROOT / "examples" / "gla.seq").checked
+    base = cache.spec_hash(checked, "triton")
+    real = pathlib.Path.read_bytes
+    for name in ("triton_backward.py", "passthrough.py", "torch_module.py", "plan.py"):
+        with monkeypatch.context() as mp:
+            mp.setattr(pathlib.Path, "read_bytes", lambda self, _n=name: real(self) + (b"#" if self.name == _n else b""))
+            assert cache.spec_hash(checked, "triton") != base, name
+    assert cache.spec_hash(checked, "triton") == base
