@@ -7,7 +7,7 @@ tests, so a gradient can only come from the kernel. Runs under ``TRITON_INTERPRE
 
 import pytest
 import torch
-from test_triton_backend import MODELS, compiled
+from test_triton_backend import MODELS, compiled, nan_filled_buffers
 
 import seqdsl
 from seqdsl.codegen.ops import OPS
@@ -45,6 +45,7 @@ def _grads(fn, inputs, h0, only_final=False):
 
 def _check_kernel_gradients(tag, m, op, ref, B, T, monkeypatch, only_final=False):
     monkeypatch.setattr(op.module, "_TWIN", _NoTwin())
+    nan_filled_buffers(monkeypatch)
     inputs = sample_inputs(ref, B, T, seed=T + 1)
     h0 = random_state(ref, B, scale=0.3)
     expected = _grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0, only_final)
