@@ -456,7 +456,7 @@ class _Gen:
         for o in c.readouts:
             t = self.cell_ty(o)
             shape = ", ".join(str(sizes[d]) for d in t.dims)
-            out.add(f"_out_{o} = _rt.empty((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, "
+            out.add(f"_out_{o} = _rt.readout_buffer((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, "
                     f"{t.complex})", 1)
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
         tiled_size = sizes[self.tiled] if self.tiled is not None else None
@@ -683,7 +683,8 @@ class _Gen:
         if "chunk" in modes:
             passthrough["chunk"] = passthrough_inputs(twin_source, "chunk", self.stream_ranks())
         out.add(f"PASSTHROUGH_INPUTS = {passthrough!r}  # read by the kernels as given: bf16 / fp16 stay so")
-        direct = tuple(f for f in ("chunk",) if f in modes and direct_readout(twin_source, f))
+        direct = ("recurrent",) * (kernel_lines is not None) + tuple(
+            f for f in ("chunk",) if f in modes and direct_readout(twin_source, f))
         out.add(f"DIRECT_READOUT_FORMS = {direct!r}  # whose kernels may store the readout in the op's output dtype")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")

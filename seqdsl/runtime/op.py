@@ -62,9 +62,10 @@ _READOUT_DTYPE = contextvars.ContextVar("seqdsl_readout_dtype", default=None)
 
 
 def readout_dtype() -> torch.dtype | None:
-    """bf16 / fp16 if the op running now returns its readout in that dtype and its form returns, untouched, the
-    one readout of its chunk kernels (the module's DIRECT_READOUT_FORMS): the kernels may then store it in that
-    dtype (the one rounding the op's cast would do), else None."""
+    """bf16 / fp16 if the op running now returns its readouts in that dtype and its form returns them untouched
+    from its kernels (the module's DIRECT_READOUT_FORMS: the fused recurrent kernel, a chunk form with one
+    chunk call and nothing after it): the kernels may then store them in that dtype (the one rounding the op's
+    cast would do), else None."""
     return _READOUT_DTYPE.get()
 
 

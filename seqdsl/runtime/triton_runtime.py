@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from seqdsl.runtime.op import is_low_precision, packed_bounds, per_sequence
+from seqdsl.runtime.op import is_low_precision, packed_bounds, per_sequence, readout_dtype
 
 _OVERRIDE: dict | None = None
 
@@ -150,6 +150,13 @@ def state_in(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def empty(shape: tuple, dtype: torch.dtype, device, complex_: bool) -> torch.Tensor:
     """A contiguous output buffer (complex values: a real [..., 2] buffer)."""
     return torch.empty(tuple(shape) + ((2,) if complex_ else ()), dtype=dtype, device=device)
+
+
+def readout_buffer(shape: tuple, dtype: torch.dtype, device, complex_: bool) -> torch.Tensor:
+    """A recurrent kernel's readout buffer: in the op's output dtype where it asks (``op.readout_dtype``: bf16 /
+    fp16; the kernel's store rounds once, as the op's cast would), else in ``dtype``; complex readouts (which
+    the op returns as they are) in ``dtype``."""
+    return empty(shape, (None if complex_ else readout_dtype()) or dtype, device, complex_)
 
 
 def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
