@@ -35,6 +35,7 @@ from collections import Counter  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,13 +56,7 @@ def _bytes(x) -> int:
 
 
 def _tensors(tree) -> list[torch.Tensor]:
-    out = []
-    for x in tree if isinstance(tree, (list, tuple)) else [tree]:
-        if isinstance(x, (list, tuple)):
-            out += _tensors(x)
-        elif isinstance(x, torch.Tensor):
-            out.append(x)
-    return out
+    return [x for x in tree_leaves(tree) if isinstance(x, torch.Tensor)]
 
 
 class GlueCounter(TorchDispatchMode):

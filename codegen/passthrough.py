@@ -50,16 +50,13 @@ def passthrough_inputs(source: str, form: str, ranks: Mapping[str, int],
     def stores(name: str) -> int:
         return sum(1 for n in names if n.id == name and isinstance(n.ctx, ast.Store))
 
-    def is_form_call(node) -> bool:
-        return _is_form_call(node, calls)
-
     def reaches_form_whole(node: ast.expr, rank: int, seen: frozenset[str] = frozenset()) -> bool:
         """Whether the value of ``node`` (an input of this rank, or a view of it) only ends up as a whole form
         argument."""
         up = parent.get(node)
-        if is_form_call(up) and node in up.args:
+        if _is_form_call(up, calls) and node in up.args:
             return True
-        if isinstance(up, ast.keyword) and is_form_call(parent.get(up)):
+        if isinstance(up, ast.keyword) and _is_form_call(parent.get(up), calls):
             return True
         call = parent.get(up)
         if isinstance(up, ast.Attribute) and up.attr == "expand" and isinstance(call, ast.Call) and call.func is up:

@@ -64,6 +64,12 @@ def nan_filled_buffers(monkeypatch):
     monkeypatch.setattr(triton_runtime, "empty", empty)
 
 
+def assert_within_one_bf16_ulp(tag, a, b):
+    """a (rounded to bf16 by a kernel under the interpreter, which truncates) is within one bf16 ulp of b."""
+    ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(1e-30))) - 7)
+    assert ((a - b).abs() <= ulp).all(), (tag, ((a - b).abs() / ulp).max())
+
+
 def cases():
     for name in sorted(MODELS):
         for mode in compiled(name)[1].modes:
@@ -768,8 +774,7 @@ def test_bf16_inputs_reach_the_chunk_kernels_without_fp32_copies(monkeypatch, na
     stored_by_kernels = {0} | {2 + i for i, n in enumerate(base) if n in kept} if direct else set()
     for i, (a, b) in enumerate(zip(results[torch.bfloat16], results[torch.float32])):
         if i in stored_by_kernels:   # o and the kept inputs' gradients: truncated by the interpreter
-            ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(1e-30))) - 7)
-            assert ((a - b).abs() <= ulp).all(), (name, i, ((a - b).abs() / ulp).max())
+            assert_within_one_bf16_ulp((name, i), a, b)
             assert not torch.equal(a, b) or i > 0, "no rounding difference at all: was o stored by torch?"
         else:
             assert torch.equal(a, b), (name, i, (a - b).abs().max())
@@ -822,8 +827,7 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
     n_outs = len(outs) if direct else 0
     for i, (a, b) in enumerate(zip(results[torch.bfloat16], results[torch.float32])):
         if i < n_outs:              # stored in bf16 by the kernel
-            ulp = torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(1e-30))) - 7)
-            assert ((a - b).abs() <= ulp).all(), (name, i, ((a - b).abs() / ulp).max())
+            assert_within_one_bf16_ulp((name, i), a, b)
         else:
             assert torch.equal(a, b), (name, i, (a - b).abs().max())
 
