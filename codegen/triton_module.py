@@ -7,6 +7,15 @@ sequence, loads each token's stream values, evaluates the cell's statements (ren
 ``triton_render`` through the op table) and writes the readouts of every token and the final states.
 The template below owns pointers, masks and the time loop; the rendered fragments own the math.
 
+The SCAN form of cells whose states are gated vectors (Mamba, LRU, S4D, ...): the same template with
+``scan=True`` (``scan_fwd_kernel``, grid ``(B, H)``): the time loop steps BLOCK_T tokens at a time, the
+stream values of the block are loaded as ``[BLOCK_T, *dims]`` blocks, the cell is rendered for all of them
+at once (``TimeBatchedRenderer``: per-token values carry the leading dim TIME), and each state's update
+``h_t = a_t h_{t-1} + b_t`` (a, b from the plan) is a ``tl.associative_scan`` over the block, the carried
+state applied, the last row carried on. Its backward is the recurrent backward kernel. What it cannot
+express (matrix states, reads of S_{t-1}, products needing 3-d blocks) keeps the unfused scan: the torch
+twin's scan with ``triton_scan`` (``SCAN`` in the module says which, and why).
+
 Backward: a second generated kernel (``codegen/triton_backward.py``): reverse-mode differentiation of
 the cell's step through the op table's derivative rules, the states recomputed from checkpoints every
 ~sqrt(T) steps. A cell it cannot differentiate (``BACKWARD`` in the module says why) keeps the
@@ -30,8 +39,9 @@ from seqdsl.analysis import Analysis
 from seqdsl.codegen.ops import OPS
 from seqdsl.codegen.passthrough import direct_readout, passthrough_inputs
 from seqdsl.codegen.torch_module import varlen_forms
-from seqdsl.codegen.triton_render import Blocks, TritonRenderer, Unsupported, Val, dim_id, index_at, number
-from seqdsl.plan import KernelPlan
+from seqdsl.codegen.triton_render import (TIME, Blocks, TimeBatchedRenderer, TimeBlocks, TritonRenderer, Unsupported,
+                                          Val, dim_id, index_at, index_for, number)
+from seqdsl.plan import KernelPlan, product_expr
 from seqdsl.typecheck import Checked, Ty
 
 INDENT = "    "
@@ -42,6 +52,8 @@ _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", 
              "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
+# the fused scan kernel's own names (TimeBlocks' o_t, m_t, BLOCK_T; its loop's t0)
+SCAN_NAMES = ("t0", "o_t", "m_t", "BLOCK_T", "SEQ_LEN")
 # the sequence a program row runs: its batch row, first token and length (packed sequences: IS_VARLEN)
 SEQUENCE_ROWS = "seq_row, seq_t0, seq_len = _tlib.sequence_rows(cu_seqlens, i_b, T, IS_VARLEN)"
 
@@ -111,6 +123,7 @@ class _Gen:
         self.args = [x.name for x in self.cell.args]
         self.name = c.model.name
         self.kernel_name = f"{self.name}_recurrent_fwd_kernel"
+        self.scan_kernel_name = f"{self.name}_scan_fwd_kernel"
         self.axis_size = c.dim_sizes[c.cell_axis] if c.cell_axis else 1
         self.locals = [st for st in self.cell.body if isinstance(st, ir.Local)]
         invariant_sources = set(c.op_params) | set(self.args)
@@ -167,14 +180,15 @@ class _Gen:
             return None
         return d
 
-    def kernel_names(self, dims: list) -> dict:
+    def kernel_names(self, dims: list, reserved: tuple = ()) -> dict:
         """Every identifier the kernel gives a spec name, unique against the template's own names.
 
         Values are ``b_<name>`` (complex: ``b_<name>_re`` / ``b_<name>_im``), inputs are pointer
         arguments under their own names with strides ``s_<name>_<axis>``, running pointers ``p_<name>``,
         states ``h0_<s>`` / ``ht_<s>``, readouts ``out_<o>``; a clash appends ``_``.
         """
-        taken = set(_INTERNAL) | {f"{p}{dim_id(d)}" for d in dims for p in ("o_", "m_", "SIZE_", "BLOCK_")}
+        taken = set(_INTERNAL) | set(reserved) | {f"{p}{dim_id(d)}" for d in dims
+                                                  for p in ("o_", "m_", "SIZE_", "BLOCK_")}
 
         def fresh(want: str) -> str:
             while want in taken or _TEMP.match(want):
@@ -206,18 +220,35 @@ class _Gen:
             names["h0"][s_], names["ht"][s_] = fresh(f"h0_{s_}"), fresh(f"ht_{s_}")
         for o in self.c.readouts:
             names["ptr"][o] = fresh(f"out_{o}")
+        names["all"], names["cumulative"] = {}, {}       # the fused scan's per-token states and scan results
+        for s_ in self.states:
+            names["all"][s_] = (fresh(f"b_{s_}_all_re"), fresh(f"b_{s_}_all_im"))
+            names["cumulative"][s_] = tuple(fresh(f"cum_{part}_{s_}") for part in ("a_re", "a_im", "b_re", "b_im"))
         return names
 
+    @staticmethod
+    def token_pointers(p: str, dims: tuple, step: str) -> str:
+        """Pointers of a value of ``dims`` at the current token: ``p`` itself; for a block of tokens (``dims``
+        led by TIME), ``p`` at the block's BLOCK_T tokens, ``step`` elements apart."""
+        if dims[:1] != (TIME,):
+            return p
+        return f"{p}{index_for(dims[1:], dims)} + (o_t * {step}){index_at(0, len(dims))}"
+
     # ------------------------------------------------------------------ the kernel
-    def kernel(self, tiled) -> list[str]:
-        """Source lines of the recurrent kernel (raises Unsupported)."""
+    def kernel(self, tiled, scan: bool = False) -> list[str]:
+        """Source lines of the recurrent kernel (raises Unsupported).
+
+        ``scan``: the fused scan kernel instead (``scan_fwd_kernel``): the same template stepping BLOCK_T tokens
+        at a time (values rendered by ``TimeBatchedRenderer``), each state's update an associative scan
+        over the block (``scan_update``)."""
         c = self.c
         dims = self.cell_dims()
-        blocks = Blocks({d: c.dim_sizes[d] for d in dims}, tiled)
+        sizes = {d: c.dim_sizes[d] for d in dims}
+        blocks = TimeBlocks(sizes, tiled) if scan else Blocks(sizes, tiled)
         out = _Lines()
         env: dict[str, Val] = {}
 
-        N = self.kernel_names(dims)
+        N = self.kernel_names(dims, SCAN_NAMES if scan else ())
 
         def var(name: str, ty: Ty) -> Val:
             re_, im = N["value"][name]
@@ -228,7 +259,11 @@ class _Gen:
                 return env[name]
             raise Unsupported(f"'{name}' is not available inside the kernel")
 
-        r = TritonRenderer(c, resolve, blocks)
+        r = (TimeBatchedRenderer if scan else TritonRenderer)(c, resolve, blocks)
+        lead = (TIME,) if scan else ()       # the leading dim of per-token values
+
+        def per_token(t: Ty) -> Ty:
+            return Ty(lead + t.dims, t.complex)
 
         def offsets(ds: tuple, strides: list[str]) -> str:
             return block_offsets(blocks, ds, strides)
@@ -263,10 +298,11 @@ class _Gen:
         if self.args:
             sig.append(f"args,  # cell args: {', '.join(self.args)}")
         sig.append("cu_seqlens, T,  # packed sequences: [N + 1] token offsets (IS_VARLEN); the buffers' T")
-        sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in dims) + ",")
+        sig.append(", ".join([f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in dims]
+                             + ["BLOCK_T: tl.constexpr"] * scan) + ",")
         sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,"
                    " IS_VARLEN: tl.constexpr,")
-        open_kernel(out, self.kernel_name, sig)
+        open_kernel(out, self.scan_kernel_name if scan else self.kernel_name, sig)
         L = 1
         if tiled is not None:
             out.add(f"i_v = tl.program_id(2)  # tile of the {tiled} axis", L)
@@ -277,6 +313,8 @@ class _Gen:
             base = f"i_v * {blocks.block(d)} + " if d == tiled else ""
             out.add(f"{blocks.offset(d)} = {base}tl.arange(0, {blocks.block(d)})", L)
             out.add(f"{blocks.mask(d)} = {blocks.offset(d)} < {blocks.size(d)}", L)
+        if scan:
+            out.add("o_t = tl.arange(0, BLOCK_T)  # the tokens of a block", L)
         for i, a in enumerate(self.args):
             env[a] = var(a, Ty())
             out.add(f"{env[a].re} = tl.load(args + {i})", L)
@@ -313,6 +351,8 @@ class _Gen:
                 if v.complex:
                     dst.add(f"{target.im} = {v.im}", level)
                 env[st.name] = target
+            elif isinstance(st, ir.Update) and scan:
+                scan_update(dst, st, level)
             elif isinstance(st, ir.Update):
                 t = c.cell_types[st.target]
                 v = r(st.value)
@@ -332,6 +372,60 @@ class _Gen:
                 if t.complex:
                     dst.add(f"{target.im} = {fit(v.im if v.im is not None else '0.0', v.dims)}", level)
 
+        plans = {sp.state: sp for sp in self.p.states}
+        carries: dict[str, Val] = {}       # the states (scan: the state after the last token so far)
+
+        def scan_update(dst: _Lines, st: ir.Update, level: int) -> None:
+            """The fused scan's update of a gated vector state, h_t = a_t * h_{t-1} + b_t for the block's tokens:
+            a (the product of the plan's decay factors) and b (its write) as [BLOCK_T, *state] blocks, padded
+            tokens the identity (a = 1, b = 0: the block's last row is the state after its last token), then
+            ``tl.associative_scan`` over the tokens, the carried state applied, the last row carried on."""
+            name = st.target
+            sp = plans.get(name)
+            if sp is None or sp.kind != "gated":
+                raise Unsupported(f"the state {name} is not a gated (diagonal) state")
+            if not sp.vector:
+                raise Unsupported(f"the state {name} is a matrix; the fused scan kernel holds vector states "
+                                  "(a matrix state's scan: the unfused form, or the chunk form)")
+            if name in env:
+                raise Unsupported(f"the state {name} is updated twice in a step")
+            t = c.cell_types[name]
+            frame = (TIME,) + t.dims
+            shape = ", ".join(blocks.block(d) for d in frame)
+            rows = f"m_t{index_at(0, len(frame))}"
+
+            def block(v: Val, identity: float) -> tuple[str, str | None]:
+                if v.complex and not t.complex:
+                    raise Unsupported(f"a complex update of the real state {name}")
+                if set(v.dims) - set(frame):
+                    raise Unsupported(f"the update of {name} has dims {v.dims} beyond the state's {t.dims}")
+
+                def fit(text: str, pad: float) -> str:
+                    aligned = text if v.plain else r.align(text, v.dims, frame)
+                    return r.bind(f"tl.where({rows}, {aligned} + tl.zeros([{shape}], dtype=DTYPE), {pad})")
+                im = None
+                if t.complex:
+                    im = fit(v.im, 0.0) if v.im is not None else r.bind(f"tl.zeros([{shape}], dtype=DTYPE)")
+                return fit(v.re, identity), im
+
+            (ar, ai), (br, bi) = block(r(product_expr(sp.factors)), 1.0), block(r(sp.k), 0.0)
+            dst.extend(r.take_lines(), level)
+            h, cum, carry = N["all"][name], N["cumulative"][name], carries[name]
+            cr = carry.re + index_for(t.dims, frame)
+            if t.complex:
+                ci = carry.im + index_for(t.dims, frame)
+                dst.add(f"{cum[0]}, {cum[1]}, {cum[2]}, {cum[3]} = tl.associative_scan(({ar}, {ai}, {br}, {bi}), 0, "
+                        "_tlib.compose_complex)", level)
+                dst.add(f"{h[0]} = {cum[0]} * {cr} - {cum[1]} * {ci} + {cum[2]}", level)
+                dst.add(f"{h[1]} = {cum[0]} * {ci} + {cum[1]} * {cr} + {cum[3]}", level)
+            else:
+                dst.add(f"{cum[0]}, {cum[2]} = tl.associative_scan(({ar}, {br}), 0, _tlib.compose_real)", level)
+                dst.add(f"{h[0]} = {cum[0]} * {cr} + {cum[2]}", level)
+            last = f"(o_t == BLOCK_T - 1){index_at(0, len(frame))}"
+            for part, all_part in zip((carry.re, carry.im), h[:1 + t.complex]):
+                dst.add(f"{part} = tl.reduce(tl.where({last}, {all_part}, 0.0), 0, _tlib.add)", level)
+            env[name] = Val(h[0], frame, h[1] if t.complex else None)
+
         # ---- loop-invariant locals
         inv = [st for st in self.locals if st.name in self.invariant]
         if inv:
@@ -340,7 +434,8 @@ class _Gen:
             statement(out, st, L)
 
         # ---- states
-        out.add("# states: registers for the whole sequence", L)
+        carried = " (each carried from block to block)" if scan else ""
+        out.add(f"# states: registers for the whole sequence{carried}", L)
         state_offs = {}
         for s in self.states:
             t = c.cell_types[s]
@@ -362,7 +457,9 @@ class _Gen:
             out.add(f"{tv.re} = tl.zeros([{shape}], dtype=DTYPE){'' if init == '0.0' else ' + ' + init}", L + 1)
             if t.complex:
                 out.add(f"{tv.im} = tl.zeros([{shape}], dtype=DTYPE)", L + 1)
-            env[s] = tv
+            carries[s] = tv
+            if not scan:
+                env[s] = tv
 
         # ---- pointers at t = 0
         out.add("# pointers at t = 0", L)
@@ -383,9 +480,11 @@ class _Gen:
         # ---- the time loop (its body first: loop-invariant subexpressions are hoisted before it)
         body = _Lines()
         lvl = L + 1
+        if scan:
+            body.add("m_t = (t0 + o_t) < seq_len", lvl)
         for n in c.op_streams:
-            t = self.cell_ty(n)
-            load(body, lvl, N["p"][n], t, mask(t.dims), n)
+            t = per_token(self.cell_ty(n))
+            load(body, lvl, self.token_pointers(N["p"][n], t.dims, N["stride"][n][1]), t, mask(t.dims), n)
             env[n] = var(n, t)
         r.invariant = self.is_invariant
         for st in self.cell.body:
@@ -395,30 +494,38 @@ class _Gen:
                 statement(body, st, lvl)
         r.invariant = None
         for o in c.readouts:
-            t = self.cell_ty(o)
+            t = per_token(self.cell_ty(o))
             v = env[o]
             whole = tiled is None or tiled in t.dims
             m = mask(t.dims, "" if whole else "first_tile" if t.dims else "i_v == 0")
             opts = f", mask={m}" if m else ""
-            body.add(f"tl.store({N['p'][o]}, {v.re}{opts})", lvl)
+            ptr = self.token_pointers(N["p"][o], t.dims, out_step[o])
+
+            def fit(text: str, dims: tuple = v.dims, full: tuple = t.dims) -> str:
+                if not scan or dims == full:
+                    return text
+                shape = ", ".join(blocks.block(d) for d in full)
+                return f"{text if not dims else r.align(text, dims, full)} + tl.zeros([{shape}], dtype=DTYPE)"
+            body.add(f"tl.store({ptr}, {fit(v.re)}{opts})", lvl)
             if t.complex:
                 im = v.im if v.im is not None else f"{v.re} * 0.0"
-                body.add(f"tl.store({N['p'][o]} + 1, {im}{opts})", lvl)
+                body.add(f"tl.store({ptr} + 1, {fit(im)}{opts})", lvl)
+        step = "BLOCK_T * " if scan else ""
         for n in c.op_streams:
-            body.add(f"{N['p'][n]} += {N['stride'][n][1]}", lvl)
+            body.add(f"{N['p'][n]} += {step}{N['stride'][n][1]}", lvl)
         for o in c.readouts:
-            body.add(f"{N['p'][o]} += {out_step[o]}", lvl)
+            body.add(f"{N['p'][o]} += {step}{out_step[o]}", lvl)
         if r.hoisted:
             out.add("# loop-invariant parts of the step", L)
             out.extend(r.hoisted, L)
-        out.add("for t in range(0, seq_len):", L)
+        out.add("for t0 in range(0, seq_len, BLOCK_T):" if scan else "for t in range(0, seq_len):", L)
         out.lines += body.lines
 
         # ---- final states
         out.add("if STORE_FINAL_STATE:", L)
         for s in self.states:
             t = c.cell_types[s]
-            tv = env[s]
+            tv = carries[s]
             whole = tiled is None or tiled in t.dims
             m = mask(t.dims, "" if whole else "first_tile" if t.dims else "i_v == 0")
             opts = f", mask={m}" if m else ""
@@ -426,9 +533,10 @@ class _Gen:
             out.add(f"tl.store({ht} + {state_offs[s]}, {tv.re}{opts})", L + 1)
             if t.complex:
                 out.add(f"tl.store({ht} + {state_offs[s]} + 1, {tv.im}{opts})", L + 1)
-        self.blocks = blocks
-        self.dims = dims
-        self.tiled = tiled
+        if not scan:     # what the launcher and the backward kernel read of the recurrent kernel
+            self.blocks = blocks
+            self.dims = dims
+            self.tiled = tiled
         return inline_single_use_temporaries(drop_dead_temporaries(out.lines))
 
     # ------------------------------------------------------------------ host side
@@ -437,12 +545,14 @@ class _Gen:
         kw = ", ".join(self.args)
         return ", ".join(parts) + (f", *, {kw}" if kw else "")
 
-    def launcher(self, out: _Lines) -> None:
+    def launcher(self, out: _Lines, form: str = "recurrent") -> None:
+        """``_launch_<form>``: the recurrent or fused scan kernel's launch (the scan kernel is never tiled)."""
         c = self.c
         first = c.op_streams[0]
         sizes = {d: c.dim_sizes[d] for d in self.dims}
-        out.add(f"def _launch_recurrent({self.signature()}, use_initial_state=True, cu_seqlens=None):")
-        out.add('"""The recurrent kernel, no autograd: ((readouts [B, T, H, ...]), (final states [N, H, ...])).', 1)
+        tiled = self.tiled if form == "recurrent" else None
+        out.add(f"def _launch_{form}({self.signature()}, use_initial_state=True, cu_seqlens=None):")
+        out.add(f'"""The {form} kernel, no autograd: ((readouts [B, T, H, ...]), (final states [N, H, ...])).', 1)
         out.add("", 0)
         out.add("cu_seqlens: N packed sequences in one launch (B = 1), a program row each; else N = B.", 1)
         out.add('"""', 1)
@@ -459,11 +569,11 @@ class _Gen:
             out.add(f"_out_{o} = _rt.readout_buffer((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, "
                     f"{t.complex})", 1)
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
-        tiled_size = sizes[self.tiled] if self.tiled is not None else None
-        out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size={tiled_size}, state_numel={state_numel}, "
+        tiled_size = sizes[tiled] if tiled is not None else None
+        out.add(f"_cfg = _rt.launch_config({form!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
                 "device=_device)", 1)
-        grid = "(_pk.N, _H)" if self.tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _cfg['block']))"
-        out.add(f"{self.kernel_name}[{grid}](", 1)
+        grid = "(_pk.N, _H)" if tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _cfg['block']))"
+        out.add(f"{self.kernel_name if form == 'recurrent' else self.scan_kernel_name}[{grid}](", 1)
         for n in c.op_streams:
             dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
             out.add(f"*_rt.stream({n}, _B, _T, _H, {dims}, _dtype),", 2)
@@ -479,8 +589,10 @@ class _Gen:
         out.add("_pk.cu, _T,", 2)
         consts = []
         for d in self.dims:
-            block = "_cfg['block']" if d == self.tiled else str(_next_pow2(sizes[d]))
+            block = "_cfg['block']" if d == tiled else str(_next_pow2(sizes[d]))
             consts.append(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={block}")
+        if form == "scan":
+            consts.append("BLOCK_T=_cfg['block_t']")
         out.add(", ".join(consts) + ",", 2)
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True, "
                 "IS_VARLEN=_pk.varlen,", 2)
@@ -492,27 +604,34 @@ class _Gen:
                            for s in self.states)
         out.add(f"return ({outs},), ({finals},)", 1)
 
-    def wrappers(self, out: _Lines) -> None:
-        kws = ", ".join(f"{a}={a}" for a in self.args)
+    def fused_form(self, out: _Lines, form: str, doc: list[str]) -> None:
+        """``def <form>(...)`` running the form's fused kernel (``_launch_<form>``) under ``_rt.apply_form``: its
+        backward is the recurrent backward kernel where the cell has one, else the torch twin's (``_twin_<form>``)
+        recomputed. ``doc``: the docstring's lines (its first line after the opening quotes)."""
         kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'cu_seqlens': cu_seqlens}"
-        inputs = ", ".join(self.inputs)
-        out.add(f"def recurrent({self.signature()}{', ' if self.args else ', *, '}cu_seqlens=None):")
-        out.add('"""The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [N, H, ...])).', 1)
-        out.add("", 0)
-        out.add("Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [N, H, *dims] tensors.", 1)
-        out.add("cu_seqlens ([N + 1] token offsets, B = 1): N packed sequences in one launch; else N = B.", 1)
+        out.add(f"def {form}({self.signature()}{', ' if self.args else ', *, '}cu_seqlens=None):")
+        out.add('"""' + doc[0], 1)
+        for line in doc[1:]:
+            out.add(line, 1 if line else 0)
         if self.backward_kernel is not None:
             out.add("Backward (autograd): the Triton backward kernel (reverse-mode through the cell's step,", 1)
             out.add("states recomputed from checkpoints every ~sqrt(T) steps).", 1)
         else:
             out.add("Backward (autograd): no Triton kernel for this cell (BACKWARD says why) -- it recomputes", 1)
-            out.add("the forward through the torch twin (the torch backend's module of this spec).", 1)
+            out.add(f"the forward through the torch twin's {form} form.", 1)
         out.add('"""', 1)
         caveat = self.gpu_caveat()
         backward = ", backward=_backward_recurrent" if self.backward_kernel is not None else ""
-        out.add(f"return _rt.apply_form(_launch_recurrent, _twin_recurrent, tuple(_state), ({inputs},), "
+        out.add(f"return _rt.apply_form(_launch_{form}, _twin_{form}, tuple(_state), ({', '.join(self.inputs)},), "
                 f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''}"
                 f"{backward})", 1)
+
+    def wrappers(self, out: _Lines) -> None:
+        kws = ", ".join(f"{a}={a}" for a in self.args)
+        self.fused_form(out, "recurrent", [
+            "The recurrence as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [N, H, ...])).", "",
+            "Streams [B, T, H, *dims], params [1, 1, H, *dims], _state: tuple of [N, H, *dims] tensors.",
+            "cu_seqlens ([N + 1] token offsets, B = 1): N packed sequences in one launch; else N = B."])
         out.add()
         out.add()
         out.add(f"def step({self.signature()}):")
@@ -583,6 +702,30 @@ class _Gen:
             return "the torch module does not import its forms as the Triton scan form expects"
         return None
 
+    def fused_scan_kernel(self) -> tuple[list[str] | None, str | None]:
+        """(the fused scan kernel's lines, None), or (None, why the scan form is not one fused kernel)."""
+        if "scan" not in varlen_forms(self.p):
+            return None, "a readout reads a state before its update"
+        try:
+            return self.kernel(None, scan=True), None
+        except Unsupported as e:
+            return None, str(e)
+
+    def fused_scan_wrapper(self, out: _Lines) -> None:
+        self.fused_form(out, "scan", [
+            "Parallel-scan form as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [N, H, ...])).", "",
+            "A program per sequence and cell-axis element steps through time BLOCK_T tokens at a time: it loads",
+            "their stream values, evaluates the cell for all of them at once, scans each state's update",
+            "(tl.associative_scan), applies the state carried from the previous block and stores the readouts:",
+            "nothing per token and state leaves the registers. cu_seqlens ([N + 1] token offsets, B = 1): N",
+            "packed sequences in one launch."])
+        out.add()
+        out.add()
+        out.add("def _twin_scan(_state, *inputs, **kwargs):")
+        out.add('"""The torch twin\'s scan form on triton_scan\'s kernel: the fused scan\'s backward where the cell', 1)
+        out.add('has no Triton backward kernel, and its stand-in on a GPU where the kernels carry a caveat."""', 1)
+        out.add("return _SCAN_TWIN.module.scan(tuple(_state), *inputs, **kwargs)", 1)
+
     def twin_form_wrapper(self, out: _Lines, form: str, twin: str, doc: list[str], chunked: bool) -> None:
         """``def <form>(...)``: the torch twin's function of that form, its form algorithms run by Triton."""
         varlen = form in varlen_forms(self.p)
@@ -649,6 +792,10 @@ class _Gen:
             modes += ("scan",)
         elif "scan" in self.p.modes:
             why_not["scan"] = no_scan
+        scan_lines, unfused_scan = None, None
+        if "scan" in modes:
+            scan_lines, unfused_scan = self.fused_scan_kernel() if kernel_lines is not None else \
+                (None, "no recurrent kernel")
         no_chunk = self.chunk_unsupported(twin_source)
         if "chunk" in self.p.modes and no_chunk is None:
             modes += ("chunk",)
@@ -680,15 +827,20 @@ class _Gen:
         varlen = ("recurrent",) * bool(kernel_lines) + tuple(f for f in varlen_forms(self.p) if f in modes)
         out.add(f"VARLEN_FORMS = {varlen!r}  # forms taking cu_seqlens (others: one call per sequence)")
         passthrough = {"recurrent": tuple(self.inputs)} if kernel_lines is not None else {}
+        if scan_lines is not None:
+            passthrough["scan"] = tuple(self.inputs)
         if "chunk" in modes:
             passthrough["chunk"] = passthrough_inputs(twin_source, "chunk", self.stream_ranks())
         out.add(f"PASSTHROUGH_INPUTS = {passthrough!r}  # read by the kernels as given: bf16 / fp16 stay so")
-        direct = ("recurrent",) * (kernel_lines is not None) + tuple(
+        direct = ("recurrent",) * (kernel_lines is not None) + ("scan",) * (scan_lines is not None) + tuple(
             f for f in ("chunk",) if f in modes and direct_readout(twin_source, f))
         out.add(f"DIRECT_READOUT_FORMS = {direct!r}  # whose kernels may store the readout in the op's output dtype")
         out.add(f"CLASS = {self.a.cls!r}")
         out.add(f"AXIS_SIZE = {self.axis_size}")
         out.add(f"BACKWARD = {('triton' if no_backward is None else no_backward)!r}  # the recurrent form's backward")
+        if "scan" in modes:
+            scan_kind = "fused" if scan_lines is not None else f"torch preparation + triton_scan ({unfused_scan})"
+            out.add(f"SCAN = {scan_kind!r}  # the scan form: one fused kernel, or why not")
         if kernel_lines is not None:
             out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
             out.add()
@@ -709,7 +861,18 @@ class _Gen:
                 out.add()
                 out.add()
             self.wrappers(out)
-        if "scan" in modes:
+        if scan_lines is not None:
+            out.add()
+            out.add()
+            for line in scan_lines:
+                out.add(line)
+            out.add()
+            out.add()
+            self.launcher(out, "scan")
+            out.add()
+            out.add()
+            self.fused_scan_wrapper(out)
+        elif "scan" in modes:
             out.add()
             out.add()
             self.scan_wrapper(out)

@@ -149,6 +149,10 @@ class TritonRenderer:
         self._n = 0
 
     # ------------------------------------------------------------------ helpers
+    def broadcast(self, a: tuple, b: tuple) -> tuple | None:
+        """Dims of an elementwise result of operands of dims a and b (None: they do not broadcast)."""
+        return broadcast(a, b)
+
     def take_lines(self) -> list[str]:
         lines, self.lines = self.lines, []
         return lines
@@ -251,7 +255,7 @@ class TritonRenderer:
             return a
         if a.plain and ((a.value == 1 and e.op == "*") or (a.value == 0 and e.op == "+")):
             return b
-        dims = broadcast(a.dims, b.dims)
+        dims = self.broadcast(a.dims, b.dims)
         if dims is None:
             raise Unsupported(f"operands of '{e.op}' with dims {a.dims} and {b.dims}")
         if e.op == "**":
@@ -349,18 +353,21 @@ class TritonRenderer:
         return Val(self.bind(re_, "c"), dims, self.bind(im, "c"))
 
     def index(self, e: ir.Index) -> Val:
-        v = self.render(e.target)
+        return self.pick(self.render(e.target), e.index)
+
+    def pick(self, v: Val, index: int) -> Val:
+        """Element ``index`` of v's first axis."""
         if not v.dims:
             raise Unsupported("indexing a scalar")
         d = v.dims[0]
         if d == self.blocks.tiled:
             raise Unsupported(f"indexing the tiled axis {d}")
-        sel = f"({self.blocks.offset(d)} == {e.index})" + index_at(0, len(v.dims))
+        sel = f"({self.blocks.offset(d)} == {index})" + index_at(0, len(v.dims))
 
-        def pick(text):
+        def select(text):
             return f"tl.reduce(tl.where({sel}, {text}, 0.0), 0, _tlib.add)"
 
-        return Val(pick(v.re), v.dims[1:], None if v.im is None else pick(v.im))
+        return Val(select(v.re), v.dims[1:], None if v.im is None else select(v.im))
 
     # ------------------------------------------------------------------ calls (the op table)
     def call(self, e: ir.Call) -> Val:
@@ -396,7 +403,7 @@ class TritonRenderer:
                 raise Unsupported("complex() of complex values")
             if all(a.plain for a in args):
                 return number(complex(args[0].value, args[1].value))
-            dims = broadcast(args[0].dims, args[1].dims)
+            dims = self.broadcast(args[0].dims, args[1].dims)
             re_t, im_t = op.triton_complex
             texts = [self.align(self.block_of(a), a.dims, dims) for a in args]
             return Val(self.bind(re_t.format(*texts), "c"), dims, self.bind(im_t.format(*texts), "c"))
@@ -429,7 +436,7 @@ class TritonRenderer:
             return Val(template.format(a.re, b.re), a.dims + b.dims)
         dims: tuple = ()
         for a in args:
-            dims = broadcast(dims, a.dims)
+            dims = self.broadcast(dims, a.dims)
         texts = []
         for i, a in enumerate(args):
             t = self.align(a.re, a.dims, dims)
@@ -467,3 +474,91 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+# ---------------------------------------------------------------------- a block of tokens at once
+TIME = "<time>"     # the leading dim of values rendered for a block of tokens (no spec dim can be named so)
+
+
+def without_time(dims: tuple) -> tuple:
+    return tuple(d for d in dims if d != TIME)
+
+
+class TimeBlocks(Blocks):
+    """Blocks of a kernel that steps through time BLOCK_T tokens at a time: TIME has offsets ``o_t`` (the
+    block's tokens) and mask ``m_t`` (those inside the sequence)."""
+
+    _NAMES = {"size": "SEQ_LEN", "block": "BLOCK_T", "offset": "o_t", "mask": "m_t"}
+
+    def size(self, d) -> str:
+        return self._NAMES["size"] if d == TIME else super().size(d)
+
+    def block(self, d) -> str:
+        return self._NAMES["block"] if d == TIME else super().block(d)
+
+    def offset(self, d) -> str:
+        return self._NAMES["offset"] if d == TIME else super().offset(d)
+
+    def mask(self, d) -> str:
+        return self._NAMES["mask"] if d == TIME else super().mask(d)
+
+    def padded(self, d) -> bool:
+        return True if d == TIME else super().padded(d)
+
+
+class TimeBatchedRenderer(TritonRenderer):
+    """Renders a cell's step for BLOCK_T tokens at once (the fused scan form): a value that changes from
+    token to token carries the leading dim TIME (a stream [n] is a block [BLOCK_T, BLOCK_n]); params and
+    what depends on them only do not, and broadcast over it. Contractions and reductions never run over TIME.
+    What would need a block of three dims or more (a matrix times a per-token vector), indexing or
+    transposing a per-token value, raises Unsupported: that cell keeps the unfused scan."""
+
+    def broadcast(self, a: tuple, b: tuple) -> tuple | None:
+        rest = broadcast(without_time(a), without_time(b))
+        if rest is None:
+            return None
+        return ((TIME,) if TIME in a or TIME in b else ()) + rest
+
+    def last_axis(self, dims: tuple) -> dict:
+        if dims and dims[-1] == TIME:
+            raise Unsupported("a last-axis function of a per-token scalar")
+        return super().last_axis(dims)
+
+    def pick(self, v: Val, index: int) -> Val:
+        if TIME in v.dims:
+            raise Unsupported("indexing a per-token value in a block of tokens")
+        return super().pick(v, index)
+
+    def apply(self, op, template: str, args: list[Val], opts: dict) -> Val:
+        if op.kind in ("transpose", "outer") and any(TIME in a.dims for a in args):
+            raise Unsupported(f"{op.kind} of a per-token value in a block of tokens")
+        return super().apply(op, template, args, opts)
+
+    def matmul(self, a: Val, b: Val) -> Val:
+        if TIME not in a.dims and TIME not in b.dims:
+            return super().matmul(a, b)
+        ad, bd = without_time(a.dims), without_time(b.dims)
+        if a.plain or b.plain or len(ad) != 1 or ad != bd:
+            raise Unsupported(f"'@' of dims {ad} and {bd} for a block of tokens (only vector . vector)")
+        d = ad[0]
+        if d == self.blocks.tiled:
+            raise Unsupported(f"a contraction over the tiled axis {d}")
+        frame = (TIME, d)
+
+        def dot(x: str, xd: tuple, y: str, yd: tuple) -> str:
+            prod = f"{self.align(x, xd, frame)} * {self.align(y, yd, frame)}"
+            if self.blocks.padded(d):
+                prod = f"tl.where({self.blocks.mask(d)}[None, :], {prod}, 0.0)"
+            return f"tl.reduce({prod}, 1, _tlib.add)"
+
+        if not (a.complex or b.complex):
+            return Val(dot(a.re, a.dims, b.re, b.dims), (TIME,))
+        a, b = self.bound(a), self.bound(b)
+        if a.im is None:
+            re_, im = dot(a.re, a.dims, b.re, b.dims), dot(a.re, a.dims, b.im, b.dims)
+        elif b.im is None:
+            re_, im = dot(a.re, a.dims, b.re, b.dims), dot(a.im, a.dims, b.re, b.dims)
+        else:
+            re_ = f"({dot(a.re, a.dims, b.re, b.dims)} - {dot(a.im, a.dims, b.im, b.dims)})"
+            im = f"({dot(a.re, a.dims, b.im, b.dims)} + {dot(a.im, a.dims, b.re, b.dims)})"
+        return Val(self.bind(re_, "c"), (TIME,), self.bind(im, "c"))

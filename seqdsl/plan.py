@@ -340,7 +340,8 @@ def _product(e: ir.Expr) -> list[Factor]:
     return [Factor(e)]
 
 
-def _rebuild(factors: list[Factor]) -> ir.Expr:
+def product_expr(factors) -> ir.Expr:
+    """The product of factors as one expression (1 * f1 * f2 / f3 ...); no factors: 1."""
     out: ir.Expr = ir.Num(value=1)
     for f in factors:
         out = ir.Binary(op="/" if f.divide else "*", left=out, right=f.expr)
@@ -377,7 +378,7 @@ def conv_plan(p: "_Planner", states: tuple[StatePlan, ...], reads: tuple[Read, .
             value = [f for f in parts if not fixed(f.expr)]
             if any(p.ty(f.expr).dims for f in value):
                 raise NoPlan(f"the input of '{sp.state}' is not a fixed vector times a scalar per token (MIMO)")
-            out.append(ConvPlan(sp.state, _rebuild(coefficient), _rebuild(value)))
+            out.append(ConvPlan(sp.state, product_expr(coefficient), product_expr(value)))
         else:
             if not fixed(sp.k):
                 raise NoPlan(f"the write key of '{sp.state}' changes with time")

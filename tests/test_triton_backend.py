@@ -577,27 +577,68 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
 
 
 @pytest.mark.parametrize("name", ["gla", "s4d", "lru"])
-def test_scan_form_runs_the_triton_scan_kernel(name, monkeypatch):
-    """The Triton scan form is the torch twin's scan with scan_diagonal taken from triton_scan: the kernel
-    runs once forward, and once more for the backward (the adjoint recurrence, time-reversed)."""
+def test_scan_form_runs_the_triton_scan_kernels(name, monkeypatch):
+    """A cell of gated vector states (S4D, LRU) runs its scan form as one fused kernel (``SCAN == 'fused'``), and
+    its backward is the recurrent form's Triton backward kernel (the same function). A matrix state (GLA) keeps
+    the unfused form: torch prepares a_t and b_t and triton_scan's kernel scans them, once forward and once
+    time-reversed for the backward."""
     m, op, ref = compiled(name)
+    fused = name != "gla"
+    assert (op.module.SCAN == "fused") == fused, op.module.SCAN
     inputs = sample_inputs(ref, 1, 5, seed=4)
-    runs = []
-    original = triton_scan.scan_diagonal_kernel.run
+    runs = {"unfused": 0, "fused": 0, "backward": 0}
+    kernels = [("unfused", triton_scan.scan_diagonal_kernel)]
+    if fused:
+        kernels += [("fused", getattr(op.module, f"{m.name}_scan_fwd_kernel")),
+                    ("backward", getattr(op.module, f"{m.name}_recurrent_bwd_kernel"))]
+    for key, kernel in kernels:
+        original = kernel.run
 
-    def counted(*args, **kwargs):
-        runs.append(kwargs.get("grid"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(triton_scan.scan_diagonal_kernel, "run", counted)
+        def counted(*args, _key=key, _original=original, **kwargs):
+            runs[_key] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(kernel, "run", counted)
     expected = ref(**inputs, output_final_state=True)
     _check(f"{name}/triton scan", expected, op(**inputs, output_final_state=True, mode="scan"), torch.float64,
            FORM_FACTOR["scan"])
-    assert len(runs) == 1
+    assert runs == {"unfused": 1 - fused, "fused": int(fused), "backward": 0}, runs
     xs = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
     o, _ = op(**xs, mode="scan")
     (o[0] if isinstance(o, tuple) else o).real.sum().backward()
-    assert len(runs) == 3
+    assert runs == ({"unfused": 0, "fused": 2, "backward": 1} if fused else
+                    {"unfused": 3, "fused": 0, "backward": 0}), runs
+
+
+@pytest.mark.parametrize("name", ["mamba", "lru", "hawk"])
+def test_fused_scan_does_not_depend_on_its_block_of_tokens(name, monkeypatch):
+    """The fused scan kernel gives the interpreter's results whatever its block of tokens: 1 (the recurrence
+    itself), 4 (many blocks, the last of a sequence padded), 64 (one block longer than every sequence); packed
+    sequences of lengths 4, 1, 9, 3 in one launch, each from its initial state; gradients through it. Buffers
+    start as NaN, so an element no program writes would show."""
+    nan_filled_buffers(monkeypatch)
+    m, op, ref = compiled(name)
+    assert op.module.SCAN == "fused"
+    kernel = getattr(op.module, f"{m.name}_scan_fwd_kernel")
+    blocks = []
+    original = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **kw: blocks.append(kw["BLOCK_T"]) or original(*a, **kw))
+    cu = torch.tensor([0, 4, 5, 14, 17])
+    inputs = sample_inputs(ref, 1, 17, seed=11)
+    h0 = random_state(ref, 4, scale=0.5)
+    expected = ref(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    for block_t in (1, 4, 64):
+        with triton_runtime.override_launch(block_t=block_t):
+            got = op(**inputs, initial_state=h0, output_final_state=True, cu_seqlens=cu, mode="scan")
+        _check(f"{name}/fused scan, blocks of {block_t}", expected, got, torch.float64, FORM_FACTOR["scan"])
+    assert blocks == [1, 4, 64], blocks
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu),
+                            inputs, h0)
+    with triton_runtime.override_launch(block_t=4):
+        g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu,
+                                                mode="scan"), inputs, h0)
+    for k in g_ref:
+        if g_ref[k] is not None:
+            assert_close(f"{name}/fused scan d{k}", g_ref[k], g_op[k], torch.float64, 10 * FORM_FACTOR["scan"])
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -780,10 +821,12 @@ def test_bf16_inputs_reach_the_chunk_kernels_without_fp32_copies(monkeypatch, na
             assert torch.equal(a, b), (name, i, (a - b).abs().max())
 
 
-@pytest.mark.parametrize("name", ["mamba", "gla", "lstm", "lru"])
-def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch, name):
-    """The fused recurrent kernels convert every stream and param as they load them (the module lists all its
-    inputs in PASSTHROUGH_INPUTS["recurrent"]), so the op hands them bf16 as given (complex inputs excepted),
+@pytest.mark.parametrize("name,mode", [("mamba", "recurrent"), ("gla", "recurrent"), ("lstm", "recurrent"),
+                                       ("lru", "recurrent"), ("mamba", "scan"), ("lru", "scan")])
+def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch, name, mode):
+    """The fused recurrent and scan kernels convert every stream and param as they load them (the module lists all
+    its inputs in PASSTHROUGH_INPUTS["recurrent"] and ["scan"]), so the op hands them bf16 as given (complex inputs
+    excepted),
     and store their real readouts in the op's output dtype (DIRECT_READOUT_FORMS). The kernels compute in fp32
     and the backward sums and casts the gradients as before, so final states and every gradient equal, bit for
     bit, those of the same op given the inputs upcast to fp32 (rounded to bf16 once, as autograd does); the
@@ -797,8 +840,8 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
     monkeypatch.setattr(triton_runtime, "readout_buffer",
                         lambda *a: readouts.append(real_readout(*a)) or readouts[-1])
     m, op, ref = compiled(name)
-    assert set(op.module.PASSTHROUGH_INPUTS["recurrent"]) == set(op.inputs)
-    assert "recurrent" in op.module.DIRECT_READOUT_FORMS
+    assert set(op.module.PASSTHROUGH_INPUTS[mode]) == set(op.inputs)
+    assert mode in op.module.DIRECT_READOUT_FORMS
     base = {n: t.to(torch.complex64) if t.is_complex() else t for n, t in sample_inputs(ref, 2, 23).items()}
     real = [n for n, t in base.items() if not t.is_complex()]
     direct = op.checked.op_streams[0] in real   # the op returns readouts in its first stream's dtype: lru's is complex
@@ -809,7 +852,7 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
                   for n, t in base.items()}
         handed.clear()
         readouts.clear()
-        o, ht = op(**inputs, mode="recurrent", output_final_state=True)
+        o, ht = op(**inputs, mode=mode, output_final_state=True)
         outs, finals = _flat(o), _flat(ht)
         if weights is None:
             weights = [torch.randn(x.shape, generator=g, dtype=x.dtype).to(torch.bfloat16).to(x.dtype)

@@ -170,6 +170,19 @@ def mm(a, b, o, N: tl.constexpr):
 
 
 @triton.jit
+def compose_real(a1, b1, a2, b2):
+    """The combine of ``tl.associative_scan`` over steps ``h -> a h + b``: (a1, b1) then (a2, b2)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def compose_complex(ar1, ai1, br1, bi1, ar2, ai2, br2, bi2):
+    """``compose_real`` for complex a, b carried as (real, imaginary) parts."""
+    return (ar1 * ar2 - ai1 * ai2, ar1 * ai2 + ai1 * ar2,
+            ar2 * br1 - ai2 * bi1 + br2, ar2 * bi1 + ai2 * br1 + bi2)
+
+
+@triton.jit
 def sequence_rows(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
     """(batch row, first token, length) of sequence i_b in a recurrent kernel's [B, T, ...] buffers: equal
     lengths: row i_b from token 0, T tokens; packed (IS_VARLEN, B = 1): row 0 from cu_seqlens[i_b] to

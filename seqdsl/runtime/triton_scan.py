@@ -1,9 +1,12 @@
 """Triton kernel of the scan form of diagonal recurrences: ``h_t = a_t ⊙ h_{t-1} + b_t``.
 
 ``scan_diagonal`` has the arguments and results of ``torch_forms.scan_diagonal``, so a generated
-module whose scan form calls only ``_forms.scan_diagonal`` (every diagonal, scalar-gated and
-identity class whose torch scan materialises the per-step update, from S4D and LRU to GLA and Mamba)
-runs that scan on Triton by importing this module as its ``_forms`` (``triton_runtime.with_triton_forms``).
+module whose scan form calls only ``_forms.scan_diagonal`` runs that scan on Triton by importing this module
+as its ``_forms`` (``triton_runtime.with_triton_forms``). That is the unfused scan form (torch prepares a_t and
+b_t, this kernel scans them): matrix states (GLA, RetNet, ...) and readouts of S_{t-1} (RWKV). Cells whose
+states are gated vectors (Mamba, LRU, S4D, ...) get a fused scan kernel generated from the cell instead
+(``codegen/triton_module.py``, the module's ``SCAN == "fused"``); their backward recomputes through this one
+only where the cell has no Triton backward kernel.
 
 The kernel: one program per (sequence, block of BC state channels); it walks the sequence in blocks of
 BT steps, scans each block with ``tl.associative_scan`` over the pairs (a, b) composed as
@@ -26,17 +29,6 @@ import triton.language as tl
 from seqdsl.runtime import torch_forms as _torch_forms
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
-
-
-@triton.jit
-def _compose_real(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _compose_complex(ar1, ai1, br1, bi1, ar2, ai2, br2, bi2):
-    return (ar1 * ar2 - ai1 * ai2, ar1 * ai2 + ai1 * ar2,
-            ar2 * br1 - ai2 * bi1 + br2, ar2 * bi1 + ai2 * br1 + bi2)
 
 
 @triton.jit
@@ -71,14 +63,14 @@ def scan_diagonal_kernel(a, b, h, h0, ht, cu_seqlens, T, C, DTYPE: tl.constexpr,
         if COMPLEX:
             ai = tl.load(a + off + 1, mask=m, other=0.0).to(DTYPE)
             bi = tl.load(b + off + 1, mask=m, other=0.0).to(DTYPE)
-            Ar, Ai, Br, Bi = tl.associative_scan((ar, ai, br, bi), 0, _compose_complex)
+            Ar, Ai, Br, Bi = tl.associative_scan((ar, ai, br, bi), 0, _tlib.compose_complex)
             hr = Ar * carry_r[None, :] - Ai * carry_i[None, :] + Br
             hi = Ar * carry_i[None, :] + Ai * carry_r[None, :] + Bi
             tl.store(h + off, hr, mask=m)
             tl.store(h + off + 1, hi, mask=m)
             carry_i = tl.reduce(tl.where(last, hi, 0.0), 0, _tlib.add)
         else:
-            A, Bs = tl.associative_scan((ar, br), 0, _compose_real)
+            A, Bs = tl.associative_scan((ar, br), 0, _tlib.compose_real)
             hr = A * carry_r[None, :] + Bs
             tl.store(h + off, hr, mask=m)
         carry_r = tl.reduce(tl.where(last, hr, 0.0), 0, _tlib.add)
