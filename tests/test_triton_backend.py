@@ -574,6 +574,9 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
     assert "conv" in seqdsl.compile(s4d_m, backend="torch").modes and "conv" not in s4d.modes
     with pytest.raises(ValueError, match="conv \\(FFT\\) form"):
         s4d(**sample_inputs(s4d_ref, 1, 2), mode="conv")
+    mamba = compiled("mamba")[1]       # a fused scan kernel is the default (the torch op loops at Mamba's size)
+    assert mamba.module.SCAN == "fused" and mamba.default_mode() == "scan"
+    assert seqdsl.compile(seqdsl.load(MODELS["mamba"]), backend="torch").default_mode() == "recurrent"
 
 
 @pytest.mark.parametrize("name", ["gla", "s4d", "lru"])

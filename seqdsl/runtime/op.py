@@ -150,8 +150,12 @@ class CompiledOp:
         (matmul-rich) and scan for vector states (chunking K x 1 states wastes work) -- except vector states
         with many numbers per token (Mamba: d_inner x n), whose scan materialises [B, T, state] tensors in
         every level: the sequential loop, which keeps one state, is then faster on the CPU (measured:
-        Mamba d_model 64, B 64, T 128: recurrent 0.6 s vs scan 2.0 s forward+backward)."""
+        Mamba d_model 64, B 64, T 128: recurrent 0.6 s vs scan 2.0 s forward+backward). A fused scan kernel
+        (the Triton module's ``SCAN == "fused"``) materialises nothing, and its sequential depth is T / BLOCK_T
+        blocks rather than T steps: it is the default wherever it exists."""
         vector_only = all(len(self.checked.cell_types[s].dims) <= 1 for s in self.states)
+        if getattr(self.module, "SCAN", None) == "fused" and "scan" in self.modes:
+            return next(m for m in ("conv", "scan") if m in self.modes)
         if vector_only and self.state_numbers_per_sequence() > LARGE_VECTOR_STATE:
             order = ("conv", "recurrent")
         else:
