@@ -389,8 +389,8 @@ class BackwardKernel:
         self.c = gen.c
         self.kernel_name = f"{gen.name}_recurrent_bwd_kernel"
         self.dims = gen.cell_dims()
-        self.blocks = Blocks({d: self.c.dim_sizes[d] for d in self.dims}, None)
-        self.N = gen.kernel_names(self.dims)
+        self.blocks = self.BLOCKS({d: self.c.dim_sizes[d] for d in self.dims}, None)
+        self.N = gen.kernel_names(self.dims, self.RESERVED)
         taken = {v for kind in ("value", "ptr", "p", "h0", "ht") for x in self.N[kind].values()
                  for v in (x if isinstance(x, tuple) else (x,))}
         taken |= {v for strides in self.N["stride"].values() for v in strides}
@@ -530,25 +530,39 @@ class BackwardKernel:
             self.store(out, level, f"{self.buf[buf, s]} + {ptr}", self.var(s), m, self.c.cell_types[s].dims)
 
     # ------------------------------------------------------------------ the kernel
-    def kernel(self) -> list[str]:
-        tm, g, c, N, blocks = self.tm, self.g, self.c, self.N, self.blocks
-        out = tm._Lines()
-        env: dict[str, Val] = {}
+    FORM = "recurrent"           # the form whose backward this is (``_backward_<form>``)
+    LAUNCH = "recurrent"         # its launch policy (``triton_runtime.launch_config``)
+    BLOCKS = Blocks              # the kernel's block names (the scan backward: TimeBlocks)
+    RESERVED: tuple = ()         # names of the template that spec names must avoid
+    Tape = TapeRenderer          # the renderer of the kernel's tapes (the scan backward: time-batched)
+    CHECKPOINTS = "checkpoints, scratch"
+    LOOP_ARGS = "cu_seqlens, T, CHUNK, NC,  # packed sequences (IS_VARLEN); the buffers' T; checkpoint spacing, slots"
+    CONSTEXPRS: tuple = ()
+
+    def renderers(self, env: dict):
+        """(renderer(), done(r)): fresh tape renderers reading ``env``, their temporaries numbered apart."""
+        counter = [0]
 
         def resolve(name: str) -> Val:
             if name in env:
                 return env[name]
             raise Unsupported(f"'{name}' is not available inside the kernel")
 
-        counter = [0]
-
-        def renderer() -> TapeRenderer:
-            r = TapeRenderer(c, resolve, blocks)
+        def renderer():
+            r = self.Tape(self.c, resolve, self.blocks)
             r._n = counter[0]
             return r
 
-        def done(r: TapeRenderer) -> None:
+        def done(r) -> None:
             counter[0] = r._n
+
+        return renderer, done
+
+    def prologue(self, out, env: dict, renderer, done) -> tuple:
+        """The signature, the program's indices and masks, args, params and the loop-invariant locals (on their
+        own tape, their adjoints accumulating over the whole sequence). Returns (their tape, their segments,
+        the accumulated params and invariant locals)."""
+        tm, g, c, N, blocks = self.tm, self.g, self.c, self.N, self.blocks
 
         def cplx(name: str) -> str:
             return " complex: real view" if self.ty(name).complex else ""
@@ -559,9 +573,10 @@ class BackwardKernel:
         for n in c.op_params:
             sig.append(f"{', '.join([N['ptr'][n]] + N['stride'][n])},  # param {n}{cplx(n)}")
         for s in g.states:
+            scratch = f"{self.buf['wk', s]}, " if "scratch" in self.CHECKPOINTS else ""
             sig.append(f"{N['h0'][s]}, {self.buf['dht', s]}, {self.buf['dh0', s]}, {self.buf['ck', s]}, "
-                       f"{self.buf['wk', s]},  # state {s}: initial, its gradient at the end / start, "
-                       f"checkpoints, scratch{cplx(s)}")
+                       f"{scratch} # state {s}: initial, its gradient at the end / start, "
+                       f"{self.CHECKPOINTS}{cplx(s)}")
         for o in c.readouts:
             sig.append(f"{self.buf['do', o]},  # gradient of readout {o}: [B, T, H, ...]{cplx(o)}")
         for n in c.op_streams:
@@ -570,9 +585,9 @@ class BackwardKernel:
             sig.append(f"{self.buf['dp', n]},  # gradient of param {n} per program: [N, H, ...]{cplx(n)}")
         if g.args:
             sig.append(f"args,  # cell args: {', '.join(g.args)}")
-        sig.append("cu_seqlens, T, CHUNK, NC,  # packed sequences (IS_VARLEN); the buffers' T; checkpoint spacing, slots")
-        sig.append(", ".join(f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr"
-                             for d in self.dims) + ",")
+        sig.append(self.LOOP_ARGS)
+        sig.append(", ".join([f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in self.dims]
+                             + [f"{x}: tl.constexpr" for x in self.CONSTEXPRS]) + ",")
         sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,")
         tm.open_kernel(out, self.kernel_name, sig)
         L = 1
@@ -608,21 +623,19 @@ class BackwardKernel:
             inv_segs.append((st, v, start, len(r_inv.tape), self.var(st.name)[0]))
         done(r_inv)
         accumulated = [n for n in list(c.op_params) + g.invariant if n in env and not env[n].plain]
+        return r_inv, inv_segs, accumulated
+
+    def kernel(self) -> list[str]:
+        tm, g, c, N, blocks = self.tm, self.g, self.c, self.N, self.blocks
+        out = tm._Lines()
+        env: dict[str, Val] = {}
+        renderer, done = self.renderers(env)
+        r_inv, inv_segs, accumulated = self.prologue(out, env, renderer, done)
+        L = 1
 
         # 1. checkpoints every CHUNK steps
         out.add("# 1. the forward walk, storing the state every CHUNK steps", L)
-        for s in g.states:
-            t = c.cell_types[s]
-            decl = next(d for d in g.cell.states if d.name == s)
-            init = literal(decl.init.value) if isinstance(decl.init, ir.Num) else "0.0"
-            ptr, m = self.state_offsets(s, None)
-            out.add("if USE_INITIAL_STATE:", L)
-            h0 = self.load(f"{N['h0'][s]} + {ptr}", m, t.complex)
-            self.assign(out, L + 1, self.var(s), _part(f"{{}} + {self.zeros(t.dims)}", h0))
-            out.add("else:", L)
-            zero = self.zeros(t.dims)
-            self.assign(out, L + 1, self.var(s), (zero if init == "0.0" else f"{zero} + {init}", zero))
-            env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
+        self.initial_states(out, L, env)
         out.add("for t in range(0, seq_len):", L)
         out.add("if t % CHUNK == 0:", L + 1)
         self.store_states(out, L + 2, "ck", ("NC", "t // CHUNK"))
@@ -633,13 +646,7 @@ class BackwardKernel:
 
         # 2. chunks backwards
         out.add("# 2. the chunks, last first: recompute the chunk's states, then walk its steps backwards", L)
-        for n in accumulated:
-            self.assign(out, L, self.acc("gp", n, env[n].complex), (self.zeros(env[n].dims), self.zeros(env[n].dims)))
-        for s in g.states:
-            t = c.cell_types[s]
-            ptr, m = self.state_offsets(s, None)
-            dht = self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex)
-            self.assign(out, L, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
+        self.accumulators(out, L, env, accumulated)
         out.add("n_chunks = (seq_len + CHUNK - 1) // CHUNK", L)
         out.add("for i_c in range(0, n_chunks):", L)
         L2 = L + 1
@@ -691,11 +698,44 @@ class BackwardKernel:
             self.write_back(out, L3, self.acc("ds", s, t.complex),
                             got if got is not None else (self.zeros(t.dims), self.zeros(t.dims)))
         out.add("tl.debug_barrier()", L2)
+        self.epilogue(out, env, adj._n, r_inv, inv_segs, accumulated)
+        return tm.inline_single_use_temporaries(tm.drop_dead_temporaries(out.lines))
 
-        # 3. the invariant locals' adjoints to the params, then the stores
+    def initial_states(self, out, level: int, env: dict) -> None:
+        """The states' registers at the start of the sequence (the initial state, or the declared constant)."""
+        for s in self.g.states:
+            t = self.c.cell_types[s]
+            decl = next(d for d in self.g.cell.states if d.name == s)
+            init = literal(decl.init.value) if isinstance(decl.init, ir.Num) else "0.0"
+            ptr, m = self.state_offsets(s, None)
+            out.add("if USE_INITIAL_STATE:", level)
+            h0 = self.load(f"{self.N['h0'][s]} + {ptr}", m, t.complex)
+            self.assign(out, level + 1, self.var(s), _part(f"{{}} + {self.zeros(t.dims)}", h0))
+            out.add("else:", level)
+            zero = self.zeros(t.dims)
+            self.assign(out, level + 1, self.var(s), (zero if init == "0.0" else f"{zero} + {init}", zero))
+            env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
+
+    def accumulators(self, out, level: int, env: dict, accumulated: list) -> None:
+        """Registers summing the params' (and invariant locals') adjoints, and the states' adjoints (``ds``: from
+        the final states' gradients)."""
+        for n in accumulated:
+            zeros = self.zeros(env[n].dims)
+            self.assign(out, level, self.acc("gp", n, env[n].complex), (zeros, zeros))
+        for s in self.g.states:
+            t = self.c.cell_types[s]
+            ptr, m = self.state_offsets(s, None)
+            dht = self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex)
+            self.assign(out, level, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
+
+    def epilogue(self, out, env: dict, n_temps: int, r_inv, inv_segs: list, accumulated: list) -> None:
+        """The invariant locals' adjoints to the params, then the stores of the initial states' gradients (the
+        ``ds`` accumulators) and of the params' (per program)."""
+        tm, g, c, blocks = self.tm, self.g, self.c, self.blocks
+        L = 1
         out.add("# 3. gradients of the initial state and (per program) of the params", L)
         adj_inv = Adjoints(r_inv, blocks, {self.var(n)[0] for n in accumulated})
-        adj_inv._n = adj._n
+        adj_inv._n = n_temps
         for n in accumulated:
             adj_inv.adj["v", env[n].re] = self.acc("gp", n, env[n].complex)
         self.backward(adj_inv, r_inv, inv_segs)
@@ -712,7 +752,6 @@ class BackwardKernel:
             ptr = f"(i_b * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
             self.store(out, L, f"{self.buf['dp', n]} + {ptr}", adj_inv.adj["v", env[n].re],
                        tm.block_mask(blocks, t.dims), t.dims)
-        return tm.inline_single_use_temporaries(tm.drop_dead_temporaries(out.lines))
 
     @staticmethod
     def write_back(out, level: int, target: Pair, value: Pair) -> None:
@@ -756,22 +795,31 @@ class BackwardKernel:
 
         n_outs = len(c.readouts)
         kw = "".join(f", {a}" for a in g.args)
-        out.add(f"def _backward_recurrent(_state, {', '.join(g.inputs)}, *{kw}, cu_seqlens=None, _grads):")
-        out.add('"""The Triton backward of the recurrent form: ((initial state grads), (input grads)).', 1)
+        scan = self.FORM == "scan"
+        out.add(f"def _backward_{self.FORM}(_state, {', '.join(g.inputs)}, *{kw}, cu_seqlens=None, _grads):")
+        out.add(f'"""The Triton backward of the {self.FORM} form: ((initial state grads), (input grads)).', 1)
         out.add("", 0)
         out.add("_grads: the gradients of (readouts..., final states...) as autograd gives them (None: zero).", 1)
-        out.add("Checkpoints every _rt.checkpoint_every(T) steps; stream and param gradients are summed back", 1)
+        out.add("The state entering every block of tokens is kept; stream and param gradients are summed back" if scan
+                else "Checkpoints every _rt.checkpoint_every(T) steps; stream and param gradients are summed back", 1)
         out.add("to the inputs' (possibly broadcast) shapes. cu_seqlens: N packed sequences (B = 1), a program row each.", 1)
         out.add('"""', 1)
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
         out.add("_pk = _rt.Packing(cu_seqlens, _B, _T, _device)", 1)
-        out.add("_chunk = _rt.checkpoint_every(_pk.longest)", 1)
-        out.add("_nc = triton.cdiv(_pk.longest, _chunk)", 1)
+        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
+        out.add(f"_cfg = _rt.launch_config({self.LAUNCH!r}, tiled_size=None, state_numel={state_numel}, "
+                "device=_device)", 1)
+        if scan:
+            out.add("_nc = triton.cdiv(_pk.longest, _cfg['block_t'])", 1)
+        else:
+            out.add("_chunk = _rt.checkpoint_every(_pk.longest)", 1)
+            out.add("_nc = triton.cdiv(_pk.longest, _chunk)", 1)
         for i, s in enumerate(g.states):
             sh, cx = shape(c.cell_types[s].dims), c.cell_types[s].complex
             out.add(f"_ck_{s} = _rt.empty((_pk.N, _H, _nc{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_wk_{s} = _rt.empty((_pk.N, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
+            if not scan:
+                out.add(f"_wk_{s} = _rt.empty((_pk.N, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
             out.add(f"_dh0_{s} = _rt.empty((_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
             out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
         for i, o in enumerate(c.readouts):
@@ -786,24 +834,22 @@ class BackwardKernel:
         for n in c.op_params:
             t = g.cell_ty(n)
             out.add(f"_dp_{n} = _rt.empty((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
-        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
-        out.add(f"_cfg = _rt.launch_config('recurrent', tiled_size=None, state_numel={state_numel}, device=_device)", 1)
         out.add(f"{self.kernel_name}[(_pk.N, _H)](", 1)
         for n in c.op_streams:
             out.add(f"*_rt.stream({n}, _B, _T, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for n in c.op_params:
             out.add(f"*_rt.param({n}, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for i, s in enumerate(g.states):
-            out.add(f"_rt.state_in(_state[{i}], _dtype), _dht_{s}, _dh0_{s}, _ck_{s}, _wk_{s},", 2)
+            out.add(f"_rt.state_in(_state[{i}], _dtype), _dht_{s}, _dh0_{s}, _ck_{s},{'' if scan else f' _wk_{s},'}", 2)
         buffers = [f"_do_{o}" for o in c.readouts] + [f"_dx_{n}" for n in c.op_streams] + \
             [f"_dp_{n}" for n in c.op_params]
         if buffers:
             out.add(", ".join(buffers) + ",", 2)
         if g.args:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
-        out.add("_pk.cu, _T, _chunk, _nc,", 2)
-        out.add(", ".join(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={_pow2(sizes[d])}"
-                          for d in self.dims) + ",", 2)
+        out.add("_pk.cu, _T, _nc," if scan else "_pk.cu, _T, _chunk, _nc,", 2)
+        out.add(", ".join([f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={_pow2(sizes[d])}"
+                           for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan) + ",", 2)
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
                 2)
         out.add(")", 1)

@@ -12,7 +12,10 @@ The SCAN form of cells whose states are gated vectors (Mamba, LRU, S4D, ...): th
 stream values of the block are loaded as ``[BLOCK_T, *dims]`` blocks, the cell is rendered for all of them
 at once (``TimeBatchedRenderer``: per-token values carry the leading dim TIME), and each state's update
 ``h_t = a_t h_{t-1} + b_t`` (a, b from the plan) is a ``tl.associative_scan`` over the block, the carried
-state applied, the last row carried on. Its backward is the recurrent backward kernel. What it cannot
+state applied, the last row carried on. Its backward is a third generated kernel
+(``codegen/triton_scan_backward.py``: the adjoint recurrence as a reverse scan over each block; the module's
+``SCAN_BACKWARD`` says which backward runs, the recurrent backward kernel where that one cannot be generated).
+What it cannot
 express (matrix states, reads of S_{t-1}, products needing 3-d blocks) keeps the unfused scan: the torch
 twin's scan with ``triton_scan`` (``SCAN`` in the module says which, and why).
 
@@ -72,6 +75,12 @@ class _Lines:
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
 
+    def section(self, lines: list[str]) -> None:
+        """Top-level source lines (a kernel), then two blank lines."""
+        self.extend(lines, 0)
+        self.add()
+        self.add()
+
 
 def _mentions(e: ir.Expr, names: set[str]) -> bool:
     return any(n.id in names for n in ir.names_in(e))
@@ -103,6 +112,68 @@ def contiguous_offsets(blocks: Blocks, ds: tuple, cplx: bool) -> tuple[str, str]
     if cplx:
         offs, numel = f"({offs}) * 2", f"{numel} * 2" if ds else "2"
     return offs, numel
+
+
+def token_block(r: TritonRenderer, v: Val, t: Ty, identity: float, state: str) -> tuple[str, str | None]:
+    """A state's per-token decay or write ``v`` as a ``[BLOCK_T, *state]`` block bound to temporaries (real, imaginary
+    or None) whose padded tokens (beyond the sequence) are the identity step: ``identity`` (a = 1, b = 0)."""
+    if v.complex and not t.complex:
+        raise Unsupported(f"a complex update of the real state {state}")
+    frame = (TIME,) + t.dims
+    if set(v.dims) - set(frame):
+        raise Unsupported(f"the update of {state} has dims {v.dims} beyond the state's {t.dims}")
+    shape = ", ".join(r.blocks.block(d) for d in frame)
+    rows = f"m_t{index_at(0, len(frame))}"
+
+    def fit(text: str, pad: float) -> str:
+        aligned = text if v.plain else r.align(text, v.dims, frame)
+        return r.bind(f"tl.where({rows}, {aligned} + tl.zeros([{shape}], dtype=DTYPE), {pad})")
+
+    return fit(v.re, identity), (fit(v.im, 0.0) if v.im is not None else None)
+
+
+def aligned_to_block(v: Val, dims: tuple) -> tuple[str, str | None]:
+    """A state's value (of ``dims``) as (real, imaginary or None) texts broadcast over a block's tokens."""
+    index = index_for(dims, (TIME,) + dims)
+    return v.re + index, None if v.im is None else v.im + index
+
+
+def linear_scan(a: tuple, b: tuple, carry: tuple, names: str, reverse: bool = False,
+                previous: bool = False) -> tuple[list[str], tuple, tuple | None]:
+    """Lines computing x_t = a_t x_{t-1} + b_t for the tokens of a block (axis 0 of ``[BLOCK_T, ...]`` blocks) with
+    ``tl.associative_scan``, from ``carry`` (x before the block's first token, aligned to the block); with
+    ``reverse``, x_t = a_t x_{t+1} + b_t from the value after its last. ``previous``: also x_{t-1} (reverse:
+    x_{t+1}), scanning (a, b, 1, 0) with ``compose_with_previous``. a, b, carry: (real, imaginary or None) texts
+    (one complex operand makes the scan complex). Returns (lines, x (re, im or None), previous or None), held in
+    variables named ``{names}_<part>``."""
+    cplx = any(x[1] is not None for x in (a, b, carry))
+
+    def parts(x: tuple) -> list[str]:
+        return [x[0], x[1] if x[1] is not None else f"({x[0]} * 0.0)"] if cplx else [x[0]]
+
+    one, zero = [f"({a[0]} * 0.0 + 1.0)", f"({a[0]} * 0.0)"], [f"({a[0]} * 0.0)"] * 2
+    operands = parts(a) + parts(b) + ((one + zero if cplx else [one[0], zero[0]]) if previous else [])
+    k = 2 if cplx else 1
+    labels = ["a", "b", "p", "q"][:4 if previous else 2]
+    results = [f"{names}_{x}{('_re', '_im')[i] if cplx else ''}" for x in labels for i in range(k)]
+    combine = {(False, False): "compose_real", (True, False): "compose_complex",
+               (False, True): "compose_with_previous", (True, True): "compose_with_previous_complex"}[cplx, previous]
+    lines = [f"{', '.join(results)} = tl.associative_scan(({', '.join(operands)}), 0, _tlib.{combine}"
+             f"{', reverse=True' if reverse else ''})"]
+    c = parts(carry)
+
+    def apply(m: list[str], v: list[str], target: str) -> tuple:
+        """m * carry + v into ``{names}_{target}``."""
+        if not cplx:
+            lines.append(f"{names}_{target} = {m[0]} * {c[0]} + {v[0]}")
+            return (f"{names}_{target}", None)
+        lines.append(f"{names}_{target}_re = {m[0]} * {c[0]} - {m[1]} * {c[1]} + {v[0]}")
+        lines.append(f"{names}_{target}_im = {m[0]} * {c[1]} + {m[1]} * {c[0]} + {v[1]}")
+        return (f"{names}_{target}_re", f"{names}_{target}_im")
+
+    x = apply(results[:k], results[k:2 * k], "x")
+    prev = apply(results[2 * k:3 * k], results[3 * k:], "prev") if previous else None
+    return lines, x, prev
 
 
 def open_kernel(out: _Lines, name: str, signature: list[str]) -> None:
@@ -220,10 +291,8 @@ class _Gen:
             names["h0"][s_], names["ht"][s_] = fresh(f"h0_{s_}"), fresh(f"ht_{s_}")
         for o in self.c.readouts:
             names["ptr"][o] = fresh(f"out_{o}")
-        names["all"], names["cumulative"] = {}, {}       # the fused scan's per-token states and scan results
-        for s_ in self.states:
-            names["all"][s_] = (fresh(f"b_{s_}_all_re"), fresh(f"b_{s_}_all_im"))
-            names["cumulative"][s_] = tuple(fresh(f"cum_{part}_{s_}") for part in ("a_re", "a_im", "b_re", "b_im"))
+        # the prefix of the fused scan's variables for each state (linear_scan): scan results, per-token states
+        names["scan"] = {s_: fresh(f"scan_{s_}") for s_ in self.states}
         return names
 
     @staticmethod
@@ -391,39 +460,16 @@ class _Gen:
                 raise Unsupported(f"the state {name} is updated twice in a step")
             t = c.cell_types[name]
             frame = (TIME,) + t.dims
-            shape = ", ".join(blocks.block(d) for d in frame)
-            rows = f"m_t{index_at(0, len(frame))}"
-
-            def block(v: Val, identity: float) -> tuple[str, str | None]:
-                if v.complex and not t.complex:
-                    raise Unsupported(f"a complex update of the real state {name}")
-                if set(v.dims) - set(frame):
-                    raise Unsupported(f"the update of {name} has dims {v.dims} beyond the state's {t.dims}")
-
-                def fit(text: str, pad: float) -> str:
-                    aligned = text if v.plain else r.align(text, v.dims, frame)
-                    return r.bind(f"tl.where({rows}, {aligned} + tl.zeros([{shape}], dtype=DTYPE), {pad})")
-                im = None
-                if t.complex:
-                    im = fit(v.im, 0.0) if v.im is not None else r.bind(f"tl.zeros([{shape}], dtype=DTYPE)")
-                return fit(v.re, identity), im
-
-            (ar, ai), (br, bi) = block(r(product_expr(sp.factors)), 1.0), block(r(sp.k), 0.0)
+            a = token_block(r, r(product_expr(sp.factors)), t, 1.0, name)
+            b = token_block(r, r(sp.k), t, 0.0, name)
             dst.extend(r.take_lines(), level)
-            h, cum, carry = N["all"][name], N["cumulative"][name], carries[name]
-            cr = carry.re + index_for(t.dims, frame)
-            if t.complex:
-                ci = carry.im + index_for(t.dims, frame)
-                dst.add(f"{cum[0]}, {cum[1]}, {cum[2]}, {cum[3]} = tl.associative_scan(({ar}, {ai}, {br}, {bi}), 0, "
-                        "_tlib.compose_complex)", level)
-                dst.add(f"{h[0]} = {cum[0]} * {cr} - {cum[1]} * {ci} + {cum[2]}", level)
-                dst.add(f"{h[1]} = {cum[0]} * {ci} + {cum[1]} * {cr} + {cum[3]}", level)
-            else:
-                dst.add(f"{cum[0]}, {cum[2]} = tl.associative_scan(({ar}, {br}), 0, _tlib.compose_real)", level)
-                dst.add(f"{h[0]} = {cum[0]} * {cr} + {cum[2]}", level)
+            carry = carries[name]
+            lines, h, _ = linear_scan(a, b, aligned_to_block(carry, t.dims), N["scan"][name])
+            dst.extend(lines, level)
             last = f"(o_t == BLOCK_T - 1){index_at(0, len(frame))}"
-            for part, all_part in zip((carry.re, carry.im), h[:1 + t.complex]):
-                dst.add(f"{part} = tl.reduce(tl.where({last}, {all_part}, 0.0), 0, _tlib.add)", level)
+            for part, all_part in zip((carry.re, carry.im), h):
+                if part is not None:
+                    dst.add(f"{part} = tl.reduce(tl.where({last}, {all_part}, 0.0), 0, _tlib.add)", level)
             env[name] = Val(h[0], frame, h[1] if t.complex else None)
 
         # ---- loop-invariant locals
@@ -613,7 +659,10 @@ class _Gen:
         out.add('"""' + doc[0], 1)
         for line in doc[1:]:
             out.add(line, 1 if line else 0)
-        if self.backward_kernel is not None:
+        if form == "scan" and self.scan_backward is not None:
+            out.add("Backward (autograd): the scan's Triton backward kernel (the adjoint recurrence as a reverse", 1)
+            out.add("associative scan over each block, the states recomputed from the one entering it).", 1)
+        elif self.backward_kernel is not None:
             out.add("Backward (autograd): the Triton backward kernel (reverse-mode through the cell's step,", 1)
             out.add("states recomputed from checkpoints every ~sqrt(T) steps).", 1)
         else:
@@ -621,7 +670,8 @@ class _Gen:
             out.add(f"the forward through the torch twin's {form} form.", 1)
         out.add('"""', 1)
         caveat = self.gpu_caveat()
-        backward = ", backward=_backward_recurrent" if self.backward_kernel is not None else ""
+        backward = ", backward=_backward_scan" if form == "scan" and self.scan_backward is not None else \
+            ", backward=_backward_recurrent" if self.backward_kernel is not None else ""
         out.add(f"return _rt.apply_form(_launch_{form}, _twin_{form}, tuple(_state), ({', '.join(self.inputs)},), "
                 f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''}"
                 f"{backward})", 1)
@@ -796,6 +846,15 @@ class _Gen:
         if "scan" in modes:
             scan_lines, unfused_scan = self.fused_scan_kernel() if kernel_lines is not None else \
                 (None, "no recurrent kernel")
+        self.scan_backward, scan_backward_lines, self.no_scan_backward = None, None, None
+        if scan_lines is not None and self.backward_kernel is not None:
+            from seqdsl.codegen.triton_scan_backward import ScanBackwardKernel
+
+            try:
+                sbk = ScanBackwardKernel(self)
+                scan_backward_lines, self.scan_backward = sbk.kernel(), sbk
+            except Unsupported as e:
+                self.no_scan_backward = str(e)
         no_chunk = self.chunk_unsupported(twin_source)
         if "chunk" in self.p.modes and no_chunk is None:
             modes += ("chunk",)
@@ -841,36 +900,32 @@ class _Gen:
         if "scan" in modes:
             scan_kind = "fused" if scan_lines is not None else f"torch preparation + triton_scan ({unfused_scan})"
             out.add(f"SCAN = {scan_kind!r}  # the scan form: one fused kernel, or why not")
+        if scan_lines is not None:
+            scan_backward = "triton scan" if self.scan_backward is not None else \
+                f"the recurrent backward kernel ({self.no_scan_backward})" if self.backward_kernel is not None else \
+                "the torch twin's scan (the cell has no Triton backward kernel)"
+            out.add(f"SCAN_BACKWARD = {scan_backward!r}  # the fused scan's backward")
         if kernel_lines is not None:
             out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
             out.add()
             out.add()
-            for line in kernel_lines:
-                out.add(line)
-            out.add()
-            out.add()
+            out.section(kernel_lines)
             self.launcher(out)
-            out.add()
-            out.add()
+            out.section([])
             if backward_lines is not None:
-                for line in backward_lines:
-                    out.add(line)
-                out.add()
-                out.add()
+                out.section(backward_lines)
                 self.backward_kernel.launcher(out)
-                out.add()
-                out.add()
+                out.section([])
             self.wrappers(out)
         if scan_lines is not None:
-            out.add()
-            out.add()
-            for line in scan_lines:
-                out.add(line)
-            out.add()
-            out.add()
+            out.section([])
+            out.section(scan_lines)
             self.launcher(out, "scan")
-            out.add()
-            out.add()
+            out.section([])
+            if scan_backward_lines is not None:
+                out.section(scan_backward_lines)
+                self.scan_backward.launcher(out)
+                out.section([])
             self.fused_scan_wrapper(out)
         elif "scan" in modes:
             out.add()

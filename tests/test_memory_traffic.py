@@ -43,8 +43,8 @@ def _mamba_passes(tmp_path, *flags) -> float:
 def test_mamba_scan_form_materialises_no_per_state_tensors(tmp_path):
     """Mamba's scan form is one fused kernel: a, b and the readout C . h are computed in registers, so nothing of
     [B, T, d_inner, n] is made in torch (the unfused form made 1.05 GB of it in the forward: 250 passes over u).
-    Its backward is the recurrent form's Triton backward kernel; what torch does there is sum the per-channel
-    gradient rows of B and C (73 passes over u; the unfused form's backward: about 1500)."""
+    Its backward is a fused kernel too (the adjoint recurrence scanned per block); what torch does there is sum
+    the per-channel gradient rows of B and C (73 passes over u; the unfused form's backward: about 1500)."""
     forward = _mamba_passes(tmp_path)
     assert forward < 1.0, forward                      # measured 0.0
     both = _mamba_passes(tmp_path, "--backward")

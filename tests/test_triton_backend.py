@@ -582,18 +582,21 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
 @pytest.mark.parametrize("name", ["gla", "s4d", "lru"])
 def test_scan_form_runs_the_triton_scan_kernels(name, monkeypatch):
     """A cell of gated vector states (S4D, LRU) runs its scan form as one fused kernel (``SCAN == 'fused'``), and
-    its backward is the recurrent form's Triton backward kernel (the same function). A matrix state (GLA) keeps
+    its backward as one more (``SCAN_BACKWARD == 'triton scan'``: the adjoint recurrence scanned over each block,
+    not the recurrent backward kernel). A matrix state (GLA) keeps
     the unfused form: torch prepares a_t and b_t and triton_scan's kernel scans them, once forward and once
     time-reversed for the backward."""
     m, op, ref = compiled(name)
     fused = name != "gla"
     assert (op.module.SCAN == "fused") == fused, op.module.SCAN
     inputs = sample_inputs(ref, 1, 5, seed=4)
-    runs = {"unfused": 0, "fused": 0, "backward": 0}
+    runs = {"unfused": 0, "fused": 0, "backward": 0, "recurrent": 0}
     kernels = [("unfused", triton_scan.scan_diagonal_kernel)]
     if fused:
+        assert op.module.SCAN_BACKWARD == "triton scan", op.module.SCAN_BACKWARD
         kernels += [("fused", getattr(op.module, f"{m.name}_scan_fwd_kernel")),
-                    ("backward", getattr(op.module, f"{m.name}_recurrent_bwd_kernel"))]
+                    ("backward", getattr(op.module, f"{m.name}_scan_bwd_kernel")),
+                    ("recurrent", getattr(op.module, f"{m.name}_recurrent_bwd_kernel"))]
     for key, kernel in kernels:
         original = kernel.run
 
@@ -604,20 +607,20 @@ def test_scan_form_runs_the_triton_scan_kernels(name, monkeypatch):
     expected = ref(**inputs, output_final_state=True)
     _check(f"{name}/triton scan", expected, op(**inputs, output_final_state=True, mode="scan"), torch.float64,
            FORM_FACTOR["scan"])
-    assert runs == {"unfused": 1 - fused, "fused": int(fused), "backward": 0}, runs
+    assert runs == {"unfused": 1 - fused, "fused": int(fused), "backward": 0, "recurrent": 0}, runs
     xs = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
     o, _ = op(**xs, mode="scan")
     (o[0] if isinstance(o, tuple) else o).real.sum().backward()
-    assert runs == ({"unfused": 0, "fused": 2, "backward": 1} if fused else
-                    {"unfused": 3, "fused": 0, "backward": 0}), runs
+    assert runs == ({"unfused": 0, "fused": 2, "backward": 1, "recurrent": 0} if fused else
+                    {"unfused": 3, "fused": 0, "backward": 0, "recurrent": 0}), runs
 
 
 @pytest.mark.parametrize("name", ["mamba", "lru", "hawk"])
 def test_fused_scan_does_not_depend_on_its_block_of_tokens(name, monkeypatch):
-    """The fused scan kernel gives the interpreter's results whatever its block of tokens: 1 (the recurrence
-    itself), 4 (many blocks, the last of a sequence padded), 64 (one block longer than every sequence); packed
-    sequences of lengths 4, 1, 9, 3 in one launch, each from its initial state; gradients through it. Buffers
-    start as NaN, so an element no program writes would show."""
+    """The fused scan kernel and its backward kernel give the interpreter's results and gradients whatever their
+    block of tokens: 1 (the recurrence itself), 4 (many blocks, the last of a sequence padded), 64 (one block
+    longer than every sequence); packed sequences of lengths 4, 1, 9, 3 in one launch, each from its initial
+    state. Buffers start as NaN, so an element no program writes would show."""
     nan_filled_buffers(monkeypatch)
     m, op, ref = compiled(name)
     assert op.module.SCAN == "fused"
@@ -636,12 +639,19 @@ def test_fused_scan_does_not_depend_on_its_block_of_tokens(name, monkeypatch):
     assert blocks == [1, 4, 64], blocks
     g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu),
                             inputs, h0)
-    with triton_runtime.override_launch(block_t=4):
-        g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu,
-                                                mode="scan"), inputs, h0)
-    for k in g_ref:
-        if g_ref[k] is not None:
-            assert_close(f"{name}/fused scan d{k}", g_ref[k], g_op[k], torch.float64, 10 * FORM_FACTOR["scan"])
+    backward_blocks = []
+    bwd = getattr(op.module, f"{m.name}_scan_bwd_kernel")
+    original_bwd = bwd.run
+    monkeypatch.setattr(bwd, "run", lambda *a, **kw: backward_blocks.append(kw["BLOCK_T"]) or original_bwd(*a, **kw))
+    for block_t in (1, 4, 64):       # the backward kernel (SCAN_BACKWARD) steps through the same blocks
+        with triton_runtime.override_launch(block_t=block_t):
+            g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu,
+                                                    mode="scan"), inputs, h0)
+        for k in g_ref:
+            if g_ref[k] is not None:
+                assert_close(f"{name}/fused scan, blocks of {block_t}: d{k}", g_ref[k], g_op[k], torch.float64,
+                             10 * FORM_FACTOR["scan"])
+    assert backward_blocks == [1, 4, 64], backward_blocks
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])

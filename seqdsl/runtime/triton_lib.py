@@ -183,6 +183,24 @@ def compose_complex(ar1, ai1, br1, bi1, ar2, ai2, br2, bi2):
 
 
 @triton.jit
+def compose_with_previous(a1, b1, p1, q1, a2, b2, p2, q2):
+    """``compose_real`` that also composes all but the last step of a segment, (p, q): a scan of (a, b, 1, 0)
+    gives at each token both h_t (a, b applied to the carry) and h_{t-1} (p, q applied to it), without
+    shifting a block by one token. (p1, q1) are not needed: all but the last of S1 S2 is S1, then all but
+    the last of S2."""
+    return a1 * a2, a2 * b1 + b2, a1 * p2, p2 * b1 + q2
+
+
+@triton.jit
+def compose_with_previous_complex(ar1, ai1, br1, bi1, pr1, pi1, qr1, qi1, ar2, ai2, br2, bi2, pr2, pi2, qr2, qi2):
+    """``compose_with_previous`` for complex values carried as (real, imaginary) parts."""
+    return (ar1 * ar2 - ai1 * ai2, ar1 * ai2 + ai1 * ar2,
+            ar2 * br1 - ai2 * bi1 + br2, ar2 * bi1 + ai2 * br1 + bi2,
+            ar1 * pr2 - ai1 * pi2, ar1 * pi2 + ai1 * pr2,
+            pr2 * br1 - pi2 * bi1 + qr2, pr2 * bi1 + pi2 * br1 + qi2)
+
+
+@triton.jit
 def sequence_rows(cu_seqlens, i_b, T, IS_VARLEN: tl.constexpr):
     """(batch row, first token, length) of sequence i_b in a recurrent kernel's [B, T, ...] buffers: equal
     lengths: row i_b from token 0, T tokens; packed (IS_VARLEN, B = 1): row 0 from cu_seqlens[i_b] to

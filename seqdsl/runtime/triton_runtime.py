@@ -51,8 +51,8 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
                   low_precision_inputs: torch.dtype | None = None) -> dict:
     """The one launch configuration of a kernel call.
 
-    form: "recurrent", "chunk" or "scan" (the fused scan kernel: ``scan_launch``). tiled_size: the true size of
-    the state axis split across programs
+    form: "recurrent", "chunk", "scan" or "scan_backward" (the fused scan kernels: ``scan_launch``). tiled_size:
+    the true size of the state axis split across programs
     (None: not tiled). state_numel: register elements of the whole state per program before tiling.
     low_precision_inputs: bf16 / fp16 if the op's inputs are (else None). Returns {"block": block of the tiled
     axis (0 when not tiled), "num_warps": ..., "precision": the tl.dot precision of the chunk kernels
@@ -63,8 +63,8 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     column}; chunk launches on a GPU also get "num_stages" (``chunk_warps_and_stages``).
     """
     full = next_pow2(tiled_size) if tiled_size else 0
-    if form == "scan":
-        return scan_launch(state_numel, device)
+    if form in ("scan", "scan_backward"):
+        return scan_launch(state_numel, device, backward=form == "scan_backward")
     if _OVERRIDE is not None:
         cfg = {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
         cfg.update(_OVERRIDE)
@@ -84,18 +84,21 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     return {"block": block, "num_warps": num_warps}
 
 
-def scan_launch(state_numel: int, device: torch.device | None) -> dict:
-    """The fused scan kernel's launch: "block_t" tokens per block (a block holds block_t x the state's numbers
+def scan_launch(state_numel: int, device: torch.device | None, backward: bool = False) -> dict:
+    """The fused scan kernels' launch: "block_t" tokens per block (a block holds block_t x the state's numbers
     per cell-axis element), "num_warps". The interpreter: 16 tokens (a sequence of 33 runs three blocks, the
-    last one partly padded), one warp. A GPU: about 2048 numbers per block, 16 to 256 tokens; 4 warps, 8 from
-    4096 numbers per block on (the 16 tokens of a large whole-vector state: compiled for sm_90 at 4 warps, Hawk's
-    and HGRN's kernels spilled registers). A guess to be timed on a GPU (benchmarks/gpu_vs_fla.py runs the
-    Mamba scan form against mamba_ssm). ``override_launch(block_t=...)`` forces the block."""
+    last one partly padded), one warp. A GPU: about 2048 numbers per block in the forward and 1024 in the
+    backward (which keeps more of them live), 4 to 256 tokens; 4 warps, 8 from 4096 numbers per block on.
+    Compiled for sm_90 (benchmarks/gpu_compile_check.py), that leaves no kernel of the examples spilling
+    registers; with 16 tokens at least, the whole-vector states of Hawk (1024 numbers) and HGRN (512) spilled
+    up to 704 B. A guess to be timed on a GPU (benchmarks/gpu_vs_fla.py runs the Mamba scan form against
+    mamba_ssm). ``override_launch(block_t=...)`` forces the block."""
     if _OVERRIDE is not None and "block_t" in _OVERRIDE:
         return {"block_t": _OVERRIDE["block_t"], "num_warps": _OVERRIDE.get("num_warps", 1)}
     if interpreting() or device is None or device.type != "cuda":
         return {"block_t": 16, "num_warps": 1}
-    block_t = min(256, max(16, next_pow2(2048 // max(1, state_numel))))
+    target = 1024 if backward else 2048
+    block_t = min(256, max(4, next_pow2(target // max(1, state_numel))))
     return {"block_t": block_t, "num_warps": 4 if block_t * state_numel < 4096 else 8}
 
 
