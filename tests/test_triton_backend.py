@@ -615,7 +615,21 @@ def test_scan_form_runs_the_triton_scan_kernels(name, monkeypatch):
                     {"unfused": 3, "fused": 0, "backward": 0, "recurrent": 0}), runs
 
 
-@pytest.mark.parametrize("name", ["mamba", "lru", "hawk"])
+FUSED_SCAN = ["aft_simple", "dlr", "dss", "gss", "h3", "hawk", "hgrn", "laughing_hyena", "liquid_s4", "lru", "mamba",
+              "mega_ema", "qrnn", "s4d", "s5"]
+
+
+def test_which_examples_have_a_fused_scan():
+    """Every example whose states are all gated vectors, read after their update, gets the fused scan kernels; the
+    others say why not (a matrix state; a readout of S_{t-1})."""
+    fused = sorted(n for n in MODELS if getattr(compiled(n)[1].module, "SCAN", None) == "fused")
+    assert fused == FUSED_SCAN
+    assert all(compiled(n)[1].module.SCAN_BACKWARD == "triton scan" for n in fused)
+    assert "is a matrix" in compiled("gla")[1].module.SCAN
+    assert "before its update" in compiled("rwkv6")[1].module.SCAN
+
+
+@pytest.mark.parametrize("name", FUSED_SCAN)
 def test_fused_scan_does_not_depend_on_its_block_of_tokens(name, monkeypatch):
     """The fused scan kernel and its backward kernel give the interpreter's results and gradients whatever their
     block of tokens: 1 (the recurrence itself), 4 (many blocks, the last of a sequence padded), 64 (one block
