@@ -1014,8 +1014,10 @@ def test_gpu_large_shapes_match_the_torch_backend(name, hparams, dtype):
     # the fp64 reference gets the rounded inputs the kernel gets: the check is of the arithmetic
     rounded = {k: (v.to(torch.complex128) if v.is_complex() else v.double()) for k, v in low.items()}
     expected = op_ref(**rounded, initial_state=h0, output_final_state=True, mode="recurrent")
-    got = op_t(**low, initial_state=h0, output_final_state=True, mode="recurrent")
-    _check(f"{name}/gpu {dtype}", expected, got, dtype, 4.0)
+    fused_scan = ["scan"] if getattr(op_t.module, "SCAN", None) == "fused" else []
+    for mode in ["recurrent"] + fused_scan:      # the fused scan: its blocks of tokens at the GPU's size
+        got = op_t(**low, initial_state=h0, output_final_state=True, mode=mode)
+        _check(f"{name}/gpu {mode} {dtype}", expected, got, dtype, 4.0 * FORM_FACTOR[mode])
 
 
 CHUNK_GPU_CASES = ["scalar", "key", "delta", "gated-delta"]
