@@ -302,11 +302,14 @@ def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
 
 @pytest.mark.parametrize("gate", ["none", "scalar", "key", "scalar+key"])
 @pytest.mark.parametrize("T,chunk", [(37, 16), (16, 16), (5, 32), (70, 64)])
-def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk):
+def test_chunk_backward_kernels_match_autograd_of_the_recurrence(gate, T, chunk, monkeypatch):
     """dq, dk, dv, dg / dgk and the initial state's gradient from the Triton backward kernels, against torch
     autograd through the step loop, for gradients arriving at the outputs and at the final state. Key gates
     are strong (log gates down to -4 per step, so exp(G) spans e^-250 within a chunk of 64): the sub-chunk
-    reference rows must keep every exponential of a non-positive number."""
+    reference rows must keep every exponential of a non-positive number. The key gate's intra-chunk scores
+    start as NaN: what the kernels read of them must be what they wrote."""
+    monkeypatch.setattr(triton_chunk, "intra_scores_buffer",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
     g = torch.Generator().manual_seed(T)
     B, H, K, V = 2, 2, 5, 18
 

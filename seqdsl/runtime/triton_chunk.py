@@ -204,6 +204,12 @@ def chunk_intra_gk_kernel(
             tl.store(p_A, (b_A * scale).to(A.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
 
 
+def intra_scores_buffer(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """The key-gated chunk's intra-chunk scores A [B, T, H, BT], left unfilled: chunk_intra_gk_kernel writes the
+    causal sub-blocks (rows < T) and its readers (chunk_fwd_o_kernel, chunk_bwd_dv_kernel) mask the rest."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 @triton.jit
 def chunk_fwd_o_kernel(
     q, k, v, gc, h, A, o,   # q, k [B, T, H, K], v, o [B, T, H, V], h [B, H, NT, K, V], A [B, T, H, BT]
@@ -566,18 +572,18 @@ def chunk_bwd_dv_kernel(
             b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
         b_dv += _tlib.dot(b_k, b_dh, PREC)
-    if GATE == 2:
+    causal = o_c[:, None] >= o_c[None, :]
+    if GATE == 2:           # the forward's scores: only their causal part is written (the rest: any value)
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None] & m_t[None, :],
                       other=0.0).to(DTYPE)
     else:
         b_A = b_A * scale
-        causal = o_c[:, None] >= o_c[None, :]
         if GATE == 1:
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
             b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
             b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
             b_dv = b_dv * tl.where(m_t, tl.exp(b_glast - b_g), 0.0)[:, None]
-        b_A = tl.where(causal, b_A, 0.0)
+    b_A = tl.where(causal, b_A, 0.0)
     b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_dv += _tlib.dot(tl.trans(b_A), b_do, PREC)
     tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
@@ -990,7 +996,7 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
         USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     A = q
     if gate == GATE_KEY:
-        A = torch.zeros(B, T, H, BT, dtype=dtype, device=q.device)
+        A = intra_scores_buffer((B, T, H, BT), dtype, q.device)
         chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, kscale, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
                                            DIAG_3D=cfg.get("diag_3d", False), **common)
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
