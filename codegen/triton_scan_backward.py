@@ -11,7 +11,9 @@ from lam after the last token = the final state's gradient; dh0 = conj(a_0) lam_
 (what token t hands to h_{t-1}), nu_t = conj(a_t) (g_t + nu_{t+1}): a reverse scan of the pairs
 (conj(a_t), conj(a_t) g_t), whose "all but the last step" part (``compose_with_previous``) gives nu_{t+1}, hence
 lam_t, without shifting a block by one token. The forward states h_t and h_{t-1} come the same way from the
-state entering the block.
+state entering the block. ``tl.associative_scan(..., reverse=True)`` is the scan of the flipped block with the
+same combine (the interpreter flips; Triton's own GPU test of a linear recurrence, test_scan2d, checks it
+against that), so the reverse scan composes the same (a, b) pairs as the forward one.
 
 The kernel (grid ``(B, H)``, like the forward):
 
