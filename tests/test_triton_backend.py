@@ -671,6 +671,51 @@ def test_fused_scan_does_not_depend_on_its_block_of_tokens(name, monkeypatch):
     assert backward_blocks == [1, 4, 64], backward_blocks
 
 
+def test_fused_scan_of_two_states_read_together_with_a_cell_arg(tmp_path, monkeypatch):
+    """A cell the examples do not have: two gated vector states scanned side by side, a readout that multiplies
+    them (nonlinear in the states, so only the scan's per-token states can give it), a decay from a param and a
+    stream, and a cell arg given at the call. Fused forward and backward against the interpreter, at blocks of
+    1, 4, 16 and 64 tokens (T = 37: a padded last block), n = 3 (a padded state block)."""
+    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
+    spec = """
+model two_states(d_model = 4, n = 3):
+  params:
+    w: [d_model, n] ~ normal(0, 0.2)
+  streams:
+    u: [d_model] = linear(x)
+    g: [d_model] = sigmoid(linear(x))
+    B: [n] = linear(x)
+    C: [n] = linear(x)
+  cell over d_model:
+    arg beta = 0.5
+    state s: [n] = 0
+    state h: [n] = 0
+    s <- g * s + beta * B
+    h <- exp(-g * exp(w)) * h + B * u / (1 + g)
+    o = sum(s * h) * beta + C @ h
+"""
+    m = seqdsl.loads(spec, name="two_states")
+    op, ref = seqdsl.compile(m, backend="triton"), seqdsl.reference(m)
+    assert op.module.SCAN == "fused" and op.module.SCAN_BACKWARD == "triton scan"
+    inputs = sample_inputs(ref, 2, 37, seed=1)
+    h0 = random_state(ref, 2, scale=0.5)
+
+    def run(fn, **kw):
+        return lambda xs, h: fn(**xs, initial_state=h, output_final_state=True, beta=0.7, **kw)
+
+    expected = run(ref)(inputs, h0)
+    g_ref = projected_grads(run(ref), inputs, h0)
+    for block_t in (1, 4, 16, 64):
+        with triton_runtime.override_launch(block_t=block_t):
+            _check(f"two states, blocks of {block_t}", expected, run(op, mode="scan")(inputs, h0), torch.float64,
+                   FORM_FACTOR["scan"])
+            g_op = projected_grads(run(op, mode="scan"), inputs, h0)
+        for k in g_ref:
+            if g_ref[k] is not None:
+                assert_close(f"two states, blocks of {block_t}: d{k}", g_ref[k], g_op[k], torch.float64,
+                             10 * FORM_FACTOR["scan"])
+
+
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
 def test_scan_kernel_backward_on_packed_sequences(complex_, with_h0, monkeypatch):
