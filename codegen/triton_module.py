@@ -114,6 +114,14 @@ def contiguous_offsets(blocks: Blocks, ds: tuple, cplx: bool) -> tuple[str, str]
     return offs, numel
 
 
+def token_pointers(p: str, dims: tuple, step: str) -> str:
+    """Pointers of a value of ``dims`` at the current token: ``p`` itself; for a block of tokens (``dims`` led by
+    TIME), ``p`` at the block's BLOCK_T tokens, ``step`` elements apart."""
+    if dims[:1] != (TIME,):
+        return p
+    return f"{p}{index_for(dims[1:], dims)} + (o_t * {step}){index_at(0, len(dims))}"
+
+
 def token_block(r: TritonRenderer, v: Val, t: Ty, identity: float, state: str) -> tuple[str, str | None]:
     """A state's per-token decay or write ``v`` as a ``[BLOCK_T, *state]`` block bound to temporaries (real, imaginary
     or None) whose padded tokens (beyond the sequence) are the identity step: ``identity`` (a = 1, b = 0)."""
@@ -294,14 +302,6 @@ class _Gen:
         # the prefix of the fused scan's variables for each state (linear_scan): scan results, per-token states
         names["scan"] = {s_: fresh(f"scan_{s_}") for s_ in self.states}
         return names
-
-    @staticmethod
-    def token_pointers(p: str, dims: tuple, step: str) -> str:
-        """Pointers of a value of ``dims`` at the current token: ``p`` itself; for a block of tokens (``dims``
-        led by TIME), ``p`` at the block's BLOCK_T tokens, ``step`` elements apart."""
-        if dims[:1] != (TIME,):
-            return p
-        return f"{p}{index_for(dims[1:], dims)} + (o_t * {step}){index_at(0, len(dims))}"
 
     # ------------------------------------------------------------------ the kernel
     def kernel(self, tiled, scan: bool = False) -> list[str]:
@@ -530,7 +530,7 @@ class _Gen:
             body.add("m_t = (t0 + o_t) < seq_len", lvl)
         for n in c.op_streams:
             t = per_token(self.cell_ty(n))
-            load(body, lvl, self.token_pointers(N["p"][n], t.dims, N["stride"][n][1]), t, mask(t.dims), n)
+            load(body, lvl, token_pointers(N["p"][n], t.dims, N["stride"][n][1]), t, mask(t.dims), n)
             env[n] = var(n, t)
         r.invariant = self.is_invariant
         for st in self.cell.body:
@@ -545,7 +545,7 @@ class _Gen:
             whole = tiled is None or tiled in t.dims
             m = mask(t.dims, "" if whole else "first_tile" if t.dims else "i_v == 0")
             opts = f", mask={m}" if m else ""
-            ptr = self.token_pointers(N["p"][o], t.dims, out_step[o])
+            ptr = token_pointers(N["p"][o], t.dims, out_step[o])
 
             def fit(text: str, dims: tuple = v.dims, full: tuple = t.dims) -> str:
                 if not scan or dims == full:

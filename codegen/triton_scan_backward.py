@@ -80,13 +80,13 @@ class ScanBackwardKernel(BackwardKernel):
         self.plans = {sp.state: sp for sp in gen.p.states}
 
     # ------------------------------------------------------------------ pieces
-    def block_offsets(self, n: str, t0: str = "t0") -> tuple[str, str | None]:
+    def block_offsets(self, n: str) -> tuple[str, str | None]:
         """(offset, mask) of a value of the block's tokens in a contiguous [B, T, H, *dims] buffer (complex: real
         view): a ``[BLOCK_T, *dims]`` block."""
         t = self.g.cell_ty(n)
         frame = (TIME,) + t.dims
         offs, numel = tm.contiguous_offsets(self.blocks, t.dims, t.complex)
-        token = f"(((seq_row * T + seq_t0 + {t0} + o_t) * H + i_h) * {numel}){index_at(0, len(frame))}"
+        token = f"(((seq_row * T + seq_t0 + t0 + o_t) * H + i_h) * {numel}){index_at(0, len(frame))}"
         inner = f" + ({offs}){tm.index_for(t.dims, frame)}" if t.dims else ""
         return token + inner, tm.block_mask(self.blocks, frame)
 
@@ -98,7 +98,7 @@ class ScanBackwardKernel(BackwardKernel):
             frame = (TIME,) + t.dims
             offs = f" + {tm.block_offsets(self.blocks, t.dims, st[3:])}" if t.dims else ""
             p = f"({self.N['ptr'][n]} + seq_row * {st[0]} + (seq_t0 + t0) * {st[1]} + i_h * {st[2]}{offs})"
-            ptr = tm._Gen.token_pointers(p, frame, st[1])
+            ptr = tm.token_pointers(p, frame, st[1])
             self.assign(out, level, self.var(n), self.load(ptr, tm.block_mask(self.blocks, frame), t.complex))
             env[n] = Val(self.var(n)[0], frame, self.var(n)[1])
 
