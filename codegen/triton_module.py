@@ -81,6 +81,17 @@ class _Lines:
         self.add()
         self.add()
 
+    def kernels(self, forward: list[str], launcher, backward: list[str] | None, backward_launcher) -> None:
+        """A form's kernel and its launcher, then its backward kernel and launcher if it has one (each writes
+        into this and is followed by two blank lines)."""
+        self.section(forward)
+        launcher(self)
+        self.section([])
+        if backward is not None:
+            self.section(backward)
+            backward_launcher(self)
+            self.section([])
+
 
 def _mentions(e: ir.Expr, names: set[str]) -> bool:
     return any(n.id in names for n in ir.names_in(e))
@@ -144,6 +155,28 @@ def aligned_to_block(v: Val, dims: tuple) -> tuple[str, str | None]:
     """A state's value (of ``dims``) as (real, imaginary or None) texts broadcast over a block's tokens."""
     index = index_for(dims, (TIME,) + dims)
     return v.re + index, None if v.im is None else v.im + index
+
+
+def scanned_state_plan(plans: dict, name: str, updated: bool):
+    """The plan of a state the fused scan kernels can scan (gated, a vector, updated once per step), else
+    Unsupported saying why."""
+    sp = plans.get(name)
+    if sp is None or sp.kind != "gated":
+        raise Unsupported(f"the state {name} is not a gated (diagonal) state")
+    if not sp.vector:
+        raise Unsupported(f"the state {name} is a matrix; the fused scan kernel holds vector states "
+                          "(a matrix state's scan: the unfused form, or the chunk form)")
+    if updated:
+        raise Unsupported(f"the state {name} is updated twice in a step")
+    return sp
+
+
+def row_of_block(targets: tuple, values: tuple, row: str, ndim: int) -> list[str]:
+    """Lines setting each (non-None) target part to the row ``row`` (e.g. ``BLOCK_T - 1``: the block's last token)
+    of the matching ``[BLOCK_T, ...]`` value of ``ndim`` dims."""
+    pick = f"(o_t == {row}){index_at(0, ndim)}"
+    return [f"{part} = tl.reduce(tl.where({pick}, {value}, 0.0), 0, _tlib.add)"
+            for part, value in zip(targets, values) if part is not None]
 
 
 def linear_scan(a: tuple, b: tuple, carry: tuple, names: str, reverse: bool = False,
@@ -450,14 +483,7 @@ class _Gen:
             tokens the identity (a = 1, b = 0: the block's last row is the state after its last token), then
             ``tl.associative_scan`` over the tokens, the carried state applied, the last row carried on."""
             name = st.target
-            sp = plans.get(name)
-            if sp is None or sp.kind != "gated":
-                raise Unsupported(f"the state {name} is not a gated (diagonal) state")
-            if not sp.vector:
-                raise Unsupported(f"the state {name} is a matrix; the fused scan kernel holds vector states "
-                                  "(a matrix state's scan: the unfused form, or the chunk form)")
-            if name in env:
-                raise Unsupported(f"the state {name} is updated twice in a step")
+            sp = scanned_state_plan(plans, name, updated=name in env)
             t = c.cell_types[name]
             frame = (TIME,) + t.dims
             a = token_block(r, r(product_expr(sp.factors)), t, 1.0, name)
@@ -466,10 +492,7 @@ class _Gen:
             carry = carries[name]
             lines, h, _ = linear_scan(a, b, aligned_to_block(carry, t.dims), N["scan"][name])
             dst.extend(lines, level)
-            last = f"(o_t == BLOCK_T - 1){index_at(0, len(frame))}"
-            for part, all_part in zip((carry.re, carry.im), h):
-                if part is not None:
-                    dst.add(f"{part} = tl.reduce(tl.where({last}, {all_part}, 0.0), 0, _tlib.add)", level)
+            dst.extend(row_of_block((carry.re, carry.im), h, "BLOCK_T - 1", len(frame)), level)
             env[name] = Val(h[0], frame, h[1] if t.complex else None)
 
         # ---- loop-invariant locals
@@ -754,7 +777,7 @@ class _Gen:
 
     def fused_scan_kernel(self) -> tuple[list[str] | None, str | None]:
         """(the fused scan kernel's lines, None), or (None, why the scan form is not one fused kernel)."""
-        if "scan" not in varlen_forms(self.p):
+        if any(rd.before for rd in self.p.reads):
             return None, "a readout reads a state before its update"
         try:
             return self.kernel(None, scan=True), None
@@ -909,23 +932,13 @@ class _Gen:
             out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
             out.add()
             out.add()
-            out.section(kernel_lines)
-            self.launcher(out)
-            out.section([])
-            if backward_lines is not None:
-                out.section(backward_lines)
-                self.backward_kernel.launcher(out)
-                out.section([])
+            out.kernels(kernel_lines, self.launcher, backward_lines,
+                        self.backward_kernel.launcher if backward_lines is not None else None)
             self.wrappers(out)
         if scan_lines is not None:
             out.section([])
-            out.section(scan_lines)
-            self.launcher(out, "scan")
-            out.section([])
-            if scan_backward_lines is not None:
-                out.section(scan_backward_lines)
-                self.scan_backward.launcher(out)
-                out.section([])
+            out.kernels(scan_lines, lambda o: self.launcher(o, "scan"), scan_backward_lines,
+                        self.scan_backward.launcher if scan_backward_lines is not None else None)
             self.fused_scan_wrapper(out)
         elif "scan" in modes:
             out.add()

@@ -36,7 +36,7 @@ from __future__ import annotations
 from seqdsl import ir
 from seqdsl.codegen import triton_module as tm
 from seqdsl.codegen.triton_backward import Adjoints, BackwardKernel, TapeRenderer, _conj, _part
-from seqdsl.codegen.triton_render import TIME, TimeBatchedRenderer, TimeBlocks, Unsupported, Val, index_at, without_time
+from seqdsl.codegen.triton_render import TIME, TimeBatchedRenderer, TimeBlocks, Val, index_at, without_time
 from seqdsl.plan import product_expr
 
 
@@ -130,9 +130,7 @@ class ScanBackwardKernel(BackwardKernel):
                 segs.append((st, v, start, len(r.tape), target[0]))
                 continue
             name = st.target
-            sp = self.plans.get(name)
-            if sp is None or sp.kind != "gated" or not sp.vector or name in env:
-                raise Unsupported(f"the state {name} is not updated once per step as a gated vector state")
+            sp = tm.scanned_state_plan(self.plans, name, updated=name in env)
             t = c.cell_types[name]
             a_root, b_root = product_expr(sp.factors), sp.k
             a = tm.token_block(r, r.render(a_root), t, 1.0, name)
@@ -143,10 +141,7 @@ class ScanBackwardKernel(BackwardKernel):
                                             previous=recompute)
             out.extend(lines, level)
             if not recompute:
-                last = f"(o_t == BLOCK_T - 1){index_at(0, len(t.dims) + 1)}"
-                for part, all_part in zip(self.var(name), h):
-                    if part is not None:
-                        out.add(f"{part} = tl.reduce(tl.where({last}, {all_part}, 0.0), 0, _tlib.add)", level)
+                out.extend(tm.row_of_block(self.var(name), h, "BLOCK_T - 1", len(t.dims) + 1), level)
             env[name] = Val(h[0], (TIME,) + t.dims, h[1])
             scan = {"a": a, "prev": prev, "a_root": a_root, "b_root": b_root, "h": h}
             segs.append((st, scan, start, len(r.tape), None))
@@ -172,10 +167,7 @@ class ScanBackwardKernel(BackwardKernel):
                                             f"{self.buf['ds', name]}_bw", reverse=True, previous=True)
         adj.lines += lines
         lam = (adj.temp(f"{g[0]} + {nu_next[0]}"), None if not t.complex else adj.temp(f"{g[1]} + {nu_next[1]}"))
-        first = f"(o_t == 0){index_at(0, len(frame))}"
-        for part, value in zip(carry, nu):
-            if part is not None:
-                adj.lines.append(f"{part} = tl.reduce(tl.where({first}, {value}, 0.0), 0, _tlib.add)")
+        adj.lines += tm.row_of_block(carry, nu, "0", len(frame))
         da = adj.mul(lam, _conj(scan["prev"]))
         da = (f"tl.where({rows}, {da[0]}, 0.0)", None if da[1] is None else f"tl.where({rows}, {da[1]}, 0.0)")
         adj.to_child(scan["a_root"], da, frame)
