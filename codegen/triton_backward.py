@@ -397,7 +397,8 @@ class BackwardKernel:
         self.buf = {}
         for kind, names in (("do", self.c.readouts), ("dht", gen.states), ("dx", self.c.op_streams),
                             ("dp", self.c.op_params), ("dh0", gen.states), ("ck", gen.states), ("wk", gen.states),
-                            ("gp", list(self.c.op_params) + gen.invariant), ("ds", gen.states)):
+                            ("gp", list(self.c.op_params) + gen.invariant), ("ds", gen.states),
+                            ("SUM", self.c.op_streams)):
             for n in names:
                 base = f"{kind}_{n}"
                 while base in taken or f"{base}_im" in taken:
@@ -478,12 +479,13 @@ class BackwardKernel:
         ptr = f"{base} * {numel}" + (f" + {offs}" if t.dims else "")
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
-    def token_offsets(self, n: str) -> tuple[str, str | None]:
+    def token_offsets(self, n: str, shared: bool = False) -> tuple[str, str | None]:
         """(offset, mask) of a value of token t of the program's sequence in a contiguous [B, T, H, *dims] buffer
-        (complex: real view)."""
+        (complex: real view); ``shared``: in a [B, T, 1, *dims] buffer that every head's program shares."""
         t = self.g.cell_ty(n)
         offs, numel = self.tm.contiguous_offsets(self.blocks, t.dims, t.complex)
-        ptr = f"((seq_row * T + seq_t0 + t) * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
+        token = "(seq_row * T + seq_t0 + t)" if shared else "((seq_row * T + seq_t0 + t) * H + i_h)"
+        ptr = f"{token} * {numel}" + (f" + {offs}" if t.dims else "")
         return ptr, self.tm.block_mask(self.blocks, t.dims)
 
     @staticmethod
@@ -494,17 +496,31 @@ class BackwardKernel:
         return (one(ptr), one(f"{ptr} + 1") if cplx else None)
 
     @staticmethod
-    def store(out, level: int, ptr: str, value: Pair, m: str | None, dims: tuple) -> None:
+    def store(out, level: int, ptr: str, value: Pair, m: str | None, dims: tuple, add: bool = False) -> None:
         """Stores of a [*dims] value (complex: the imaginary part at +1; None: not stored). A value without
         dims is stored as a 1-element block (it may be a 0-d block, e.g. an accumulator that started as
-        tl.zeros([]), which a scalar pointer does not take)."""
+        tl.zeros([]), which a scalar pointer does not take). ``add``: atomically added to what is there."""
+        op = "tl.atomic_add" if add else "tl.store"
+        order = ', sem="relaxed"' if add else ""
         for p, x in ((ptr, value[0]), (f"{ptr} + 1", value[1])):
             if x is None:
                 continue
             if not dims:
-                out.add(f"tl.store({p} + tl.zeros([1], dtype=tl.int32), {x} + tl.zeros([1], dtype=DTYPE))", level)
+                out.add(f"{op}({p} + tl.zeros([1], dtype=tl.int32), {x} + tl.zeros([1], dtype=DTYPE){order})", level)
             else:
-                out.add(f"tl.store({p}, {x}, mask={m})" if m else f"tl.store({p}, {x})", level)
+                out.add(f"{op}({p}, {x}, mask={m}{order})" if m else f"{op}({p}, {x}{order})", level)
+
+    def store_stream_grad(self, out, level: int, n: str, value: Pair, offsets, dims: tuple) -> None:
+        """Store stream n's gradient (``offsets(n, shared)``: its (offset, mask) in the buffer). Where the
+        launch says the stream is shared by every head (constexpr ``SUM_<n>``), every head's program adds
+        into one [B, T, 1, ...] buffer instead of writing a row of its own (``_rt.stream_grad_buffer``)."""
+        dx = self.buf["dx", n]
+        out.add(f"if {self.buf['SUM', n]}:", level)
+        ptr, m = offsets(n, True)
+        self.store(out, level + 1, f"{dx} + {ptr}", value, m, dims, add=True)
+        out.add("else:", level)
+        ptr, m = offsets(n, False)
+        self.store(out, level + 1, f"{dx} + {ptr}", value, m, dims)
 
     def load_streams(self, out, level: int, env: dict) -> None:
         """The streams of token t (loaded at ``t``, not through running pointers: the walk goes backwards)."""
@@ -587,7 +603,8 @@ class BackwardKernel:
             sig.append(f"args,  # cell args: {', '.join(g.args)}")
         sig.append(self.LOOP_ARGS)
         sig.append(", ".join([f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in self.dims]
-                             + [f"{x}: tl.constexpr" for x in self.CONSTEXPRS]) + ",")
+                             + [f"{x}: tl.constexpr" for x in self.CONSTEXPRS]
+                             + [f"{self.buf['SUM', n]}: tl.constexpr" for n in c.op_streams]) + ",")
         sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,")
         tm.open_kernel(out, self.kernel_name, sig)
         L = 1
@@ -688,8 +705,7 @@ class BackwardKernel:
         for n in c.op_streams:
             got = adj.adj.get(("v", self.var(n)[0]))
             if got is not None:
-                ptr, m = self.token_offsets(n)
-                self.store(out, L3, f"{self.buf['dx', n]} + {ptr}", got, m, g.cell_ty(n).dims)
+                self.store_stream_grad(out, L3, n, got, self.token_offsets, g.cell_ty(n).dims)
         for n in accumulated:
             self.write_back(out, L3, self.acc("gp", n, env[n].complex), adj.adj["v", env[n].re])
         for s in g.states:
@@ -830,7 +846,8 @@ class BackwardKernel:
         # (a full write pass per buffer; tests fill these buffers with NaN to check that nothing is left unwritten)
         for n in c.op_streams:
             t = g.cell_ty(n)
-            out.add(f"_dx_{n} = _rt.empty((_B, _T, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
+            out.add(f"_dx_{n}, _sum_{n} = _rt.stream_grad_buffer({n}, (_B, _T, _H{shape(t.dims)}), _dtype, "
+                    f"{t.complex})", 1)
         for n in c.op_params:
             t = g.cell_ty(n)
             out.add(f"_dp_{n} = _rt.empty((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
@@ -849,7 +866,8 @@ class BackwardKernel:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
         out.add("_pk.cu, _T, _nc," if scan else "_pk.cu, _T, _chunk, _nc,", 2)
         out.add(", ".join([f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={_pow2(sizes[d])}"
-                           for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan) + ",", 2)
+                           for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan
+                          + [f"{self.buf['SUM', n]}=_sum_{n}" for n in c.op_streams]) + ",", 2)
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
                 2)
         out.add(")", 1)

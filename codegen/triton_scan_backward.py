@@ -80,13 +80,14 @@ class ScanBackwardKernel(BackwardKernel):
         self.plans = {sp.state: sp for sp in gen.p.states}
 
     # ------------------------------------------------------------------ pieces
-    def block_offsets(self, n: str) -> tuple[str, str | None]:
+    def block_offsets(self, n: str, shared: bool = False) -> tuple[str, str | None]:
         """(offset, mask) of a value of the block's tokens in a contiguous [B, T, H, *dims] buffer (complex: real
-        view): a ``[BLOCK_T, *dims]`` block."""
+        view): a ``[BLOCK_T, *dims]`` block; ``shared``: in a [B, T, 1, *dims] buffer every head's program shares."""
         t = self.g.cell_ty(n)
         frame = (TIME,) + t.dims
         offs, numel = tm.contiguous_offsets(self.blocks, t.dims, t.complex)
-        token = f"(((seq_row * T + seq_t0 + t0 + o_t) * H + i_h) * {numel}){index_at(0, len(frame))}"
+        row = "(seq_row * T + seq_t0 + t0 + o_t)" if shared else "((seq_row * T + seq_t0 + t0 + o_t) * H + i_h)"
+        token = f"({row} * {numel}){index_at(0, len(frame))}"
         inner = f" + ({offs}){tm.index_for(t.dims, frame)}" if t.dims else ""
         return token + inner, tm.block_mask(self.blocks, frame)
 
@@ -240,8 +241,7 @@ class ScanBackwardKernel(BackwardKernel):
             got = adj.adj.get(("v", self.var(n)[0]))
             zeros = f"tl.zeros([{', '.join(blocks.block(d) for d in frame)}], dtype=DTYPE)"
             got = (zeros, zeros if t.complex else None) if got is None else got
-            ptr, m = self.block_offsets(n)
-            self.store(out, L2, f"{self.buf['dx', n]} + {ptr}", got, m, frame)
+            self.store_stream_grad(out, L2, n, got, self.block_offsets, frame)
         for n in accumulated:
             self.write_back(out, L2, self.acc("gp", n, env[n].complex), adj.adj["v", env[n].re])
         self.epilogue(out, env, adj._n, r_inv, inv_segs, accumulated)

@@ -902,18 +902,22 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
     """The fused recurrent and scan kernels convert every stream and param as they load them (the module lists all
     its inputs in PASSTHROUGH_INPUTS["recurrent"] and ["scan"]), so the op hands them bf16 as given (complex inputs
     excepted),
-    and store their real readouts in the op's output dtype (DIRECT_READOUT_FORMS). The kernels compute in fp32
-    and the backward sums and casts the gradients as before, so final states and every gradient equal, bit for
-    bit, those of the same op given the inputs upcast to fp32 (rounded to bf16 once, as autograd does); the
-    readouts are within one bf16 ulp of its (the interpreter truncates fp32 -> bf16 where a GPU rounds to
-    nearest even)."""
-    handed, readouts = [], []
+    and store their real readouts in the op's output dtype (DIRECT_READOUT_FORMS). The backward kernels read the
+    readouts' bf16 gradients as given and store the gradients of whole bf16 streams in bf16. The kernels compute
+    in fp32, so final states and every other gradient equal, bit for bit, those of the same op given the inputs
+    upcast to fp32 (rounded to bf16 once, as autograd does); what a kernel stores in bf16 is within one bf16 ulp
+    of it (the interpreter truncates fp32 -> bf16 where a GPU rounds to nearest even)."""
+    handed, readouts, grads_in, grad_buffers = [], [], [], []
     real_stream, real_param = triton_runtime.stream, triton_runtime.param
-    real_readout = triton_runtime.readout_buffer
+    real_readout, real_grad_in = triton_runtime.readout_buffer, triton_runtime.grad_in
+    real_grad_buffer = triton_runtime.stream_grad_buffer
     monkeypatch.setattr(triton_runtime, "stream", lambda t, *a: handed.append(t.dtype) or real_stream(t, *a))
     monkeypatch.setattr(triton_runtime, "param", lambda t, *a: handed.append(t.dtype) or real_param(t, *a))
     monkeypatch.setattr(triton_runtime, "readout_buffer",
                         lambda *a: readouts.append(real_readout(*a)) or readouts[-1])
+    monkeypatch.setattr(triton_runtime, "grad_in", lambda g, *a: grads_in.append(real_grad_in(g, *a)) or grads_in[-1])
+    monkeypatch.setattr(triton_runtime, "stream_grad_buffer",
+                        lambda x, *a: grad_buffers.append((x, real_grad_buffer(x, *a))) or grad_buffers[-1][1])
     m, op, ref = compiled(name)
     assert set(op.module.PASSTHROUGH_INPUTS[mode]) == set(op.inputs)
     assert mode in op.module.DIRECT_READOUT_FORMS
@@ -925,8 +929,8 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
     for dtype in (torch.bfloat16, torch.float32):
         inputs = {n: (t.to(torch.bfloat16).to(dtype) if n in real else t).requires_grad_(True)
                   for n, t in base.items()}
-        handed.clear()
-        readouts.clear()
+        for seen in (handed, readouts, grads_in, grad_buffers):
+            seen.clear()
         o, ht = op(**inputs, mode=mode, output_final_state=True)
         outs, finals = _flat(o), _flat(ht)
         if weights is None:
@@ -942,9 +946,18 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
             assert handed.count(torch.bfloat16) >= len(real), handed     # forward and backward launches
             want = torch.bfloat16 if direct else torch.float32
             assert readouts and all(r.dtype == want for r in readouts), [r.dtype for r in readouts]
+            assert [g.dtype for g in grads_in[len(finals):]] == [want] * len(outs), grads_in   # after the states
+            # the op hands the backward its inputs lifted (views: the same storage)
+            whole = [buf.dtype for x, (buf, summed) in grad_buffers
+                     if not summed and x.dtype == torch.bfloat16 and x.shape == buf.shape]
+            assert (whole or not direct) and all(d == torch.bfloat16 for d in whole), grad_buffers
+            in_bf16 = {i for i, x in enumerate(inputs.values())
+                       if any(b.dtype == torch.bfloat16 and y.data_ptr() == x.data_ptr() for y, (b, _) in grad_buffers)}
+            assert len(in_bf16) == len(whole), (in_bf16, whole)
     n_outs = len(outs) if direct else 0
+    by_kernel = set(range(n_outs)) | {len(outs) + len(finals) + i for i in in_bf16}
     for i, (a, b) in enumerate(zip(results[torch.bfloat16], results[torch.float32])):
-        if i < n_outs:              # stored in bf16 by the kernel
+        if i in by_kernel:              # stored in bf16 by the kernel
             assert_within_one_bf16_ulp((name, i), a, b)
         else:
             assert torch.equal(a, b), (name, i, (a - b).abs().max())

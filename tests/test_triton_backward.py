@@ -43,13 +43,13 @@ def _grads(fn, inputs, h0, only_final=False):
     return {**{k: v.grad for k, v in xs.items()}, **{f"h0[{i}]": h.grad for i, h in enumerate(hs)}}
 
 
-def _check_kernel_gradients(tag, m, op, ref, B, T, monkeypatch, only_final=False):
+def _check_kernel_gradients(tag, m, op, ref, B, T, monkeypatch, only_final=False, mode="recurrent"):
     monkeypatch.setattr(op.module, "_TWIN", _NoTwin())
     nan_filled_buffers(monkeypatch)
     inputs = sample_inputs(ref, B, T, seed=T + 1)
     h0 = random_state(ref, B, scale=0.3)
     expected = _grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0, only_final)
-    got = _grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode="recurrent"),
+    got = _grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode),
                  inputs, h0, only_final)
     for k, want in expected.items():
         if want is None:
@@ -83,6 +83,39 @@ def test_backward_kernel_one_step_and_final_state_only(name, monkeypatch):
     m, op, ref = compiled(name)
     _check_kernel_gradients(f"{name} T=1", m, op, ref, 1, 1, monkeypatch)
     _check_kernel_gradients(f"{name} final state only", m, op, ref, 1, 9, monkeypatch, only_final=True)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("name, mode", [("mamba", "recurrent"), ("mamba", "scan"), ("mamba2", "recurrent"),
+                                        ("hippo_legs", "recurrent")])
+def test_streams_shared_by_every_head_are_summed_in_the_kernel(name, mode, deterministic, monkeypatch):
+    """Mamba's B and C (and HiPPO-LegS's input) have no head axis: every head's program adds its gradient rows
+    into one [B, T, 1, ...] buffer, atomically, instead of writing a row per head that torch then sums; under
+    ``torch.use_deterministic_algorithms(True)`` it writes the rows. Both against the fp64 interpreter (the
+    packed-sequence tests run the atomic path too); which buffer each stream got is checked, so neither path
+    passes for the other."""
+    from seqdsl.runtime import triton_runtime as rt
+    m, op, ref = compiled(name)
+    got = []
+
+    def recording(x, shape, dtype, complex_):
+        buffer, summed = buffer_for(x, shape, dtype, complex_)
+        assert buffer.shape[2] == (1 if summed else shape[2])
+        got.append((x.shape[2] == 1, summed))
+        return buffer, summed
+
+    buffer_for = rt.stream_grad_buffer
+    monkeypatch.setattr(rt, "stream_grad_buffer", recording)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        _check_kernel_gradients(f"{name} {mode}", m, op, ref, 2, 33, monkeypatch, mode=mode)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    shared = [summed for is_shared, summed in got if is_shared]
+    assert shared, f"{name}: no stream shared by every head reached the backward"
+    assert all(summed != deterministic for summed in shared), got
+    assert not any(summed for is_shared, summed in got if not is_shared), got
 
 
 # ---------------------------------------------------------------- every derivative rule of the op table

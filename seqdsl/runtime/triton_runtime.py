@@ -187,12 +187,33 @@ def cell_args(values: list[float], dtype: torch.dtype, device) -> torch.Tensor:
 
 def grad_in(g: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device, complex_: bool = False) -> torch.Tensor:
     """A gradient arriving at an output, as the contiguous buffer a backward kernel reads (None: zeros;
-    complex: a real [..., 2] view)."""
+    complex: a real [..., 2] view; bf16 / fp16, the gradient of a readout stored in that dtype, as given: the
+    kernels convert as they load)."""
     if g is None:
         return zeros(shape, dtype, device, complex_)
     if complex_:
         return torch.view_as_real(_as(g, dtype).resolve_conj().expand(shape).contiguous())
-    return g.to(dtype).expand(shape).contiguous()
+    return _as(g, dtype).expand(shape).contiguous()
+
+
+def stream_grad_buffer(x: torch.Tensor, shape: tuple, dtype: torch.dtype, complex_: bool) -> tuple:
+    """The buffer a backward kernel writes the gradient of stream x (lifted: [B, T, 1 or H, *dims]) into, and
+    whether the kernel sums it over the heads itself: (buffer, summed).
+
+    A stream shared by every head (x's head axis is 1 while H > 1: Mamba's B and C, shared by all d_inner
+    channels) gets a zeroed [B, T, 1, *dims] buffer that every head's program adds its rows into atomically,
+    as mamba_ssm's backward does, instead of an H times larger buffer of rows that torch then sums. Atomic
+    fp32 sums are not identical from run to run (their order varies), so where
+    ``torch.use_deterministic_algorithms(True)`` asks for that, and for every other stream, the buffer is
+    the unfilled [B, T, H, *dims] of a row per head (every program writes all of its rows). That one is in
+    x's dtype where x is bf16 / fp16 of the buffer's whole shape (nothing left to sum: the kernel's store
+    rounds once, as the cast after it would), else in ``dtype``."""
+    B, T, H, *dims = shape
+    summed = x.dim() >= 3 and x.shape[2] == 1 and H > 1 and not torch.are_deterministic_algorithms_enabled()
+    if summed:
+        return zeros((B, T, 1, *dims), dtype, x.device, complex_), True
+    whole = tuple(x.shape) == tuple(shape) and is_low_precision(x) and dtype == torch.float32
+    return empty(shape, x.dtype if whole else dtype, x.device, complex_), False
 
 
 def zeros(shape: tuple, dtype: torch.dtype, device, complex_: bool = False) -> torch.Tensor:
