@@ -12,6 +12,9 @@ forward+backward (median of --reps runs, CUDA events) of:
 * DeltaNet / Gated DeltaNet (examples) vs fla ``chunk_delta_rule`` / ``chunk_gated_delta_rule``;
 * Mamba (examples/mamba.seq, d_inner = H * D channels, n = 16) vs mamba_ssm's ``selective_scan_fn``
   where it is installed;
+* HGRN's recurrence h_t = exp(g_t) h_{t-1} + x_t (an elementwise gated vector state over H * D channels,
+  written below as a spec; the class of Hawk, LRU, QRNN) vs fla ``fused_recurrent_hgrn`` and ``chunk_hgrn``:
+  the generated fused scan and recurrent kernels against hand-written ones of the same class;
 * causal ``torch.nn.functional.scaled_dot_product_attention`` at the same (B, T, H, D).
 
 seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
@@ -58,6 +61,18 @@ model simple_gla(d_model = 64, heads = 4, dk = 64, dv = 64):
     state S: [dk, dv] = 0
     S <- exp(g) * S + outer(k, v)
     o = (q * scale) @ S
+"""
+
+
+HGRN = """
+model hgrn_core(d_model = 64):
+  streams:
+    i: [d_model] = linear(x)
+    g: [d_model] = logsigmoid(linear(x))
+  cell:
+    state h: [d_model] = 0
+    h <- exp(g) * h + i
+    o = h
 """
 
 
@@ -310,6 +325,27 @@ def main(argv=None) -> int:
                     measure(lambda: make_mamba(False)))
             else:
                 row(shape, "mamba", "mamba_ssm selective_scan_fn", "-", ("not installed", "-"))
+
+            # ---- HGRN's recurrence: H * D channels, each an exp(g)-gated scalar state
+            m = seqdsl.loads(HGRN, name="hgrn_core").with_hparams(d_model=H * D)
+            op, forms = seqdsl_op(m)
+
+            def make_hgrn(ours=True, form="scan", fla_kernel="chunk"):
+                x = rnd(B, T, H * D)
+                gate = F.logsigmoid(rnd(B, T, H * D, grad=False).float()).to(bf16).requires_grad_(True)
+                if ours:
+                    return (lambda: op(i=x, g=gate, mode=form)), (x, gate)
+                from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+                fn = chunk_hgrn if fla_kernel == "chunk" else fused_recurrent_hgrn
+                return (lambda: fn(x, gate)), (x, gate)
+
+            for form in chosen(forms):
+                row(shape, "hgrn", "seqdsl", form, measure(lambda: make_hgrn(True, form), form))
+            if fla_ops and phase == "reference":
+                for kernel in ("fused_recurrent", "chunk"):
+                    row(shape, "hgrn", f"fla {kernel}_hgrn", kernel,
+                        measure(lambda: make_hgrn(False, fla_kernel=kernel)))
 
             # ---- SDPA
             def make_sdpa():
