@@ -389,7 +389,10 @@ class BackwardKernel:
         self.c = gen.c
         self.kernel_name = f"{gen.name}_recurrent_bwd_kernel"
         self.dims = gen.cell_dims()
-        self.blocks = self.BLOCKS({d: self.c.dim_sizes[d] for d in self.dims}, None)
+        # split across programs as the forward kernel is (its cell never mixes the tiles); reductions over the
+        # tiled axis here are the adjoints of values without it, completed across the tiles by atomic adds
+        self.tiled = getattr(gen, self.TILED_BY)
+        self.blocks = self.BLOCKS({d: self.c.dim_sizes[d] for d in self.dims}, self.tiled, partial_sums=True)
         self.N = gen.kernel_names(self.dims, self.RESERVED)
         taken = {v for kind in ("value", "ptr", "p", "h0", "ht") for x in self.N[kind].values()
                  for v in (x if isinstance(x, tuple) else (x,))}
@@ -510,16 +513,45 @@ class BackwardKernel:
             else:
                 out.add(f"{op}({p}, {x}, mask={m}{order})" if m else f"{op}({p}, {x}{order})", level)
 
+    def lacks_tiled_axis(self, n: str) -> bool:
+        """Whether every tile's program holds n whole, and so only a part of its gradient (n lacks the tiled
+        axis: a stream or param such as GLA's q, a state such as linear attention's normaliser)."""
+        return self.tiled is not None and self.tiled not in self.ty(n).dims
+
+    def seed(self, n: str, value: Pair) -> Pair:
+        """An adjoint arriving from outside (a readout's or a final state's gradient), as a program takes it: for
+        a value without the tiled axis, which every tile holds whole, the first tile alone (the tiles' parts are
+        summed in the end)."""
+        if not self.lacks_tiled_axis(n):
+            return value
+        return tuple(None if x is None else f"tl.where(i_v == 0, {x}, 0.0)" for x in value)
+
+    def store_gradient(self, out, level: int, n: str, ptr: str, value: Pair, m: str | None, dims: tuple) -> None:
+        """Store the gradient of n (a state's initial value, a param) at ``ptr``: where n lacks the tiled axis,
+        each tile's program holds a part of it, added into a zeroed buffer where the launch splits the axis."""
+        if not self.lacks_tiled_axis(n):
+            self.store(out, level, ptr, value, m, dims)
+            return
+        out.add("if SPLIT:", level)
+        self.store(out, level + 1, ptr, value, m, dims, add=True)
+        out.add("else:", level)
+        self.store(out, level + 1, ptr, value, m, dims)
+
     def store_stream_grad(self, out, level: int, n: str, value: Pair, offsets, dims: tuple) -> None:
         """Store stream n's gradient (``offsets(n, shared)``: its (offset, mask) in the buffer). Where the
         launch says the stream is shared by every head (constexpr ``SUM_<n>``), every head's program adds
-        into one [B, T, 1, ...] buffer instead of writing a row of its own (``_rt.stream_grad_buffer``)."""
+        into one [B, T, 1, ...] buffer instead of writing a row of its own (``_rt.stream_grad_buffer``); a
+        stream without the tiled axis gets a part of its gradient from each tile, added likewise where the
+        launch splits that axis (``SPLIT``)."""
         dx = self.buf["dx", n]
         out.add(f"if {self.buf['SUM', n]}:", level)
         ptr, m = offsets(n, True)
         self.store(out, level + 1, f"{dx} + {ptr}", value, m, dims, add=True)
-        out.add("else:", level)
         ptr, m = offsets(n, False)
+        if self.lacks_tiled_axis(n):
+            out.add("elif SPLIT:", level)
+            self.store(out, level + 1, f"{dx} + {ptr}", value, m, dims, add=True)
+        out.add("else:", level)
         self.store(out, level + 1, f"{dx} + {ptr}", value, m, dims)
 
     def load_streams(self, out, level: int, env: dict) -> None:
@@ -548,6 +580,7 @@ class BackwardKernel:
     # ------------------------------------------------------------------ the kernel
     FORM = "recurrent"           # the form whose backward this is (``_backward_<form>``)
     LAUNCH = "recurrent"         # its launch policy (``triton_runtime.launch_config``)
+    TILED_BY = "tiled"           # the generator's attribute naming the forward kernel's tiled axis
     BLOCKS = Blocks              # the kernel's block names (the scan backward: TimeBlocks)
     RESERVED: tuple = ()         # names of the template that spec names must avoid
     Tape = TapeRenderer          # the renderer of the kernel's tapes (the scan backward: time-batched)
@@ -604,14 +637,18 @@ class BackwardKernel:
         sig.append(self.LOOP_ARGS)
         sig.append(", ".join([f"{blocks.size(d)}: tl.constexpr, {blocks.block(d)}: tl.constexpr" for d in self.dims]
                              + [f"{x}: tl.constexpr" for x in self.CONSTEXPRS]
-                             + [f"{self.buf['SUM', n]}: tl.constexpr" for n in c.op_streams]) + ",")
+                             + [f"{self.buf['SUM', n]}: tl.constexpr" for n in c.op_streams]
+                             + ["SPLIT: tl.constexpr"] * (self.tiled is not None)) + ",")
         sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,")
         tm.open_kernel(out, self.kernel_name, sig)
         L = 1
+        if self.tiled is not None:
+            out.add(f"i_v = tl.program_id(2)  # tile of the {self.tiled} axis (SPLIT: more than one)", L)
         out.add("H = tl.num_programs(1)", L)
         out.add(tm.SEQUENCE_ROWS, L)
         for d in self.dims:
-            out.add(f"{blocks.offset(d)} = tl.arange(0, {blocks.block(d)})", L)
+            base = f"i_v * {blocks.block(d)} + " if d == self.tiled else ""
+            out.add(f"{blocks.offset(d)} = {base}tl.arange(0, {blocks.block(d)})", L)
             out.add(f"{blocks.mask(d)} = {blocks.offset(d)} < {blocks.size(d)}", L)
         for i, a in enumerate(g.args):
             out.add(f"{self.var(a)[0]} = tl.load(args + {i})", L)
@@ -699,7 +736,7 @@ class BackwardKernel:
             if v is None or v.plain:
                 continue
             ptr, m = self.token_offsets(o)
-            adj.add(("v", v.re), self.load(f"{self.buf['do', o]} + {ptr}", m, g.cell_ty(o).complex))
+            adj.add(("v", v.re), self.seed(o, self.load(f"{self.buf['do', o]} + {ptr}", m, g.cell_ty(o).complex)))
         self.backward(adj, r3, segs)
         out.extend(adj.lines, L3)
         for n in c.op_streams:
@@ -741,7 +778,7 @@ class BackwardKernel:
         for s in self.g.states:
             t = self.c.cell_types[s]
             ptr, m = self.state_offsets(s, None)
-            dht = self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex)
+            dht = self.seed(s, self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex))
             self.assign(out, level, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
 
     def epilogue(self, out, env: dict, n_temps: int, r_inv, inv_segs: list, accumulated: list) -> None:
@@ -758,16 +795,15 @@ class BackwardKernel:
         out.extend(adj_inv.lines, L)
         for s in g.states:
             ptr, m = self.state_offsets(s, None)
-            self.store(out, L, f"{self.buf['dh0', s]} + {ptr}", self.acc("ds", s, c.cell_types[s].complex), m,
-                       c.cell_types[s].dims)
+            self.store_gradient(out, L, s, f"{self.buf['dh0', s]} + {ptr}", self.acc("ds", s, c.cell_types[s].complex),
+                                m, c.cell_types[s].dims)
         for n in c.op_params:
             t = g.cell_ty(n)
             if n not in accumulated:
                 continue
             offs, numel = tm.contiguous_offsets(blocks, t.dims, t.complex)
-            ptr = f"(i_b * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
-            self.store(out, L, f"{self.buf['dp', n]} + {ptr}", adj_inv.adj["v", env[n].re],
-                       tm.block_mask(blocks, t.dims), t.dims)
+            ptr = f"{self.buf['dp', n]} + (i_b * H + i_h) * {numel}" + (f" + {offs}" if t.dims else "")
+            self.store_gradient(out, L, n, ptr, adj_inv.adj["v", env[n].re], tm.block_mask(blocks, t.dims), t.dims)
 
     @staticmethod
     def write_back(out, level: int, target: Pair, value: Pair) -> None:
@@ -824,8 +860,10 @@ class BackwardKernel:
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
         out.add("_pk = _rt.Packing(cu_seqlens, _B, _T, _device)", 1)
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
-        out.add(f"_cfg = _rt.launch_config({self.LAUNCH!r}, tiled_size=None, state_numel={state_numel}, "
-                "device=_device)", 1)
+        tiled_size = sizes[self.tiled] if self.tiled is not None else None
+        out.add(f"_cfg = _rt.launch_config({self.LAUNCH!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
+                "device=_device, backward=True)", 1)
+        out.add(f"_tiles = triton.cdiv({tiled_size}, _cfg['block'])" if self.tiled is not None else "_tiles = 1", 1)
         if scan:
             out.add("_nc = triton.cdiv(_pk.longest, _cfg['block_t'])", 1)
         else:
@@ -836,7 +874,8 @@ class BackwardKernel:
             out.add(f"_ck_{s} = _rt.empty((_pk.N, _H, _nc{sh}), _dtype, _device, {cx})", 1)
             if not scan:
                 out.add(f"_wk_{s} = _rt.empty((_pk.N, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_dh0_{s} = _rt.empty((_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
+            alloc = "(_rt.zeros if _tiles > 1 else _rt.empty)" if self.lacks_tiled_axis(s) else "_rt.empty"
+            out.add(f"_dh0_{s} = {alloc}((_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
             out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
         for i, o in enumerate(c.readouts):
             t = g.cell_ty(o)
@@ -846,12 +885,14 @@ class BackwardKernel:
         # (a full write pass per buffer; tests fill these buffers with NaN to check that nothing is left unwritten)
         for n in c.op_streams:
             t = g.cell_ty(n)
+            split = ", split=_tiles > 1" if self.lacks_tiled_axis(n) else ""
             out.add(f"_dx_{n}, _sum_{n} = _rt.stream_grad_buffer({n}, (_B, _T, _H{shape(t.dims)}), _dtype, "
-                    f"{t.complex})", 1)
+                    f"{t.complex}{split})", 1)
         for n in c.op_params:
             t = g.cell_ty(n)
-            out.add(f"_dp_{n} = _rt.empty((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
-        out.add(f"{self.kernel_name}[(_pk.N, _H)](", 1)
+            alloc = "(_rt.zeros if _tiles > 1 else _rt.empty)" if self.lacks_tiled_axis(n) else "_rt.empty"
+            out.add(f"_dp_{n} = {alloc}((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
+        out.add(f"{self.kernel_name}[(_pk.N, _H, _tiles)](", 1)
         for n in c.op_streams:
             out.add(f"*_rt.stream({n}, _B, _T, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for n in c.op_params:
@@ -865,9 +906,11 @@ class BackwardKernel:
         if g.args:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
         out.add("_pk.cu, _T, _nc," if scan else "_pk.cu, _T, _chunk, _nc,", 2)
-        out.add(", ".join([f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={_pow2(sizes[d])}"
+        blocks = {d: "_cfg['block']" if d == self.tiled else _pow2(sizes[d]) for d in self.dims}
+        out.add(", ".join([f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={blocks[d]}"
                            for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan
-                          + [f"{self.buf['SUM', n]}=_sum_{n}" for n in c.op_streams]) + ",", 2)
+                          + [f"{self.buf['SUM', n]}=_sum_{n}" for n in c.op_streams]
+                          + ["SPLIT=_tiles > 1"] * (self.tiled is not None)) + ",", 2)
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
                 2)
         out.add(")", 1)

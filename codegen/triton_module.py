@@ -52,7 +52,7 @@ _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", 
              "STORE_FINAL_STATE", "IS_VARLEN", "cu_seqlens", "seq_row", "seq_t0", "seq_len", "tl", "triton", "torch",
              "_tlib", "_rt",
              # the backward kernel's own names (codegen/triton_backward.py)
-             "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj"}
+             "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj", "SPLIT"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
 # the fused scan kernel's own names (TimeBlocks' o_t, m_t, BLOCK_T; its loop's t0)
@@ -278,13 +278,20 @@ class _Gen:
         return seen
 
     def tile_candidate(self):
-        """The value axis of the matrix states, when every matrix state ends with it (else None)."""
-        lasts = {self.c.cell_types[s].dims[-1] for s in self.states if len(self.c.cell_types[s].dims) == 2}
-        if len(lasts) != 1:
-            return None
-        d = lasts.pop()
-        for s in self.states:
-            if self.c.cell_types[s].dims[:1] == (d,):
+        """The state axis the kernel may split across programs (else None): the value axis of the matrix states,
+        when every matrix state ends with it; with vector states only, their one axis, when they all have the
+        same (an elementwise cell such as HGRN's or Hawk's: without it, one program would hold the whole state
+        of a sequence). Rendering raises ``Unsupported`` where the cell mixes the tiles (a reduction, contraction,
+        index or matrix function over the axis), and the kernel is then not tiled."""
+        dims = [self.c.cell_types[s].dims for s in self.states]
+        if dims and all(len(d) == 1 for d in dims) and len(set(dims)) == 1:
+            d = dims[0][0]
+        else:
+            lasts = {d[-1] for d in dims if len(d) == 2}
+            if len(lasts) != 1:
+                return None
+            d = lasts.pop()
+            if any(ds[:1] == (d,) for ds in dims):
                 return None
         names = list(self.c.op_inputs) + self.states + [st.name for st in self.locals]
         tys = [self.cell_ty(n) for n in names] + list(self.c.expr_types.values())
@@ -615,11 +622,11 @@ class _Gen:
         return ", ".join(parts) + (f", *, {kw}" if kw else "")
 
     def launcher(self, out: _Lines, form: str = "recurrent") -> None:
-        """``_launch_<form>``: the recurrent or fused scan kernel's launch (the scan kernel is never tiled)."""
+        """``_launch_<form>``: the recurrent or fused scan kernel's launch."""
         c = self.c
         first = c.op_streams[0]
         sizes = {d: c.dim_sizes[d] for d in self.dims}
-        tiled = self.tiled if form == "recurrent" else None
+        tiled = self.tiled if form == "recurrent" else self.scan_tiled
         out.add(f"def _launch_{form}({self.signature()}, use_initial_state=True, cu_seqlens=None):")
         out.add(f'"""The {form} kernel, no autograd: ((readouts [B, T, H, ...]), (final states [N, H, ...])).', 1)
         out.add("", 0)
@@ -779,6 +786,12 @@ class _Gen:
         """(the fused scan kernel's lines, None), or (None, why the scan form is not one fused kernel)."""
         if any(rd.before for rd in self.p.reads):
             return None, "a readout reads a state before its update"
+        self.scan_tiled = self.tiled         # split across programs as the recurrent kernel is, if it can be
+        if self.tiled is not None:
+            try:
+                return self.kernel(self.tiled, scan=True), None
+            except Unsupported:
+                self.scan_tiled = None
         try:
             return self.kernel(None, scan=True), None
         except Unsupported as e:
@@ -930,6 +943,8 @@ class _Gen:
             out.add(f"SCAN_BACKWARD = {scan_backward!r}  # the fused scan's backward")
         if kernel_lines is not None:
             out.add(f"TILED_AXIS = {self.tiled!r}  # the state axis split across programs (None: whole state)")
+            if scan_lines is not None:
+                out.add(f"SCAN_TILED_AXIS = {self.scan_tiled!r}  # the same, of the fused scan kernels")
             out.add()
             out.add()
             out.kernels(kernel_lines, self.launcher, backward_lines,

@@ -91,12 +91,19 @@ class Blocks:
     """Names of the per-dim kernel values: true size, block size, lane offsets and mask.
 
     ``padded(d)``: whether the block of d may have lanes beyond the true size (then reductions mask).
-    ``tiled``: the dim split across programs (its offsets are global; nothing may reduce over it).
+    ``tiled``: the dim split across programs (its offsets are global; nothing may reduce over it, except where
+    ``partial_sums``: in a backward kernel, whose reductions over it are partial sums that the programs of the
+    other tiles complete by adding into the same gradient, as only values without that axis get them).
     """
 
-    def __init__(self, sizes: dict, tiled=None):
+    def __init__(self, sizes: dict, tiled=None, partial_sums: bool = False):
         self.sizes = sizes
         self.tiled = tiled
+        self.partial_sums = partial_sums
+
+    def across_tiles(self, d) -> bool:
+        """Whether a reduction over d may not be rendered (d is split across programs, outside a backward)."""
+        return d == self.tiled and not self.partial_sums
 
     def size(self, d) -> str:
         return f"SIZE_{dim_id(d)}"
@@ -191,7 +198,7 @@ class TritonRenderer:
         if not dims:
             raise Unsupported("a last-axis function of a scalar")
         d = dims[-1]
-        if d == self.blocks.tiled:
+        if self.blocks.across_tiles(d):
             raise Unsupported(f"a reduction over the tiled axis {d}")
         m = self.blocks.mask(d) + index_at(len(dims) - 1, len(dims))
         return {"m": m, "ax": len(dims) - 1, "n": float(self.c.dim_sizes[d])}
@@ -317,7 +324,7 @@ class TritonRenderer:
     def contract(self, a: str, adims: tuple, b: str, bdims: tuple) -> str:
         """Text of ``a @ b`` for real blocks: contract a's last axis with b's first."""
         d = adims[-1]
-        if d == self.blocks.tiled:
+        if self.blocks.across_tiles(d):
             raise Unsupported(f"a contraction over the tiled axis {d}")
         if len(adims) == 1 and len(bdims) == 1:
             prod, axis, frame = f"{a} * {b}", 0, (d,)
@@ -541,7 +548,7 @@ class TimeBatchedRenderer(TritonRenderer):
         if a.plain or b.plain or len(ad) != 1 or ad != bd:
             raise Unsupported(f"'@' of dims {ad} and {bd} for a block of tokens (only vector . vector)")
         d = ad[0]
-        if d == self.blocks.tiled:
+        if self.blocks.across_tiles(d):
             raise Unsupported(f"a contraction over the tiled axis {d}")
         frame = (TIME, d)
 

@@ -67,6 +67,7 @@ class ScanBackwardKernel(BackwardKernel):
 
     FORM = "scan"
     LAUNCH = "scan_backward"
+    TILED_BY = "scan_tiled"
     BLOCKS = TimeBlocks
     RESERVED = tm.SCAN_NAMES + ("i_k", "n_blocks")
     Tape = TimeTapeRenderer
@@ -230,7 +231,7 @@ class ScanBackwardKernel(BackwardKernel):
                 continue
             ptr, m = self.block_offsets(o)
             frame = (TIME,) + g.cell_ty(o).dims
-            do = self.load(f"{self.buf['do', o]} + {ptr}", m, g.cell_ty(o).complex)
+            do = self.seed(o, self.load(f"{self.buf['do', o]} + {ptr}", m, g.cell_ty(o).complex))
             adj.add(("v", v.re), (adj.reduce_to(v.dims, do[0], frame),
                                   None if do[1] is None else adj.reduce_to(v.dims, do[1], frame)))
         self.walk(adj, r2, segs)

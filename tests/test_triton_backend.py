@@ -192,6 +192,14 @@ def test_recurrent_kernel_runs_packed_sequences_in_one_launch(name, monkeypatch)
     for k in g_ref:
         if g_ref[k] is not None:
             assert_close(f"{name}/packed recurrent d{k}", g_ref[k], g_op[k], torch.float64, 10)
+    if op.module.TILED_AXIS is not None:     # the backward split as on a GPU, packed sequences too
+        block = 2 if op.checked.dim_sizes[op.module.TILED_AXIS] > 2 else 1
+        with triton_runtime.override_launch(block=block):
+            g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu,
+                                                  mode="recurrent"), inputs, h0)
+        for k in g_ref:
+            if g_ref[k] is not None:
+                assert_close(f"{name}/packed recurrent, tiles of {block}, d{k}", g_ref[k], g_op[k], torch.float64, 10)
 
 
 def test_recurrent_twin_backward_runs_packed_sequences_one_call_each():
@@ -220,19 +228,36 @@ def test_recurrent_twin_backward_runs_packed_sequences_one_call_each():
         assert_close(f"gla/twin packed d{k}", g_ref[k], g_twin[k], torch.float64, 10)
 
 
-TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem"]
+TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem",      # matrix states: the value axis
+         "hgrn", "hawk", "lru", "qrnn", "rwkv4", "indrnn", "aft_simple", "s5"]       # elementwise vector states
+
+
+def test_which_examples_split_their_state_across_programs():
+    """The fused recurrent kernel splits a state axis across programs where the cell keeps it apart: the value
+    axis of matrix states, and the one axis of vector states that the cell treats elementwise (HGRN, Hawk, LRU:
+    without it a program would hold the whole state of a sequence); not where the cell mixes it (the recurrent
+    matrices of LSTM, GRU and Elman, the dense transitions of S4, LSSL and HiPPO-LegS)."""
+    tiled = {n for n in MODELS if getattr(compiled(n)[1].module, "TILED_AXIS", None) is not None}
+    assert set(TILED) <= tiled, sorted(set(TILED) - tiled)
+    for name in ("lstm", "gru", "s4", "lssl", "elman", "hippo_legs"):
+        assert compiled(name)[1].module.TILED_AXIS is None, name
 
 
 @pytest.mark.parametrize("name", [n for n in TILED if n in MODELS])
 def test_state_tiles_across_programs_match_one_program(name):
+    """The recurrent kernel, and the fused scan where it is split too, with the state axis in tiles of 2 (1 where
+    the test dims make it 2 long), against the interpreter."""
     m, op, ref = compiled(name)
-    assert op.module.TILED_AXIS is not None, f"{name}: expected a tiled value axis"
+    assert op.module.TILED_AXIS is not None, f"{name}: expected a tiled state axis"
+    block = 2 if op.checked.dim_sizes[op.module.TILED_AXIS] > 2 else 1
     inputs = sample_inputs(ref, 2, 9, seed=2)
     h0 = random_state(ref, 2)
     expected = ref(**inputs, initial_state=h0, output_final_state=True)
-    with triton_runtime.override_launch(block=2):
-        got = op(**inputs, initial_state=h0, output_final_state=True, mode="recurrent")
-    _check(f"{name}/triton tiles of 2", expected, got, torch.float64)
+    forms = ["recurrent"] + (["scan"] if getattr(op.module, "SCAN_TILED_AXIS", None) else [])
+    for form in forms:
+        with triton_runtime.override_launch(block=block):
+            got = op(**inputs, initial_state=h0, output_final_state=True, mode=form)
+        _check(f"{name}/triton {form}, tiles of {block}", expected, got, torch.float64)
 
 
 @pytest.mark.parametrize("name", ["gla", "lstm", "s4d", "lru"])
@@ -917,7 +942,8 @@ def test_bf16_inputs_reach_the_recurrent_kernels_without_fp32_copies(monkeypatch
                         lambda *a: readouts.append(real_readout(*a)) or readouts[-1])
     monkeypatch.setattr(triton_runtime, "grad_in", lambda g, *a: grads_in.append(real_grad_in(g, *a)) or grads_in[-1])
     monkeypatch.setattr(triton_runtime, "stream_grad_buffer",
-                        lambda x, *a: grad_buffers.append((x, real_grad_buffer(x, *a))) or grad_buffers[-1][1])
+                        lambda x, *a, **kw: grad_buffers.append((x, real_grad_buffer(x, *a, **kw)))
+                        or grad_buffers[-1][1])
     m, op, ref = compiled(name)
     assert set(op.module.PASSTHROUGH_INPUTS[mode]) == set(op.inputs)
     assert mode in op.module.DIRECT_READOUT_FORMS

@@ -98,8 +98,8 @@ def test_streams_shared_by_every_head_are_summed_in_the_kernel(name, mode, deter
     m, op, ref = compiled(name)
     got = []
 
-    def recording(x, shape, dtype, complex_):
-        buffer, summed = buffer_for(x, shape, dtype, complex_)
+    def recording(x, shape, dtype, complex_, **kw):
+        buffer, summed = buffer_for(x, shape, dtype, complex_, **kw)
         assert buffer.shape[2] == (1 if summed else shape[2])
         got.append((x.shape[2] == 1, summed))
         return buffer, summed
@@ -116,6 +116,67 @@ def test_streams_shared_by_every_head_are_summed_in_the_kernel(name, mode, deter
     assert shared, f"{name}: no stream shared by every head reached the backward"
     assert all(summed != deterministic for summed in shared), got
     assert not any(summed for is_shared, summed in got if not is_shared), got
+
+
+def _tiled(name: str, form: str) -> tuple[str, int] | None:
+    """(the axis the form's kernels split across programs, its size in the test dims), or None."""
+    module = compiled(name)[1].module
+    axis = getattr(module, "TILED_AXIS" if form == "recurrent" else "SCAN_TILED_AXIS", None)
+    return None if axis is None else (axis, compiled(name)[1].checked.dim_sizes[axis])
+
+
+TILED_BACKWARD = [(n, f) for n in BACKWARD_CASES for f in ("recurrent", "scan")
+                  if _tiled(n, f) and (f == "recurrent" or compiled(n)[1].module.SCAN_BACKWARD == "triton scan")]
+
+
+def test_which_backward_kernels_split_their_state_across_programs():
+    """The backward kernels are split as their forward is: matrix states by their value axis, elementwise
+    vector states (HGRN, Hawk, LRU, ...) by their axis, in the fused scan's backward too."""
+    assert len([n for n, f in TILED_BACKWARD if f == "recurrent"]) >= 30, TILED_BACKWARD
+    assert {"hgrn", "hawk", "lru", "qrnn", "aft_simple", "s5"} <= {n for n, f in TILED_BACKWARD if f == "scan"}
+
+
+@pytest.mark.parametrize("name, form", TILED_BACKWARD)
+def test_backward_kernel_split_into_tiles_matches_the_interpreter(name, form, monkeypatch):
+    """The state axis split into tiles of 2 (1 where the test dims make it 2 long; a GPU launch takes tiles of
+    64): each tile's program recomputes its part of the states and adds its part of the gradients of what lacks
+    the axis (GLA's q and k, HGRN's nothing, a param shared by the axis) into zeroed buffers. Against the fp64
+    interpreter, every other buffer NaN-filled; the launches are checked to have had several tiles."""
+    from seqdsl.runtime import triton_runtime as rt
+    m, op, ref = compiled(name)
+    axis, size = _tiled(name, form)
+    block = 2 if size > 2 else 1
+    tiles = []
+    policy = rt.launch_config
+
+    def recording(form_, tiled_size, *a, **kw):
+        cfg = policy(form_, tiled_size, *a, **kw)
+        if tiled_size and kw.get("backward"):
+            tiles.append(-(-tiled_size // cfg["block"]))
+        return cfg
+
+    monkeypatch.setattr(rt, "launch_config", recording)
+    with rt.override_launch(block=block):
+        _check_kernel_gradients(f"{name} {form} tiles of {block}", m, op, ref, 2, 33, monkeypatch, mode=form)
+    assert tiles and all(n == -(-size // block) > 1 for n in tiles), (tiles, size, block)
+
+
+def test_a_split_backward_runs_whole_under_deterministic_algorithms(monkeypatch):
+    """Tiles add their parts of a gradient atomically, in an order that varies from run to run on a GPU; under
+    torch.use_deterministic_algorithms(True) the backward kernels run one program per sequence and head."""
+    from seqdsl.runtime import triton_runtime as rt
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with rt.override_launch(block=2):
+            assert rt.launch_config("recurrent", 6, 36, backward=True)["block"] == 8
+            assert rt.launch_config("scan_backward", 6, 6, backward=True)["block"] == 8
+            assert rt.launch_config("recurrent", 6, 36)["block"] == 2      # the forward still splits
+        m, op, ref = compiled("gla")
+        with rt.override_launch(block=2):
+            _check_kernel_gradients("gla deterministic", m, op, ref, 2, 9, monkeypatch)
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 # ---------------------------------------------------------------- every derivative rule of the op table

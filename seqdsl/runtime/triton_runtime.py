@@ -48,12 +48,15 @@ def override_launch(**config):
 
 
 def launch_config(form: str, tiled_size: int | None, state_numel: int, device: torch.device | None = None,
-                  low_precision_inputs: torch.dtype | None = None) -> dict:
+                  low_precision_inputs: torch.dtype | None = None, backward: bool = False) -> dict:
     """The one launch configuration of a kernel call.
 
     form: "recurrent", "chunk", "scan" or "scan_backward" (the fused scan kernels: ``scan_launch``). tiled_size:
     the true size of the state axis split across programs
     (None: not tiled). state_numel: register elements of the whole state per program before tiling.
+    backward: the call launches a backward kernel. Split into tiles, a backward kernel's programs add the
+    gradients of what lacks the tiled axis atomically (their order varies from run to run), so under
+    ``torch.use_deterministic_algorithms(True)`` it runs whole (block = the axis).
     low_precision_inputs: bf16 / fp16 if the op's inputs are (else None). Returns {"block": block of the tiled
     axis (0 when not tiled), "num_warps": ..., "precision": the tl.dot precision of the chunk kernels
     (``triton_lib.dot``), which accumulate in fp32: "tf32x3" (fp32-accurate) for fp32 inputs; for bf16 / fp16
@@ -64,7 +67,9 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     """
     full = next_pow2(tiled_size) if tiled_size else 0
     if form in ("scan", "scan_backward"):
-        return scan_launch(state_numel, device, backward=form == "scan_backward")
+        return scan_launch(state_numel, device, backward=form == "scan_backward", tiled_size=tiled_size)
+    if backward and tiled_size and torch.are_deterministic_algorithms_enabled():
+        return {**launch_config(form, None, state_numel, device, low_precision_inputs), "block": full}
     if _OVERRIDE is not None:
         cfg = {"block": full, "num_warps": 1, "precision": "ieee", "diag_3d": True}
         cfg.update(_OVERRIDE)
@@ -84,22 +89,31 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     return {"block": block, "num_warps": num_warps}
 
 
-def scan_launch(state_numel: int, device: torch.device | None, backward: bool = False) -> dict:
+def scan_launch(state_numel: int, device: torch.device | None, backward: bool = False,
+                tiled_size: int | None = None) -> dict:
     """The fused scan kernels' launch: "block_t" tokens per block (a block holds block_t x the state's numbers
-    per cell-axis element), "num_warps". The interpreter: 16 tokens (a sequence of 33 runs three blocks, the
-    last one partly padded), one warp. A GPU: about 2048 numbers per block in the forward and 1024 in the
-    backward (which keeps more of them live), 4 to 256 tokens; 4 warps, 8 from 4096 numbers per block on.
-    Compiled for sm_90 (benchmarks/gpu_compile_check.py), that leaves no kernel of the examples spilling
-    registers; with 16 tokens at least, the whole-vector states of Hawk (1024 numbers) and HGRN (512) spilled
-    up to 704 B. A guess to be timed on a GPU (benchmarks/gpu_vs_fla.py runs the Mamba scan form against
-    mamba_ssm). ``override_launch(block_t=...)`` forces the block."""
-    if _OVERRIDE is not None and "block_t" in _OVERRIDE:
-        return {"block_t": _OVERRIDE["block_t"], "num_warps": _OVERRIDE.get("num_warps", 1)}
+    per program), "block" of the state axis split across programs (``tiled_size``; 0: not split), "num_warps".
+    The interpreter: 16 tokens (a sequence of 33 runs three blocks, the last one partly padded), the whole
+    axis, one warp. A GPU: tiles of 64 (as the recurrent kernel); about 2048 numbers per block in the forward
+    and 1024 in the backward (which keeps more of them live), 4 to 256 tokens; 4 warps, 8 from 4096 numbers per
+    block on. Compiled for sm_90 (benchmarks/gpu_compile_check.py), that leaves no kernel of the examples
+    spilling registers; with 16 tokens at least, the whole-vector states of Hawk (1024 numbers) and HGRN (512)
+    spilled up to 704 B before they were split. A guess to be timed on a GPU (benchmarks/gpu_vs_fla.py runs the
+    Mamba scan form against mamba_ssm and HGRN's against fla). ``override_launch(block_t=..., block=...)``
+    forces the blocks; a backward under ``torch.use_deterministic_algorithms(True)`` runs whole (see
+    ``launch_config``)."""
+    full = next_pow2(tiled_size) if tiled_size else 0
+    whole = backward and torch.are_deterministic_algorithms_enabled()
+    if _OVERRIDE is not None and ("block_t" in _OVERRIDE or "block" in _OVERRIDE):
+        block = min(next_pow2(_OVERRIDE.get("block", full)), full) if full and not whole else full
+        return {"block_t": _OVERRIDE.get("block_t", 16), "block": block, "num_warps": _OVERRIDE.get("num_warps", 1)}
     if interpreting() or device is None or device.type != "cuda":
-        return {"block_t": 16, "num_warps": 1}
+        return {"block_t": 16, "block": full, "num_warps": 1}
+    block = full if whole else min(full, 64)
+    numel = state_numel * block // full if full else state_numel
     target = 1024 if backward else 2048
-    block_t = min(256, max(4, next_pow2(target // max(1, state_numel))))
-    return {"block_t": block_t, "num_warps": 4 if block_t * state_numel < 4096 else 8}
+    block_t = min(256, max(4, next_pow2(target // max(1, numel))))
+    return {"block_t": block_t, "block": block, "num_warps": 4 if block_t * numel < 4096 else 8}
 
 
 DOT_OPERANDS = {torch.bfloat16: "bf16", torch.float16: "fp16"}   # chunk kernels' tl.dot operands per input dtype
@@ -196,7 +210,8 @@ def grad_in(g: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device, co
     return _as(g, dtype).expand(shape).contiguous()
 
 
-def stream_grad_buffer(x: torch.Tensor, shape: tuple, dtype: torch.dtype, complex_: bool) -> tuple:
+def stream_grad_buffer(x: torch.Tensor, shape: tuple, dtype: torch.dtype, complex_: bool,
+                       split: bool = False) -> tuple:
     """The buffer a backward kernel writes the gradient of stream x (lifted: [B, T, 1 or H, *dims]) into, and
     whether the kernel sums it over the heads itself: (buffer, summed).
 
@@ -204,14 +219,17 @@ def stream_grad_buffer(x: torch.Tensor, shape: tuple, dtype: torch.dtype, comple
     channels) gets a zeroed [B, T, 1, *dims] buffer that every head's program adds its rows into atomically,
     as mamba_ssm's backward does, instead of an H times larger buffer of rows that torch then sums. Atomic
     fp32 sums are not identical from run to run (their order varies), so where
-    ``torch.use_deterministic_algorithms(True)`` asks for that, and for every other stream, the buffer is
-    the unfilled [B, T, H, *dims] of a row per head (every program writes all of its rows). That one is in
-    x's dtype where x is bf16 / fp16 of the buffer's whole shape (nothing left to sum: the kernel's store
-    rounds once, as the cast after it would), else in ``dtype``."""
+    ``torch.use_deterministic_algorithms(True)`` asks for that, the kernels write the rows. ``split``: x lacks
+    the state axis the launch splits across programs, so each tile's program adds its part of every row: a
+    zeroed [B, T, H, *dims] buffer. Otherwise the buffer is the unfilled [B, T, H, *dims] of a row per head
+    (every program writes all of its rows), in x's dtype where x is bf16 / fp16 of the buffer's whole shape
+    (nothing left to sum: the kernel's store rounds once, as the cast after it would), else in ``dtype``."""
     B, T, H, *dims = shape
     summed = x.dim() >= 3 and x.shape[2] == 1 and H > 1 and not torch.are_deterministic_algorithms_enabled()
     if summed:
         return zeros((B, T, 1, *dims), dtype, x.device, complex_), True
+    if split:
+        return zeros(shape, dtype, x.device, complex_), False
     whole = tuple(x.shape) == tuple(shape) and is_low_precision(x) and dtype == torch.float32
     return empty(shape, x.dtype if whole else dtype, x.device, complex_), False
 
