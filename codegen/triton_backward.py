@@ -7,7 +7,8 @@ node, the adjoints of its operands from the op table's derivative rules (``codeg
 Triton text that pushes the gradients of a step's results (its readouts, its final states) back to the
 state before the step, the token's streams and the params.
 
-The kernel (grid ``(B, H)``, the whole state in one program; ``CHUNK`` a runtime argument):
+The kernel (grid ``(B, H, tiles)``: a tile of the state per program, split as the forward kernel splits it, or
+the whole state; ``CHUNK`` a runtime argument):
 
 1. walk the sequence from the initial state, storing the state every CHUNK steps (checkpoints
    ``[B, H, NC, *state]``, NC = ceil(T / CHUNK));
@@ -17,6 +18,12 @@ The kernel (grid ``(B, H)``, the whole state in one program; ``CHUNK`` a runtime
    registers from step to step; stream gradients are stored per token; param gradients accumulate in
    registers (per program; the host sums over programs);
 3. store the initial state's gradient and the param gradients.
+
+Split into tiles, a program holds whole what lacks the tiled axis (GLA's q and k), so its reductions over the
+axis in the adjoints are partial sums: the gradients of such streams, params and states are added across the
+tiles into zeroed buffers (``tl.atomic_add``, constexpr ``SPLIT``), and the gradients arriving for such
+readouts and final states are taken by the first tile alone. Under ``torch.use_deterministic_algorithms(True)``
+the launch is whole.
 
 Memory: O(T / CHUNK + CHUNK) states per sequence, not one per step; compute: about three forward passes.
 Complex values are (real, imaginary) pairs, and so are their adjoints (torch's convention: dL/dx + i dL/dy).

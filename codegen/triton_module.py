@@ -784,6 +784,7 @@ class _Gen:
 
     def fused_scan_kernel(self) -> tuple[list[str] | None, str | None]:
         """(the fused scan kernel's lines, None), or (None, why the scan form is not one fused kernel)."""
+        self.scan_tiled = None
         if any(rd.before for rd in self.p.reads):
             return None, "a readout reads a state before its update"
         self.scan_tiled = self.tiled         # split across programs as the recurrent kernel is, if it can be
@@ -800,7 +801,8 @@ class _Gen:
     def fused_scan_wrapper(self, out: _Lines) -> None:
         self.fused_form(out, "scan", [
             "Parallel-scan form as one fused Triton kernel: ((readouts [B, T, H, ...]), (states [N, H, ...])).", "",
-            "A program per sequence and cell-axis element steps through time BLOCK_T tokens at a time: it loads",
+            "A program per sequence, cell-axis element and tile of the state (SCAN_TILED_AXIS) steps through",
+            "time BLOCK_T tokens at a time: it loads",
             "their stream values, evaluates the cell for all of them at once, scans each state's update",
             "(tl.associative_scan), applies the state carried from the previous block and stores the readouts:",
             "nothing per token and state leaves the registers. cu_seqlens ([N + 1] token offsets, B = 1): N",
