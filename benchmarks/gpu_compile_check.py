@@ -135,8 +135,8 @@ def compile_only(recorder: Recorder):
         recorder.add(self, kernel, kwargs)
         return kernel
 
-    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, backward=False):
-        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, backward)
+    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, **policy_kw):
+        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, **policy_kw)
 
     saved = driver._active                 # None without a GPU: nothing to reset to
     driver.set_active(_Driver(recorder.arch))

@@ -96,8 +96,8 @@ def launches_recorded(record: list):
                 seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), _bytes(t))
         record.append((self.fn.__name__, sum(seen.values())))
 
-    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, backward=False):
-        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, backward)
+    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, **policy_kw):
+        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, **policy_kw)
 
     JITFunction.run, triton_runtime.launch_config = record_instead, gpu_policy
     try:

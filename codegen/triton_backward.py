@@ -869,7 +869,7 @@ class BackwardKernel:
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
         tiled_size = sizes[self.tiled] if self.tiled is not None else None
         out.add(f"_cfg = _rt.launch_config({self.LAUNCH!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
-                "device=_device, backward=True)", 1)
+                f"param_numel={2 * g.param_numel()}, device=_device, backward=True)", 1)   # params, their grads
         out.add(f"_tiles = triton.cdiv({tiled_size}, _cfg['block'])" if self.tiled is not None else "_tiles = 1", 1)
         if scan:
             out.add("_nc = triton.cdiv(_pk.longest, _cfg['block_t'])", 1)

@@ -299,6 +299,10 @@ class _Gen:
             return None
         return d
 
+    def param_numel(self) -> int:
+        """Real numbers of the params one program loads and keeps in registers for the whole sequence."""
+        return sum(self.c.size(self.cell_ty(n).dims) * (2 if self.cell_ty(n).complex else 1) for n in self.c.op_params)
+
     def kernel_names(self, dims: list, reserved: tuple = ()) -> dict:
         """Every identifier the kernel gives a spec name, unique against the template's own names.
 
@@ -647,7 +651,7 @@ class _Gen:
         state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
         tiled_size = sizes[tiled] if tiled is not None else None
         out.add(f"_cfg = _rt.launch_config({form!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
-                "device=_device)", 1)
+                f"param_numel={self.param_numel()}, device=_device)", 1)
         grid = "(_pk.N, _H)" if tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _cfg['block']))"
         out.add(f"{self.kernel_name if form == 'recurrent' else self.scan_kernel_name}[{grid}](", 1)
         for n in c.op_streams:

@@ -795,6 +795,10 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     assert gpu["block"] == 64 and gpu["num_warps"] in (1, 2, 4, 8)
     assert triton_runtime.launch_config("recurrent", tiled_size=None, state_numel=16,
                                         device=torch.device("cuda"))["block"] == 0
+    # the params a program keeps (a dense cell's 64 x 64 matrix) count with its state for the warps
+    dense = lambda params: triton_runtime.launch_config("recurrent", None, 64, device=torch.device("cuda"),  # noqa: E731
+                                                        param_numel=params)["num_warps"]
+    assert dense(0) == 1 and dense(64 * 64) == 4 and dense(4 * 64 * 64) == 8
     chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
                                                      low_precision_inputs=low)["precision"]
     assert chunk(None) == "tf32x3" and chunk(torch.bfloat16) == "bf16" and chunk(torch.float16) == "fp16"
