@@ -866,7 +866,7 @@ class BackwardKernel:
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
         out.add(f"_dtype, _device = _rt.real_dtype({first}), {first}.device", 1)
         out.add("_pk = _rt.Packing(cu_seqlens, _B, _T, _device)", 1)
-        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in g.states)
+        state_numel = g.state_numel()
         tiled_size = sizes[self.tiled] if self.tiled is not None else None
         out.add(f"_cfg = _rt.launch_config({self.LAUNCH!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
                 f"param_numel={2 * g.param_numel()}, device=_device, backward=True)", 1)   # params, their grads

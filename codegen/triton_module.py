@@ -299,6 +299,11 @@ class _Gen:
             return None
         return d
 
+    def state_numel(self) -> int:
+        """Real numbers of the whole state of one sequence and head (complex counts 2), before any tiling."""
+        return sum(self.c.size(self.c.cell_types[s].dims) * (2 if self.c.cell_types[s].complex else 1)
+                   for s in self.states)
+
     def param_numel(self) -> int:
         """Real numbers of the params one program loads and keeps in registers for the whole sequence."""
         return sum(self.c.size(self.cell_ty(n).dims) * (2 if self.cell_ty(n).complex else 1) for n in self.c.op_params)
@@ -648,7 +653,7 @@ class _Gen:
             shape = ", ".join(str(sizes[d]) for d in t.dims)
             out.add(f"_out_{o} = _rt.readout_buffer((_B, _T, _H{', ' if shape else ''}{shape}), _dtype, _device, "
                     f"{t.complex})", 1)
-        state_numel = sum(c.size(c.cell_types[s].dims) * (2 if c.cell_types[s].complex else 1) for s in self.states)
+        state_numel = self.state_numel()
         tiled_size = sizes[tiled] if tiled is not None else None
         out.add(f"_cfg = _rt.launch_config({form!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
                 f"param_numel={self.param_numel()}, device=_device)", 1)
