@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 # Shared memory a block may use (opt-in maximum), bytes: sm_80 (A100) 163 KB, sm_90 (H100 / H200) 227 KB.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 VARIANT_KEYS = ("GATE", "DELTA", "IS_VARLEN", "USE_INITIAL_STATE", "BT", "BK", "BV", "BC", "K", "V", "PREC",
-                "REVERSE", "DIAG_3D", "BLOCK", "DTYPE")
+                "REVERSE", "DIAG_3D", "BLOCK", "DTYPE", "num_stages")
 
 
 class _Driver:
@@ -90,6 +90,7 @@ class Recorder:
         self.rows: dict[tuple, dict] = {}
         self.failures: list[dict] = []
         self.case = ""
+        self.alternative = False       # the launch compiling now is a tuner's alternative, not the policy's choice
 
     def add(self, fn, kernel, kwargs: dict) -> None:
         constexprs = {k: (str(v) if not isinstance(v, (int, float, bool)) else v)
@@ -98,10 +99,12 @@ class Recorder:
         if key in self.rows:
             return
         row = {"kernel": fn.__name__, "variant": constexprs, "num_warps": kwargs.get("num_warps", 4),
-               "shared": int(kernel.metadata.shared), "case": self.case, **_usage(kernel)}
+               "shared": int(kernel.metadata.shared), "case": self.case, "alternative": self.alternative,
+               **_usage(kernel)}
         limit = SHARED_LIMIT.get(self.arch, 101376)
         row["too_much_shared"] = row["shared"] > limit          # the launch would fail (OutOfResources)
-        row["problem"] = "; ".join(([f"LAUNCH FAILS: shared memory {row['shared']} B > {limit} B"]
+        fails = "tuner skips it: shared memory" if self.alternative else "LAUNCH FAILS: shared memory"
+        row["problem"] = "; ".join(([f"{fails} {row['shared']} B > {limit} B"]
                                     if row["too_much_shared"] else []) +
                                    ([f"spills {row['local']} B (slow)"] if row["local"] else []))
         self.rows[key] = row
@@ -109,7 +112,7 @@ class Recorder:
     def fail(self, fn, error: Exception, kwargs: dict) -> None:
         first = (str(error).strip().splitlines() or [""])[-1]
         self.failures.append({"kernel": getattr(fn, "__name__", str(fn)), "case": self.case,
-                              "num_warps": kwargs.get("num_warps", 4),
+                              "num_warps": kwargs.get("num_warps", 4), "alternative": self.alternative,
                               "error": f"{type(error).__name__}: {first[:300]}"})
 
 
@@ -225,6 +228,27 @@ def chunk_cases(dims: list[int]):
                 yield f"chunk_delta {'gated' if gated_delta else 'plain'} K=V={d} {precision}", delta
 
 
+def run_alternatives(rec: Recorder, thunk) -> None:
+    """Run a case again once per alternative of its tuned launches (``triton_tune.choosing``), so that each is
+    compiled: run i takes the i-th candidate of every tuned launch (the last where a launch has fewer), until the
+    launch with the most candidates has had each."""
+    from seqdsl.runtime import triton_tune
+
+    most, i = 1, 1
+    while i < most or i == 1:
+        def chooser(name, configs, i=i):
+            nonlocal most
+            most = max(most, len(configs))
+            rec.alternative = min(i, len(configs) - 1) > 0
+            return i
+        try:
+            with triton_tune.choosing(chooser):
+                thunk()
+        finally:
+            rec.alternative = False
+        i += 1
+
+
 def _raiser(error):
     def thunk():
         raise error
@@ -249,6 +273,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-examples", action="store_true", help="only the chunk kernels at --chunk-dims")
     parser.add_argument("--chunk-dims", nargs="*", type=int, default=[64, 128, 256])
     parser.add_argument("--json", help="write the rows and failures here too")
+    parser.add_argument("--tuning-candidates", action="store_true",
+                        help="also compile every alternative the launch-time tuner (seqdsl.runtime.triton_tune) may "
+                             "time on a GPU; one that would not launch is reported (the tuner skips it), not failed")
     args = parser.parse_args(argv)
     import torch
 
@@ -269,6 +296,8 @@ def main(argv=None) -> int:
             t0 = time.time()
             try:
                 thunk()
+                if args.tuning_candidates:
+                    run_alternatives(rec, thunk)
             except Exception as e:  # noqa: BLE001 - the host code failing is a finding too
                 rec.failures.append({"kernel": "-", "case": label, "num_warps": "-",
                                      "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"})
@@ -284,15 +313,23 @@ def main(argv=None) -> int:
     if rec.failures:
         print("\n## Failures\n\n| kernel | case | num_warps | error |\n|---|---|---|---|")
         for f in rec.failures:
-            print(f"| {f['kernel']} | {f['case']} | {f['num_warps']} | {f['error'].replace('|', '/')} |")
-    unlaunchable = [r for r in rows if r["too_much_shared"]]
+            tag = "(a tuning alternative: skipped) " if f.get("alternative") else ""
+            print(f"| {f['kernel']} | {f['case']} | {f['num_warps']} | {tag}{f['error'].replace('|', '/')} |")
+    unlaunchable = [r for r in rows if r["too_much_shared"] and not r["alternative"]]
+    failures = [f for f in rec.failures if not f.get("alternative")]
+    if args.tuning_candidates:
+        skipped = [r for r in rows if r["too_much_shared"] and r["alternative"]]
+        alternatives = [r for r in rows if r["alternative"]]
+        print(f"\nTuning alternatives: {len(alternatives)} distinct kernels, {len(skipped)} needing more shared memory "
+              f"than the GPU has and {len(rec.failures) - len(failures)} failing to compile (the tuner skips "
+              f"these), {sum(1 for r in alternatives if r['local'])} spilling")
     spilling = [r for r in rows if r["local"]]
     print(f"\n{len(rows)} distinct kernels compiled for sm_{args.arch} in {time.time() - start:.0f} s: "
-          f"{len(rec.failures)} failures, {len(unlaunchable)} needing more shared memory than the GPU has, "
+          f"{len(failures)} failures, {len(unlaunchable)} needing more shared memory than the GPU has, "
           f"{len(spilling)} spilling registers (slow, not wrong)")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "failures": rec.failures}, indent=1))
-    return 1 if unlaunchable or rec.failures else 0
+    return 1 if unlaunchable or failures else 0
 
 
 if __name__ == "__main__":

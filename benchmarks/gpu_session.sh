@@ -5,7 +5,8 @@
 #
 # 1. benchmarks/gpu_check.py: every Triton form of every example compiled for the GPU vs fp64;
 # 2. the tests marked `gpu` (larger shapes, bf16), and benchmarks/gpu_diag_inv.py;
-# 3. benchmarks/gpu_vs_fla.py: timings against fla and SDPA at fla's shapes.
+# 3. benchmarks/gpu_vs_fla.py: timings against fla and SDPA at fla's shapes (seqdsl's launch-time tuner
+#    prints each choice to gpu_vs_fla.err as it makes it; SEQDSL_AUTOTUNE=0 times the launch policy alone).
 # Each stage has a time limit (CHECK_S, TESTS_S, BENCH_S seconds) and writes under $OUT. Python
 # packages the machine lacks (lark, pydantic, fla-core) are installed from wheels in .whl/ if present
 # (pip download them where there is a network).
@@ -39,7 +40,7 @@ echo "== 2b. in-kernel inverse and contraction variants"
 timeout 240 python3 benchmarks/gpu_diag_inv.py > "$OUT/gpu_diag_inv.md" 2>&1; cat "$OUT/gpu_diag_inv.md"
 
 echo "== 3. gpu_vs_fla (limit ${BENCH_S:-240} s)"
-timeout "${BENCH_S:-240}" python3 benchmarks/gpu_vs_fla.py --shapes ${SHAPES:-2 4 0 3 1 5} --reps "${REPS:-10}" \
+SEQDSL_PRINT_TUNING=1 timeout "${BENCH_S:-240}" python3 benchmarks/gpu_vs_fla.py --shapes ${SHAPES:-2 4 0 3 1 5} --reps "${REPS:-10}" \
     --max-ms "${MAX_MS:-1000}" --backward-forms ${BACKWARD_FORMS:-chunk scan recurrent} --budget-s "$(( ${BENCH_S:-240} - 20 ))" > "$OUT/gpu_vs_fla.md" 2> "$OUT/gpu_vs_fla.err"
 echo "gpu_vs_fla exit $?"
 cat "$OUT/gpu_vs_fla.md"

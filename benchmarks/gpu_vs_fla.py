@@ -360,7 +360,24 @@ def main(argv=None) -> int:
 
         print(f"†: fla's gated chunk backward raises on Hopper with Triton {triton.__version__} (>= 3.4, < 3.7.1 "
               "miscompiles it, fla #640); its guard was lifted to time it, so its gradients here may be wrong.")
+    print_tuning()
     return 0
+
+
+def print_tuning() -> None:
+    """What seqdsl's launch-time tuner (seqdsl.runtime.triton_tune) chose on the warm-up calls, kernel by kernel:
+    the next policy's defaults should come from these (SEQDSL_AUTOTUNE=0 times the policy alone)."""
+    from seqdsl.runtime import triton_tune
+
+    made = triton_tune.choices()
+    if not made:
+        print("\nseqdsl's tuner made no choice (SEQDSL_AUTOTUNE=0, or no tuned kernel ran).")
+        return
+    print(f"\n## seqdsl's launch-time tuning ({len(made)} choices; ms per candidate, 'policy' = the launch policy's)\n")
+    print("| kernel | key | policy | chosen | candidates |\n|---|---|---|---|---|")
+    for c in made:
+        cands = ", ".join(f"{alt or 'policy'}: {ms if isinstance(ms, str) else f'{ms:.3f}'}" for alt, ms in c["ms"])
+        print(f"| {c['kernel']} | {c['key']} | {c['policy']} | {c['chosen'] or 'policy'} | {cands} |")
 
 
 if __name__ == "__main__":

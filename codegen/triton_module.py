@@ -657,8 +657,22 @@ class _Gen:
         tiled_size = sizes[tiled] if tiled is not None else None
         out.add(f"_cfg = _rt.launch_config({form!r}, tiled_size={tiled_size}, state_numel={state_numel}, "
                 f"param_numel={self.param_numel()}, device=_device)", 1)
-        grid = "(_pk.N, _H)" if tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _cfg['block']))"
-        out.add(f"{self.kernel_name if form == 'recurrent' else self.scan_kernel_name}[{grid}](", 1)
+        block_name = self.blocks.block(tiled) if tiled is not None else None
+        grid = "(_pk.N, _H)" if tiled is None else f"(_pk.N, _H, triton.cdiv({tiled_size}, _m[{block_name!r}]))"
+        consts = []
+        for d in self.dims:
+            block = "_c['block']" if d == tiled else str(_next_pow2(sizes[d]))
+            consts.append(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={block}")
+        if form == "scan":
+            consts.append("BLOCK_T=_c['block_t']")
+        out.add("def _meta(_c):  # the kernel's keyword arguments under launch configuration _c", 1)
+        out.add("return dict(", 2)
+        for const in consts:
+            out.add(const + ",", 3)
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True, "
+                "IS_VARLEN=_pk.varlen,", 3)
+        out.add("num_warps=_c['num_warps'])", 3)
+        out.add("_args = (", 1)
         for n in c.op_streams:
             dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
             out.add(f"*_rt.stream({n}, _B, _T, _H, {dims}, _dtype),", 2)
@@ -672,17 +686,11 @@ class _Gen:
         if self.args:
             out.add(f"_rt.cell_args([{', '.join(self.args)}], _dtype, _device),", 2)
         out.add("_pk.cu, _T,", 2)
-        consts = []
-        for d in self.dims:
-            block = "_cfg['block']" if d == tiled else str(_next_pow2(sizes[d]))
-            consts.append(f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={block}")
-        if form == "scan":
-            consts.append("BLOCK_T=_cfg['block_t']")
-        out.add(", ".join(consts) + ",", 2)
-        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True, "
-                "IS_VARLEN=_pk.varlen,", 2)
-        out.add("num_warps=_cfg['num_warps'],", 2)
         out.add(")", 1)
+        kernel = self.kernel_name if form == "recurrent" else self.scan_kernel_name
+        out.add("# the policy's configuration, or on a GPU the fastest of it and a few alternatives (triton_tune)", 1)
+        out.add(f"_tt.launch({kernel}, lambda _m: {grid}, _args, _meta(_cfg),", 1)
+        out.add(f"[_meta(_c) for _c in _rt.launch_alternatives({form!r}, _cfg, {tiled_size})])", 3)
         outs = ", ".join(f"torch.view_as_complex(_out_{o})" if self.cell_ty(o).complex else f"_out_{o}"
                          for o in c.readouts)
         finals = ", ".join(f"torch.view_as_complex(_ht_{s})" if c.cell_types[s].complex else f"_ht_{s}"
@@ -920,6 +928,7 @@ class _Gen:
         out.add()
         out.add("from seqdsl.runtime import triton_lib as _tlib  # noqa: F401")
         out.add("from seqdsl.runtime import triton_runtime as _rt")
+        out.add("from seqdsl.runtime import triton_tune as _tt")
         out.add()
         out.add(f"MODEL = {c.model.name!r}")
         out.add(f"INPUTS = {tuple(self.inputs)!r}")

@@ -48,6 +48,7 @@ import torch
 
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
+from seqdsl.runtime import triton_tune as _tt
 from seqdsl.runtime.op import low_precision_of
 from seqdsl.runtime.op import low_precision_inputs as _op_low_precision
 from seqdsl.runtime.op import packed_bounds as _packed_bounds
@@ -939,6 +940,42 @@ def _setup(chunk_size: int, K: int, V: int, T: int, device, *tensors, low=_ASK, 
     return dtype, BT, BK, BV, triton.cdiv(T, BT), cfg, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
 
 
+# What the tuner (triton_tune) may change in the policy's configuration on a GPU, per kind of kernel: fla autotunes
+# its chunk kernels over blocks, warps and stages where ``_setup`` picks one configuration. Only alternatives that
+# leave each kernel's buffers as they are (its grid may change; its outputs' shapes may not); a handful each, as
+# every candidate compiles on the first call at a key.
+TUNING = {
+    # chunk_fwd_h (gated), chunk_bwd_dh: sequential over the chunks, a program per (K, V) tile and head; smaller
+    # tiles give more programs at few heads (fla's fwd_h tunes BK, BV in {32, 64})
+    "state_pass": ({"num_stages": 3}, {"BV": 32, "num_warps": 4}, {"BK": 32, "BV": 32, "num_warps": 4},
+                   {"BK": 32, "BV": 32, "num_warps": 2}),
+    # the delta rule's state pass (chunk_fwd_h with DELTA, chunk_delta_bwd_dhu): every key channel in one block
+    "delta_state_pass": ({"BV": 32, "num_warps": 4}, {"num_stages": 2}),
+    # chunk_fwd_o: a program per (V tile, chunk, head), looping over K tiles (fla: 128 x 128 at 8 warps, 64 x 64 at 4)
+    "output": ({"num_warps": 4, "num_stages": 3}, {"BK": 128, "BV": 128, "num_warps": 8, "num_stages": 2},
+               {"BV": 32, "num_warps": 4}),
+    # chunk_bwd_dqk (its K tiles fix the scalar gate's dg buffer: only BV), chunk_bwd_dv (compiled for sm_90 at
+    # K = V = 128, bf16: dqk spills 24-248 B at 4 warps, dv does not)
+    "per_chunk": ({"num_warps": 4}, {"num_warps": 8}, {"BV": 32}),
+    # the rest (intra-chunk scores and their backward, the WY stage, the delta rule's per-chunk backward)
+    "warps": ({"num_warps": 4}, {"num_warps": 8}),
+}
+
+
+def _fitting(meta: dict, alternatives) -> list[dict]:
+    """The alternatives whose blocks fit the kernel: 16 <= BK <= K's power of two, the same for BV (a block past
+    the dims would only be padding)."""
+    def fits(alt: dict) -> bool:
+        return all(16 <= alt[b] <= max(16, _rt.next_pow2(meta[d])) for b, d in (("BK", "K"), ("BV", "V")) if b in alt)
+    return [alt for alt in alternatives if fits(alt)]
+
+
+def _launch(kernel, grid, args: tuple, tuning: str, **meta) -> None:
+    """kernel[grid(meta)](*args, **meta): the policy's configuration, or on a GPU the fastest of it and the
+    ``TUNING[tuning]`` alternatives that fit (``triton_tune.launch``). grid: a function of the configuration."""
+    _tt.launch(kernel, grid, args, meta, _fitting(meta, TUNING[tuning]))
+
+
 def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:
     """The dtype of the per-chunk states h [N, H, NT, K, V] (and of their gradients dh): the dot operands' for
     bf16 / fp16 inputs, as fla stores them (every kernel reading h rounds it to that dtype for its dots anyway;
@@ -991,17 +1028,17 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
                                                        device=q.device)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
-    chunk_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, gc, h, h0, ht, k, v, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=False,
-        USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+    _launch(chunk_fwd_h_kernel, lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), N * H),
+            (k, v, gc, h, h0, ht, k, v, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+            DELTA=False, USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     A = q
     if gate == GATE_KEY:
         A = intra_scores_buffer((B, T, H, BT), dtype, q.device)
-        chunk_intra_gk_kernel[(NT, N * H)](q, k, gc, A, kscale, rows.T, H=H, K=K, BT=BT, BC=16, BK=BK,
-                                           DIAG_3D=cfg.get("diag_3d", False), **common)
+        _launch(chunk_intra_gk_kernel, lambda m: (NT, N * H), (q, k, gc, A, kscale, rows.T), "warps", H=H, K=K,
+                BT=BT, BC=16, BK=BK, DIAG_3D=cfg.get("diag_3d", False), **common)
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v, gc, h, A, o, kscale, rows.T, H=H, K=K, V=V, BT=BT,
-                                                        BK=BK, BV=BV, GATE=gate, **common)
+    _launch(chunk_fwd_o_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H), (q, k, v, gc, h, A, o, kscale, rows.T),
+            "output", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
     return o, ht, (q, k, v, gc, h, A if gate == GATE_KEY else None, gate, kscale)
 
 
@@ -1027,27 +1064,29 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
     dh = torch.zeros_like(h) if rows.varlen else torch.empty_like(h)
     dh0 = torch.empty_like(dht)
-    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        q, do, gc, dh, dht, dh0, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
+    _launch(chunk_bwd_dh_kernel, lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), N * H),
+            (q, do, gc, dh, dht, dh0, kscale, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+            **common)
     dq, dk, dv = (torch.empty(x.shape, dtype=gd, device=x.device)
                   for x, gd in zip((q, k, v), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 3))
     BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
     dqi, dki = dq, dk                            # the intra-chunk parts (key gates), in the compute dtype
     if gate == GATE_KEY:
         dqi, dki = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (q, k))
-        chunk_bwd_intra_gk_kernel[(NT, N * H)](q, k, v, gc, do, dqi, dki, kscale, rows.T, H=H, K=K, V=V, BT=BT, BC=16,
-                                               BK=BK_all, BV=BV_all, **common)
+        _launch(chunk_bwd_intra_gk_kernel, lambda m: (NT, N * H), (q, k, v, gc, do, dqi, dki, kscale, rows.T),
+                "warps", H=H, K=K, V=V, BT=BT, BC=16, BK=BK_all, BV=BV_all, **common)
     NK = triton.cdiv(K, BK)
     dg = dq                                      # a pointer the kernel does not write without a gate
     if gate == GATE_KEY:
         dg = torch.empty(gc.shape, dtype=dtype, device=q.device)
     elif gate == GATE_SCALAR:                    # each K tile's part of dG, summed below
         dg = torch.empty(B, T, H, NK, dtype=dtype, device=q.device)
-    chunk_bwd_dqk_kernel[(NK, NT, N * H)](q, k, v, gc, h, do, dh, dqi, dki, dq, dk, dg, kscale, rows.T, H=H, K=K, V=V, BT=BT, BK=BK,
-                                          BV=BV, GATE=gate, **common)
-    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, gc, dh, do, A if A is not None else q, dv, kscale,
-                                                         rows.T,
-                                                         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, **common)
+    _launch(chunk_bwd_dqk_kernel, lambda m: (NK, NT, N * H),
+            (q, k, v, gc, h, do, dh, dqi, dki, dq, dk, dg, kscale, rows.T), "per_chunk", H=H, K=K, V=V, BT=BT, BK=BK,
+            BV=BV, GATE=gate, **common)
+    _launch(chunk_bwd_dv_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H),
+            (q, k, gc, dh, do, A if A is not None else q, dv, kscale, rows.T), "per_chunk", H=H, K=K, V=V, BT=BT,
+            BK=BK, BV=BV, GATE=gate, **common)
     if gate == GATE_SCALAR:
         dg = _local_cumsum(dg.sum(-1, keepdim=True).contiguous(), BT, NT, cfg, rows, dtype, reverse=True)[..., 0]
     if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
@@ -1129,20 +1168,21 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
         gc = _local_cumsum(g[..., None].contiguous(), BT, NT, cfg, rows, dtype)
     gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
     w, u = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (k, v))
-    chunk_delta_wy_kernel[(NT, N * H)](k, v, beta, gcp, w, u, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-                                       GATED=g is not None, **common)
+    _launch(chunk_delta_wy_kernel, lambda m: (NT, N * H), (k, v, beta, gcp, w, u, rows.T), "warps", H=H, K=K, V=V,
+            BT=BT, BK=BK, BV=BV, GATED=g is not None, **common)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
                                                        device=q.device)
     v_new = torch.empty_like(u)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
     gate = GATE_SCALAR if g is not None else GATE_NONE
-    chunk_fwd_h_kernel[(1, triton.cdiv(V, BV), N * H)](
-        k, u, gcp, h, h0, ht, w, v_new, rows.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
-        USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+    _launch(chunk_fwd_h_kernel, lambda m: (1, triton.cdiv(V, m["BV"]), N * H), (k, u, gcp, h, h0, ht, w, v_new, rows.T),
+            "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
+            USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
-    chunk_fwd_o_kernel[(triton.cdiv(V, BV), NT, N * H)](q, k, v_new, gcp, h, q, o, kscale, rows.T, H=H, K=K, V=V,
-                                                        BT=BT, BK=_block(K), BV=BV, GATE=gate, **common)
+    _launch(chunk_fwd_o_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H),
+            (q, k, v_new, gcp, h, q, o, kscale, rows.T), "output", H=H, K=K, V=V, BT=BT, BK=_block(K), BV=BV,
+            GATE=gate, **common)
     return o, ht, (q, k, v, beta, gc, w, h, v_new), kscale
 
 
@@ -1164,13 +1204,15 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
     dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
     dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
-    chunk_delta_bwd_dhu_kernel[(triton.cdiv(V, BV), N * H)](q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T,
-                                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATED=gated, **common)
+    _launch(chunk_delta_bwd_dhu_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
+            (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK,
+            BV=BV, GATED=gated, **common)
     dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
-    chunk_delta_bwd_kernel[(NT, N * H)](q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale,
-                                        rows.T, H=H, K=K, V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
+    _launch(chunk_delta_bwd_kernel, lambda m: (NT, N * H),
+            (q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale, rows.T), "warps", H=H, K=K,
+            V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
     if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
         dq = dq * scale
     return dq, dk, dv, dbeta, (dg if gated else None), dh0

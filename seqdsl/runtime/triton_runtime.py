@@ -3,7 +3,9 @@
 Generated Triton modules (``codegen/triton_module.py``) call these helpers around their kernels:
 
 * ``launch_config``: the launch policy, kept outside the kernels. Under ``TRITON_INTERPRET=1`` (or
-  without a GPU) it returns exactly one configuration; ``override_launch`` forces one (tests).
+  without a GPU) it returns exactly one configuration; ``override_launch`` forces one (tests). On a GPU,
+  ``launch_alternatives`` lists the few other configurations of a forward kernel that the launch-time tuner
+  (``triton_tune``) times against it on the first call at each key.
 * ``stream`` / ``param`` / ``state_in`` / ``cell_args``: kernel arguments in the layout the kernels
   index. Streams keep their strides (a stream without the cell axis is broadcast over it with stride
   0); complex tensors are passed as real views ``[..., 2]`` (real part, imaginary part at +1).
@@ -118,6 +120,25 @@ def scan_launch(state_numel: int, device: torch.device | None, backward: bool = 
     target = 1024 if backward else 2048
     block_t = min(256, max(4, next_pow2(target // max(1, numel))))
     return {"block_t": block_t, "block": block, "num_warps": 4 if block_t * numel < 4096 else 8}
+
+
+def launch_alternatives(form: str, cfg: dict, tiled_size: int | None) -> list[dict]:
+    """Configurations besides the policy's ``cfg`` (``launch_config``) that the launch-time tuner
+    (``triton_tune``) times on a GPU for a generated recurrent or fused scan forward kernel: half the tile of a
+    split state (twice the programs, down to 16), twice the warps (up to 8) and, for the recurrent kernel, half
+    (down to 1), and for the scan half and twice the tokens per block (4 to 256). The backward kernels are not tuned: split ones add into their buffers,
+    and the candidates would run on the same buffers one after the other."""
+    alternatives = []
+    if tiled_size and cfg["block"] >= 32:
+        alternatives.append({**cfg, "block": cfg["block"] // 2})
+    for warps in (cfg["num_warps"] * 2, cfg["num_warps"] // 2 if form == "recurrent" else 0):
+        if 1 <= warps <= 8:
+            alternatives.append({**cfg, "num_warps": warps})
+    if form == "scan":
+        for block_t in (cfg["block_t"] // 2, cfg["block_t"] * 2):
+            if 4 <= block_t <= 256:
+                alternatives.append({**cfg, "block_t": block_t})
+    return alternatives
 
 
 DOT_OPERANDS = {torch.bfloat16: "bf16", torch.float16: "fp16"}   # chunk kernels' tl.dot operands per input dtype

@@ -1,0 +1,165 @@
+"""Launch-time tuning of kernel configurations on a GPU: the launch policy's second half.
+
+flash-linear-attention autotunes its kernels (``triton.autotune`` over block sizes, warps and pipeline stages,
+timed on the first call at each key) where our launch policy (``triton_runtime.launch_config``) picks one
+configuration from the shapes. The decorator cannot sit on our kernels: with several configurations it fails
+without a GPU, and under ``TRITON_INTERPRET=1`` exactly one configuration must run. So the choice is made here,
+outside the kernels, at the call sites that opt in:
+
+    triton_tune.launch(kernel, grid, args, meta, alternatives)
+
+runs ``kernel[grid(cfg)](*args, **cfg)``. ``meta`` is the policy's configuration (the kernel's keyword
+arguments, constexprs and ``num_warps`` / ``num_stages`` included); ``alternatives`` are partial dicts laid over
+it (other blocks, warps, stages). On a CUDA device, the first launch at a key (the kernel, its constexprs and the
+policy's blocks, its tensors' dtypes, the device; not T or the batch) times every candidate with
+``triton.testing.do_bench`` and keeps the fastest for the process; candidates that fail to compile or to launch
+(too much shared memory) are skipped, the policy's own failing is an error as before. Everywhere else (CPU,
+the interpreter, ``SEQDSL_AUTOTUNE=0``, ``torch.use_deterministic_algorithms(True)``: a choice made by timings
+would make the sums' order vary from process to process) the policy's configuration runs, untimed.
+
+A call site may only offer alternatives that leave the kernel's outputs where they are (its grid may change with
+its blocks; the shapes of its buffers may not) and that rerun safely: a kernel that adds into its outputs is
+not tuned (the candidates run one after the other on the same buffers).
+
+``SEQDSL_PRINT_TUNING=1`` prints each choice to stderr; ``choices()`` returns them (benchmarks/gpu_vs_fla.py
+prints them after its table). Tests run every candidate under the interpreter through ``choosing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable
+
+import torch
+
+from seqdsl.runtime import triton_runtime as _rt
+
+Config = dict          # a kernel's keyword arguments: constexprs (blocks included), num_warps, num_stages
+
+EVERY = -1            # a chooser's answer (``choosing``): run every candidate in turn
+
+_BEST: dict[tuple, Config] = {}
+_CHOICES: list[dict] = []
+_CHOOSER: Callable[[str, list[Config]], int] | None = None
+
+
+def _name(kernel) -> str:
+    return getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+
+
+def _hashable(value):
+    if isinstance(value, torch.Tensor):           # a tensor passed by keyword (cu_seqlens): its dtype, not its data
+        return ("tensor", str(value.dtype))
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def candidates(meta: Config, alternatives=()) -> list[Config]:
+    """The policy's configuration, then each alternative laid over it, without repeats."""
+    out: list[Config] = []
+    for cfg in (meta, *({**meta, **alt} for alt in alternatives)):
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def tuning_on(device: torch.device) -> bool:
+    """Whether launches on ``device`` time their candidates (see the module docstring)."""
+    return (device.type == "cuda" and not _rt.interpreting()
+            and os.environ.get("SEQDSL_AUTOTUNE", "1") not in ("", "0")
+            and not torch.are_deterministic_algorithms_enabled())
+
+
+def _cuda_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
+def fastest(name: str, configs: list[Config], run: Callable[[Config], None],
+            timer: Callable[[Callable[[], None]], float] = _cuda_ms) -> tuple[Config, list[tuple[Config, object]]]:
+    """(the fastest of configs, [(config, milliseconds or the error that ruled it out)]). run(cfg) launches the
+    kernel with cfg; timer(fn) -> milliseconds. configs[0] (the policy's) failing is raised; any other failing is
+    skipped."""
+    timings: list[tuple[Config, object]] = []
+    for i, cfg in enumerate(configs):
+        try:
+            timings.append((cfg, timer(lambda cfg=cfg: run(cfg))))
+        except Exception as e:  # noqa: BLE001 - an alternative out of resources (or not compiling) is skipped
+            if i == 0:
+                raise
+            timings.append((cfg, e))
+    timed = [(cfg, ms) for cfg, ms in timings if not isinstance(ms, Exception)]
+    best = min(timed, key=lambda pair: pair[1])[0]
+    return best, timings
+
+
+def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config, alternatives=()) -> None:
+    """kernel[grid(cfg)](*args, **cfg) with cfg the policy's ``meta`` or, where ``tuning_on``, the fastest of the
+    candidates at this key (timed once per process). args: the positional arguments (tensors, T, ...)."""
+    configs = candidates(meta, alternatives)
+
+    def run(cfg: Config) -> None:
+        kernel[grid(cfg)](*args, **cfg)
+
+    if _CHOOSER is not None:
+        pick = _CHOOSER(_name(kernel), configs)
+        for cfg in (configs if pick == EVERY else [configs[min(pick, len(configs) - 1)]]):
+            run(cfg)
+        return
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    if len(configs) == 1 or not tuning_on(device):
+        run(configs[0])
+        return
+    key = (_name(kernel), tuple(sorted((k, _hashable(v)) for k, v in meta.items())),
+           tuple(str(t.dtype) for t in tensors), str(device), torch.cuda.get_device_name(device))
+    if key not in _BEST:
+        best, timings = fastest(key[0], configs, run)
+        _BEST[key] = best
+        _record(key[0], meta, best, timings)
+    run(_BEST[key])
+
+
+def _differs(cfg: Config, meta: Config) -> dict:
+    return {k: v for k, v in cfg.items() if not isinstance(v, torch.Tensor) and meta.get(k) != v}
+
+
+def _record(name: str, meta: Config, best: Config, timings) -> None:
+    shown = {k: meta[k] for k in ("K", "V", "BT", "GATE", "DELTA", "GATED", "PREC") if k in meta}
+    entry = {"kernel": name, "key": shown, "policy": {k: meta.get(k) for k in ("BK", "BV", "num_warps",
+                                                                               "num_stages") if k in meta},
+             "chosen": _differs(best, meta),
+             "ms": [(_differs(cfg, meta), ms if isinstance(ms, float) else f"{type(ms).__name__}")
+                    for cfg, ms in timings]}
+    _CHOICES.append(entry)
+    if os.environ.get("SEQDSL_PRINT_TUNING", "0") not in ("", "0"):
+        print(f"seqdsl tuning: {name} {shown}: {entry['chosen'] or 'the policy'} of "
+              + ", ".join(f"{c or 'policy'} {m if isinstance(m, str) else f'{m:.3f} ms'}" for c, m in entry["ms"]),
+              file=sys.stderr)
+
+
+def choices() -> list[dict]:
+    """Every tuning made in this process: kernel, key, the policy's blocks and warps, what the tuner changed
+    ({} = kept the policy's), and each candidate's milliseconds (or why it was ruled out)."""
+    return list(_CHOICES)
+
+
+def forget() -> None:
+    """Drop the tuned choices (the next launch at each key times its candidates again)."""
+    _BEST.clear()
+    _CHOICES.clear()
+
+
+@contextlib.contextmanager
+def choosing(chooser: Callable[[str, list[Config]], int]):
+    """Inside, every tuned launch runs candidate ``chooser(kernel name, candidates)`` (clipped to the last; ``EVERY``:
+    each in turn), on any device, untimed: tests run each candidate under the interpreter,
+    benchmarks/gpu_compile_check.py compiles each for a GPU."""
+    global _CHOOSER
+    saved, _CHOOSER = _CHOOSER, chooser
+    try:
+        yield
+    finally:
+        _CHOOSER = saved

@@ -1,0 +1,210 @@
+"""The launch-time tuner (seqdsl.runtime.triton_tune) of the chunk kernels and the generated forward kernels.
+
+On a GPU the tuner times the policy's configuration and a few alternatives (other blocks, warps, stages) and keeps
+the fastest. Whatever it keeps must compute the same thing: every candidate of every tuned chunk kernel runs here
+under the interpreter, against autograd of the fp64 step loop (outputs, final state, every gradient), and every
+candidate of the generated recurrent and fused scan forward kernels against the fp64 interpreter. Blocks change
+the kernels' grids and loops (K and V split in 32, 64 or 128 channels), so a candidate that indexed its tiles wrong
+would fail. The choice itself (fastest kept, failing alternatives skipped, one timing per key) is checked with a
+fake clock, as there is no GPU here.
+"""
+
+import pytest
+import torch
+
+from seqdsl.runtime import torch_forms, triton_chunk, triton_tune
+from seqdsl.testing import FORM_FACTOR, assert_close
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:overflow encountered:RuntimeWarning")
+
+# K = 72 and V = 80: by default two tiles of 64 each; the alternatives' blocks of 32 make three tiles, of 128 one.
+# Two chunks of 64, the last one partial.
+B, T, H, K, V = 1, 70, 2, 72, 80
+CASES = ["none", "scalar", "key", "delta", "gated-delta"]
+
+
+def _inputs(case: str):
+    """(positional inputs, keyword gates): fp64 leaves requiring grad."""
+    g = torch.Generator().manual_seed(len(case))
+
+    def leaf(t):
+        return t.requires_grad_(True)
+
+    q, v, h0 = (leaf(torch.randn(*s, generator=g, dtype=torch.float64)) for s in ((B, T, H, K), (B, T, H, V),
+                                                                                 (B, H, K, V)))
+    k = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
+    args = [q, leaf(torch.nn.functional.normalize(k, dim=-1) if "delta" in case else 0.3 * k), v]
+    if "delta" in case:
+        args.append(leaf(torch.rand(B, T, H, generator=g, dtype=torch.float64)))        # beta
+    gates = {}
+    if case in ("scalar", "gated-delta"):
+        gates["g"] = leaf(-torch.rand(B, T, H, generator=g, dtype=torch.float64))
+    if case == "key":
+        gates["gk"] = leaf(-0.5 * torch.rand(B, T, H, K, generator=g, dtype=torch.float64))
+    return args, gates, h0
+
+
+def _results(case: str, form, **kw) -> list[torch.Tensor]:
+    """[o, final state, the gradients of every input, gates and the initial state] of a loss on o and the state."""
+    args, gates, h0 = _inputs(case)
+    o, ht = form(*args, **gates, scale=0.7, initial_state=h0, output_final_state=True, **kw)
+    g = torch.Generator().manual_seed(1)
+    loss = (o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() \
+        + (ht * torch.randn(ht.shape, generator=g, dtype=ht.dtype)).sum()
+    return [o.detach(), ht.detach(), *torch.autograd.grad(loss, [*args, *gates.values(), h0])]
+
+
+def _forms(case: str):
+    if "delta" in case:
+        return torch_forms.recurrent_delta, triton_chunk.chunk_delta
+    return torch_forms.recurrent_gated, triton_chunk.chunk_gated
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_configuration_the_tuner_may_choose_computes_the_same(case):
+    reference, chunk = _forms(case)
+    expected = _results(case, reference)
+    offered: dict[str, list] = {}
+
+    def record_and_pick(i):
+        def chooser(name, configs):
+            offered.setdefault(name, configs)
+            return i
+        return chooser
+
+    most = max(len(alts) for alts in triton_chunk.TUNING.values()) + 1
+    for i in range(most):
+        with triton_tune.choosing(record_and_pick(i)):
+            got = _results(case, chunk, chunk_size=64)
+        for j, (a, b) in enumerate(zip(expected, got)):
+            what = ["o", "final state"][j] if j < 2 else f"gradient {j - 2}"
+            assert_close(f"{case} candidate {i}: {what}", a, b, torch.float64, FORM_FACTOR["chunk"])
+    # the test covers alternatives: every tuned kernel was offered more than its policy configuration, and the
+    # blocks varied where the table says they may
+    assert offered and all(len(configs) > 1 for configs in offered.values()), offered
+    blocks = {name: {(c.get("BK"), c.get("BV")) for c in configs} for name, configs in offered.items()}
+    if "delta" in case:
+        assert len(blocks["chunk_fwd_h_kernel"]) == 2 and len(blocks["chunk_delta_bwd_dhu_kernel"]) == 2
+    else:
+        assert {(64, 64), (64, 32), (32, 32)} <= blocks["chunk_fwd_h_kernel"]
+        assert {(64, 64), (32, 32)} <= blocks["chunk_bwd_dh_kernel"]
+    assert (128, 128) in blocks["chunk_fwd_o_kernel"]
+
+
+def test_the_tuner_keeps_the_fastest_and_skips_alternatives_that_fail():
+    configs = [{"BV": 64}, {"BV": 32}, {"BV": 16}, {"BV": 128}]
+    cost = {64: 3.0, 32: 2.0, 16: 1.0}
+    ran = []
+
+    def run(cfg):
+        ran.append(cfg["BV"])
+        if cfg["BV"] == 16:
+            raise RuntimeError("out of resources: shared memory")
+
+    def timer(fn):
+        fn()
+        return cost.get(ran[-1], 0.5)
+
+    best, timings = triton_tune.fastest("k", configs, run, timer)
+    assert best == {"BV": 128} and ran == [64, 32, 16, 128]
+    assert isinstance(timings[2][1], RuntimeError) and timings[1][1] == 2.0
+    # without the failing one being the fastest, the fastest timed one
+    best, _ = triton_tune.fastest("k", configs[:3], run, timer)
+    assert best == {"BV": 32}
+    # the policy's configuration failing is the launch's error, as without tuning
+    with pytest.raises(RuntimeError, match="shared memory"):
+        triton_tune.fastest("k", [{"BV": 16}, {"BV": 32}], run, timer)
+
+
+def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch):
+    """With tuning switched on as on a GPU (a fake clock: the last candidate fastest), the op runs the chosen
+    configuration, records the choice, gives the reference's results, and times nothing on a second call."""
+    timed = []
+
+    def clock(fn):
+        fn()
+        timed.append(1)
+        return 10.0 - len(timed)          # every later candidate is faster
+
+    monkeypatch.setattr(triton_tune, "tuning_on", lambda device: True)
+    monkeypatch.setattr(triton_tune, "_cuda_ms", clock)
+    monkeypatch.setattr(triton_tune.fastest, "__defaults__", (clock,))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a fake GPU")
+    triton_tune.forget()
+    try:
+        expected = _results("scalar", torch_forms.recurrent_gated)
+        got = _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
+        for j, (a, b) in enumerate(zip(expected, got)):
+            assert_close(f"tuned result {j}", a, b, torch.float64, FORM_FACTOR["chunk"])
+        made = triton_tune.choices()
+        kernels = [c["kernel"] for c in made]
+        assert {"chunk_fwd_h_kernel", "chunk_fwd_o_kernel", "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel",
+                "chunk_bwd_dv_kernel"} <= set(kernels), kernels
+        for c in made:                    # the last candidate won (the clock says so), and each was timed
+            assert c["chosen"] == c["ms"][-1][0] and c["chosen"], c
+        n = len(timed)
+        _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
+        assert len(timed) == n and len(triton_tune.choices()) == len(made)   # the same keys: no new timing
+    finally:
+        triton_tune.forget()
+
+
+def test_tuning_is_off_where_one_configuration_must_run(monkeypatch):
+    cuda = torch.device("cuda")
+    assert not triton_tune.tuning_on(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not triton_tune.tuning_on(cuda)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert triton_tune.tuning_on(cuda)
+    monkeypatch.setenv("SEQDSL_AUTOTUNE", "0")
+    assert not triton_tune.tuning_on(cuda)
+    monkeypatch.delenv("SEQDSL_AUTOTUNE")
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not triton_tune.tuning_on(cuda)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# Generated recurrent and fused scan forward kernels: their tuned launches (``_rt.launch_alternatives``: half the
+# tile, other warps, other tokens per block). Dims where the split axis is 32 long, so that the interpreter's
+# whole-axis tile has a half (two programs of 16).
+GENERATED = {"gla": {"heads": 1, "dk": 4, "dv": 32, "d_model": 8, "gate_rank": 2},
+             "hgrn": {"d_model": 32}, "mamba": {"d_model": 4, "n": 4, "dt_rank": 2}, "lstm": {"d_model": 4}}
+
+
+def _flat(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_configuration_of_a_generated_kernel_computes_the_same(name, monkeypatch, tmp_path):
+    import pathlib
+
+    import seqdsl
+    from seqdsl.testing import random_state, sample_inputs
+
+    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
+    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    model = seqdsl.load(examples / f"{name}.seq").with_hparams(**GENERATED[name])
+    op, ref = seqdsl.compile(model, backend="triton"), seqdsl.reference(model)
+    inputs, h0 = sample_inputs(ref, 2, 33, seed=3), random_state(ref, 2)
+    expected = ref(**inputs, initial_state=h0, output_final_state=True)
+    forms = [f for f in ("recurrent", "scan") if f in op.modes and (f == "recurrent" or op.module.SCAN == "fused")]
+    offered: dict[str, list] = {}
+    for form in forms:
+        for i in range(6):
+            def chooser(kernel, configs, i=i):
+                offered.setdefault(kernel, configs)
+                return i
+            with triton_tune.choosing(chooser):
+                got = op(**inputs, initial_state=h0, output_final_state=True, mode=form)
+            for j, (a, b) in enumerate(zip(_flat(expected[0]) + _flat(expected[1]), _flat(got[0]) + _flat(got[1]))):
+                assert_close(f"{name} {form} candidate {i}: result {j}", a, b, torch.float64, FORM_FACTOR[form])
+    assert len(offered) == len(forms) and all(len(c) > 1 for c in offered.values()), offered
+    if name in ("gla", "hgrn"):      # the split state's tile was halved in some candidate of every kernel
+        for kernel, configs in offered.items():
+            tiles = {v for c in configs for k, v in c.items() if k.startswith("BLOCK_") and k != "BLOCK_T"
+                     and v in (16, 32)}
+            assert tiles == {16, 32}, (kernel, configs)
