@@ -94,7 +94,7 @@ class Recorder:
 
     def add(self, fn, kernel, kwargs: dict) -> None:
         constexprs = {k: (str(v) if not isinstance(v, (int, float, bool)) else v)
-                      for k, v in kwargs.items() if k in VARIANT_KEYS}
+                      for k, v in kwargs.items() if k in VARIANT_KEYS or k.startswith("BLOCK_")}
         key = (fn.__name__, json.dumps(constexprs, sort_keys=True), kwargs.get("num_warps", 4))
         if key in self.rows:
             return

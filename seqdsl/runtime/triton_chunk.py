@@ -950,7 +950,9 @@ TUNING = {
     "state_pass": ({"num_stages": 3}, {"BV": 32, "num_warps": 4}, {"BK": 32, "BV": 32, "num_warps": 4},
                    {"BK": 32, "BV": 32, "num_warps": 2}),
     # the delta rule's state pass (chunk_fwd_h with DELTA, chunk_delta_bwd_dhu): every key channel in one block
-    "delta_state_pass": ({"BV": 32, "num_warps": 4}, {"num_stages": 2}),
+    # (K = V = 128, bf16, sm_90: 32-wide V tiles of chunk_delta_bwd_dhu spill 536 B at 4 warps, 200 B at the policy's
+    # 8, where its 64-wide tiles spill 344 B)
+    "delta_state_pass": ({"BV": 32}, {"num_stages": 2}),
     # chunk_fwd_o: a program per (V tile, chunk, head), looping over K tiles (fla: 128 x 128 at 8 warps, 64 x 64 at 4)
     "output": ({"num_warps": 4, "num_stages": 3}, {"BK": 128, "BV": 128, "num_warps": 8, "num_stages": 2},
                {"BV": 32, "num_warps": 4}),
