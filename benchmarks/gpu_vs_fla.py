@@ -377,6 +377,7 @@ def print_tuning() -> None:
     print("| kernel | key | policy | chosen | candidates |\n|---|---|---|---|---|")
     for c in made:
         cands = ", ".join(f"{alt or 'policy'}: {ms if isinstance(ms, str) else f'{ms:.3f}'}" for alt, ms in c["ms"])
+        cands = cands or f"({c['source']}: no timings)"
         print(f"| {c['kernel']} | {c['key']} | {c['policy']} | {c['chosen'] or 'policy'} | {cands} |")
 
 

@@ -117,9 +117,13 @@ def test_the_tuner_keeps_the_fastest_and_skips_alternatives_that_fail():
         triton_tune.fastest("k", [{"BV": 16}, {"BV": 32}], run, timer)
 
 
-def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch):
+def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch, tmp_path):
     """With tuning switched on as on a GPU (a fake clock: the last candidate fastest), the op runs the chosen
-    configuration, records the choice, gives the reference's results, and times nothing on a second call."""
+    configuration, records the choice, gives the reference's results, and times nothing on a second call, nor in a
+    later process (the choices stored on disk), except where a stored choice is no longer a candidate."""
+    import json
+
+    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
     timed = []
 
     def clock(fn):
@@ -146,6 +150,23 @@ def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch):
         n = len(timed)
         _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
         assert len(timed) == n and len(triton_tune.choices()) == len(made)   # the same keys: no new timing
+        # a later process: the choices come from the disk cache, untimed, and still give the reference's results
+        (stored,) = (tmp_path / "tuning").glob("a_fake_GPU-triton*.json")
+        triton_tune.forget()
+        got = _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
+        for j, (a, b) in enumerate(zip(expected, got)):
+            assert_close(f"stored choice result {j}", a, b, torch.float64, FORM_FACTOR["chunk"])
+        assert len(timed) == n and {c["source"] for c in triton_tune.choices()} == {"stored"}
+        assert [c["chosen"] for c in triton_tune.choices()] == [c["chosen"] for c in made]
+        # an entry that is no longer a candidate (say, the table changed) is timed again; the others are not
+        entries = json.loads(stored.read_text())
+        stale = next(k for k in entries if "chunk_fwd_o_kernel" in k)
+        stored.write_text(json.dumps({**entries, stale: {"BV": 8}}))
+        triton_tune.forget()
+        _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
+        sources = {c["kernel"]: c["source"] for c in triton_tune.choices()}
+        assert sources.pop("chunk_fwd_o_kernel") == "timed" and set(sources.values()) == {"stored"}, sources
+        assert len(timed) > n
     finally:
         triton_tune.forget()
 
@@ -160,6 +181,10 @@ def test_tuning_is_off_where_one_configuration_must_run(monkeypatch):
     monkeypatch.setenv("SEQDSL_AUTOTUNE", "0")
     assert not triton_tune.tuning_on(cuda)
     monkeypatch.delenv("SEQDSL_AUTOTUNE")
+    monkeypatch.setenv("SEQDSL_AUTOTUNE_CACHE", "0")         # tuned, but choices neither read from nor written to disk
+    assert triton_tune._disk_file(("k", (), (), "cuda:0", "a GPU")) is None
+    monkeypatch.delenv("SEQDSL_AUTOTUNE_CACHE")
+    assert triton_tune._disk_file(("k", (), (), "cuda:0", "a GPU")).name.startswith("a_GPU-triton")
     torch.use_deterministic_algorithms(True)
     try:
         assert not triton_tune.tuning_on(cuda)

@@ -21,6 +21,10 @@ A call site may only offer alternatives that leave the kernel's outputs where th
 its blocks; the shapes of its buffers may not) and that rerun safely: a kernel that adds into its outputs is
 not tuned (the candidates run one after the other on the same buffers).
 
+Choices are kept on disk too, as fla's autotune cache does: ``<seqdsl cache dir>/tuning/<GPU>-triton<version>.json``
+maps each key to what the chosen configuration changed in the policy's; a later process reuses an entry as long
+as it is still one of the key's candidates (``SEQDSL_AUTOTUNE_CACHE=0``: neither read nor written).
+
 ``SEQDSL_PRINT_TUNING=1`` prints each choice to stderr; ``choices()`` returns them (benchmarks/gpu_vs_fla.py
 prints them after its table). Tests run every candidate under the interpreter through ``choosing``.
 """
@@ -28,7 +32,9 @@ prints them after its table). Tests run every candidate under the interpreter th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import sys
 from typing import Callable
 
@@ -42,6 +48,7 @@ EVERY = -1            # a chooser's answer (``choosing``): run every candidate i
 
 _BEST: dict[tuple, Config] = {}
 _CHOICES: list[dict] = []
+_DISK: dict[str, dict[str, dict]] = {}     # file -> {key: what the choice changed}, as loaded or written
 _CHOOSER: Callable[[str, list[Config]], int] | None = None
 
 
@@ -116,40 +123,100 @@ def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config, a
     key = (_name(kernel), tuple(sorted((k, _hashable(v)) for k, v in meta.items())),
            tuple(str(t.dtype) for t in tensors), str(device), torch.cuda.get_device_name(device))
     if key not in _BEST:
-        best, timings = fastest(key[0], configs, run)
-        _BEST[key] = best
-        _record(key[0], meta, best, timings)
+        stored = _stored(key, meta, configs)
+        if stored is not None:
+            _BEST[key] = stored
+            _record(key[0], meta, stored, [], source="stored")
+        else:
+            best, timings = fastest(key[0], configs, run)
+            _BEST[key] = best
+            _record(key[0], meta, best, timings)
+            _store(key, _differs(best, meta))
     run(_BEST[key])
+
+
+def _disk_file(key: tuple):
+    """The file of this GPU and Triton version, or None where the disk cache is off."""
+    if os.environ.get("SEQDSL_AUTOTUNE_CACHE", "1") in ("", "0"):
+        return None
+    import triton
+
+    from seqdsl.cache import cache_dir
+
+    gpu = re.sub(r"[^A-Za-z0-9._-]+", "_", key[-1])
+    return cache_dir() / "tuning" / f"{gpu}-triton{triton.__version__}.json"
+
+
+def _disk_key(key: tuple) -> str:
+    return json.dumps(key[:-1], default=str)
+
+
+def _entries(path) -> dict:
+    if str(path) not in _DISK:
+        try:
+            _DISK[str(path)] = json.loads(path.read_text())
+        except (OSError, ValueError):      # none yet, or unreadable: tune again
+            _DISK[str(path)] = {}
+    return _DISK[str(path)]
+
+
+def _stored(key: tuple, meta: Config, configs: list[Config]) -> Config | None:
+    """The choice a previous process stored for key, if it is still one of the candidates."""
+    path = _disk_file(key)
+    if path is None:
+        return None
+    changed = _entries(path).get(_disk_key(key))
+    if not isinstance(changed, dict):
+        return None
+    cfg = {**meta, **changed}
+    return cfg if cfg in configs else None
+
+
+def _store(key: tuple, changed: dict) -> None:
+    path = _disk_file(key)
+    if path is None:
+        return
+    from seqdsl.cache import write_atomic
+
+    entries = _entries(path)
+    entries[_disk_key(key)] = changed
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(entries, indent=1, sort_keys=True))
+    except OSError as e:                   # a read-only cache only costs the next process a tuning
+        print(f"seqdsl tuning: could not write {path}: {e}", file=sys.stderr)
 
 
 def _differs(cfg: Config, meta: Config) -> dict:
     return {k: v for k, v in cfg.items() if not isinstance(v, torch.Tensor) and meta.get(k) != v}
 
 
-def _record(name: str, meta: Config, best: Config, timings) -> None:
+def _record(name: str, meta: Config, best: Config, timings, source: str = "timed") -> None:
     shown = {k: meta[k] for k in ("K", "V", "BT", "GATE", "DELTA", "GATED", "PREC") if k in meta}
     entry = {"kernel": name, "key": shown, "policy": {k: meta.get(k) for k in ("BK", "BV", "num_warps",
                                                                                "num_stages") if k in meta},
-             "chosen": _differs(best, meta),
+             "chosen": _differs(best, meta), "source": source,
              "ms": [(_differs(cfg, meta), ms if isinstance(ms, float) else f"{type(ms).__name__}")
                     for cfg, ms in timings]}
     _CHOICES.append(entry)
     if os.environ.get("SEQDSL_PRINT_TUNING", "0") not in ("", "0"):
-        print(f"seqdsl tuning: {name} {shown}: {entry['chosen'] or 'the policy'} of "
+        print(f"seqdsl tuning: {name} {shown}: {entry['chosen'] or 'the policy'} ({source}) of "
               + ", ".join(f"{c or 'policy'} {m if isinstance(m, str) else f'{m:.3f} ms'}" for c, m in entry["ms"]),
               file=sys.stderr)
 
 
 def choices() -> list[dict]:
     """Every tuning made in this process: kernel, key, the policy's blocks and warps, what the tuner changed
-    ({} = kept the policy's), and each candidate's milliseconds (or why it was ruled out)."""
+    ({} = kept the policy's), its source ("timed" here, or "stored" by an earlier process: no timings) and each
+    candidate's milliseconds (or why it was ruled out)."""
     return list(_CHOICES)
 
 
 def forget() -> None:
-    """Drop the tuned choices (the next launch at each key times its candidates again)."""
+    """Drop the choices held in memory (the next launch at each key reads the disk cache, else times again)."""
     _BEST.clear()
     _CHOICES.clear()
+    _DISK.clear()
 
 
 @contextlib.contextmanager
