@@ -799,6 +799,11 @@ def test_launch_policy_gives_one_config_under_the_interpreter(monkeypatch):
     dense = lambda params: triton_runtime.launch_config("recurrent", None, 64, device=torch.device("cuda"),  # noqa: E731
                                                         param_numel=params)["num_warps"]
     assert dense(0) == 1 and dense(64 * 64) == 4 and dense(4 * 64 * 64) == 8
+    # a backward program keeps the state, its adjoint and the recomputed previous state: three times the state's
+    # numbers (DeltaNet's 64 x 64 state: 2 warps forward, 4 backward, where 2 spilled 40 B compiled for sm_90)
+    warps = lambda backward: triton_runtime.launch_config("recurrent", 64, 64 * 64, device=torch.device("cuda"),  # noqa: E731
+                                                          backward=backward)["num_warps"]
+    assert warps(False) == 2 and warps(True) == 4
     chunk = lambda low: triton_runtime.launch_config("chunk", None, 64 * 64, device=torch.device("cuda"),  # noqa: E731
                                                      low_precision_inputs=low)["precision"]
     assert chunk(None) == "tf32x3" and chunk(torch.bfloat16) == "bf16" and chunk(torch.float16) == "fp16"

@@ -59,7 +59,10 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
     param_numel: register elements of the params a recurrent program keeps for the whole sequence (a dense
     cell's matrices; a backward kernel also their gradients' accumulators), counted with the state's for the
     warps: at one warp, LSTM's and GRU's recurrent kernels spilled 0.7-4.4 KB per thread compiled for sm_90.
-    backward: the call launches a backward kernel. Split into tiles, a backward kernel's programs add the
+    backward: the call launches a backward kernel. Its programs keep three state-sized blocks live (the state, its
+    adjoint, the recomputed previous state), which count for the warps: counted once, the recurrent backward kernels
+    of 15 examples spilled (6.7 KB per thread summed, compiled for sm_90); three times, 8 (3.7 KB; what is left is
+    at 8 warps already, or dense cells). Split into tiles, a backward kernel's programs add the
     gradients of what lacks the tiled axis atomically (their order varies from run to run), so under
     ``torch.use_deterministic_algorithms(True)`` it runs whole (block = the axis).
     low_precision_inputs: bf16 / fp16 if the op's inputs are (else None). Returns {"block": block of the tiled
@@ -90,7 +93,8 @@ def launch_config(form: str, tiled_size: int | None, state_numel: int, device: t
         return {"block": 0, **chunk_warps_and_stages(state_numel),
                 "precision": DOT_OPERANDS.get(low_precision_inputs, "tf32x3"), "diag_3d": False}
     block = min(full, 64) if tiled_size else 0
-    numel = (state_numel * block // full if tiled_size else state_numel) + param_numel
+    live = 3 if backward else 1            # state-sized blocks a program keeps (see ``backward`` above)
+    numel = live * (state_numel * block // full if tiled_size else state_numel) + param_numel
     num_warps = 1 if numel <= 1024 else 2 if numel <= 4096 else 4 if numel <= 16384 else 8
     return {"block": block, "num_warps": num_warps}
 
