@@ -690,7 +690,7 @@ class _Gen:
         kernel = self.kernel_name if form == "recurrent" else self.scan_kernel_name
         out.add("# the policy's configuration, or on a GPU the fastest of it and a few alternatives (triton_tune)", 1)
         out.add(f"_tt.launch({kernel}, lambda _m: {grid}, _args, _meta(_cfg),", 1)
-        out.add(f"[_meta(_c) for _c in _rt.launch_alternatives({form!r}, _cfg, {tiled_size})])", 3)
+        out.add(f"lambda: [_meta(_c) for _c in _rt.launch_alternatives({form!r}, _cfg, {tiled_size})])", 3)
         outs = ", ".join(f"torch.view_as_complex(_out_{o})" if self.cell_ty(o).complex else f"_out_{o}"
                          for o in c.readouts)
         finals = ", ".join(f"torch.view_as_complex(_ht_{s})" if c.cell_types[s].complex else f"_ht_{s}"

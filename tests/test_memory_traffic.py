@@ -49,3 +49,15 @@ def test_mamba_scan_form_materialises_no_per_state_tensors(tmp_path):
     assert forward < 1.0, forward                      # measured 0.0
     both = _mamba_passes(tmp_path, "--backward")
     assert both < 100.0, both                          # measured 73.2
+
+
+def test_host_overhead_script_times_seqdsl_and_fla_calls(tmp_path):
+    """benchmarks/host_overhead.py (the host time of one call, launches replaced by nothing) runs and gives a row
+    for seqdsl's op and for fla's function; the times themselves are machine-dependent and not checked."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"), "--ops", "simple_gla",
+                          "--reps", "5", "--backward"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| simple_gla |")]
+    assert [r[1].strip() for r in rows] == ["seqdsl op(mode='chunk')", "fla chunk_simple_gla"], run.stdout
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), run.stdout

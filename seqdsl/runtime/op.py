@@ -125,6 +125,15 @@ class CompiledOp:
         self.states: tuple[str, ...] = tuple(module.STATES)
         self.axis = checked.cell_axis
         self.axis_size = checked.dim_sizes[self.axis] if self.axis else 1
+        # what every call looks up, worked out once (the host time of a call counts at fla's shapes, where the
+        # kernels of a forward take a few hundred microseconds)
+        self._input_dims = {n: tuple(checked.dim_sizes[d] for d in checked.types[n].dims) for n in self.inputs}
+        self._has_axis_of = {n: bool(self.axis) and checked.types[n].dims[:1] == (self.axis,) for n in self.inputs}
+        lead = (self.axis_size,) if self.axis else ()
+        self._state_shapes = {s: lead + tuple(checked.dim_sizes[d] for d in checked.cell_types[s].dims)
+                              for s in self.states}
+        self._passthrough = getattr(module, "PASSTHROUGH_INPUTS", {})
+        self._direct_readout_forms = getattr(module, "DIRECT_READOUT_FORMS", ())
 
     def __repr__(self) -> str:
         return f"<seqdsl op {self.name} ({self.backend}) modes={self.modes} inputs={self.inputs}>"
@@ -132,17 +141,13 @@ class CompiledOp:
     # ------------------------------------------------------------------ shapes
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sequence shape of each state: (H, *dims) or (*dims,) without a cell axis."""
-        c = self.checked
-        lead = (self.axis_size,) if self.axis else ()
-        return {s: lead + tuple(c.dim_sizes[d] for d in c.cell_types[s].dims) for s in self.states}
+        return dict(self._state_shapes)
 
     def _dims(self, name: str) -> tuple[int, ...]:
-        c = self.checked
-        return tuple(c.dim_sizes[d] for d in c.types[name].dims)
+        return self._input_dims[name]
 
     def _has_axis(self, name: str) -> bool:
-        dims = self.checked.types[name].dims
-        return bool(self.axis) and dims[:1] == (self.axis,)
+        return self._has_axis_of[name]
 
     # ------------------------------------------------------------------ call
     def default_mode(self) -> str:
@@ -202,14 +207,14 @@ class CompiledOp:
         out_dtype = first.dtype
         compute = torch.float64 if any(t.dtype in (torch.float64, torch.complex128) for t in inputs.values()) \
             else torch.float32
-        passthrough = getattr(self.module, "PASSTHROUGH_INPUTS", {}).get(mode, ())
+        passthrough = self._passthrough.get(mode, ())
         lifted = {n: self._lift(n, t, compute, keep_low_precision=n in passthrough) for n, t in inputs.items()}
         bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
         low = low_precision_of(*inputs.values())
-        direct = mode in getattr(self.module, "DIRECT_READOUT_FORMS", ()) and compute == torch.float32 \
+        direct = mode in self._direct_readout_forms and compute == torch.float32 \
             and is_low_precision(first)
         with _inputs_precision(low), readouts_in(out_dtype if direct else None):   # the chunk kernels ask
             if cu_seqlens is None:
@@ -272,7 +277,7 @@ class CompiledOp:
         return t.reshape((1, 1) + tuple(t.shape))
 
     def _initial_states(self, initial_state, n: int, compute, device) -> tuple[torch.Tensor, ...]:
-        shapes = self.state_shapes()
+        shapes = self._state_shapes
         c = self.checked
         given = initial_state
         if given is not None and not isinstance(given, (tuple, list)):
@@ -298,7 +303,7 @@ class CompiledOp:
     def _state_init(self, s: str, n: int, dtype, device) -> torch.Tensor:
         from seqdsl import ir
 
-        shape = (n,) + self.state_shapes()[s]
+        shape = (n,) + self._state_shapes[s]
         decl = next(d for d in self.checked.model.cell.states if d.name == s)
         if isinstance(decl.init, ir.Num):
             return torch.full(shape, float(decl.init.value), dtype=dtype, device=device)

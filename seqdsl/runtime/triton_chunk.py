@@ -973,9 +973,12 @@ def _fitting(meta: dict, alternatives) -> list[dict]:
 
 
 def _launch(kernel, grid, args: tuple, tuning: str, **meta) -> None:
-    """kernel[grid(meta)](*args, **meta): the policy's configuration, or on a GPU the fastest of it and the
-    ``TUNING[tuning]`` alternatives that fit (``triton_tune.launch``). grid: a function of the configuration."""
-    _tt.launch(kernel, grid, args, meta, _fitting(meta, TUNING[tuning]))
+    """kernel[grid(meta)](*args, cu_seqlens, **meta): the policy's configuration, or on a GPU the fastest of it and
+    the ``TUNING[tuning]`` alternatives that fit (``triton_tune.launch``). grid: a function of the configuration.
+    args end with the kernel's T; cu_seqlens (in meta, from ``_Rows.kwargs``) follows it positionally, so that
+    meta holds no tensor (the tuner's key is made of meta's values)."""
+    args = (*args, meta.pop("cu_seqlens"))
+    _tt.launch(kernel, grid, args, meta, lambda: _fitting(meta, TUNING[tuning]))
 
 
 def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:

@@ -102,53 +102,61 @@ def fastest(name: str, configs: list[Config], run: Callable[[Config], None],
     return best, timings
 
 
-def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config, alternatives=()) -> None:
+def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config,
+           alternatives: Callable[[], list[Config]] = list) -> None:
     """kernel[grid(cfg)](*args, **cfg) with cfg the policy's ``meta`` or, where ``tuning_on``, the fastest of the
-    candidates at this key (timed once per process). args: the positional arguments (tensors, T, ...)."""
-    configs = candidates(meta, alternatives)
+    candidates at this key (timed once per process). args: the positional arguments (tensors, T, ...);
+    alternatives(): the partial configurations laid over meta (called only where they are looked at: a launch that
+    is not tuned costs no more than the plain launch, a few microseconds of host time matter at fla's shapes)."""
 
-    def run(cfg: Config) -> None:
+    if _CHOOSER is None:                   # the path of every call: no closure, no candidate list
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if not tensors or not tuning_on(tensors[0].device):
+            kernel[grid(meta)](*args, **meta)
+            return
+        # meta's values in its keys' order (a call site passes them in one order, and no tensor: their hash is their
+        # identity), the tensors' dtypes, the device
+        key = (kernel, tuple(meta.values()), tuple([t.dtype for t in tensors]), tensors[0].device)
+        best = _BEST.get(key)
+        if best is None:
+            best = _BEST[key] = _choose(kernel, key, meta, candidates(meta, alternatives()),
+                                        lambda cfg: kernel[grid(cfg)](*args, **cfg))
+        kernel[grid(best)](*args, **best)
+        return
+    configs = candidates(meta, alternatives())
+    pick = _CHOOSER(_name(kernel), configs)
+    for cfg in (configs if pick == EVERY else [configs[min(pick, len(configs) - 1)]]):
         kernel[grid(cfg)](*args, **cfg)
 
-    if _CHOOSER is not None:
-        pick = _CHOOSER(_name(kernel), configs)
-        for cfg in (configs if pick == EVERY else [configs[min(pick, len(configs) - 1)]]):
-            run(cfg)
-        return
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    device = tensors[0].device if tensors else torch.device("cpu")
-    if len(configs) == 1 or not tuning_on(device):
-        run(configs[0])
-        return
-    key = (_name(kernel), tuple(sorted((k, _hashable(v)) for k, v in meta.items())),
-           tuple(str(t.dtype) for t in tensors), str(device), torch.cuda.get_device_name(device))
-    if key not in _BEST:
-        stored = _stored(key, meta, configs)
-        if stored is not None:
-            _BEST[key] = stored
-            _record(key[0], meta, stored, [], source="stored")
-        else:
-            best, timings = fastest(key[0], configs, run)
-            _BEST[key] = best
-            _record(key[0], meta, best, timings)
-            _store(key, _differs(best, meta))
-    run(_BEST[key])
+
+def _choose(kernel, key: tuple, meta: Config, configs: list[Config], run) -> Config:
+    """The configuration for a key met the first time in this process: stored by an earlier one, else timed."""
+    if len(configs) == 1:
+        return configs[0]
+    name = _name(kernel)
+    disk_key = json.dumps([name, sorted((k, _hashable(v)) for k, v in meta.items()), [str(d) for d in key[2]],
+                           str(key[3])], default=str)
+    gpu = torch.cuda.get_device_name(key[3])
+    stored = _stored(gpu, disk_key, meta, configs)
+    if stored is not None:
+        _record(name, meta, stored, [], source="stored")
+        return stored
+    best, timings = fastest(name, configs, run)
+    _record(name, meta, best, timings)
+    _store(gpu, disk_key, _differs(best, meta))
+    return best
 
 
-def _disk_file(key: tuple):
-    """The file of this GPU and Triton version, or None where the disk cache is off."""
+def _disk_file(gpu: str):
+    """The file of this GPU (its name) and Triton version, or None where the disk cache is off."""
     if os.environ.get("SEQDSL_AUTOTUNE_CACHE", "1") in ("", "0"):
         return None
     import triton
 
     from seqdsl.cache import cache_dir
 
-    gpu = re.sub(r"[^A-Za-z0-9._-]+", "_", key[-1])
+    gpu = re.sub(r"[^A-Za-z0-9._-]+", "_", gpu)
     return cache_dir() / "tuning" / f"{gpu}-triton{triton.__version__}.json"
-
-
-def _disk_key(key: tuple) -> str:
-    return json.dumps(key[:-1], default=str)
 
 
 def _entries(path) -> dict:
@@ -160,26 +168,26 @@ def _entries(path) -> dict:
     return _DISK[str(path)]
 
 
-def _stored(key: tuple, meta: Config, configs: list[Config]) -> Config | None:
-    """The choice a previous process stored for key, if it is still one of the candidates."""
-    path = _disk_file(key)
+def _stored(gpu: str, disk_key: str, meta: Config, configs: list[Config]) -> Config | None:
+    """The choice a previous process stored for the key, if it is still one of the candidates."""
+    path = _disk_file(gpu)
     if path is None:
         return None
-    changed = _entries(path).get(_disk_key(key))
+    changed = _entries(path).get(disk_key)
     if not isinstance(changed, dict):
         return None
     cfg = {**meta, **changed}
     return cfg if cfg in configs else None
 
 
-def _store(key: tuple, changed: dict) -> None:
-    path = _disk_file(key)
+def _store(gpu: str, disk_key: str, changed: dict) -> None:
+    path = _disk_file(gpu)
     if path is None:
         return
     from seqdsl.cache import write_atomic
 
     entries = _entries(path)
-    entries[_disk_key(key)] = changed
+    entries[disk_key] = changed
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(entries, indent=1, sort_keys=True))
