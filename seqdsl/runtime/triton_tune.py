@@ -111,14 +111,15 @@ def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config,
 
     if _CHOOSER is None:                   # the path of every call: no closure, no candidate list
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if not tensors or not tuning_on(tensors[0].device):
-            kernel[grid(meta)](*args, **meta)
-            return
         # meta's values in its keys' order (a call site passes them in one order, and no tensor: their hash is their
-        # identity), the tensors' dtypes, the device
-        key = (kernel, tuple(meta.values()), tuple([t.dtype for t in tensors]), tensors[0].device)
+        # identity), the tensors' dtypes, the device. A key already tuned is looked up first: the steady state of
+        # a GPU run costs one dict lookup (keys are only ever made where tuning was on)
+        key = (kernel, tuple(meta.values()), tuple([t.dtype for t in tensors]), tensors[0].device if tensors else None)
         best = _BEST.get(key)
         if best is None:
+            if not tensors or not tuning_on(key[3]):
+                kernel[grid(meta)](*args, **meta)
+                return
             best = _BEST[key] = _choose(kernel, key, meta, candidates(meta, alternatives()),
                                         lambda cfg: kernel[grid(cfg)](*args, **cfg))
         kernel[grid(best)](*args, **best)
