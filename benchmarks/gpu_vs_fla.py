@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                         help="a call slower than this is timed once and marked '*'")
     parser.add_argument("--budget-s", type=float, default=float("inf"),
                         help="stop timing after this many seconds (later rows say 'not run')")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="only seqdsl's rows (and SDPA's): no fla or mamba_ssm rows (a second, tuned pass)")
     parser.add_argument("--smoke", action="store_true", help="tiny shape on CPU under TRITON_INTERPRET=1")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
 
     # seqdsl's rows (and SDPA) for every shape first, then the reference kernels: fla's first calls
     # autotune every configuration of every kernel, minutes that should not cost our rows
-    for phase in ("seqdsl", "reference"):
+    for phase in ("seqdsl",) if args.no_reference else ("seqdsl", "reference"):
         for B, T, H, D in shapes:
             shape = f"{B}, {T}, {H}, {D}"
             g = torch.Generator(device=dev).manual_seed(0)

@@ -233,3 +233,50 @@ def test_every_configuration_of_a_generated_kernel_computes_the_same(name, monke
             tiles = {v for c in configs for k, v in c.items() if k.startswith("BLOCK_") and k != "BLOCK_T"
                      and v in (16, 32)}
             assert tiles == {16, 32}, (kernel, configs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or triton_tune._rt.interpreting(),
+                    reason="needs a CUDA GPU and compiled Triton (run with TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("case", ["scalar", "delta"])
+def test_gpu_every_candidate_compiled_for_the_gpu_computes_the_same(case, monkeypatch):
+    """Each candidate the tuner may choose, compiled for the GPU (fp32 inputs, B 2, T 300, H 2, K = 128, V = 96: two
+    or three tiles per axis), gives the fp64 step loop's outputs and gradients; then tuning proper picks one."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B_, T_, H_, K_, V_ = 2, 300, 2, 128, 96
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, device="cuda", dtype=torch.float64)).requires_grad_(True)
+
+    q, v, h0 = rnd(B_, T_, H_, K_, scale=K_ ** -0.5), rnd(B_, T_, H_, V_), rnd(B_, H_, K_, V_)
+    k = torch.nn.functional.normalize(torch.randn(B_, T_, H_, K_, generator=g, device="cuda", dtype=torch.float64),
+                                      dim=-1).requires_grad_(True)
+    extra = [(0.5 * torch.rand(B_, T_, H_, generator=g, device="cuda", dtype=torch.float64)).requires_grad_(True)] \
+        if case == "delta" else []
+    gate = {} if case == "delta" else {"g": (-0.1 * torch.rand(B_, T_, H_, generator=g, device="cuda",
+                                                                dtype=torch.float64)).requires_grad_(True)}
+    reference, chunk = _forms(case)
+    leaves = [q, k, v, *extra, *gate.values(), h0]
+
+    def results(form, cast):
+        xs = [t.detach().to(cast).requires_grad_(True) for t in leaves]
+        n = 3 + len(extra)
+        o, ht = form(*xs[:n], **dict(zip(gate, xs[n:n + len(gate)])), scale=1.0, initial_state=xs[-1],
+                     output_final_state=True)
+        loss = o.double().square().sum() + ht.double().square().sum()
+        return [o.detach().double(), ht.detach().double(), *(d.double() for d in torch.autograd.grad(loss, xs))]
+
+    expected = results(reference, torch.float64)
+    for i in range(5):
+        with triton_tune.choosing(lambda name, configs, i=i: i):
+            got = results(chunk, torch.float32)
+        for j, (a, b) in enumerate(zip(expected, got)):
+            assert_close(f"{case} candidate {i} result {j} on the GPU", a, b, torch.float32, FORM_FACTOR["chunk"])
+    monkeypatch.setenv("SEQDSL_AUTOTUNE", "1")          # gpu_session.sh runs the tests with the policy alone
+    monkeypatch.setenv("SEQDSL_AUTOTUNE_CACHE", "0")
+    triton_tune.forget()
+    got = results(chunk, torch.float32)
+    assert triton_tune.choices(), "no tuning happened on the GPU"
+    triton_tune.forget()
+    for j, (a, b) in enumerate(zip(expected, got)):
+        assert_close(f"{case} tuned result {j} on the GPU", a, b, torch.float32, FORM_FACTOR["chunk"])
