@@ -899,7 +899,7 @@ class BackwardKernel:
             t = g.cell_ty(n)
             alloc = "(_rt.zeros if _tiles > 1 else _rt.empty)" if self.lacks_tiled_axis(n) else "_rt.empty"
             out.add(f"_dp_{n} = {alloc}((_pk.N, _H{shape(t.dims)}), _dtype, _device, {t.complex})", 1)
-        out.add(f"{self.kernel_name}[(_pk.N, _H, _tiles)](", 1)
+        out.add("_args = (", 1)
         for n in c.op_streams:
             out.add(f"*_rt.stream({n}, _B, _T, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for n in c.op_params:
@@ -913,7 +913,9 @@ class BackwardKernel:
         if g.args:
             out.add(f"_rt.cell_args([{', '.join(g.args)}], _dtype, _device),", 2)
         out.add("_pk.cu, _T, _nc," if scan else "_pk.cu, _T, _chunk, _nc,", 2)
+        out.add(")", 1)
         blocks = {d: "_cfg['block']" if d == self.tiled else _pow2(sizes[d]) for d in self.dims}
+        out.add("_meta = dict(", 1)
         out.add(", ".join([f"{self.blocks.size(d)}={sizes[d]}, {self.blocks.block(d)}={blocks[d]}"
                            for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan
                           + [f"{self.buf['SUM', n]}=_sum_{n}" for n in c.op_streams]
@@ -921,6 +923,9 @@ class BackwardKernel:
         out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
                 2)
         out.add(")", 1)
+        out.add("# the policy's warps, or on a GPU the fastest of them and twice or half as many (triton_tune)", 1)
+        out.add(f"_tt.launch({self.kernel_name}, lambda _m: (_pk.N, _H, _tiles), _args, _meta,", 1)
+        out.add(f"lambda: _rt.launch_alternatives({self.LAUNCH!r}, _cfg, None, backward=True))", 3)
         states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
         grads = []
         for n in g.inputs:

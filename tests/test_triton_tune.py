@@ -12,7 +12,7 @@ fake clock, as there is no GPU here.
 import pytest
 import torch
 
-from seqdsl.runtime import torch_forms, triton_chunk, triton_tune
+from seqdsl.runtime import torch_forms, triton_chunk, triton_runtime, triton_tune
 from seqdsl.testing import FORM_FACTOR, assert_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -280,3 +280,77 @@ def test_gpu_every_candidate_compiled_for_the_gpu_computes_the_same(case, monkey
     triton_tune.forget()
     for j, (a, b) in enumerate(zip(expected, got)):
         assert_close(f"{case} tuned result {j} on the GPU", a, b, torch.float32, FORM_FACTOR["chunk"])
+
+
+@pytest.mark.parametrize("name,mode", [("mamba", "scan"), ("mamba", "recurrent"), ("gla", "recurrent")])
+def test_tuning_kernels_that_add_into_their_buffers_leaves_the_gradients_right(name, mode, monkeypatch, tmp_path):
+    """Tuning switched on as on a GPU (a fake clock): every candidate of every launch (forward and backward) runs
+    once or more before the chosen one. Mamba's backward adds each channel's B and C gradient rows into one
+    zeroed buffer (atomics), GLA's recurrent backward tiles add their parts of dq, dk; the candidates are timed on
+    copies of the buffers, so the gradients are the interpreter's (without the copies they come out counted as
+    many times as there were candidates)."""
+    import pathlib
+
+    import seqdsl
+    from seqdsl.testing import projected_grads, random_state, sample_inputs
+
+    monkeypatch.setenv("SEQDSL_CACHE_DIR", str(tmp_path))
+    timed = []
+
+    def clock(fn):
+        fn()
+        timed.append(1)
+        return float(len(timed) % 3)
+
+    monkeypatch.setattr(triton_tune, "tuning_on", lambda device: True)
+    monkeypatch.setattr(triton_tune.fastest, "__defaults__", (clock,))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a fake GPU")
+    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    model = seqdsl.load(examples / f"{name}.seq").with_hparams(**GENERATED[name])
+    op, ref = seqdsl.compile(model, backend="triton"), seqdsl.reference(model)
+    inputs, h0 = sample_inputs(ref, 2, 33, seed=5), random_state(ref, 2, scale=0.3)
+    expected = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    triton_tune.forget()
+    try:
+        with triton_runtime.override_launch(block=16, block_t=8):      # GLA: two tiles of its 32-long axis
+            got = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode),
+                                  inputs, h0)
+        made = {c["kernel"] for c in triton_tune.choices()}
+        assert any(k.endswith("_bwd_kernel") for k in made) and timed, made
+    finally:
+        triton_tune.forget()
+    for k, want in expected.items():
+        if want is not None:
+            assert_close(f"{name} {mode} tuned d{k}", want, got[k], torch.float64, FORM_FACTOR[mode])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or triton_tune._rt.interpreting(),
+                    reason="needs a CUDA GPU and compiled Triton (run with TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("mode", ["scan", "recurrent"])
+def test_gpu_every_candidate_of_mamba_computes_the_same(mode):
+    """Mamba (d_inner 128, n 16; B 2, T 300) compiled for the GPU, each candidate of its forward and backward
+    launches in turn (other tokens per block, warps; the backward adding B's and C's gradients atomically), against
+    the fp64 interpreter on the CPU: outputs' projections' gradients of every input and the initial state."""
+    import pathlib
+
+    import seqdsl
+    from seqdsl.testing import projected_grads, random_state, sample_inputs
+
+    examples = pathlib.Path(__file__).resolve().parent.parent / "examples"
+    model = seqdsl.load(examples / "mamba.seq").with_hparams(d_model=64, n=16, dt_rank=4)
+    op, ref = seqdsl.compile(model, backend="triton"), seqdsl.reference(model)
+    inputs, h0 = sample_inputs(ref, 2, 300, seed=7), random_state(ref, 2, scale=0.3)
+    expected = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+
+    def on_gpu(xs, h):
+        o, ht = op(**{k: v.cuda() for k, v in xs.items()}, initial_state=h.cuda(), output_final_state=True, mode=mode)
+        return o.cpu(), ht.cpu()
+
+    for i in range(5):
+        with triton_tune.choosing(lambda name, configs, i=i: i):
+            got = projected_grads(on_gpu, inputs, h0)
+        for k, want in expected.items():
+            if want is not None:
+                assert_close(f"mamba {mode} candidate {i} d{k} on the GPU", want, got[k], torch.float64,
+                             FORM_FACTOR[mode])

@@ -18,8 +18,9 @@ the interpreter, ``SEQDSL_AUTOTUNE=0``, ``torch.use_deterministic_algorithms(Tru
 would make the sums' order vary from process to process) the policy's configuration runs, untimed.
 
 A call site may only offer alternatives that leave the kernel's outputs where they are (its grid may change with
-its blocks; the shapes of its buffers may not) and that rerun safely: a kernel that adds into its outputs is
-not tuned (the candidates run one after the other on the same buffers).
+its blocks; the shapes of its buffers may not). The candidates are timed on copies of the launch's tensors (made
+once per key), so a kernel that adds into its buffers (atomics into zeroed gradients) is tuned as safely as one
+that stores: the real launch then runs once, with the choice, on the real buffers.
 
 Choices are kept on disk too, as fla's autotune cache does: ``<seqdsl cache dir>/tuning/<GPU>-triton<version>.json``
 maps each key to what the chosen configuration changed in the policy's; a later process reuses an entry as long
@@ -120,8 +121,10 @@ def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config,
             if not tensors or not tuning_on(key[3]):
                 kernel[grid(meta)](*args, **meta)
                 return
+            scratch = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
             best = _BEST[key] = _choose(kernel, key, meta, candidates(meta, alternatives()),
-                                        lambda cfg: kernel[grid(cfg)](*args, **cfg))
+                                        lambda cfg: kernel[grid(cfg)](*scratch, **cfg))
+            del scratch
         kernel[grid(best)](*args, **best)
         return
     configs = candidates(meta, alternatives())
