@@ -190,6 +190,9 @@ def test_tuning_is_off_where_one_configuration_must_run(monkeypatch):
         assert not triton_tune.tuning_on(cuda)
     finally:
         torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)    # a CUDA graph capture
+    assert not triton_tune.tuning_on(cuda)
 
 
 # Generated recurrent and fused scan forward kernels: their tuned launches (``_rt.launch_alternatives``: half the

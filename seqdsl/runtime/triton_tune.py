@@ -15,7 +15,8 @@ policy's blocks, its tensors' dtypes, the device; not T or the batch) times ever
 ``triton.testing.do_bench`` and keeps the fastest for the process; candidates that fail to compile or to launch
 (too much shared memory) are skipped, the policy's own failing is an error as before. Everywhere else (CPU,
 the interpreter, ``SEQDSL_AUTOTUNE=0``, ``torch.use_deterministic_algorithms(True)``: a choice made by timings
-would make the sums' order vary from process to process) the policy's configuration runs, untimed.
+would make the sums' order vary from process to process; inside a CUDA graph capture, where nothing can be timed)
+the policy's configuration runs, untimed.
 
 A call site may only offer alternatives that leave the kernel's outputs where they are (its grid may change with
 its blocks; the shapes of its buffers may not). The candidates are timed on copies of the launch's tensors (made
@@ -76,7 +77,13 @@ def tuning_on(device: torch.device) -> bool:
     """Whether launches on ``device`` time their candidates (see the module docstring)."""
     return (device.type == "cuda" and not _rt.interpreting()
             and os.environ.get("SEQDSL_AUTOTUNE", "1") not in ("", "0")
-            and not torch.are_deterministic_algorithms_enabled())
+            and not torch.are_deterministic_algorithms_enabled()
+            and not _capturing())
+
+
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured (nothing can be timed inside one)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _cuda_ms(fn) -> float:
