@@ -114,14 +114,14 @@ def launch(kernel, grid: Callable[[Config], tuple], args: tuple, meta: Config,
            alternatives: Callable[[], list[Config]] = list) -> None:
     """kernel[grid(cfg)](*args, **cfg) with cfg the policy's ``meta`` or, where ``tuning_on``, the fastest of the
     candidates at this key (timed once per process). args: the positional arguments (tensors, T, ...);
-    alternatives(): the partial configurations laid over meta (called only where they are looked at: a launch that
-    is not tuned costs no more than the plain launch, a few microseconds of host time matter at fla's shapes)."""
-
+    alternatives(): the partial configurations laid over meta, called only the first time a key is met (at fla's
+    smallest shapes a forward's kernels take ~0.3 ms, so the few microseconds of host time per launch count: the
+    steady state costs a key and a dict lookup, about 3 us, benchmarks/host_overhead.py)."""
     if _CHOOSER is None:                   # the path of every call: no closure, no candidate list
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         # meta's values in its keys' order (a call site passes them in one order, and no tensor: their hash is their
-        # identity), the tensors' dtypes, the device. A key already tuned is looked up first: the steady state of
-        # a GPU run costs one dict lookup (keys are only ever made where tuning was on)
+        # identity), the tensors' dtypes, the device. A key already tuned is looked up first (entries are only made
+        # where tuning was on)
         key = (kernel, tuple(meta.values()), tuple([t.dtype for t in tensors]), tensors[0].device if tensors else None)
         best = _BEST.get(key)
         if best is None:
