@@ -158,15 +158,21 @@ def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch, tm
             assert_close(f"stored choice result {j}", a, b, torch.float64, FORM_FACTOR["chunk"])
         assert len(timed) == n and {c["source"] for c in triton_tune.choices()} == {"stored"}
         assert [c["chosen"] for c in triton_tune.choices()] == [c["chosen"] for c in made]
-        # an entry that is no longer a candidate (say, the table changed) is timed again; the others are not
+        # an entry that is no longer a candidate (say, the table changed) is timed again; the others are not; and
+        # what another process wrote meanwhile (here: an entry of a kernel this one never ran) is kept
         entries = json.loads(stored.read_text())
         stale = next(k for k in entries if "chunk_fwd_o_kernel" in k)
         stored.write_text(json.dumps({**entries, stale: {"BV": 8}}))
         triton_tune.forget()
-        _results("scalar", triton_chunk.chunk_gated, chunk_size=64)
+        _results("scalar", triton_chunk.chunk_gated, chunk_size=64)     # reads the file (every entry but one used)
+        stored.write_text(json.dumps({**json.loads(stored.read_text()), "another process's key": {"num_warps": 2}}))
         sources = {c["kernel"]: c["source"] for c in triton_tune.choices()}
         assert sources.pop("chunk_fwd_o_kernel") == "timed" and set(sources.values()) == {"stored"}, sources
         assert len(timed) > n
+        triton_tune._store("a fake GPU", "one more key", {"num_warps": 4})
+        final = json.loads(stored.read_text())
+        assert final["another process's key"] == {"num_warps": 2} and final["one more key"] == {"num_warps": 4}
+        assert final[stale] != {"BV": 8}
     finally:
         triton_tune.forget()
 

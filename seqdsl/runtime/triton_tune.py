@@ -192,11 +192,14 @@ def _stored(gpu: str, disk_key: str, meta: Config, configs: list[Config]) -> Con
 
 
 def _store(gpu: str, disk_key: str, changed: dict) -> None:
+    """Add the choice to the file. Its entries are read again first: processes tuning at the same time (a
+    data-parallel run's ranks) keep each other's choices, the last writer's winning for a key both made."""
     path = _disk_file(gpu)
     if path is None:
         return
     from seqdsl.cache import write_atomic
 
+    _DISK.pop(str(path), None)
     entries = _entries(path)
     entries[disk_key] = changed
     try:
