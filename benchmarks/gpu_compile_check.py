@@ -234,13 +234,16 @@ def run_alternatives(rec: Recorder, thunk) -> None:
     launch with the most candidates has had each."""
     from seqdsl.runtime import triton_tune
 
-    most, i = 1, 1
-    while i < most or i == 1:
-        def chooser(name, configs, i=i):
-            nonlocal most
-            most = max(most, len(configs))
-            rec.alternative = min(i, len(configs) - 1) > 0
-            return i
+    most = 1                                   # candidates of the tuned launch with the most, as seen so far
+
+    def chooser(name, configs):
+        nonlocal most
+        most = max(most, len(configs))
+        rec.alternative = min(i, len(configs) - 1) > 0
+        return i
+
+    i = 1
+    while i == 1 or i < most:
         try:
             with triton_tune.choosing(chooser):
                 thunk()

@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.memory_traffic import compiled, op_inputs  # noqa: E402
+from benchmarks.memory_traffic import compiled, gpu_launch_policy, op_inputs  # noqa: E402
 
 OPS = ("simple_gla", "gla", "deltanet", "gated_deltanet")
 
@@ -43,30 +43,23 @@ def launches_stubbed():
     from triton.runtime import autotuner
     from triton.runtime.jit import JITFunction
 
-    from seqdsl.runtime import triton_runtime
-
     from seqdsl.runtime import triton_tune
 
     saved = (JITFunction.run, autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache,
-             triton_runtime.launch_config, triton_tune.tuning_on, triton_tune._choose)
-    policy = saved[3]
-
-    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, **policy_kw):
-        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, **policy_kw)
-
+             triton_tune.tuning_on, triton_tune._choose)
     JITFunction.run = lambda self, *a, **k: None
     # fla's autotuners run as on a GPU (their key made from the arguments, looked up), their first timings faked
     autotuner.Autotuner._bench = lambda self, *a, config, **k: [1.0, 1.0, 1.0]
     autotuner.Autotuner.check_disk_cache = lambda self, key, configs, bench: bench() and False   # no disk cache
-    triton_runtime.launch_config = gpu_policy
     # seqdsl's launches look their tuned configuration up as on a GPU (the choice made: the policy's, untimed)
     triton_tune.tuning_on = lambda device: True
     triton_tune._choose = lambda kernel, key, meta, configs, run: meta
     try:
-        yield
+        with gpu_launch_policy():
+            yield
     finally:
         (JITFunction.run, autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache,
-         triton_runtime.launch_config, triton_tune.tuning_on, triton_tune._choose) = saved
+         triton_tune.tuning_on, triton_tune._choose) = saved
 
 
 def host_us(fn, reps: int) -> float:

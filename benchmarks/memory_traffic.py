@@ -80,14 +80,29 @@ class GlueCounter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
+def gpu_launch_policy():
+    """Inside: the launch policy answers as for a CUDA device, whatever the tensors' device."""
+    from seqdsl.runtime import triton_runtime
+
+    policy = triton_runtime.launch_config
+
+    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, **policy_kw):
+        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, **policy_kw)
+
+    triton_runtime.launch_config = gpu_policy
+    try:
+        yield
+    finally:
+        triton_runtime.launch_config = policy
+
+
+@contextlib.contextmanager
 def launches_recorded(record: list):
     """Inside: a Triton launch runs nothing and appends (kernel name, bytes of its distinct tensor arguments);
     the launch policy answers as for a CUDA device."""
     from triton.runtime.jit import JITFunction
 
-    from seqdsl.runtime import triton_runtime
-
-    run, policy = JITFunction.run, triton_runtime.launch_config
+    run = JITFunction.run
 
     def record_instead(self, *args, grid, warmup, **kwargs):
         seen = {}
@@ -96,14 +111,12 @@ def launches_recorded(record: list):
                 seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), _bytes(t))
         record.append((self.fn.__name__, sum(seen.values())))
 
-    def gpu_policy(form, tiled_size, state_numel, device=None, low_precision_inputs=None, **policy_kw):
-        return policy(form, tiled_size, state_numel, torch.device("cuda"), low_precision_inputs, **policy_kw)
-
-    JITFunction.run, triton_runtime.launch_config = record_instead, gpu_policy
+    JITFunction.run = record_instead
     try:
-        yield
+        with gpu_launch_policy():
+            yield
     finally:
-        JITFunction.run, triton_runtime.launch_config = run, policy
+        JITFunction.run = run
 
 
 MAMBA_N = 16

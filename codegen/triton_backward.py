@@ -925,7 +925,7 @@ class BackwardKernel:
         out.add(")", 1)
         out.add("# the policy's warps, or on a GPU the fastest of them and twice or half as many (triton_tune)", 1)
         out.add(f"_tt.launch({self.kernel_name}, lambda _m: (_pk.N, _H, _tiles), _args, _meta,", 1)
-        out.add(f"lambda: _rt.launch_alternatives({self.LAUNCH!r}, _cfg, None, backward=True))", 3)
+        out.add("lambda: _rt.warp_alternatives(_cfg))", 3)
         states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
         grads = []
         for n in g.inputs:

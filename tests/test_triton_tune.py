@@ -106,15 +106,15 @@ def test_the_tuner_keeps_the_fastest_and_skips_alternatives_that_fail():
         fn()
         return cost.get(ran[-1], 0.5)
 
-    best, timings = triton_tune.fastest("k", configs, run, timer)
+    best, timings = triton_tune.fastest(configs, run, timer)
     assert best == {"BV": 128} and ran == [64, 32, 16, 128]
     assert isinstance(timings[2][1], RuntimeError) and timings[1][1] == 2.0
     # without the failing one being the fastest, the fastest timed one
-    best, _ = triton_tune.fastest("k", configs[:3], run, timer)
+    best, _ = triton_tune.fastest(configs[:3], run, timer)
     assert best == {"BV": 32}
     # the policy's configuration failing is the launch's error, as without tuning
     with pytest.raises(RuntimeError, match="shared memory"):
-        triton_tune.fastest("k", [{"BV": 16}, {"BV": 32}], run, timer)
+        triton_tune.fastest([{"BV": 16}, {"BV": 32}], run, timer)
 
 
 def test_a_tuned_launch_times_each_key_once_and_runs_the_fastest(monkeypatch, tmp_path):

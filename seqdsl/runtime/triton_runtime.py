@@ -126,15 +126,11 @@ def scan_launch(state_numel: int, device: torch.device | None, backward: bool = 
     return {"block_t": block_t, "block": block, "num_warps": 4 if block_t * numel < 4096 else 8}
 
 
-def launch_alternatives(form: str, cfg: dict, tiled_size: int | None, backward: bool = False) -> list[dict]:
+def launch_alternatives(form: str, cfg: dict, tiled_size: int | None) -> list[dict]:
     """Configurations besides the policy's ``cfg`` (``launch_config``) that the launch-time tuner
-    (``triton_tune``) times on a GPU for a generated recurrent or fused scan kernel: half the tile of a
+    (``triton_tune``) times on a GPU for a generated recurrent or fused scan forward kernel: half the tile of a
     split state (twice the programs, down to 16), twice the warps (up to 8) and, for the recurrent kernel, half
-    (down to 1), and for the scan half and twice the tokens per block (4 to 256). ``backward``: the warps alone,
-    twice and half (a backward kernel's tiles decide which of its buffers are summed, and its tokens per block
-    the size of the states it keeps), as partial configurations: {"num_warps": ...}."""
-    if backward:
-        return [{"num_warps": w} for w in (cfg["num_warps"] * 2, cfg["num_warps"] // 2) if 1 <= w <= 8]
+    (down to 1), and for the scan half and twice the tokens per block (4 to 256)."""
     alternatives = []
     if tiled_size and cfg["block"] >= 32:
         alternatives.append({**cfg, "block": cfg["block"] // 2})
@@ -146,6 +142,13 @@ def launch_alternatives(form: str, cfg: dict, tiled_size: int | None, backward: 
             if 4 <= block_t <= 256:
                 alternatives.append({**cfg, "block_t": block_t})
     return alternatives
+
+
+def warp_alternatives(cfg: dict) -> list[dict]:
+    """What the tuner may change in a generated backward kernel's launch ``cfg``: its warps alone, twice and half
+    (1 to 8), as partial configurations. Its tiles decide which of its buffers are summed, and its tokens per
+    block the size of the states it keeps, so neither may change."""
+    return [{"num_warps": w} for w in (cfg["num_warps"] * 2, cfg["num_warps"] // 2) if 1 <= w <= 8]
 
 
 DOT_OPERANDS = {torch.bfloat16: "bf16", torch.float16: "fp16"}   # chunk kernels' tl.dot operands per input dtype

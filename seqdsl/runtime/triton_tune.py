@@ -58,12 +58,6 @@ def _name(kernel) -> str:
     return getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
 
 
-def _hashable(value):
-    if isinstance(value, torch.Tensor):           # a tensor passed by keyword (cu_seqlens): its dtype, not its data
-        return ("tensor", str(value.dtype))
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-
-
 def candidates(meta: Config, alternatives=()) -> list[Config]:
     """The policy's configuration, then each alternative laid over it, without repeats."""
     out: list[Config] = []
@@ -92,7 +86,7 @@ def _cuda_ms(fn) -> float:
     return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
 
 
-def fastest(name: str, configs: list[Config], run: Callable[[Config], None],
+def fastest(configs: list[Config], run: Callable[[Config], None],
             timer: Callable[[Callable[[], None]], float] = _cuda_ms) -> tuple[Config, list[tuple[Config, object]]]:
     """(the fastest of configs, [(config, milliseconds or the error that ruled it out)]). run(cfg) launches the
     kernel with cfg; timer(fn) -> milliseconds. configs[0] (the policy's) failing is raised; any other failing is
@@ -145,14 +139,13 @@ def _choose(kernel, key: tuple, meta: Config, configs: list[Config], run) -> Con
     if len(configs) == 1:
         return configs[0]
     name = _name(kernel)
-    disk_key = json.dumps([name, sorted((k, _hashable(v)) for k, v in meta.items()), [str(d) for d in key[2]],
-                           str(key[3])], default=str)
+    disk_key = json.dumps([name, sorted(meta.items()), [str(d) for d in key[2]], str(key[3])], default=str)
     gpu = torch.cuda.get_device_name(key[3])
     stored = _stored(gpu, disk_key, meta, configs)
     if stored is not None:
         _record(name, meta, stored, [], source="stored")
         return stored
-    best, timings = fastest(name, configs, run)
+    best, timings = fastest(configs, run)
     _record(name, meta, best, timings)
     _store(gpu, disk_key, _differs(best, meta))
     return best
@@ -210,7 +203,7 @@ def _store(gpu: str, disk_key: str, changed: dict) -> None:
 
 
 def _differs(cfg: Config, meta: Config) -> dict:
-    return {k: v for k, v in cfg.items() if not isinstance(v, torch.Tensor) and meta.get(k) != v}
+    return {k: v for k, v in cfg.items() if meta.get(k) != v}
 
 
 def _record(name: str, meta: Config, best: Config, timings, source: str = "timed") -> None:
