@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 # Shared memory a block may use (opt-in maximum), bytes: sm_80 (A100) 163 KB, sm_90 (H100 / H200) 227 KB.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-VARIANT_KEYS = ("GATE", "DELTA", "IS_VARLEN", "USE_INITIAL_STATE", "BT", "BK", "BV", "BC", "K", "V", "PREC",
+VARIANT_KEYS = ("GATE", "GATED", "DELTA", "IS_VARLEN", "USE_INITIAL_STATE", "BT", "BK", "BV", "BC", "K", "V", "PREC",
                 "REVERSE", "DIAG_3D", "BLOCK", "DTYPE", "num_stages")
 
 
@@ -228,6 +228,20 @@ def chunk_cases(dims: list[int]):
                 yield f"chunk_delta {'gated' if gated_delta else 'plain'} K=V={d} {precision}", delta
 
 
+def compiling_without_a_gpu(script: str, advice: str) -> bool:
+    """Set a compile-only script up (warnings off, one CPU thread, a fresh seqdsl cache unless one is given) and
+    say True; or, where a GPU is present, print what to run instead and say False."""
+    import torch
+
+    if torch.cuda.is_available():
+        print(f"{script}: a GPU is present; {advice}.")
+        return False
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    os.environ.setdefault("SEQDSL_CACHE_DIR", tempfile.mkdtemp(prefix=f"seqdsl_{script}_"))
+    return True
+
+
 def run_alternatives(rec: Recorder, thunk) -> None:
     """Run a case again once per alternative of its tuned launches (``triton_tune.choosing``), so that each is
     compiled: run i takes the i-th candidate of every tuned launch (the last where a launch has fewer), until the
@@ -280,14 +294,8 @@ def main(argv=None) -> int:
                         help="also compile every alternative the launch-time tuner (seqdsl.runtime.triton_tune) may "
                              "time on a GPU; one that would not launch is reported (the tuner skips it), not failed")
     args = parser.parse_args(argv)
-    import torch
-
-    if torch.cuda.is_available():
-        print("gpu_compile_check: a GPU is present; run benchmarks/gpu_check.py, which executes the kernels.")
+    if not compiling_without_a_gpu("gpu_compile_check", "run benchmarks/gpu_check.py, which executes the kernels"):
         return 0
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    os.environ.setdefault("SEQDSL_CACHE_DIR", tempfile.mkdtemp(prefix="seqdsl_compile_check_"))
     rec = Recorder(args.arch)
     cases = ([] if args.no_examples else list(example_cases(args.only))) + list(chunk_cases(args.chunk_dims))
     start = time.time()

@@ -39,3 +39,25 @@ def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     too_big = [(r["kernel"], r["case"], r["shared"]) for r in report["rows"] if r["too_much_shared"]]
     assert too_big == []
     assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_chunk_kernels_use_hoppers_warpgroup_mma_beside_fla(tmp_path):
+    """benchmarks/sass_vs_fla.py: seqdsl's simple-GLA chunk kernels at bf16, compiled for sm_90 under the launch
+    policy, use wgmma (SASS HGMMA) and do not spill, as fla's output kernel does (its first configuration)."""
+    pytest.importorskip("fla")
+    out = tmp_path / "sass.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_vs_fla.py"), "--ops", "simple_gla",
+                          "--dim", "64", "--fla-configs", "1", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    ours = {r["kernel"]: r for r in rows if r["owner"] == "seqdsl"}
+    theirs = {r["kernel"]: r for r in rows if r["owner"] == "fla"}
+    for kernel in ("chunk_fwd_h_kernel", "chunk_fwd_o_kernel", "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel",
+                   "chunk_bwd_dv_kernel"):
+        assert ours[kernel]["hgmma"] > 0 and ours[kernel]["hmma"] == 0, ours[kernel]
+        assert ours[kernel]["local"] == 0, ours[kernel]
+    assert theirs["chunk_fwd_kernel_o"]["hgmma"] > 0, theirs      # the SASS count itself, on fla's kernel
+    assert "| chunk_fwd_o_kernel |" in run.stdout and "| chunk_fwd_kernel_o |" in run.stdout
