@@ -25,7 +25,7 @@ def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
            "TRITON_CACHE_DIR": str(tmp_path / "triton")}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_compile_check.py"), "--only", "gla", "lssl",
-                          "--chunk-dims", "128", "--json", str(out)],
+                          "--chunk-dims", "128", "256", "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=1500)
     assert out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -36,6 +36,7 @@ def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
             "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel", "chunk_bwd_dv_kernel", "chunk_delta_wy_kernel",
             "chunk_delta_bwd_dhu_kernel", "chunk_delta_bwd_kernel"} <= compiled, sorted(compiled)
     assert report["failures"] == []
+    # at K = V = 256 with fp32 inputs, the gated delta rule's backward state pass needed 288 KB at its 64-wide V tiles
     too_big = [(r["kernel"], r["case"], r["shared"]) for r in report["rows"] if r["too_much_shared"]]
     assert too_big == []
     assert run.returncode == 0, run.stdout[-2000:]

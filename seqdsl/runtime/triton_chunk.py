@@ -625,22 +625,26 @@ def chunk_delta_bwd_dhu_kernel(
         m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
         p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
         p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-        b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        b_w = tl.load(w + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE)
+        if GATED:       # q and k meet their gates' decays before their dots
+            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+        else:
+            b_q = _tlib.operand(tl.load(q + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
+            b_k = _tlib.operand(tl.load(k + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
+        b_w = _tlib.operand(tl.load(w + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
+        b_do = _tlib.operand(tl.load(do + p_v, mask=m_tv, other=0.0), DTYPE, PREC)
         b_A = _tlib.dot(b_q, tl.trans(b_k), PREC) * scale
         if GATED:
             last = tl.minimum(i_t * BT + BT, T) - 1
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
             b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
             b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-            b_kdec = tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0)
-            b_qg = b_q * tl.exp(b_g)[:, None]
+            b_kdec = _tlib.operand(tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0), DTYPE, PREC)
+            b_qg = _tlib.operand(b_q * tl.exp(b_g)[:, None], DTYPE, PREC)
         else:
             b_kdec = b_k
             b_qg = b_q
-        b_A = tl.where(causal, b_A, 0.0)
+        b_A = _tlib.operand(tl.where(causal, b_A, 0.0), DTYPE, PREC)
         b_dv = _tlib.dot(tl.trans(b_A), b_do, PREC) + _tlib.dot(b_kdec, b_dh, PREC)
         tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
         if GATED:
@@ -972,6 +976,13 @@ def _fitting(meta: dict, alternatives) -> list[dict]:
     return [alt for alt in alternatives if fits(alt)]
 
 
+def _whole_key_value_tile(BK: int, BV: int, prec: str) -> int:
+    """The V tile of the delta rule's backward state pass (``chunk_delta_bwd_dhu_kernel``, every key channel in one
+    block): 32 at BK >= 256 with full-precision dot operands (fp32 inputs: tf32x3), where the gated pass at
+    64 needs 288 KB of shared memory, past the H100's 227 KB (compiled for sm_90; 208 KB at 32), else BV."""
+    return min(BV, 32) if BK >= 256 and prec not in ("bf16", "fp16") else BV
+
+
 def _launch(kernel, grid, args: tuple, tuning: str, **meta) -> None:
     """kernel[grid(meta)](*args, cu_seqlens, **meta): the policy's configuration, or on a GPU the fastest of it and
     the ``TUNING[tuning]`` alternatives that fit (``triton_tune.launch``). grid: a function of the configuration.
@@ -1211,7 +1222,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
     _launch(chunk_delta_bwd_dhu_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
             (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK,
-            BV=BV, GATED=gated, **common)
+            BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated, **common)
     dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta

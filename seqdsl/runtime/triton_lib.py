@@ -150,6 +150,18 @@ def dot(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def operand(x, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """A loaded block that feeds tl.dot: in the dots' operand dtype where ``dot`` rounds its operands to bf16 /
+    fp16 anyway (half the registers of an fp32 copy, and the rounding happens once, here), else in DTYPE."""
+    if PREC == "bf16":
+        return x.to(tl.bfloat16)
+    elif PREC == "fp16":
+        return x.to(tl.float16)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
 def mm(a, b, o, N: tl.constexpr):
     """``a @ b`` of register blocks a [M, BLOCK] and b [BLOCK, P] contracted over an axis of N real lanes at
     offsets ``o`` [BLOCK]: N rank-1 updates (column j of a times row j of b), so no [M, BLOCK, P] block is
