@@ -44,8 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 # Shared memory a block may use (opt-in maximum), bytes: sm_80 (A100) 163 KB, sm_90 (H100 / H200) 227 KB.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-VARIANT_KEYS = ("GATE", "GATED", "DELTA", "IS_VARLEN", "USE_INITIAL_STATE", "BT", "BK", "BV", "BC", "K", "V", "PREC",
-                "REVERSE", "DIAG_3D", "BLOCK", "DTYPE", "num_stages")
 
 
 class _Driver:
@@ -93,8 +91,9 @@ class Recorder:
         self.alternative = False       # the launch compiling now is a tuner's alternative, not the policy's choice
 
     def add(self, fn, kernel, kwargs: dict) -> None:
+        names = {fn.arg_names[i] for i in fn.constexprs} | {"num_stages"}     # what tells its compiled variants apart
         constexprs = {k: (str(v) if not isinstance(v, (int, float, bool)) else v)
-                      for k, v in kwargs.items() if k in VARIANT_KEYS or k.startswith("BLOCK_")}
+                      for k, v in kwargs.items() if k in names}
         key = (fn.__name__, json.dumps(constexprs, sort_keys=True), kwargs.get("num_warps", 4))
         if key in self.rows:
             return
