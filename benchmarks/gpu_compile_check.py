@@ -190,7 +190,8 @@ def example_cases(only: list[str] | None):
 
 
 def chunk_cases(dims: list[int]):
-    """(label, thunk): the chunk kernels alone at head dim K = V = d, as fla's benchmark shapes have them."""
+    """(label, thunk): the chunk kernels alone at head dim K = V = d, as fla's benchmark shapes have them; under
+    the bf16 policy with the dtypes gpu_vs_fla gives them (q, k, v, beta bf16; log gates and states fp32)."""
     import torch
 
     from seqdsl.runtime import op as _op
@@ -203,7 +204,8 @@ def chunk_cases(dims: list[int]):
             for gate in ("none", "scalar", "key"):
                 def gated(d=d, low=low, gate=gate):
                     g = torch.Generator().manual_seed(0)
-                    q, k, v = (torch.randn(B, T, H, d, generator=g).requires_grad_(True) for _ in range(3))
+                    q, k, v = (torch.randn(B, T, H, d, generator=g).to(low or torch.float32).requires_grad_(True)
+                               for _ in range(3))
                     kw = {}
                     if gate == "scalar":
                         kw["g"] = (-torch.rand(B, T, H, generator=g)).requires_grad_(True)
@@ -217,8 +219,9 @@ def chunk_cases(dims: list[int]):
             for gated_delta in (False, True):
                 def delta(d=d, low=low, gated_delta=gated_delta):
                     g = torch.Generator().manual_seed(0)
-                    q, k, v = (torch.randn(B, T, H, d, generator=g).requires_grad_(True) for _ in range(3))
-                    beta = torch.rand(B, T, H, generator=g).requires_grad_(True)
+                    q, k, v = (torch.randn(B, T, H, d, generator=g).to(low or torch.float32).requires_grad_(True)
+                               for _ in range(3))
+                    beta = torch.rand(B, T, H, generator=g).to(low or torch.float32).requires_grad_(True)
                     kw = {"g": (-torch.rand(B, T, H, generator=g)).requires_grad_(True)} if gated_delta else {}
                     with _op._inputs_precision(low):
                         o, ht = triton_chunk.chunk_delta(q, k, v, beta, scale=d ** -0.5, output_final_state=True,

@@ -963,9 +963,18 @@ TUNING = {
     # chunk_bwd_dqk (its K tiles fix the scalar gate's dg buffer: only BV), chunk_bwd_dv (compiled for sm_90 at
     # K = V = 128, bf16: dqk spills 24-248 B at 4 warps, dv does not)
     "per_chunk": ({"num_warps": 4}, {"num_warps": 8}, {"BV": 32}),
-    # the rest (intra-chunk scores and their backward, the WY stage, the delta rule's per-chunk backward)
+    # the delta rule's per-chunk backward (its key tiles only tile its own loops)
+    "delta_per_chunk": ({"BK": 64}, {"num_warps": 4}, {"num_warps": 8}),
+    # the rest (intra-chunk scores and their backward, the WY stage)
     "warps": ({"num_warps": 4}, {"num_warps": 8}),
 }
+
+# The key tile of the delta rule's per-chunk backward (chunk_delta_bwd_kernel; the policy's BK for it, at most).
+# Compiled for sm_90 at 8 warps with bf16 operands, its 64-wide tiles spilled 800 B per thread (gated) and 184 B
+# (plain) at K = 64, where its passes over the key tiles are one iteration each and the compiler keeps the blocks
+# they load alike (k, dv_new, do, v_new, h) live from the first pass to the last; 32-wide tiles spill nothing there,
+# and less at K = 128 (gated 176 -> 72 B) and 256 (256 -> 96 B). The same total work, in smaller dots.
+DELTA_BWD_KEY_TILE = 32
 
 
 def _fitting(meta: dict, alternatives) -> list[dict]:
@@ -1227,8 +1236,8 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
     _launch(chunk_delta_bwd_kernel, lambda m: (NT, N * H),
-            (q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale, rows.T), "warps", H=H, K=K,
-            V=V, BT=BT, BK=BK_tile, BV=BV, GATED=gated, **common)
+            (q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale, rows.T), "delta_per_chunk",
+            H=H, K=K, V=V, BT=BT, BK=min(BK_tile, DELTA_BWD_KEY_TILE), BV=BV, GATED=gated, **common)
     if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
         dq = dq * scale
     return dq, dk, dv, dbeta, (dg if gated else None), dh0
