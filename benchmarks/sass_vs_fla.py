@@ -1,7 +1,7 @@
 """seqdsl's chunk kernels beside fla's, compiled for an H100 on a machine without a GPU: tensor-core instructions,
 registers, spills and shared memory of every kernel each side launches.
 
-    python benchmarks/sass_vs_fla.py [--dim 128] [--ops simple_gla gla delta_rule gated_delta_rule] [--arch 90]
+    python benchmarks/sass_vs_fla.py [--dim 128] [--ops simple_gla gla deltanet gated_deltanet] [--arch 90]
                                      [--fla-configs N] [--no-fla] [--json out.json]
 
 What it is for. The one GPU run found seqdsl's chunk forward 2.6x slower than fla's at B4 T2048 H16 D128, and no
@@ -10,7 +10,8 @@ that falls off Hopper's warpgroup MMA (``wgmma``, SASS ``HGMMA``) onto the older
 fla's kernel for the same stage uses wgmma, or one that spills registers where fla's does not. Nothing here says
 how fast anything is: that is ``gpu_vs_fla.py``'s, on a GPU.
 
-How. Each op runs forward and backward on small CPU tensors (B 1, T 128, H 2, K = V = ``--dim``, bf16) with every
+How. Each op runs forward and backward on small CPU tensors (B 1, T 128, H 2, K = V = ``--dim``; gpu_vs_fla's
+inputs: bf16, log gates fp32), seqdsl's compiled op in its chunk form and fla's chunk function, with every
 Triton launch replaced by a compile for ``sm_<arch>`` (``gpu_compile_check.compile_only``). seqdsl's launches
 compile the launch policy's configuration (what runs on a GPU when tuning is off). fla's autotuned launches
 compile every configuration of their autotune lists (the first ``--fla-configs`` of each, if given), which fla
@@ -45,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_compile_check import (SHARED_LIMIT, Recorder, _Driver, _usage,  # noqa: E402
                                           compile_only, compiling_without_a_gpu)
+from benchmarks.host_overhead import OPS, fla_call  # noqa: E402
+from benchmarks.memory_traffic import compiled, op_inputs  # noqa: E402
 
-OPS = ("simple_gla", "gla", "delta_rule", "gated_delta_rule")
 SHOWN = ("BT", "BK", "BV", "BC", "GATE", "PREC", "num_warps", "num_stages")
 
 
@@ -136,42 +138,22 @@ def import_fla_as_on(arch: int):
     return fla.ops
 
 
-def op_calls(name: str, dim: int, fla_ops):
-    """(seqdsl's call, fla's call or None) of op ``name``, forward then backward, on fresh bf16 CPU tensors."""
-    import torch
-
-    from seqdsl.runtime import op as _op
-    from seqdsl.runtime import triton_chunk
-
+def op_calls(name: str, dim: int, with_fla: bool):
+    """(seqdsl's call, fla's call or None) of op ``name``, forward then backward, on the inputs gpu_vs_fla gives it
+    (``memory_traffic.op_inputs``: bf16; log gates fp32) at B 1, T 128, H 2: seqdsl's compiled op in its chunk form,
+    fla's chunk function (``host_overhead.fla_call``)."""
     B, T, H = 1, 128, 2
-    gen = torch.Generator().manual_seed(0)
+    op, inputs = compiled(name, H, dim), op_inputs(name, B, T, H, dim)
+    theirs = fla_call(name, inputs) if with_fla else None
 
-    def leaf(*shape, low=-1.0, high=1.0, dtype=torch.bfloat16):
-        return (torch.rand(*shape, generator=gen) * (high - low) + low).to(dtype).requires_grad_(True)
-
-    q, k, v = (leaf(B, T, H, dim) for _ in range(3))
-    g = leaf(B, T, H, low=-0.5, high=0.0, dtype=torch.float32)
-    gk = leaf(B, T, H, dim, low=-0.5, high=0.0, dtype=torch.float32)
-    beta = leaf(B, T, H, low=0.0, high=1.0)
-    scale = dim ** -0.5
-    ours = {"simple_gla": lambda: triton_chunk.chunk_gated(q, k, v, g=g, scale=scale),
-            "gla": lambda: triton_chunk.chunk_gated(q, k, v, gk=gk, scale=scale),
-            "delta_rule": lambda: triton_chunk.chunk_delta(q, k, v, beta, scale=scale),
-            "gated_delta_rule": lambda: triton_chunk.chunk_delta(q, k, v, beta, g=g, scale=scale)}[name]
-    theirs = None if fla_ops is None else {
-        "simple_gla": lambda: fla_ops.chunk_simple_gla(q, k, v, g=g, scale=scale),
-        "gla": lambda: fla_ops.chunk_gla(q, k, v, g=gk, scale=scale),
-        "delta_rule": lambda: fla_ops.chunk_delta_rule(q, k, v, beta, scale=scale),
-        "gated_delta_rule": lambda: fla_ops.chunk_gated_delta_rule(q, k, v, g, beta, scale=scale)}[name]
-
-    def forward_backward(call, ours: bool):
+    def forward_backward(call):
         def run():
-            with (_op._inputs_precision(torch.bfloat16) if ours else contextlib.nullcontext()):
-                out = call()
-                (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+            out = call()
+            (out[0] if isinstance(out, tuple) else out).float().sum().backward()
         return run
 
-    return forward_backward(ours, True), (None if theirs is None else forward_backward(theirs, False))
+    return (forward_backward(lambda: op(**inputs, mode="chunk")),
+            None if theirs is None else forward_backward(theirs))
 
 
 def fla_summary(rows: list[dict]) -> dict:
@@ -193,19 +175,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not compiling_without_a_gpu("sass_vs_fla", "time the kernels there with benchmarks/gpu_vs_fla.py"):
         return 0
-    fla_ops = None
-    if not args.no_fla:
+    with_fla = not args.no_fla
+    if with_fla:
         try:
-            fla_ops = import_fla_as_on(args.arch)
+            import_fla_as_on(args.arch)
         except ImportError:
             print("fla-core is not installed: seqdsl's kernels alone (pip install fla-core for fla's rows)")
+            with_fla = False
     rec = SassRecorder(args.arch)
     start = time.time()
     print(f"# Chunk kernels compiled for sm_{args.arch} without a GPU: seqdsl beside fla "
           f"(B 1, T 128, H 2, K = V = {args.dim}, bf16, forward and backward)\n")
     with compile_only(rec), every_fla_config(args.fla_configs):
         for name in args.ops:
-            ours, theirs = op_calls(name, args.dim, fla_ops)
+            ours, theirs = op_calls(name, args.dim, with_fla)
             rec.op = name
             for owner, call in (("seqdsl", ours), ("fla", theirs)):
                 if call is None:
