@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.memory_traffic import compiled, gpu_launch_policy, op_inputs  # noqa: E402
+from benchmarks.memory_traffic import autotuners_untimed, compiled, gpu_launch_policy, op_inputs  # noqa: E402
 
 OPS = ("simple_gla", "gla", "deltanet", "gated_deltanet")
 
@@ -40,26 +40,20 @@ OPS = ("simple_gla", "gla", "deltanet", "gated_deltanet")
 def launches_stubbed():
     """Inside: Triton launches do nothing; fla's autotuners and seqdsl's tuner look their choices up as on a GPU
     (made on the first call, untimed); the launch policy answers as for a CUDA device."""
-    from triton.runtime import autotuner
     from triton.runtime.jit import JITFunction
 
     from seqdsl.runtime import triton_tune
 
-    saved = (JITFunction.run, autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache,
-             triton_tune.tuning_on, triton_tune._choose)
+    saved = (JITFunction.run, triton_tune.tuning_on, triton_tune._choose)
     JITFunction.run = lambda self, *a, **k: None
-    # fla's autotuners run as on a GPU (their key made from the arguments, looked up), their first timings faked
-    autotuner.Autotuner._bench = lambda self, *a, config, **k: [1.0, 1.0, 1.0]
-    autotuner.Autotuner.check_disk_cache = lambda self, key, configs, bench: bench() and False   # no disk cache
     # seqdsl's launches look their tuned configuration up as on a GPU (the choice made: the policy's, untimed)
     triton_tune.tuning_on = lambda device: True
     triton_tune._choose = lambda kernel, key, meta, configs, run: meta
     try:
-        with gpu_launch_policy():
+        with gpu_launch_policy(), autotuners_untimed():     # fla's autotuners: as on a GPU, their first choice
             yield
     finally:
-        (JITFunction.run, autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache,
-         triton_tune.tuning_on, triton_tune._choose) = saved
+        JITFunction.run, triton_tune.tuning_on, triton_tune._choose = saved
 
 
 def host_us(fn, reps: int) -> float:

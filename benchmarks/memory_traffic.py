@@ -1,7 +1,7 @@
 """Bytes a compiled op moves outside its Triton kernels, counted on the CPU at fla's benchmark shapes.
 
     python benchmarks/memory_traffic.py [--shapes 4,2048,16,128 ...] [--ops simple_gla gla ...] [--backward]
-                                        [--verbose]
+                                        [--fla] [--verbose]
 
 At fla's shapes the chunk forms are memory-bound on a GPU, so every pass over a [B, T, H, D] tensor outside
 the kernels (a cast of the inputs to fp32, a scaling of q, a cast of the output back) costs time that fla does
@@ -18,6 +18,12 @@ bf16 inputs, as gpu_vs_fla.py times them (the log gates in fp32, as fla takes th
 channels and n = 16, its scan form by default, as gpu_vs_fla.py compares it with mamba_ssm's selective scan).
 One row per op, form and shape; forward, or forward and backward with ``--backward`` (the backward's gradient of
 the output is bf16 ones).
+
+``--fla``: a row for fla's chunk function beside each chunk op's (fla-core; imported as on an H100, whose autotune
+lists it picks at import; each autotuned launch counted once, with its first configuration), counted the same way.
+The kernel bytes are an estimate for both sides: a tensor handed to a kernel counts whole, once per launch, whether
+the kernel reads all of it or (a pointer used only under a compile-time flag) none. ``--verbose`` lists the
+aten ops that move the most bytes and every launch with the bytes of its tensors.
 """
 
 from __future__ import annotations
@@ -97,6 +103,21 @@ def gpu_launch_policy():
 
 
 @contextlib.contextmanager
+def autotuners_untimed():
+    """Inside: fla's autotuned launches (``triton.autotune``) look their choice up as on a GPU, the first of their
+    configurations chosen untimed on a key's first call, and run it through the kernel's own launch."""
+    from triton.runtime import autotuner
+
+    saved = (autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache)
+    autotuner.Autotuner._bench = lambda self, *a, config, **k: [1.0, 1.0, 1.0]
+    autotuner.Autotuner.check_disk_cache = lambda self, key, configs, bench: bench() and False   # no disk cache
+    try:
+        yield
+    finally:
+        autotuner.Autotuner._bench, autotuner.Autotuner.check_disk_cache = saved
+
+
+@contextlib.contextmanager
 def launches_recorded(record: list):
     """Inside: a Triton launch runs nothing and appends (kernel name, bytes of its distinct tensor arguments);
     the launch policy answers as for a CUDA device."""
@@ -161,20 +182,40 @@ def compiled(name: str, H: int, D: int):
     return seqdsl.compile(model, backend="triton")
 
 
-def measure(op, inputs: dict, form: str, backward: bool) -> dict:
+def measure(call, backward: bool) -> dict:
+    """What call() (returning the output, or a tuple starting with it) and, with backward, the output's backward
+    move: {"glue": torch glue bytes, "by_op": per aten op, "launches": [(kernel, bytes)], "forward_launches": how
+    many of them the forward made, "kernel_args": their bytes summed, "forward_kernel_args": the forward's}."""
     launches: list = []
     counters = [GlueCounter()]
-    with launches_recorded(launches):
+    with launches_recorded(launches), autotuners_untimed():
         with counters[0]:
-            o, _ = op(**inputs, mode=form)
+            o = call()
+        o = o[0] if isinstance(o, tuple) else o
+        forward_launches = len(launches)
         if backward:
             do = torch.ones(o.shape, dtype=o.dtype)          # made outside the count
             counters.append(GlueCounter())
             with counters[1]:
                 o.backward(do)
     by_op = sum((c.by_op for c in counters), Counter())
-    return {"glue": sum(c.bytes for c in counters), "by_op": by_op, "launches": len(launches),
-            "kernel_args": sum(b for _, b in launches)}
+    return {"glue": sum(c.bytes for c in counters), "by_op": by_op, "launches": launches,
+            "forward_launches": forward_launches, "kernel_args": sum(b for _, b in launches),
+            "forward_kernel_args": sum(b for _, b in launches[:forward_launches])}
+
+
+def fla_functions():
+    """host_overhead.fla_call, with fla imported as on an H100 (its autotune lists are chosen at import), or None
+    without fla-core."""
+    try:
+        import fla  # noqa: F401
+    except ImportError:
+        return None
+    from benchmarks.host_overhead import fla_call
+    from benchmarks.sass_vs_fla import import_fla_as_on
+
+    import_fla_as_on(90)
+    return fla_call
 
 
 def main(argv=None) -> int:
@@ -183,28 +224,47 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", nargs="*", default=["simple_gla", "gla", "deltanet", "gated_deltanet"])
     ap.add_argument("--form", default=None, help="the form of every op (default: chunk; mamba: scan)")
     ap.add_argument("--backward", action="store_true", help="forward and backward")
-    ap.add_argument("--verbose", action="store_true", help="the aten ops that move the most bytes, per row")
+    ap.add_argument("--fla", action="store_true", help="a row for fla's chunk function beside each chunk op's")
+    ap.add_argument("--verbose", action="store_true",
+                    help="the aten ops that move the most bytes and every launch's tensor bytes, per row")
     args = ap.parse_args(argv)
     if torch.cuda.is_available():
         print("memory_traffic.py: a GPU is present; time the ops there instead (benchmarks/gpu_vs_fla.py)")
         return 2
+    fla_call = None
+    if args.fla:
+        fla_call = fla_functions()
+        if fla_call is None:
+            print("memory_traffic.py: --fla needs fla-core (pip install fla-core==0.6.0)")
+            return 2
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     what = "forward + backward" if args.backward else "forward"
     print(f"Bytes moved per call ({what}, bf16 inputs), GB (1e9 bytes); kernels: the tensors they are handed\n")
-    print("| B, T, H, D | op | form | torch glue GB | glue as passes over q (u) | launches | kernel tensors GB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| B, T, H, D | op | form | torch glue GB | glue as passes over q (u) | launches | kernel tensors GB "
+          "| of which forward |")
+    print("|---|---|---|---|---|---|---|---|")
     for B, T, H, D in shapes:
         for name in args.ops:
-            op = compiled(name, H, D)
             inputs = op_inputs(name, B, T, H, D)
             form = args.form or DEFAULT_FORM.get(name, "chunk")
-            r = measure(op, inputs, form, args.backward)
-            passes = r["glue"] / _bytes(next(iter(inputs.values())))      # q, or Mamba's u
-            print(f"| {B}, {T}, {H}, {D} | {name} | {form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
-                  f"{r['launches']} | {r['kernel_args'] / 1e9:.3f} |", flush=True)
-            if args.verbose:
-                for op_name, n in r["by_op"].most_common(6):
-                    print(f"|  |  |  | {op_name}: {n / 1e9:.3f} |  |  |  |")
+            op = compiled(name, H, D)
+            rows = [(name, lambda: op(**inputs, mode=form))]
+            if fla_call is not None and form == "chunk" and name != "mamba":
+                rows.append((f"{name} (fla)", fla_call(name, inputs)))
+            for label, call in rows:
+                r = measure(call, args.backward)
+                passes = r["glue"] / _bytes(next(iter(inputs.values())))      # q, or Mamba's u
+                print(f"| {B}, {T}, {H}, {D} | {label} | {form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
+                      f"{len(r['launches'])} | {r['kernel_args'] / 1e9:.4f} | {r['forward_kernel_args'] / 1e9:.4f} |",
+                      flush=True)
+                if args.verbose:
+                    for op_name, n in r["by_op"].most_common(6):
+                        print(f"|  |  |  | {op_name}: {n / 1e9:.3f} |  |  |  |  |")
+                    for i, (kernel, n) in enumerate(r["launches"]):
+                        phase = "fwd" if i < r["forward_launches"] else "bwd"
+                        print(f"|  |  |  |  |  | {phase} {kernel} | {n / 1e9:.4f} |  |")
+                for x in inputs.values():
+                    x.grad = None
     return 0
 
 

@@ -915,8 +915,10 @@ class _Rows:
         lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
         self.N, self.T, self.cu = len(lengths), max(lengths), cu_seqlens
 
-    def kwargs(self, dummy) -> dict:
-        return dict(cu_seqlens=self.cu if self.varlen else dummy, IS_VARLEN=self.varlen)
+    def kwargs(self) -> dict:
+        """cu_seqlens and IS_VARLEN of the launches: without packed sequences cu_seqlens is None (the kernels read
+        it only under IS_VARLEN, a constexpr; as fla's)."""
+        return dict(cu_seqlens=self.cu if self.varlen else None, IS_VARLEN=self.varlen)
 
 
 def _low_precision(*tensors) -> torch.dtype | None:
@@ -1002,9 +1004,12 @@ def _launch(kernel, grid, args: tuple, tuning: str, **meta) -> None:
 
 
 def _states_dtype(common: dict, dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the per-chunk states h [N, H, NT, K, V] (and of their gradients dh): the dot operands' for
-    bf16 / fp16 inputs, as fla stores them (every kernel reading h rounds it to that dtype for its dots anyway;
-    half the bytes of the largest intermediate), else the compute dtype."""
+    """The dtype of the per-chunk states h [N, H, NT, K, V] (and of their gradients dh), and of the delta rule's
+    W, U, v_new [B, T, H, K or V] (and of v_new's gradient): the dot operands' for bf16 / fp16 inputs, as fla
+    stores them, else the compute dtype. Every kernel reading h, W, v_new or its gradient rounds them to that
+    dtype for its dots anyway: stored so, they are the same numbers in half the bytes. U is not a dot operand
+    (v_new = U - W S is computed in the compute dtype): stored in bf16 / fp16 it is rounded once more than in
+    fp32, as in fla (its recompute_w_u stores U in v's dtype)."""
     operand_dtypes = {name: low for low, name in _rt.DOT_OPERANDS.items()}
     return operand_dtypes.get(common["PREC"], dtype)
 
@@ -1018,7 +1023,7 @@ def _local_cumsum(graw, BT: int, NT: int, cfg, rows: _Rows, dtype: torch.dtype, 
     BD = 1 if D == 1 else _block(D)
     chunk_local_cumsum_kernel[(triton.cdiv(D, BD), NT, rows.N * H)](graw, gc, rows.T, H=H, D=D, BT=BT, BD=BD,
                                                                    REVERSE=reverse, num_warps=cfg["num_warps"],
-                                                                   **rows.kwargs(graw))
+                                                                   **rows.kwargs())
     return gc
 
 
@@ -1039,7 +1044,7 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, g, gk, initial_state)
-    common.update(rows.kwargs(q))
+    common.update(rows.kwargs())
     N = rows.N
     if g is not None and gk is not None:
         gk, g = gk.to(dtype) + g[..., None].to(dtype), None      # in the compute dtype
@@ -1083,7 +1088,7 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, gc, h, low=low)
-    common.update(rows.kwargs(q))
+    common.update(rows.kwargs())
     N = rows.N
     do = do.contiguous()                         # converted as loaded
     dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
@@ -1183,7 +1188,7 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     V = v.shape[-1]
     dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state,
                                                whole_key=True)
-    common.update(rows.kwargs(q))
+    common.update(rows.kwargs())
     N = rows.N
     BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
     q, kscale = _query_scale(q, scale, dtype)
@@ -1192,11 +1197,11 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     if g is not None:
         gc = _local_cumsum(g[..., None].contiguous(), BT, NT, cfg, rows, dtype)
     gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
-    w, u = (torch.empty(x.shape, dtype=dtype, device=x.device) for x in (k, v))
+    stored = _states_dtype(common, dtype)            # of h, and of W, U and v_new (bf16 for bf16 inputs, as fla)
+    w, u = (torch.empty(x.shape, dtype=stored, device=x.device) for x in (k, v))
     _launch(chunk_delta_wy_kernel, lambda m: (NT, N * H), (k, v, beta, gcp, w, u, rows.T), "warps", H=H, K=K, V=V,
             BT=BT, BK=BK, BV=BV, GATED=g is not None, **common)
-    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
-                                                       device=q.device)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=stored, device=q.device)
     v_new = torch.empty_like(u)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
@@ -1220,7 +1225,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
     dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, w, low=low, whole_key=True)
-    common.update(rows.kwargs(q))
+    common.update(rows.kwargs())
     N = rows.N
     BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
     gated = gc is not None
