@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from seqdsl.interpreter import hippo_legs
+from seqdsl.runtime import triton_chunk
 from seqdsl.runtime import triton_lib as _tlib
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,3 +89,34 @@ def test_inv_matches_torch_with_and_without_row_swaps(n, kind):
     ref = torch.linalg.inv(a)
     # fp32 Gauss-Jordan: error ~ condition number x 6e-8
     assert _rel(got, ref) < 1e-6 * max(1.0, float(torch.linalg.cond(a)))
+
+
+@triton.jit
+def _unit_lower_inverse_kernel(a, out, BT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    o = tl.arange(0, BT)
+    b_a = tl.load(a + o[:, None] * BT + o[None, :]).to(DTYPE)
+    tl.store(out + o[:, None] * BT + o[None, :], triton_chunk.unit_lower_inverse(b_a, o, BT, DTYPE, PREC))
+
+
+@pytest.mark.parametrize("dtype,prec", [(torch.float64, "ieee"), (torch.float32, "ieee"), (torch.float32, "fp16")],
+                         ids=["fp64", "fp32", "fp32-fp16-split-dots"])
+@pytest.mark.parametrize("BT", [16, 32, 64, 128])
+def test_unit_lower_inverse_matches_torch(BT, dtype, prec):
+    """The delta rule's (I + A)^-1 (triton_chunk.unit_lower_inverse: 16 x 16 diagonal blocks by forward substitution,
+    then the blocks below them by products of dots to fp32 accuracy) against torch.linalg.inv in fp64, for A as the
+    WY stage makes it: tril(diag(beta) K K^T, -1) with unit-norm keys and beta in (0, 2) (negative eigenvalues), so
+    that every block below the diagonal is dense. The rows past a sequence's end are zero rows of A (beta = 0 there).
+    With the fp16 policy's PREC the products are three fp16 dots of split halves each (``triton_lib.dot_fp32``;
+    bf16 is the same code, compiled by tests/test_gpu_compile_check.py: the interpreter's bf16 dots are wrong)."""
+    g = torch.Generator().manual_seed(BT)
+    k = torch.nn.functional.normalize(torch.randn(BT, 24, generator=g, dtype=torch.float64), dim=-1)
+    beta = 2 * torch.rand(BT, generator=g, dtype=torch.float64)
+    beta[BT - 3:] = 0.0                                     # a partial last chunk
+    A = torch.tril(beta[:, None] * (k @ k.T), -1)
+    expected = torch.linalg.inv(torch.eye(BT, dtype=torch.float64) + A)
+    out = torch.empty(BT, BT, dtype=dtype, device=DEVICE)
+    _unit_lower_inverse_kernel[(1,)](A.to(dtype).to(DEVICE), out, BT=BT,
+                                     DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, PREC=prec,
+                                     num_warps=4)
+    err = (out.double().cpu() - expected).norm() / expected.norm()
+    assert err < (1e-12 if dtype == torch.float64 else 1e-5), err

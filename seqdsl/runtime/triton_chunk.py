@@ -17,7 +17,7 @@ for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or no
 
 The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)^T) adds two stages between
 1 and 4: ``chunk_delta_wy_kernel`` (per chunk, the UT transform: the inverse of I + tril(diag(beta) K K^T ⊙ D, -1)
-by forward substitution, W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
+in 16 x 16 blocks, ``unit_lower_inverse``, then W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
 values v_new = U - W S), then stage 4 with v_new for v.
 
 Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed sequences (B = 1, N sequences of any
@@ -37,7 +37,7 @@ last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do);
 log-gate gradient (a reverse cumulative sum within the chunk), ``chunk_bwd_dv_kernel`` (per V tile, looping over
 K tiles) dv. The delta rule's backward: ``chunk_delta_bwd_dhu_kernel`` carries the state
 gradient back and gives the gradient of the corrected values v_new; ``chunk_delta_bwd_kernel`` then does each
-chunk's outputs, state passing and WY / UT stage in reverse (the inverse recomputed by forward substitution).
+chunk's outputs, state passing and WY / UT stage in reverse (the inverse recomputed).
 """
 
 from __future__ import annotations
@@ -264,15 +264,34 @@ def chunk_fwd_o_kernel(
 
 
 @triton.jit
-def unit_lower_inverse(b_A, o_c, BT: tl.constexpr, DTYPE: tl.constexpr):
-    """(I + A)^-1 for a strictly lower-triangular A [BT, BT], by forward substitution: row i of the inverse is
-    e_i - sum_{j<i} A_ij Tm_j."""
-    b_Tm = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0).to(DTYPE)
-    for i in range(1, BT):
-        b_a = tl.reduce(tl.where(o_c[:, None] == i, b_A, 0.0), 0, _tlib.add)       # row i of A, [BT]
-        b_row = tl.reduce(b_a[:, None] * b_Tm, 0, _tlib.add)                        # sum_j A_ij Tm_j
-        b_Tm = tl.where(o_c[:, None] == i, b_Tm - b_row[None, :], b_Tm)
-    return b_Tm
+def unit_lower_inverse(b_A, o_c, BT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """(I + A)^-1 for a strictly lower-triangular A [BT, BT], in blocks of 16 (fla's solve_tril in one register
+    block). Split I + A = Dg + E into its diagonal 16 x 16 blocks Dg and the blocks below them E. Dg^-1: forward
+    substitution in every diagonal block at once (row r of Dg^-1 is e_r - sum_{j<r} A_rj (Dg^-1)_j, j in r's
+    block), 15 steps whatever BT. Then (I + A)^-1 = (I + N)^-1 Dg^-1 with N = Dg^-1 E strictly block-lower, so
+    nilpotent with N^(BT/16) = 0: (I + N)^-1 = (I - N)(I + N^2)(I + N^4)... up to N^(BT/32), by dots to fp32
+    accuracy (``triton_lib.dot_fp32``, on tensor cores; fla's merge uses fp32 "ieee" dots), fp64 blocks in fp64.
+    Padded rows (A's rows and columns zero there) stay unit rows. The 63 steps of forward substitution over a
+    [64, 64] block were two reductions across the warps each; these are 15, and 4 products of [64, 64] blocks."""
+    SB: tl.constexpr = 16 if BT > 16 else BT
+    eye = o_c[:, None] == o_c[None, :]
+    same = (o_c[:, None] // SB) == (o_c[None, :] // SB)          # the diagonal blocks
+    b_Ad = tl.where(same, b_A, 0.0)
+    b_Di = tl.where(eye, 1.0, 0.0).to(DTYPE)
+    for i in range(1, SB):
+        at_i = (o_c % SB) == i                                   # row i of every diagonal block
+        b_a = tl.reduce(tl.where(at_i[:, None], b_Ad, 0.0), 0, _tlib.add)    # [BT]: at j, A[16 blk(j) + i, j]
+        b_row = tl.reduce(b_a[:, None] * b_Di, 0, _tlib.add)                 # at c: c's block's row i times Dg^-1
+        b_Di = tl.where(at_i[:, None] & same, b_Di - b_row[None, :], b_Di)
+    if BT > SB:
+        b_N = _tlib.dot_fp32(b_Di, tl.where(same, 0.0, b_A).to(DTYPE), PREC)     # Dg^-1 E
+        b_P = tl.where(eye, 1.0, 0.0).to(DTYPE) - b_N                            # I - N
+        for j in tl.static_range(2, 8):                         # (I + N^2)(I + N^4) ... while N^(2^(j-1)) != 0
+            if (SB << j) <= BT:
+                b_N = _tlib.dot_fp32(b_N, b_N, PREC)
+                b_P = b_P + _tlib.dot_fp32(b_P, b_N, PREC)
+        b_Di = _tlib.dot_fp32(b_P, b_Di, PREC)
+    return b_Di
 
 
 @triton.jit
@@ -284,8 +303,8 @@ def chunk_delta_wy_kernel(
     IS_VARLEN: tl.constexpr,
 ):
     """The WY / UT stage of the delta rule for one chunk: with A = tril(diag(beta) K K^T ⊙ D, -1),
-    D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 by forward substitution (row i of Tm is
-    e_i - sum_{j<i} A_ij Tm_j), then W = Tm diag(beta exp(G)) K and U = Tm diag(beta) V.
+    D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 (``unit_lower_inverse``), then W = Tm diag(beta exp(G)) K
+    and U = Tm diag(beta) V.
     Rows past T load zeros (beta = 0): their rows of Tm are unit rows and of W, U zero."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
@@ -304,7 +323,7 @@ def chunk_delta_wy_kernel(
         b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
         b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
-    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
+    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE, PREC)
     if GATED:
         b_kb = b_kb * tl.exp(b_g)[:, None]
     tl.store(w + p_k, _tlib.dot(b_Tm, b_kb, PREC).to(w.dtype.element_ty), mask=m_tk)
@@ -702,7 +721,7 @@ def chunk_delta_bwd_kernel(
                       other=0.0).to(DTYPE)
         b_kk += _tlib.dot(b_k, tl.trans(b_k), PREC)
     b_A = tl.where(strict, b_kk * b_beta[:, None] * b_D, 0.0)
-    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE)
+    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE, PREC)
     # pass 2 over V tiles: dv = (Tm^T dU) ⊙ beta, dbeta's V part, do v_new^T, dU Vb^T
     b_dAqk = tl.zeros([BT, BT], dtype=DTYPE)
     b_dTm = tl.zeros([BT, BT], dtype=DTYPE)

@@ -150,6 +150,43 @@ def dot(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def _split(x, HALF: tl.constexpr):
+    """(hi, lo) with x ~ hi + lo: hi x rounded to HALF (bf16 / fp16; "tf32": x's mantissa cut to tf32's 10 bits,
+    kept in fp32), lo what is left, in the same form."""
+    if HALF == "tf32":
+        hi = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        return hi, x - hi
+    else:
+        hi = x.to(HALF)
+        return hi, (x - hi.to(tl.float32)).to(HALF)
+
+
+@triton.jit
+def dot_fp32(a, b, PREC: tl.constexpr):
+    """a @ b for fp32 blocks to about fp32 accuracy, on tensor cores where the chunk kernels' PREC uses them: with
+    a = a_hi + a_lo, b = b_hi + b_lo split into halves of PREC's operand dtype (bf16, fp16, or tf32 for "tf32" /
+    "tf32x3"), a_hi b_hi + a_hi b_lo + a_lo b_hi (the a_lo b_lo term is below the halves' rounding). Compiled for
+    sm_90, Triton's own fp32 dots of [64, 64] blocks ("ieee": FMA, "tf32x3") spilled 0.8-8 KB per thread where
+    these split dots spill nothing. PREC "ieee" (fp64 blocks, the interpreter's fp32 policy): tl.dot as is."""
+    if PREC == "ieee":
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        if PREC == "bf16":
+            HALF: tl.constexpr = tl.bfloat16
+        elif PREC == "fp16":
+            HALF: tl.constexpr = tl.float16
+        else:
+            HALF: tl.constexpr = "tf32"
+        a_hi, a_lo = _split(a, HALF)
+        b_hi, b_lo = _split(b, HALF)
+        if HALF == "tf32":
+            return tl.dot(a_hi, b_lo, input_precision="tf32") + tl.dot(a_lo, b_hi, input_precision="tf32") + \
+                tl.dot(a_hi, b_hi, input_precision="tf32")
+        else:
+            return tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi) + tl.dot(a_hi, b_hi)
+
+
+@triton.jit
 def operand(x, DTYPE: tl.constexpr, PREC: tl.constexpr):
     """A loaded block that feeds tl.dot: in the dots' operand dtype where ``dot`` rounds its operands to bf16 /
     fp16 anyway (half the registers of an fp32 copy, and the rounding happens once, here), else in DTYPE."""
