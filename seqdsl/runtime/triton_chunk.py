@@ -17,8 +17,8 @@ for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or no
 
 The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)^T) adds two stages between
 1 and 4: ``chunk_delta_wy_kernel`` (per chunk, the UT transform: the inverse of I + tril(diag(beta) K K^T ⊙ D, -1)
-in 16 x 16 blocks, ``unit_lower_inverse``, then W and U) and stage 2 with DELTA (the states entering the chunks from the corrected
-values v_new = U - W S), then stage 4 with v_new for v.
+in 16 x 16 blocks, ``unit_lower_inverse``, then W and U) and stage 2 with DELTA (the states entering the chunks from
+the corrected values v_new = U - W S), then stage 4 with v_new for v.
 
 Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed sequences (B = 1, N sequences of any
 lengths) run in the same launches as equal-length rows, one program row per sequence, tokens at bos + t
@@ -37,7 +37,7 @@ last chunk to the first (dS_c = exp(G_last) ⊙ dS_{c+1} + (q ⊙ exp(G))^T do);
 log-gate gradient (a reverse cumulative sum within the chunk), ``chunk_bwd_dv_kernel`` (per V tile, looping over
 K tiles) dv. The delta rule's backward: ``chunk_delta_bwd_dhu_kernel`` carries the state
 gradient back and gives the gradient of the corrected values v_new; ``chunk_delta_bwd_kernel`` then does each
-chunk's outputs, state passing and WY / UT stage in reverse (the inverse recomputed).
+chunk's outputs, state passing and WY / UT stage in reverse (with the inverse the forward stored, as fla does).
 """
 
 from __future__ import annotations
@@ -296,15 +296,15 @@ def unit_lower_inverse(b_A, o_c, BT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl
 
 @triton.jit
 def chunk_delta_wy_kernel(
-    k, v, beta, gc, w, u,   # k, w [B, T, H, K]; v, u [B, T, H, V]; beta, G [B, T, H]
+    k, v, beta, gc, w, u, tm,   # k, w [B, T, H, K]; v, u [B, T, H, V]; beta, G [B, T, H]; out: tm [B, T, H, BT]
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
     """The WY / UT stage of the delta rule for one chunk: with A = tril(diag(beta) K K^T ⊙ D, -1),
-    D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 (``unit_lower_inverse``), then W = Tm diag(beta exp(G)) K
-    and U = Tm diag(beta) V.
+    D_ts = exp(G_t - G_s), the inverse Tm = (I + A)^-1 (``unit_lower_inverse``; stored in tm, row t of the chunk's
+    Tm at token t, for the backward), then W = Tm diag(beta exp(G)) K and U = Tm diag(beta) V.
     Rows past T load zeros (beta = 0): their rows of Tm are unit rows and of W, U zero."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
@@ -324,6 +324,8 @@ def chunk_delta_wy_kernel(
         b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE, PREC)
+    tl.store(tm + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], b_Tm.to(tm.dtype.element_ty),
+             mask=m_t[:, None])
     if GATED:
         b_kb = b_kb * tl.exp(b_g)[:, None]
     tl.store(w + p_k, _tlib.dot(b_Tm, b_kb, PREC).to(w.dtype.element_ty), mask=m_tk)
@@ -675,7 +677,8 @@ def chunk_delta_bwd_dhu_kernel(
 @triton.jit
 def chunk_delta_bwd_kernel(
     q, k, v, beta, gc, h, dh, do, v_new, dv_new,   # q (times scale), k [B, T, H, K]; v, do, v_new, dv_new
-                                                   # [B, T, H, V]; beta, G [B, T, H]; h, dh [N, H, NT, K, V]
+    tm,                                            # [B, T, H, V]; beta, G [B, T, H]; h, dh [N, H, NT, K, V];
+                                                   # tm [B, T, H, BT]: the forward's (I + A)^-1 per chunk
     dq, dk, dv, dbeta, dg,                         # out: dq (w.r.t. the unscaled q), dk, dv, dbeta, dg (raw log gate)
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -687,14 +690,14 @@ def chunk_delta_bwd_kernel(
     the gated chunk, with v_new for v):
         dq = (do v_new^T ⊙ D) k + exp(G) ⊙ do S^T,   dk = (do v_new^T ⊙ D)^T q + E ⊙ v_new dS'^T,   dW = -dv_new S^T.
     Then the WY / UT stage backward, W = Tm Kb and U = Tm Vb with Kb = diag(beta exp(G)) K, Vb = diag(beta) V,
-    Tm = (I + A)^-1, A = tril(diag(beta) K K^T ⊙ D, -1) (recomputed), dU = dv_new:
+    Tm = (I + A)^-1 (the forward's, read from tm), A = tril(diag(beta) K K^T ⊙ D, -1) (recomputed), dU = dv_new:
         dTm = dW Kb^T + dU Vb^T,  dKb = Tm^T dW,  dVb = Tm^T dU,  dA = -tril(Tm^T dTm Tm^T, -1),
         dk += dKb ⊙ beta exp(G) + diag(beta) (dA ⊙ D) K + (dA ⊙ D)^T diag(beta) K,   dv = dVb ⊙ beta,
         dbeta = rowsum(dVb ⊙ V) + exp(G) ⊙ rowsum(dKb ⊙ K) + rowsum(dA ⊙ D ⊙ K K^T),
     and dG_t = q_t . dq_t - k_t . dk_t (output part) + rowsum(dKb ⊙ Kb) + rowsum(dA ⊙ A) - colsum(dA ⊙ A)
     (+ at the last row exp(G_last) <dS', S> + sum_s k_s . dk_inter_s), dg its reverse cumsum in the chunk.
     Tiled: only [BT, BT] matrices and [BT, BK], [BT, BV], [BK, BV] tiles live at once. Pass 1 over K tiles
-    builds K K^T (then A and Tm); pass 2 over V tiles gives dv, do v_new^T and the dU Vb^T part of dTm;
+    builds K K^T (then A); pass 2 over V tiles gives dv, do v_new^T and the dU Vb^T part of dTm;
     pass 3 over K tiles (each looping over V tiles for dW) the dW Kb^T part; pass 4 over K tiles (recomputing
     dW) gives dq, dk and the K-side sums of dbeta and dG."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -713,7 +716,7 @@ def chunk_delta_bwd_kernel(
         b_D = tl.where(causal, 1.0, 0.0).to(DTYPE)
         b_eg = tl.where(m_t, 1.0, 0.0).to(DTYPE)
         b_decay = b_eg
-    # pass 1: K K^T, then A and Tm = (I + A)^-1
+    # pass 1: K K^T, then A; Tm = (I + A)^-1 as the forward stored it (rows past T: unit rows, as it made them)
     b_kk = tl.zeros([BT, BT], dtype=DTYPE)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -721,7 +724,9 @@ def chunk_delta_bwd_kernel(
                       other=0.0).to(DTYPE)
         b_kk += _tlib.dot(b_k, tl.trans(b_k), PREC)
     b_A = tl.where(strict, b_kk * b_beta[:, None] * b_D, 0.0)
-    b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE, PREC)
+    b_Tm = tl.load(tm + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None],
+                   other=0.0).to(DTYPE)
+    b_Tm = tl.where(m_t[:, None], b_Tm, tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0))
     # pass 2 over V tiles: dv = (Tm^T dU) ⊙ beta, dbeta's V part, do v_new^T, dU Vb^T
     b_dAqk = tl.zeros([BT, BT], dtype=DTYPE)
     b_dTm = tl.zeros([BT, BT], dtype=DTYPE)
@@ -1201,8 +1206,9 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
 
 def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows):
     """The forward stages (inputs read in their own dtypes, as ``_chunk_gated_forward``). Returns (o, final state,
-    saved, kernel scale) with saved = (q, k, v, beta, G, w, h, v_new) for the backward (q as the kernels read it,
-    times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; G None without a gate)."""
+    saved, kernel scale) with saved = (q, k, v, beta, G, w, h, v_new, tm) for the backward (q as the kernels read
+    it, times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; G None without a gate; tm
+    [B, T, H, BT]: each chunk's (I + A)^-1, read by the backward instead of inverting again)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state,
@@ -1216,10 +1222,11 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     if g is not None:
         gc = _local_cumsum(g[..., None].contiguous(), BT, NT, cfg, rows, dtype)
     gcp = gc if gc is not None else beta             # a pointer the kernels do not read without a gate
-    stored = _states_dtype(common, dtype)            # of h, and of W, U and v_new (bf16 for bf16 inputs, as fla)
+    stored = _states_dtype(common, dtype)            # of h, W, U, v_new and tm (bf16 for bf16 inputs, as fla)
     w, u = (torch.empty(x.shape, dtype=stored, device=x.device) for x in (k, v))
-    _launch(chunk_delta_wy_kernel, lambda m: (NT, N * H), (k, v, beta, gcp, w, u, rows.T), "warps", H=H, K=K, V=V,
-            BT=BT, BK=BK, BV=BV, GATED=g is not None, **common)
+    tm = torch.empty(*beta.shape, BT, dtype=stored, device=q.device)
+    _launch(chunk_delta_wy_kernel, lambda m: (NT, N * H), (k, v, beta, gcp, w, u, tm, rows.T), "warps", H=H, K=K,
+            V=V, BT=BT, BK=BK, BV=BV, GATED=g is not None, **common)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=stored, device=q.device)
     v_new = torch.empty_like(u)
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
@@ -1232,7 +1239,7 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     _launch(chunk_fwd_o_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H),
             (q, k, v_new, gcp, h, q, o, kscale, rows.T), "output", H=H, K=K, V=V, BT=BT, BK=_block(K), BV=BV,
             GATE=gate, **common)
-    return o, ht, (q, k, v, beta, gc, w, h, v_new), kscale
+    return o, ht, (q, k, v, beta, gc, w, h, v_new, tm), kscale
 
 
 def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_size: int, rows: _Rows, low=None,
@@ -1240,7 +1247,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form, in the compute
     dtype or, for dq, dk, dv, dbeta, in ``grad_dtypes`` (see ``_grad_dtypes``); kscale: the scale the kernels
     apply to the saved q. do in any float dtype."""
-    q, k, v, beta, gc, w, h, v_new = saved
+    q, k, v, beta, gc, w, h, v_new, tm = saved
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
     dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, w, low=low, whole_key=True)
@@ -1260,8 +1267,8 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
     _launch(chunk_delta_bwd_kernel, lambda m: (NT, N * H),
-            (q, k, v, beta, gcp, h, dh, do, v_new, dv_new, dq, dk, dv, dbeta, dg, kscale, rows.T), "delta_per_chunk",
-            H=H, K=K, V=V, BT=BT, BK=min(BK_tile, DELTA_BWD_KEY_TILE), BV=BV, GATED=gated, **common)
+            (q, k, v, beta, gcp, h, dh, do, v_new, dv_new, tm, dq, dk, dv, dbeta, dg, kscale, rows.T),
+            "delta_per_chunk", H=H, K=K, V=V, BT=BT, BK=min(BK_tile, DELTA_BWD_KEY_TILE), BV=BV, GATED=gated, **common)
     if kscale != scale:       # q was scaled before the kernels (fp64): they gave the scaled q's gradient
         dq = dq * scale
     return dq, dk, dv, dbeta, (dg if gated else None), dh0
