@@ -62,3 +62,23 @@ def test_chunk_kernels_use_hoppers_warpgroup_mma_beside_fla(tmp_path):
         assert ours[kernel]["local"] == 0, ours[kernel]
     assert theirs["chunk_fwd_kernel_o"]["hgmma"] > 0, theirs      # the SASS count itself, on fla's kernel
     assert "| chunk_fwd_o_kernel |" in run.stdout and "| chunk_fwd_kernel_o |" in run.stdout
+
+
+def test_delta_rule_chunk_kernels_invert_on_tensor_cores_without_spilling(tmp_path):
+    """The delta rule's WY stage inverts (I + A) in 16 x 16 blocks whose products are split-precision tensor-core dots
+    (``triton_lib.dot_fp32``): compiled for sm_90 through the op with bf16 at K = 128, its kernel uses wgmma only and
+    does not spill (with Triton's fp32 "ieee" dots there it spilled 728 B per thread, gated 1056 B). The per-chunk
+    backward reads the forward's inverse rather than inverting again, and does not spill either (at the start of
+    2026-12-05's night session, inverting by 63 steps of substitution, gated: 32 B)."""
+    out = tmp_path / "sass.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_vs_fla.py"), "--ops", "deltanet",
+                          "gated_deltanet", "--dim", "128", "--no-fla", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["owner"] == "seqdsl"]
+    checked = [r for r in rows if r["kernel"] in ("chunk_delta_wy_kernel", "chunk_delta_bwd_kernel")]
+    assert len(checked) == 4, rows                         # each kernel, plain and gated
+    for r in checked:
+        assert r["hgmma"] > 0 and r["hmma"] == 0 and r["local"] == 0, r
