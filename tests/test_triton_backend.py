@@ -297,11 +297,10 @@ def test_chunk_kernels_match_the_recurrence_with_strong_decays(gate, diag_3d):
     _check(f"chunk kernels {gate}", expected, got, torch.float64, FORM_FACTOR["chunk"])
 
 
-def _delta_inputs(T: int, gated: bool, gate_scale: float):
-    """(q, k, v, beta, h0, gate kwargs, rnd) for the delta chunk tests, fp64, B = H = 2, K = 5, V = 18 (not powers
-    of two): unit-norm keys, beta in (0, 2) (negative eigenvalues too), log decays -gate_scale |N(0, 1)|."""
-    g = torch.Generator().manual_seed(T)
-    B, H, K, V = 2, 2, 5, 18
+def _delta_inputs(T: int, gated: bool, gate_scale: float, B: int = 2, H: int = 2, K: int = 5, V: int = 18):
+    """(q, k, v, beta, h0, gate kwargs, rnd) for the delta chunk tests, fp64, by default B = H = 2, K = 5, V = 18
+    (not powers of two): unit-norm keys, beta in (0, 2) (negative eigenvalues too), log decays -gate_scale |N(0, 1)|."""
+    g = torch.Generator().manual_seed(T + K)
 
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -316,7 +315,7 @@ def _delta_inputs(T: int, gated: bool, gate_scale: float):
 @pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
 @pytest.mark.parametrize("T,chunk", [(40, 32), (16, 16), (7, 16)])
 def test_delta_chunk_kernels_match_the_recurrence(gated, T, chunk):
-    """The WY / UT stage (forward substitution), the chunk-state loop and the outputs against the step loop,
+    """The WY / UT stage (the blocked inverse), the chunk-state loop and the outputs against the step loop,
     with K and V not powers of two, a last partial chunk and strong decays."""
     q, k, v, beta, h0, gate, _ = _delta_inputs(T, gated, gate_scale=5.0)
     expected = torch_forms.recurrent_delta(q, k, v, beta, **gate, scale=0.7, initial_state=h0, output_final_state=True)
@@ -564,6 +563,29 @@ def test_delta_chunk_backward_kernels_match_autograd_of_the_recurrence(gated, T,
     got = torch.autograd.grad(loss(triton_chunk.chunk_delta, chunk_size=chunk), wrt)
     for name, a, b in zip(["q", "k", "v", "beta", "h0", *gate], expected, got):
         assert_close(f"delta chunk backward gated={gated} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
+@pytest.mark.parametrize("K", [130, 200])
+def test_delta_chunk_backward_holds_wide_keys_in_register_blocks(gated, K):
+    """The backward state pass (chunk_delta_bwd_dhu_kernel) holds the state gradient as up to four register blocks
+    of 64 key rows: three at K = 130, four at K = 200 (the last partly past K in both). Every gradient and
+    the initial state's against autograd through the step loop (fp64; T = 70 with chunks of 32: three chunks, the
+    last partial), unit-norm keys, beta in (0, 2)."""
+    q, k, v, beta, h0, gate, rnd = _delta_inputs(70, gated, gate_scale=1.0, B=1, H=1, K=K, V=24)
+    wrt = [q, k, v, beta, h0, *gate.values()]
+    for t in wrt:
+        t.requires_grad_(True)
+    do, dht = rnd(*v.shape), rnd(*h0.shape)
+
+    def loss(form, **kw):
+        o, ht = form(q, k, v, beta, **gate, scale=K ** -0.5, initial_state=h0, output_final_state=True, **kw)
+        return (o * do).sum() + (ht * dht).sum()
+
+    expected = torch.autograd.grad(loss(torch_forms.recurrent_delta), wrt)
+    got = torch.autograd.grad(loss(triton_chunk.chunk_delta, chunk_size=32), wrt)
+    for name, a, b in zip(["q", "k", "v", "beta", "h0", *gate], expected, got):
+        assert_close(f"delta chunk backward K={K} gated={gated} d{name}", a, b, torch.float64, FORM_FACTOR["chunk"])
 
 
 def test_every_example_has_a_triton_recurrent_form():

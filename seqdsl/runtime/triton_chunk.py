@@ -612,6 +612,57 @@ def chunk_bwd_dv_kernel(
 
 
 @triton.jit
+def _load_state_block(ptr, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, o_v, m_v,
+                      DTYPE: tl.constexpr):
+    """Key rows j * BK ... of a [K, V] state at ptr + base, V tile o_v, in DTYPE (rows past K: zeros): [BK, BV]."""
+    o_k = j * BK + tl.arange(0, BK)
+    return tl.load(ptr + base + o_k[:, None] * V + o_v[None, :], mask=(o_k < K)[:, None] & m_v[None, :],
+                   other=0.0).to(DTYPE)
+
+
+@triton.jit
+def _store_state_block(ptr, base, j, b_x, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, o_v, m_v):
+    """Stores b_x [BK, BV] as key rows j * BK ... of a [K, V] state at ptr + base, V tile o_v."""
+    o_k = j * BK + tl.arange(0, BK)
+    tl.store(ptr + base + o_k[:, None] * V + o_v[None, :], b_x.to(ptr.dtype.element_ty),
+             mask=(o_k < K)[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _key_block(x, p_t, m_t, j, K: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Key channels j * BK ... of a [B, T, H, K] input at the chunk's rows p_t ((bos + t) * H + head) [BT], in the
+    dots' operand dtype (rows past the sequence and channels past K: zeros): [BT, BK]."""
+    o_k = j * BK + tl.arange(0, BK)
+    b_x = tl.load(x + p_t[:, None] * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)
+    return _tlib.operand(b_x, DTYPE, PREC)
+
+
+@triton.jit
+def _dhu_scores(q, k, p_t, m_t, j, b_dh, b_decay, K: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
+                DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Key block j's share of a chunk's scores q k^T [BT, BT] and of (k ⊙ E) dS' [BT, BV] (b_dh: that block of
+    dS', b_decay: E [BT], read when GATED)."""
+    b_q = _key_block(q, p_t, m_t, j, K, BK, DTYPE, PREC)
+    b_k = _key_block(k, p_t, m_t, j, K, BK, DTYPE, PREC)
+    b_A = _tlib.dot(b_q, tl.trans(b_k), PREC)
+    if GATED:
+        b_k = _tlib.operand(b_k.to(DTYPE) * b_decay[:, None], DTYPE, PREC)
+    return b_A, _tlib.dot(b_k, b_dh, PREC)
+
+
+@triton.jit
+def _dhu_step(q, w, p_t, m_t, j, b_dh, b_do, b_dv, b_eg, b_glast, scale, K: tl.constexpr, BK: tl.constexpr,
+              GATED: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Key block j of dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new (b_eg: exp(G) [BT], read when GATED)."""
+    b_q = _key_block(q, p_t, m_t, j, K, BK, DTYPE, PREC)
+    if GATED:
+        b_dh = b_dh * tl.exp(b_glast)
+        b_q = _tlib.operand(b_q.to(DTYPE) * b_eg[:, None], DTYPE, PREC)
+    b_w = _key_block(w, p_t, m_t, j, K, BK, DTYPE, PREC)
+    return b_dh + _tlib.dot(tl.trans(b_q), b_do, PREC) * scale - _tlib.dot(tl.trans(b_w), b_dv, PREC)
+
+
+@triton.jit
 def chunk_delta_bwd_dhu_kernel(
     q, k, w, gc, do,     # q (times scale), k, w [B, T, H, K]; G [B, T, H]; do [B, T, H, V]
     dh, dht, dh0, dv_new,  # out: dh [B, H, NT, K, V] (w.r.t. the state after each chunk), dh0; in: dht [B, H, K, V];
@@ -624,54 +675,83 @@ def chunk_delta_bwd_dhu_kernel(
 ):
     """The delta rule's state gradients, chunk after chunk from the last, for one V tile (all K channels).
     With S the state entering chunk c, dS' the gradient w.r.t. the state after it, E_s = exp(G_last - G_s) and
-    A = (q k^T) ⊙ D causal:  dv_new = A^T do + (k ⊙ E) dS',  dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new."""
+    A = (q k^T) ⊙ D causal:  dv_new = A^T do + (k ⊙ E) dS',  dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new.
+    dS' is held as up to four register blocks of BK key rows (K <= 4 BK = 256; fla's blockdim64), each chunk's q, k,
+    w read a key block at a time: one [K, BV] block with [BT, K] inputs beside it spilled 0.4-1 KB per thread at
+    K = 256 (compiled for sm_90, bf16)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
-    m_k, m_v = o_k < K, o_v < V
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    m_v = o_v < V
+    b_dh1 = _load_state_block(dht, i_bh * K * V, 0, K, V, BK, o_v, m_v, DTYPE)
+    if K > BK:
+        b_dh2 = _load_state_block(dht, i_bh * K * V, 1, K, V, BK, o_v, m_v, DTYPE)
+    if K > 2 * BK:
+        b_dh3 = _load_state_block(dht, i_bh * K * V, 2, K, V, BK, o_v, m_v, DTYPE)
+    if K > 3 * BK:
+        b_dh4 = _load_state_block(dht, i_bh * K * V, 3, K, V, BK, o_v, m_v, DTYPE)
     causal = o_c[:, None] >= o_c[None, :]
     NT_seq = tl.cdiv(T, BT)
     for i in range(0, NT_seq):
         i_t = NT_seq - 1 - i
-        tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
+        base = (i_bh * NT + i_t) * K * V
+        _store_state_block(dh, base, 0, b_dh1, K, V, BK, o_v, m_v)
+        if K > BK:
+            _store_state_block(dh, base, 1, b_dh2, K, V, BK, o_v, m_v)
+        if K > 2 * BK:
+            _store_state_block(dh, base, 2, b_dh3, K, V, BK, o_v, m_v)
+        if K > 3 * BK:
+            _store_state_block(dh, base, 3, b_dh4, K, V, BK, o_v, m_v)
         o_t = i_t * BT + o_c
         m_t = o_t < T
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-        p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
-        if GATED:       # q and k meet their gates' decays before their dots
-            b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
-            b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
-        else:
-            b_q = _tlib.operand(tl.load(q + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
-            b_k = _tlib.operand(tl.load(k + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
-        b_w = _tlib.operand(tl.load(w + p_k, mask=m_tk, other=0.0), DTYPE, PREC)
-        b_do = _tlib.operand(tl.load(do + p_v, mask=m_tv, other=0.0), DTYPE, PREC)
-        b_A = _tlib.dot(b_q, tl.trans(b_k), PREC) * scale
+        p_t = (bos + o_t) * H + i_h
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = p_t[:, None] * V + o_v[None, :]
         if GATED:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
+            b_g = tl.load(gc + p_t, mask=m_t, other=0.0).to(DTYPE)
             b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
-            b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-            b_kdec = _tlib.operand(tl.where(m_tk, b_k * tl.exp(b_glast - b_g)[:, None], 0.0), DTYPE, PREC)
-            b_qg = _tlib.operand(b_q * tl.exp(b_g)[:, None], DTYPE, PREC)
+            b_decay = tl.where(m_t, tl.exp(b_glast - b_g), 0.0)
+            b_eg = tl.exp(b_g)
         else:
-            b_kdec = b_k
-            b_qg = b_q
-        b_A = _tlib.operand(tl.where(causal, b_A, 0.0), DTYPE, PREC)
-        b_dv = _tlib.dot(tl.trans(b_A), b_do, PREC) + _tlib.dot(b_kdec, b_dh, PREC)
-        tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
+            b_g = tl.zeros([BT], dtype=DTYPE)
+            b_glast = tl.zeros([1], dtype=DTYPE)
+            b_decay = b_g
+            b_eg = b_g
+        b_A, b_dv = _dhu_scores(q, k, p_t, m_t, 0, b_dh1, b_decay, K, BK, GATED, DTYPE, PREC)
+        if K > BK:
+            b_a, b_d = _dhu_scores(q, k, p_t, m_t, 1, b_dh2, b_decay, K, BK, GATED, DTYPE, PREC)
+            b_A, b_dv = b_A + b_a, b_dv + b_d
+        if K > 2 * BK:
+            b_a, b_d = _dhu_scores(q, k, p_t, m_t, 2, b_dh3, b_decay, K, BK, GATED, DTYPE, PREC)
+            b_A, b_dv = b_A + b_a, b_dv + b_d
+        if K > 3 * BK:
+            b_a, b_d = _dhu_scores(q, k, p_t, m_t, 3, b_dh4, b_decay, K, BK, GATED, DTYPE, PREC)
+            b_A, b_dv = b_A + b_a, b_dv + b_d
+        b_A = b_A * scale
         if GATED:
-            b_dh = b_dh * tl.exp(b_glast)
-        b_dh += _tlib.dot(tl.trans(b_qg), b_do, PREC) * scale - _tlib.dot(tl.trans(b_w), b_dv, PREC)
-    tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
+            b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+        b_A = _tlib.operand(tl.where(causal, b_A, 0.0), DTYPE, PREC)
+        b_do = _tlib.operand(tl.load(do + p_v, mask=m_tv, other=0.0), DTYPE, PREC)
+        b_dv += _tlib.dot(tl.trans(b_A), b_do, PREC)
+        tl.store(dv_new + p_v, b_dv.to(dv_new.dtype.element_ty), mask=m_tv)
+        b_dh1 = _dhu_step(q, w, p_t, m_t, 0, b_dh1, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
+        if K > BK:
+            b_dh2 = _dhu_step(q, w, p_t, m_t, 1, b_dh2, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
+        if K > 2 * BK:
+            b_dh3 = _dhu_step(q, w, p_t, m_t, 2, b_dh3, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
+        if K > 3 * BK:
+            b_dh4 = _dhu_step(q, w, p_t, m_t, 3, b_dh4, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
+    _store_state_block(dh0, i_bh * K * V, 0, b_dh1, K, V, BK, o_v, m_v)
+    if K > BK:
+        _store_state_block(dh0, i_bh * K * V, 1, b_dh2, K, V, BK, o_v, m_v)
+    if K > 2 * BK:
+        _store_state_block(dh0, i_bh * K * V, 2, b_dh3, K, V, BK, o_v, m_v)
+    if K > 3 * BK:
+        _store_state_block(dh0, i_bh * K * V, 3, b_dh4, K, V, BK, o_v, m_v)
 
 
 @triton.jit
@@ -1253,7 +1333,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     dtype, BT, BK_tile, BV, NT, _, common = _setup(chunk_size, K, V, rows.T, q.device, w, low=low, whole_key=True)
     common.update(rows.kwargs())
     N = rows.N
-    BK = max(16, _rt.next_pow2(K))               # the state-gradient pass keeps every key channel in one block
+    BK = max(16, _rt.next_pow2(K))               # the state-gradient pass holds every key channel (in 64-row blocks)
     gated = gc is not None
     gcp = gc if gated else beta
     do = do.contiguous()                         # converted as loaded
@@ -1261,8 +1341,8 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
     dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
     _launch(chunk_delta_bwd_dhu_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
-            (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK,
-            BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated, **common)
+            (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT,
+            BK=_block(K), BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated, **common)
     dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
