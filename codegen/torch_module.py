@@ -165,13 +165,15 @@ class _Gen:
     def gen_parallel(self, out: _Lines, form: str) -> None:
         self.varlen = form in varlen_forms(self.p)
         cu = ", cu_seqlens=None" if self.varlen else ""
-        out.add(f"def {form}({self.signature()}, chunk_size=64{cu}):" if form == "chunk" else
+        out.add(f"def {form}({self.signature()}, chunk_size=64, final_state=True{cu}):" if form == "chunk" else
                 f"def {form}({self.signature()}{cu}):")
         doc = {"chunk": "Chunkwise form: intra-chunk matmuls, inter-chunk state passing.",
                "scan": "Parallel-scan form: a log-depth associative scan over time.",
                "conv": "Convolution form (time-invariant system): impulse responses, then FFT convolutions."}[form]
         if self.varlen:
             doc += " cu_seqlens (B = 1): packed sequences, one initial state each."
+        if form == "chunk":
+            doc += " final_state=False: a state whose chunk call can leave its final state out returns None."
         out.add(f'"""{doc} Returns ((readouts [B, T, H, ...]), states)."""', 1)
         first = self.c.op_streams[0]
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], {first}.shape[2]", 1)
@@ -279,12 +281,13 @@ class _Gen:
             scale_kw = "" if q_scale is None else f", scale={r(q_scale).text}"
             if steps > 1:
                 qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
+            final = "True" if sp.vector else "final_state"    # a vector state's final state is indexed below
             if sp.kind == "delta":
                 call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}{scale_kw}, "
-                        f"initial_state={h0}, output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
+                        f"initial_state={h0}, output_final_state={final}, chunk_size=chunk_size{self.cu_arg(steps)})")
             else:
                 call = (f"_forms.chunk_gated({qtext}, _{n}_k, _{n}_v{gate_kw}{scale_kw}, initial_state={h0}, "
-                        f"output_final_state=True, chunk_size=chunk_size{self.cu_arg(steps)})")
+                        f"output_final_state={final}, chunk_size=chunk_size{self.cu_arg(steps)})")
             out.add(f"{var}, _{n}_last = {call}", 1)
             if steps > 1:
                 out.add(f"{var} = {var}[:, {steps - 1}::{steps}]", 1)

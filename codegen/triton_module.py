@@ -834,9 +834,10 @@ class _Gen:
     def twin_form_wrapper(self, out: _Lines, form: str, twin: str, doc: list[str], chunked: bool) -> None:
         """``def <form>(...)``: the torch twin's function of that form, its form algorithms run by Triton."""
         varlen = form in varlen_forms(self.p)
-        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + ("'chunk_size': chunk_size, " if chunked else "") \
+        kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) \
+            + ("'chunk_size': chunk_size, 'final_state': final_state, " if chunked else "") \
             + ("'cu_seqlens': cu_seqlens" if varlen else "") + "}"
-        out.add(f"def {form}({self.signature()}{', chunk_size=64' if chunked else ''}"
+        out.add(f"def {form}({self.signature()}{', chunk_size=64, final_state=True' if chunked else ''}"
                 f"{', cu_seqlens=None' if varlen else ''}):")
         out.add(f'"""{"Chunkwise" if chunked else "Parallel-scan"} form. Returns ((readouts [B, T, H, ...]), '
                 '(states [B, H, ...])).', 1)

@@ -131,6 +131,46 @@ def test_gradients_match_interpreter(name, mode):
         assert_close(f"{name}/triton {mode} d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
 
 
+def _projection_grads(outputs, leaves: dict) -> dict:
+    """Gradients of a fixed random projection of ``outputs`` (a tuple of tensors) w.r.t. ``leaves``: {name: grad,
+    zeros where unused}."""
+    g = torch.Generator().manual_seed(0)
+    loss = sum(((t.real * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum() for t in outputs))
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {k: torch.zeros_like(x) if gr is None else gr for (k, x), gr in zip(leaves.items(), grads)}
+
+
+CHUNK_CASES = [c for c in CASES if c.values[1] == "chunk"]
+
+
+@pytest.mark.parametrize("name,mode", CHUNK_CASES)
+def test_chunk_form_without_initial_or_final_state_matches_interpreter(name, mode):
+    """The op's defaults (no initial state, no final state) let the chunk kernels skip reading the op's zero initial
+    state and storing the final state (fla's initial_state=None, output_final_state=False), and the backward then
+    reads no final-state gradient and stores no initial-state gradient. Checked: outputs and gradients with the
+    defaults; and the other way round, with an initial state that needs no gradient and only the final state used
+    (no gradient reaches the outputs: autograd hands the kernels' backward none for them)."""
+    m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 2, 21, seed=11)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    o, ht = op(**leaves, mode=mode, chunk_size=16)
+    assert ht is None
+    o_ref, _ = ref(**leaves)
+    for i, (a, b) in enumerate(zip(_flat(o_ref), _flat(o))):
+        assert_close(f"{name}/defaults o{i}", a, b, torch.float64, FORM_FACTOR[mode])
+    got, want = _projection_grads(_flat(o), leaves), _projection_grads(_flat(o_ref), leaves)
+    for k in want:
+        assert_close(f"{name}/defaults d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+    h0 = random_state(ref, 2, scale=0.3)
+    _, ht = op(**leaves, initial_state=h0, output_final_state=True, mode=mode, chunk_size=16)
+    _, ht_ref = ref(**leaves, initial_state=h0, output_final_state=True)
+    _check(f"{name}/final state only", ((), ht_ref), ((), ht), torch.float64, FORM_FACTOR[mode])
+    got, want = _projection_grads(_flat(ht), leaves), _projection_grads(_flat(ht_ref), leaves)
+    for k in want:
+        assert_close(f"{name}/final state only d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+
 @pytest.mark.parametrize("name,mode", CASES)
 def test_varlen_matches_interpreter(name, mode):
     m, op, ref = compiled(name)

@@ -9,12 +9,16 @@ a tuple in declaration order, returned in fp32 (fp64 for fp64 inputs; complex fo
 Computation runs in fp32 for fp32/bf16/fp16 inputs and in fp64 for fp64 inputs; outputs come back
 in the dtype of the first stream. bf16 / fp16 inputs that a Triton form hands to its kernels unchanged
 (the module's ``PASSTHROUGH_INPUTS``) reach them as given; the kernels convert them as they load them.
+As fla's functions, the op moves no bytes for what the caller does not ask for: an initial state not given (and
+declared ``= 0``) is one broadcast zero that the chunk kernels do not read (``is_zero_initial_state``), and without
+``output_final_state`` a form that takes ``final_state`` (the chunk forms) is told not to store the final states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 
 import torch
 
@@ -72,6 +76,20 @@ def readout_dtype() -> torch.dtype | None:
 def readouts_in(dtype: torch.dtype | None):
     """A context inside which ``readout_dtype()`` is ``dtype`` (None: the compute dtype)."""
     return _setting(_READOUT_DTYPE, dtype)
+
+
+_ZERO_INITIAL_STATES = contextvars.ContextVar("seqdsl_zero_initial_states", default=())
+
+
+def is_zero_initial_state(t) -> bool:
+    """Whether ``t`` is one of the initial states that the op running now made as zeros (no initial_state given, a
+    state declared ``= 0``): a form's kernels may start from zero without reading it, as fla's initial_state=None."""
+    return t is not None and any(t is z for z in _ZERO_INITIAL_STATES.get())
+
+
+def _zero_initial_states(states: tuple):
+    """A context inside which ``is_zero_initial_state`` is true of exactly these tensors."""
+    return _setting(_ZERO_INITIAL_STATES, tuple(states))
 
 
 def packed_bounds(cu_seqlens, B: int, T: int, allow_empty: bool = True, who: str = "") -> list[int]:
@@ -134,6 +152,8 @@ class CompiledOp:
                               for s in self.states}
         self._passthrough = getattr(module, "PASSTHROUGH_INPUTS", {})
         self._direct_readout_forms = getattr(module, "DIRECT_READOUT_FORMS", ())
+        self._optional_final_state_forms = tuple(      # forms that can leave the final states out (None) when unused
+            m for m in self.modes if "final_state" in inspect.signature(getattr(module, m)).parameters)
 
     def __repr__(self) -> str:
         return f"<seqdsl op {self.name} ({self.backend}) modes={self.modes} inputs={self.inputs}>"
@@ -211,12 +231,15 @@ class CompiledOp:
         lifted = {n: self._lift(n, t, compute, keep_low_precision=n in passthrough) for n, t in inputs.items()}
         bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
+        zeros = tuple(st for st, zero in zip(states, self._made_as_zeros(initial_state)) if zero)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
+        if mode in self._optional_final_state_forms:
+            extra["final_state"] = output_final_state
         low = low_precision_of(*inputs.values())
         direct = mode in self._direct_readout_forms and compute == torch.float32 \
             and is_low_precision(first)
-        with _inputs_precision(low), readouts_in(out_dtype if direct else None):   # the chunk kernels ask
+        with _inputs_precision(low), readouts_in(out_dtype if direct else None), _zero_initial_states(zeros):
             if cu_seqlens is None:
                 outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra)
             else:
@@ -226,6 +249,7 @@ class CompiledOp:
                     cu = torch.as_tensor(bounds, dtype=torch.long, device=first.device)
                     outs, finals = fn(states, *[lifted[n] for n in self.inputs], **args, **extra, cu_seqlens=cu)
                 else:   # one call per sequence (forms reading S_{t-1}, torch recurrent loops, empty sequences)
+                    extra.pop("final_state", None)    # the final states carry empty sequences' states through
                     outs, finals = self._per_sequence(fn, bounds, lifted, states, {**args, **extra})
         outs = tuple(self._unlift_output(o, out_dtype) for o in outs)
         o = outs[0] if len(outs) == 1 else outs
@@ -300,11 +324,26 @@ class CompiledOp:
             out.append(value if self.axis else value.unsqueeze(1))
         return tuple(out)
 
+    def _made_as_zeros(self, initial_state) -> tuple[bool, ...]:
+        """For each state: whether ``_initial_states`` makes it as zeros (not given, declared ``= 0``)."""
+        from seqdsl import ir
+
+        given = initial_state if isinstance(initial_state, (tuple, list)) or initial_state is None else (initial_state,)
+        flags = []
+        for i, s in enumerate(self.states):
+            decl = next(d for d in self.checked.model.cell.states if d.name == s)
+            flags.append((given is None or given[i] is None) and isinstance(decl.init, ir.Num)
+                         and float(decl.init.value) == 0.0)
+        return tuple(flags)
+
     def _state_init(self, s: str, n: int, dtype, device) -> torch.Tensor:
         from seqdsl import ir
 
         shape = (n,) + self._state_shapes[s]
         decl = next(d for d in self.checked.model.cell.states if d.name == s)
+        if isinstance(decl.init, ir.Num) and float(decl.init.value) == 0.0 and not dtype.is_complex:
+            return torch.zeros((), dtype=dtype, device=device).expand(shape)   # one number: the kernels that skip
+            # a zero initial state (is_zero_initial_state) then move no byte for it
         if isinstance(decl.init, ir.Num):
             return torch.full(shape, float(decl.init.value), dtype=dtype, device=device)
         raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")

@@ -54,6 +54,7 @@ from seqdsl.runtime.op import low_precision_inputs as _op_low_precision
 from seqdsl.runtime.op import packed_bounds as _packed_bounds
 from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 from seqdsl.runtime.op import readouts_in as _readouts_in
+from seqdsl.runtime.op import is_zero_initial_state as _op_zero_initial_state
 
 GATE_NONE, GATE_SCALAR, GATE_KEY = 0, 1, 2
 
@@ -343,11 +344,13 @@ def chunk_bwd_dh_kernel(
     dh, dht, dh0,        # dh [B, H, NT, K, V]: the gradient w.r.t. the state after each chunk; dht, dh0 [B, H, K, V]
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+    USE_FINAL_STATE_GRADIENT: tl.constexpr, STORE_INITIAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """The state gradients, chunk after chunk from the last: dS_c = exp(G_last) dS_{c+1} + (q ⊙ exp(G))^T do
-    over chunk c, starting from the final state's gradient; what is left at the start is dh0."""
+    over chunk c, starting from the final state's gradient (dht; zeros without USE_FINAL_STATE_GRADIENT); what is
+    left at the start is dh0 (stored with STORE_INITIAL_STATE_GRADIENT)."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of dh (the longest sequence's)
@@ -356,7 +359,9 @@ def chunk_bwd_dh_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     p_kv = o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.load(dht + i_bh * K * V + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)
+    b_dh = tl.zeros([BK, BV], dtype=DTYPE)
+    if USE_FINAL_STATE_GRADIENT:
+        b_dh += tl.load(dht + i_bh * K * V + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DTYPE)
     NT_seq = tl.cdiv(T, BT)
     for i in range(0, NT_seq):
         i_t = NT_seq - 1 - i
@@ -380,7 +385,8 @@ def chunk_bwd_dh_kernel(
             b_dh *= tl.exp(b_gklast)[:, None]
             b_q = b_q * tl.exp(b_gk)
         b_dh += _tlib.dot(tl.trans(b_q), b_do, PREC) * scale
-    tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
+    if STORE_INITIAL_STATE_GRADIENT:
+        tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_k[:, None] & m_v[None, :])
 
 
 @triton.jit
@@ -621,6 +627,16 @@ def _load_state_block(ptr, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.con
 
 
 @triton.jit
+def _final_gradient_block(dht, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, o_v, m_v,
+                          USE_FINAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr):
+    """Key rows j * BK ... of the final state's gradient dht (zeros without USE_FINAL_STATE_GRADIENT): [BK, BV]."""
+    b_dh = tl.zeros([BK, BV], dtype=DTYPE)
+    if USE_FINAL_STATE_GRADIENT:
+        b_dh += _load_state_block(dht, base, j, K, V, BK, o_v, m_v, DTYPE)
+    return b_dh
+
+
+@triton.jit
 def _store_state_block(ptr, base, j, b_x, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, o_v, m_v):
     """Stores b_x [BK, BV] as key rows j * BK ... of a [K, V] state at ptr + base, V tile o_v."""
     o_k = j * BK + tl.arange(0, BK)
@@ -669,11 +685,13 @@ def chunk_delta_bwd_dhu_kernel(
                            # out: dv_new [B, T, H, V], the gradient w.r.t. the corrected values v_new = U - W S
     scale,
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
-    PREC: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    USE_FINAL_STATE_GRADIENT: tl.constexpr, STORE_INITIAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """The delta rule's state gradients, chunk after chunk from the last, for one V tile (all K channels).
+    """The delta rule's state gradients, chunk after chunk from the last, for one V tile (all K channels), from
+    the final state's gradient dht (zeros without USE_FINAL_STATE_GRADIENT) to dh0 (stored with
+    STORE_INITIAL_STATE_GRADIENT).
     With S the state entering chunk c, dS' the gradient w.r.t. the state after it, E_s = exp(G_last - G_s) and
     A = (q k^T) ⊙ D causal:  dv_new = A^T do + (k ⊙ E) dS',  dS = exp(G_last) dS' + (q ⊙ exp(G))^T do - W^T dv_new.
     dS' is held as up to four register blocks of BK key rows (K <= 4 BK = 256; fla's blockdim64), each chunk's q, k,
@@ -686,13 +704,17 @@ def chunk_delta_bwd_dhu_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
     m_v = o_v < V
-    b_dh1 = _load_state_block(dht, i_bh * K * V, 0, K, V, BK, o_v, m_v, DTYPE)
+    b_dh1 = _final_gradient_block(dht, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v,
+                                   USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > BK:
-        b_dh2 = _load_state_block(dht, i_bh * K * V, 1, K, V, BK, o_v, m_v, DTYPE)
+        b_dh2 = _final_gradient_block(dht, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v,
+                                       USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > 2 * BK:
-        b_dh3 = _load_state_block(dht, i_bh * K * V, 2, K, V, BK, o_v, m_v, DTYPE)
+        b_dh3 = _final_gradient_block(dht, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v,
+                                       USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > 3 * BK:
-        b_dh4 = _load_state_block(dht, i_bh * K * V, 3, K, V, BK, o_v, m_v, DTYPE)
+        b_dh4 = _final_gradient_block(dht, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v,
+                                       USE_FINAL_STATE_GRADIENT, DTYPE)
     causal = o_c[:, None] >= o_c[None, :]
     NT_seq = tl.cdiv(T, BT)
     for i in range(0, NT_seq):
@@ -745,13 +767,14 @@ def chunk_delta_bwd_dhu_kernel(
             b_dh3 = _dhu_step(q, w, p_t, m_t, 2, b_dh3, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
         if K > 3 * BK:
             b_dh4 = _dhu_step(q, w, p_t, m_t, 3, b_dh4, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
-    _store_state_block(dh0, i_bh * K * V, 0, b_dh1, K, V, BK, o_v, m_v)
-    if K > BK:
-        _store_state_block(dh0, i_bh * K * V, 1, b_dh2, K, V, BK, o_v, m_v)
-    if K > 2 * BK:
-        _store_state_block(dh0, i_bh * K * V, 2, b_dh3, K, V, BK, o_v, m_v)
-    if K > 3 * BK:
-        _store_state_block(dh0, i_bh * K * V, 3, b_dh4, K, V, BK, o_v, m_v)
+    if STORE_INITIAL_STATE_GRADIENT:
+        _store_state_block(dh0, i_bh * K * V, 0, b_dh1, K, V, BK, o_v, m_v)
+        if K > BK:
+            _store_state_block(dh0, i_bh * K * V, 1, b_dh2, K, V, BK, o_v, m_v)
+        if K > 2 * BK:
+            _store_state_block(dh0, i_bh * K * V, 2, b_dh3, K, V, BK, o_v, m_v)
+        if K > 3 * BK:
+            _store_state_block(dh0, i_bh * K * V, 3, b_dh4, K, V, BK, o_v, m_v)
 
 
 @triton.jit
@@ -920,14 +943,15 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     if scale is None:
         scale = q.shape[-1] ** -0.5
     rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
+    initial_state = _unless_zero(initial_state)
     if any(t is not None and t.is_complex() for t in (q, k, v, g, gk, initial_state)):
         return _complex_chunk_gated(q, k, v, g, gk, float(scale), initial_state, output_final_state, chunk_size,
                                     rows)
     if _wants_grad(q, k, v, g, gk, initial_state):
-        o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size, rows)
+        o, ht = _ChunkGated.apply(q, k, v, g, gk, initial_state, float(scale), chunk_size, rows, output_final_state)
     else:
-        o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
-    return o, (ht if output_final_state else None)
+        o, ht, _ = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows, output_final_state)
+    return o, ht
 
 
 def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_final_state: bool, chunk_size: int,
@@ -999,6 +1023,12 @@ def _complex_chunk_gated(q, k, v, g, gk, scale: float, initial_state, output_fin
         last = rot[0, rows.cu[1:].long() - 1] if rows.varlen else rot[:, -1]
         ht = ht * last[:, :, :, None]
     return o, ht
+
+
+def _unless_zero(initial_state):
+    """None for an initial state the op running now made as zeros (``op.is_zero_initial_state``), whose kernels then
+    start from zero without reading it (fla's initial_state=None); else the state as given."""
+    return None if _op_zero_initial_state(initial_state) else initial_state
 
 
 def _wants_grad(*tensors) -> bool:
@@ -1139,12 +1169,12 @@ def _query_scale(q, scale: float, dtype: torch.dtype):
     return q, scale
 
 
-def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows: _Rows):
+def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows: _Rows, store_final: bool = True):
     """The forward stages. q, k, v, g, gk are read in their own dtypes (bf16 / fp16 inputs are converted as the
     kernels load them: no fp32 copies); the computation is in the compute dtype (``_setup``). Returns (o, final
-    state, saved) with saved = (q, k, v, G, h, A, gate, kernel scale) for the backward (q as the kernels read it,
-    times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; A [B, T, H, BT]: the intra-chunk
-    scores of a key gate, else None)."""
+    state (None without ``store_final``: not stored), saved) with saved = (q, k, v, G, h, A, gate, kernel scale) for
+    the backward (q as the kernels read it, times the kernel scale; h [N, H, NT, K, V]: the state entering each
+    chunk; A [B, T, H, BT]: the intra-chunk scores of a key gate, else None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, BK, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, g, gk, initial_state)
@@ -1160,11 +1190,11 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
         gc = _local_cumsum((g[..., None] if g is not None else gk).contiguous(), BT, NT, cfg, rows, dtype)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=_states_dtype(common, dtype),
                                                        device=q.device)
-    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
-    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
+    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
+    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     _launch(chunk_fwd_h_kernel, lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), N * H),
             (k, v, gc, h, h0, ht, k, v, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-            DELTA=False, USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+            DELTA=False, USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final, **common)
     A = q
     if gate == GATE_KEY:
         A = intra_scores_buffer((B, T, H, BT), dtype, q.device)
@@ -1184,10 +1214,12 @@ def _grad_dtypes(dtype: torch.dtype, *inputs: torch.dtype | None) -> list[torch.
     return [d if d in low and dtype != torch.float64 else dtype for d in inputs]
 
 
-def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None, grad_dtypes=()):
+def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _Rows, low=None, grad_dtypes=(),
+                          want_dh0: bool = True):
     """Gradients (dq, dk, dv, dG or None, dh0) of the chunk form, in the compute dtype or, for dq, dk, dv, in
     ``grad_dtypes`` (the inputs' dtypes; see ``_grad_dtypes``); dG is [B, T, H] for a scalar gate, [B, T, H, K]
-    for a key gate (the gradient of the raw log gate, not of its cumulative sums). do in any float dtype."""
+    for a key gate (the gradient of the raw log gate, not of its cumulative sums). do in any float dtype; dht
+    None: the final state's gradient is zero (it is not read); dh0 None unless ``want_dh0``."""
     q, k, v, gc, h, A, gate, kscale = saved
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -1195,12 +1227,12 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     common.update(rows.kwargs())
     N = rows.N
     do = do.contiguous()                         # converted as loaded
-    dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dht = None if dht is None else dht.to(dtype).contiguous()
     dh = torch.zeros_like(h) if rows.varlen else torch.empty_like(h)
-    dh0 = torch.empty_like(dht)
+    dh0 = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
     _launch(chunk_bwd_dh_kernel, lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), N * H),
             (q, do, gc, dh, dht, dh0, kscale, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-            **common)
+            USE_FINAL_STATE_GRADIENT=dht is not None, STORE_INITIAL_STATE_GRADIENT=want_dh0, **common)
     dq, dk, dv = (torch.empty(x.shape, dtype=gd, device=x.device)
                   for x, gd in zip((q, k, v), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 3))
     BK_all, BV_all = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
@@ -1228,13 +1260,22 @@ def _chunk_gated_backward(saved, do, dht, scale: float, chunk_size: int, rows: _
     return dq, dk, dv, (dg if gate != GATE_NONE else None), dh0
 
 
+def _output_gradient(do, q, v):
+    """The gradient of o [B, T, H, V] as the backward kernels read it: zeros where autograd gave None (only the
+    final state was used; the Functions do not materialize unused gradients)."""
+    if do is not None:
+        return do
+    return torch.zeros(*q.shape[:3], v.shape[-1], dtype=v.dtype, device=v.device)
+
+
 class _ChunkGated(torch.autograd.Function):
     """chunk_gated, forward and backward as Triton kernels. A scalar gate given with a key gate is folded into
     it (gk + g); its gradient is then the key gate's summed over K."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size, rows):
-        o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows)
+    def forward(ctx, q, k, v, g, gk, initial_state, scale, chunk_size, rows, store_final):
+        o, ht, saved = _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows, store_final)
+        ctx.set_materialize_grads(False)        # an unused final state's gradient stays None: not read
         ctx.save_for_backward(*saved[:6])
         ctx.gate, ctx.kscale, ctx.scale, ctx.chunk_size, ctx.rows = saved[6], saved[7], scale, chunk_size, rows
         ctx.low = _low_precision(q, k, v, g, gk, initial_state)
@@ -1244,14 +1285,15 @@ class _ChunkGated(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         saved = (*ctx.saved_tensors, ctx.gate, ctx.kscale)
-        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, do, dht, ctx.scale, ctx.chunk_size, ctx.rows, ctx.low,
-                                                    ctx.dtypes[:3])
+        dq, dk, dv, dG, dh0 = _chunk_gated_backward(saved, _output_gradient(do, saved[0], saved[2]), dht, ctx.scale,
+                                                    ctx.chunk_size, ctx.rows, ctx.low, ctx.dtypes[:3],
+                                                    want_dh0=ctx.needs_input_grad[5])
         has_g, has_gk = ctx.dtypes[3] is not None, ctx.dtypes[4] is not None
         dg = (dG.sum(-1) if has_gk else dG) if has_g else None
         dgk = dG if has_gk else None
         grads = (dq, dk, dv, dg, dgk, dh0)
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
-        return (*out, None, None, None)
+        return (*out, None, None, None, None)
 
 
 def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
@@ -1277,15 +1319,18 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
     if scale is None:
         scale = K ** -0.5
     rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
+    initial_state = _unless_zero(initial_state)
     if _wants_grad(q, k, v, beta, g, initial_state):
-        o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size, rows)
+        o, ht = _ChunkDelta.apply(q, k, v, beta, g, initial_state, float(scale), chunk_size, rows, output_final_state)
     else:
-        o, ht, _, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
-    return o, (ht if output_final_state else None)
+        o, ht, _, _ = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows,
+                                           output_final_state)
+    return o, ht
 
 
-def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows):
-    """The forward stages (inputs read in their own dtypes, as ``_chunk_gated_forward``). Returns (o, final state,
+def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows, store_final: bool = True):
+    """The forward stages (inputs read in their own dtypes and the final state only with ``store_final``, as
+    ``_chunk_gated_forward``). Returns (o, final state,
     saved, kernel scale) with saved = (q, k, v, beta, G, w, h, v_new, tm) for the backward (q as the kernels read
     it, times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; G None without a gate; tm
     [B, T, H, BT]: each chunk's (I + A)^-1, read by the backward instead of inverting again)."""
@@ -1309,12 +1354,12 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
             V=V, BT=BT, BK=BK, BV=BV, GATED=g is not None, **common)
     h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=stored, device=q.device)
     v_new = torch.empty_like(u)
-    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device)
-    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else ht
+    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
+    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     gate = GATE_SCALAR if g is not None else GATE_NONE
     _launch(chunk_fwd_h_kernel, lambda m: (1, triton.cdiv(V, m["BV"]), N * H), (k, u, gcp, h, h0, ht, w, v_new, rows.T),
             "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
-            USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=True, **common)
+            USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final, **common)
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
     _launch(chunk_fwd_o_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H),
             (q, k, v_new, gcp, h, q, o, kscale, rows.T), "output", H=H, K=K, V=V, BT=BT, BK=_block(K), BV=BV,
@@ -1323,10 +1368,10 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
 
 
 def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_size: int, rows: _Rows, low=None,
-                          grad_dtypes=()):
+                          grad_dtypes=(), want_dh0: bool = True):
     """Gradients (dq, dk, dv, dbeta, dg or None, dh0) of the (gated) delta rule's chunk form, in the compute
     dtype or, for dq, dk, dv, dbeta, in ``grad_dtypes`` (see ``_grad_dtypes``); kscale: the scale the kernels
-    apply to the saved q. do in any float dtype."""
+    apply to the saved q. do in any float dtype; dht None: zero (not read); dh0 None unless ``want_dh0``."""
     q, k, v, beta, gc, w, h, v_new, tm = saved
     H, K = q.shape[2], q.shape[3]
     V = v.shape[-1]
@@ -1337,12 +1382,14 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     gated = gc is not None
     gcp = gc if gated else beta
     do = do.contiguous()                         # converted as loaded
-    dht = torch.zeros(N, H, K, V, dtype=dtype, device=q.device) if dht is None else dht.to(dtype).contiguous()
+    dht = None if dht is None else dht.to(dtype).contiguous()
     dh = (torch.zeros_like if rows.varlen else torch.empty_like)(h)
-    dh0, dv_new = torch.empty_like(dht), torch.empty_like(v_new)
+    dh0 = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
+    dv_new = torch.empty_like(v_new)
     _launch(chunk_delta_bwd_dhu_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
             (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT,
-            BK=_block(K), BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated, **common)
+            BK=_block(K), BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated,
+            USE_FINAL_STATE_GRADIENT=dht is not None, STORE_INITIAL_STATE_GRADIENT=want_dh0, **common)
     dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
     dg = torch.empty(beta.shape, dtype=dtype, device=beta.device) if gated else dbeta
@@ -1358,8 +1405,10 @@ class _ChunkDelta(torch.autograd.Function):
     """chunk_delta, forward and backward as Triton kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size, rows):
-        o, ht, saved, kscale = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows)
+    def forward(ctx, q, k, v, beta, g, initial_state, scale, chunk_size, rows, store_final):
+        o, ht, saved, kscale = _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows,
+                                                    store_final)
+        ctx.set_materialize_grads(False)        # an unused final state's gradient stays None: not read
         ctx.save_for_backward(*saved)
         ctx.scale, ctx.kscale, ctx.chunk_size, ctx.rows = scale, kscale, chunk_size, rows
         ctx.low = _low_precision(q, k, v, beta, g, initial_state)
@@ -1368,7 +1417,9 @@ class _ChunkDelta(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        grads = _chunk_delta_backward(ctx.saved_tensors, do, dht, ctx.scale, ctx.kscale, ctx.chunk_size, ctx.rows,
-                                      ctx.low, ctx.dtypes[:4])
+        saved = ctx.saved_tensors
+        grads = _chunk_delta_backward(saved, _output_gradient(do, saved[0], saved[2]), dht, ctx.scale, ctx.kscale,
+                                      ctx.chunk_size, ctx.rows, ctx.low, ctx.dtypes[:4],
+                                      want_dh0=ctx.needs_input_grad[5])
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
-        return (*out, None, None, None)
+        return (*out, None, None, None, None)
