@@ -607,11 +607,11 @@ def test_delta_chunk_backward_kernels_match_autograd_of_the_recurrence(gated, T,
 
 @pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated-delta"])
 @pytest.mark.parametrize("K", [130, 200])
-def test_delta_chunk_backward_holds_wide_keys_in_register_blocks(gated, K):
-    """The backward state pass (chunk_delta_bwd_dhu_kernel) holds the state gradient as up to four register blocks
-    of 64 key rows: three at K = 130, four at K = 200 (the last partly past K in both). Every gradient and
-    the initial state's against autograd through the step loop (fp64; T = 70 with chunks of 32: three chunks, the
-    last partial), unit-norm keys, beta in (0, 2)."""
+def test_delta_chunk_state_passes_hold_wide_keys_in_register_blocks(gated, K):
+    """The state passes (chunk_delta_fwd_h_kernel, chunk_delta_bwd_dhu_kernel) hold the state and its gradient as up
+    to four register blocks of 64 key rows: three at K = 130, four at K = 200 (the last partly past K in both).
+    Outputs, final state, every gradient and the initial state's against the step loop and autograd through it
+    (fp64; T = 70 with chunks of 32: three chunks, the last partial), unit-norm keys, beta in (0, 2)."""
     q, k, v, beta, h0, gate, rnd = _delta_inputs(70, gated, gate_scale=1.0, B=1, H=1, K=K, V=24)
     wrt = [q, k, v, beta, h0, *gate.values()]
     for t in wrt:
@@ -622,6 +622,13 @@ def test_delta_chunk_backward_holds_wide_keys_in_register_blocks(gated, K):
         o, ht = form(q, k, v, beta, **gate, scale=K ** -0.5, initial_state=h0, output_final_state=True, **kw)
         return (o * do).sum() + (ht * dht).sum()
 
+    with torch.no_grad():
+        want = torch_forms.recurrent_delta(q, k, v, beta, **gate, scale=K ** -0.5, initial_state=h0,
+                                           output_final_state=True)
+        got = triton_chunk.chunk_delta(q, k, v, beta, **gate, scale=K ** -0.5, initial_state=h0,
+                                       output_final_state=True, chunk_size=32)
+    for name, a, b in zip(["o", "final state"], want, got):
+        assert_close(f"delta chunk forward K={K} gated={gated} {name}", a, b, torch.float64, FORM_FACTOR["chunk"])
     expected = torch.autograd.grad(loss(torch_forms.recurrent_delta), wrt)
     got = torch.autograd.grad(loss(triton_chunk.chunk_delta, chunk_size=32), wrt)
     for name, a, b in zip(["q", "k", "v", "beta", "h0", *gate], expected, got):

@@ -85,7 +85,7 @@ def test_every_configuration_the_tuner_may_choose_computes_the_same(case):
     assert offered and all(len(configs) > 1 for configs in offered.values()), offered
     blocks = {name: {(c.get("BK"), c.get("BV")) for c in configs} for name, configs in offered.items()}
     if "delta" in case:
-        assert len(blocks["chunk_fwd_h_kernel"]) == 2 and len(blocks["chunk_delta_bwd_dhu_kernel"]) == 2
+        assert len(blocks["chunk_delta_fwd_h_kernel"]) == 2 and len(blocks["chunk_delta_bwd_dhu_kernel"]) == 2
     else:
         assert {(64, 64), (64, 32), (32, 32)} <= blocks["chunk_fwd_h_kernel"]
         assert {(64, 64), (32, 32)} <= blocks["chunk_bwd_dh_kernel"]

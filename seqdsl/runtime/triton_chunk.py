@@ -17,8 +17,9 @@ for a scalar log gate g ([B, T, H]), a key-axis log gate gk ([B, T, H, K]) or no
 
 The delta rule (``chunk_delta``: S = exp(g_t) S; S += beta_t k_t (v_t - S^T k_t)^T) adds two stages between
 1 and 4: ``chunk_delta_wy_kernel`` (per chunk, the UT transform: the inverse of I + tril(diag(beta) K K^T ⊙ D, -1)
-in 16 x 16 blocks, ``unit_lower_inverse``, then W and U) and stage 2 with DELTA (the states entering the chunks from
-the corrected values v_new = U - W S), then stage 4 with v_new for v.
+in 16 x 16 blocks, ``unit_lower_inverse``, then W and U) and ``chunk_delta_fwd_h_kernel`` in place of stage 2 (the
+states entering the chunks from the corrected values v_new = U - W S, every key channel of a V tile in one program,
+as up to four 64-row register blocks), then stage 4 with v_new for v.
 
 Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed sequences (B = 1, N sequences of any
 lengths) run in the same launches as equal-length rows, one program row per sequence, tokens at bos + t
@@ -97,14 +98,13 @@ def chunk_local_cumsum_kernel(g, gc, T, cu_seqlens, H: tl.constexpr, D: tl.const
 def chunk_fwd_h_kernel(
     k, v, gc,            # [B, T, H, K], [B, T, H, V], G: [B, T, H] (scalar) or [B, T, H, K] (key)
     h, h0, ht,           # h: [B, H, NT, K, V] the state entering each chunk; h0, ht: [B, H, K, V]
-    w, v_new,            # DELTA only: W [B, T, H, K]; v is U, and v_new = U - W S is stored [B, T, H, V]
     T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
-    """h[c+1] = exp(G_last) ⊙ h[c] + (k ⊙ exp(G_last - G))^T v, chunk after chunk, for one (K, V) tile.
-    DELTA (one K tile, BK >= K): the values are first corrected, v_new = U - W h[c] (stored)."""
+    """h[c+1] = exp(G_last) ⊙ h[c] + (k ⊙ exp(G_last - G))^T v, chunk after chunk, for one (K, V) tile (the delta
+    rule's: ``chunk_delta_fwd_h_kernel``)."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                    # chunks per row of h (the longest sequence's)
@@ -126,11 +126,6 @@ def chunk_fwd_h_kernel(
                       mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)              # [BT, BK]
         p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_v, mask=m_t[:, None] & m_v[None, :], other=0.0).to(DTYPE)    # [BT, BV]
-        if DELTA:
-            b_w = tl.load(w + ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :],
-                          mask=m_t[:, None] & m_k[None, :], other=0.0).to(DTYPE)          # [BT, BK]
-            b_v -= _tlib.dot(b_w, b_h, PREC)
-            tl.store(v_new + p_v, b_v.to(v_new.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         if GATE == 1:
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)  # [BT]
             b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
@@ -627,13 +622,14 @@ def _load_state_block(ptr, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.con
 
 
 @triton.jit
-def _final_gradient_block(dht, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, o_v, m_v,
-                          USE_FINAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr):
-    """Key rows j * BK ... of the final state's gradient dht (zeros without USE_FINAL_STATE_GRADIENT): [BK, BV]."""
-    b_dh = tl.zeros([BK, BV], dtype=DTYPE)
-    if USE_FINAL_STATE_GRADIENT:
-        b_dh += _load_state_block(dht, base, j, K, V, BK, o_v, m_v, DTYPE)
-    return b_dh
+def _state_block_or_zeros(ptr, base, j, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, o_v,
+                          m_v, LOAD: tl.constexpr, DTYPE: tl.constexpr):
+    """Key rows j * BK ... of a [K, V] state at ptr + base (an initial state, a final state's gradient), or zeros
+    without LOAD (ptr is then not read: it may be None): [BK, BV]."""
+    b_x = tl.zeros([BK, BV], dtype=DTYPE)
+    if LOAD:
+        b_x += _load_state_block(ptr, base, j, K, V, BK, o_v, m_v, DTYPE)
+    return b_x
 
 
 @triton.jit
@@ -651,6 +647,93 @@ def _key_block(x, p_t, m_t, j, K: tl.constexpr, BK: tl.constexpr, DTYPE: tl.cons
     o_k = j * BK + tl.arange(0, BK)
     b_x = tl.load(x + p_t[:, None] * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)
     return _tlib.operand(b_x, DTYPE, PREC)
+
+
+@triton.jit
+def _delta_h_step(k, p_t, m_t, j, b_h, b_v, b_glast, K: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
+                  DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Key block j of the state after a chunk, exp(G_last) S + k^T v~ (b_v: the decayed corrected values [BT, BV]
+    as a dot operand; b_glast read when GATED)."""
+    if GATED:
+        b_h = b_h * tl.exp(b_glast)
+    b_k = _key_block(k, p_t, m_t, j, K, BK, DTYPE, PREC)
+    return b_h + _tlib.dot(tl.trans(b_k), b_v, PREC)
+
+
+@triton.jit
+def chunk_delta_fwd_h_kernel(
+    k, u, w, gc,         # k, W [B, T, H, K]; U [B, T, H, V]; G [B, T, H] (GATED)
+    h, h0, ht, v_new,    # out: h [B, H, NT, K, V] (the state entering each chunk), ht; in: h0 [B, H, K, V];
+                         # out: v_new [B, T, H, V], the corrected values U - W S
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    """The delta rule's states, chunk after chunk, for one V tile (all K channels): with S the state entering
+    chunk c, v_new = U - W S (stored), then S' = exp(G_last) S + k^T (v_new ⊙ exp(G_last - G)). S is held as
+    up to four register blocks of BK key rows (K <= 4 BK = 256; fla's blockdim64), k and W read a key block at a
+    time, as the backward state pass (``chunk_delta_bwd_dhu_kernel``) does."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)                    # chunks per row of h (the longest sequence's)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, BT)
+    m_v = o_v < V
+    b_h1 = _state_block_or_zeros(h0, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
+    if K > BK:
+        b_h2 = _state_block_or_zeros(h0, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
+    if K > 2 * BK:
+        b_h3 = _state_block_or_zeros(h0, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
+    if K > 3 * BK:
+        b_h4 = _state_block_or_zeros(h0, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
+    for i_t in range(0, tl.cdiv(T, BT)):
+        base = (i_bh * NT + i_t) * K * V
+        _store_state_block(h, base, 0, b_h1, K, V, BK, o_v, m_v)
+        if K > BK:
+            _store_state_block(h, base, 1, b_h2, K, V, BK, o_v, m_v)
+        if K > 2 * BK:
+            _store_state_block(h, base, 2, b_h3, K, V, BK, o_v, m_v)
+        if K > 3 * BK:
+            _store_state_block(h, base, 3, b_h4, K, V, BK, o_v, m_v)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        p_t = (bos + o_t) * H + i_h
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = p_t[:, None] * V + o_v[None, :]
+        b_v = tl.load(u + p_v, mask=m_tv, other=0.0).to(DTYPE)                                # [BT, BV]
+        b_v -= _tlib.dot(_key_block(w, p_t, m_t, 0, K, BK, DTYPE, PREC), _tlib.operand(b_h1, DTYPE, PREC), PREC)
+        if K > BK:
+            b_v -= _tlib.dot(_key_block(w, p_t, m_t, 1, K, BK, DTYPE, PREC), _tlib.operand(b_h2, DTYPE, PREC), PREC)
+        if K > 2 * BK:
+            b_v -= _tlib.dot(_key_block(w, p_t, m_t, 2, K, BK, DTYPE, PREC), _tlib.operand(b_h3, DTYPE, PREC), PREC)
+        if K > 3 * BK:
+            b_v -= _tlib.dot(_key_block(w, p_t, m_t, 3, K, BK, DTYPE, PREC), _tlib.operand(b_h4, DTYPE, PREC), PREC)
+        tl.store(v_new + p_v, b_v.to(v_new.dtype.element_ty), mask=m_tv)
+        if GATED:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(gc + p_t, mask=m_t, other=0.0).to(DTYPE)
+            b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
+            b_v = b_v * tl.where(m_t, tl.exp(b_glast - b_g), 0.0)[:, None]
+        else:
+            b_glast = tl.zeros([1], dtype=DTYPE)
+        b_v = _tlib.operand(b_v, DTYPE, PREC)
+        b_h1 = _delta_h_step(k, p_t, m_t, 0, b_h1, b_v, b_glast, K, BK, GATED, DTYPE, PREC)
+        if K > BK:
+            b_h2 = _delta_h_step(k, p_t, m_t, 1, b_h2, b_v, b_glast, K, BK, GATED, DTYPE, PREC)
+        if K > 2 * BK:
+            b_h3 = _delta_h_step(k, p_t, m_t, 2, b_h3, b_v, b_glast, K, BK, GATED, DTYPE, PREC)
+        if K > 3 * BK:
+            b_h4 = _delta_h_step(k, p_t, m_t, 3, b_h4, b_v, b_glast, K, BK, GATED, DTYPE, PREC)
+    if STORE_FINAL_STATE:
+        _store_state_block(ht, i_bh * K * V, 0, b_h1, K, V, BK, o_v, m_v)
+        if K > BK:
+            _store_state_block(ht, i_bh * K * V, 1, b_h2, K, V, BK, o_v, m_v)
+        if K > 2 * BK:
+            _store_state_block(ht, i_bh * K * V, 2, b_h3, K, V, BK, o_v, m_v)
+        if K > 3 * BK:
+            _store_state_block(ht, i_bh * K * V, 3, b_h4, K, V, BK, o_v, m_v)
 
 
 @triton.jit
@@ -704,16 +787,16 @@ def chunk_delta_bwd_dhu_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
     m_v = o_v < V
-    b_dh1 = _final_gradient_block(dht, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v,
+    b_dh1 = _state_block_or_zeros(dht, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v,
                                    USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > BK:
-        b_dh2 = _final_gradient_block(dht, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v,
+        b_dh2 = _state_block_or_zeros(dht, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v,
                                        USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > 2 * BK:
-        b_dh3 = _final_gradient_block(dht, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v,
+        b_dh3 = _state_block_or_zeros(dht, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v,
                                        USE_FINAL_STATE_GRADIENT, DTYPE)
     if K > 3 * BK:
-        b_dh4 = _final_gradient_block(dht, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v,
+        b_dh4 = _state_block_or_zeros(dht, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v,
                                        USE_FINAL_STATE_GRADIENT, DTYPE)
     causal = o_c[:, None] >= o_c[None, :]
     NT_seq = tl.cdiv(T, BT)
@@ -936,7 +1019,7 @@ def chunk_gated(q, k, v, g=None, gk=None, gv=None, scale=1.0, initial_state=None
     ``_complex_chunk_gated``). chunk_size is rounded up to a power of two >= 16. Differentiable through Triton
     backward kernels: the state gradients chunk by chunk from
     the last, then (key gates) the intra-chunk dq, dk by sub-chunks, then every chunk's dq, dk, dv, dg.
-    The backward keeps all K and V channels of a chunk in one block.
+    Of the backward kernels only the key-gated intra-chunk one keeps all K and V channels of a chunk in one block.
     """
     if gv is not None:
         raise NotImplementedError("the Triton chunk kernels take scalar or key-axis gates")
@@ -1089,10 +1172,9 @@ TUNING = {
     # tiles give more programs at few heads (fla's fwd_h tunes BK, BV in {32, 64})
     "state_pass": ({"num_stages": 3}, {"BV": 32, "num_warps": 4}, {"BK": 32, "BV": 32, "num_warps": 4},
                    {"BK": 32, "BV": 32, "num_warps": 2}),
-    # the delta rule's state pass (chunk_fwd_h with DELTA, chunk_delta_bwd_dhu): every key channel in one block
-    # (K = V = 128, bf16, sm_90: 32-wide V tiles of chunk_delta_bwd_dhu spill 536 B at 4 warps, 200 B at the policy's
-    # 8, where its 64-wide tiles spill 344 B)
-    "delta_state_pass": ({"BV": 32}, {"num_stages": 2}),
+    # the delta rule's state passes (chunk_delta_fwd_h, chunk_delta_bwd_dhu): every key channel in one program
+    # (the policy's V tile: _whole_key_value_tile)
+    "delta_state_pass": ({"BV": 32}, {"BV": 64}, {"num_stages": 2}),
     # chunk_fwd_o: a program per (V tile, chunk, head), looping over K tiles (fla: 128 x 128 at 8 warps, 64 x 64 at 4)
     "output": ({"num_warps": 4, "num_stages": 3}, {"BK": 128, "BV": 128, "num_warps": 8, "num_stages": 2},
                {"BV": 32, "num_warps": 4}),
@@ -1121,11 +1203,14 @@ def _fitting(meta: dict, alternatives) -> list[dict]:
     return [alt for alt in alternatives if fits(alt)]
 
 
-def _whole_key_value_tile(BK: int, BV: int, prec: str) -> int:
-    """The V tile of the delta rule's backward state pass (``chunk_delta_bwd_dhu_kernel``, every key channel in one
-    block): 32 at BK >= 256 with full-precision dot operands (fp32 inputs: tf32x3), where the gated pass at
-    64 needs 288 KB of shared memory, past the H100's 227 KB (compiled for sm_90; 208 KB at 32), else BV."""
-    return min(BV, 32) if BK >= 256 and prec not in ("bf16", "fp16") else BV
+def _whole_key_value_tile(BK: int, BV: int) -> int:
+    """The V tile of the delta rule's state passes (``chunk_delta_fwd_h_kernel``, ``chunk_delta_bwd_dhu_kernel``:
+    every key channel of a V tile in one program): 32 where the key blocks reach 256 (BK: K's power of two), else BV.
+    Compiled for sm_90 at K = V = 256 (8 warps, the benchmark's calls: no initial or final state), V tiles of 64
+    spill with bf16 operands (forward 40 B per thread, gated 32; backward 208, 192) and tiles of 32 do not (141-255
+    registers), with twice the programs; with fp32 inputs the gated backward pass at 64 needed 288 KB of shared
+    memory, past the H100's 227 KB. 64 stays among the tuner's alternatives."""
+    return min(BV, 32) if BK >= 256 else BV
 
 
 def _launch(kernel, grid, args: tuple, tuning: str, **meta) -> None:
@@ -1193,8 +1278,8 @@ def _chunk_gated_forward(q, k, v, g, gk, initial_state, scale, chunk_size, rows:
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     _launch(chunk_fwd_h_kernel, lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), N * H),
-            (k, v, gc, h, h0, ht, k, v, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-            DELTA=False, USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final, **common)
+            (k, v, gc, h, h0, ht, rows.T), "state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+            USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final, **common)
     A = q
     if gate == GATE_KEY:
         A = intra_scores_buffer((B, T, H, BT), dtype, q.device)
@@ -1302,20 +1387,23 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
         S = exp(g_t) S;  S = S + beta_t k_t (v_t - S^T k_t)^T;  o_t = S^T (scale q_t).
 
     q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], g [B, T, H] (log decay, optional), initial_state
-    [B, H, K, V]. Forward stages: chunk-local cumsum of g; the WY / UT stage per chunk (a forward-substitution
-    inverse of I + tril(diag(beta) K K^T ⊙ D, -1), then W and U); the state entering each chunk with the
-    corrected values v_new = U - W S; the outputs o = (q ⊙ exp(G)) S + (q k^T ⊙ D) v_new (the gated
-    chunk's output kernel). Backward: ``chunk_delta_bwd_dhu_kernel`` (state gradients and dv_new from the last
-    chunk to the first), then ``chunk_delta_bwd_kernel`` per chunk (dq, dk, dv, dbeta, dg, through the WY stage
-    with its inverse recomputed). The arguments and results of ``torch_forms.chunk_delta`` (cu_seqlens: N packed
-    non-empty sequences in the same launches); complex values are not supported here; K up to 256 (one block).
+    [B, H, K, V]. Forward stages: chunk-local cumsum of g; the WY / UT stage per chunk (``chunk_delta_wy_kernel``:
+    the inverse of I + tril(diag(beta) K K^T ⊙ D, -1) in 16 x 16 blocks, stored for the backward, then W and U);
+    the state entering each chunk with the corrected values v_new = U - W S (``chunk_delta_fwd_h_kernel``); the
+    outputs o = (q ⊙ exp(G)) S + (q k^T ⊙ D) v_new (the gated chunk's output kernel). Backward:
+    ``chunk_delta_bwd_dhu_kernel`` (state gradients and dv_new from the last chunk to the first), then
+    ``chunk_delta_bwd_kernel`` per chunk (dq, dk, dv, dbeta, dg, through the WY stage with the forward's inverse).
+    The arguments and results of ``torch_forms.chunk_delta`` (cu_seqlens: N packed non-empty sequences in the same
+    launches); complex values are not supported here; K up to 256 (the WY stage holds every key channel in one
+    block, the state passes up to four blocks of 64 rows).
     Computed in fp32 (fp64 for fp64).
     """
     if any(t is not None and t.is_complex() for t in (q, k, v, beta, g, initial_state)):
         raise NotImplementedError("the Triton chunk kernels are real")
     K = q.shape[-1]
     if K > 256:
-        raise NotImplementedError(f"the Triton delta chunk kernels keep all K = {K} key channels in one block (<= 256)")
+        raise NotImplementedError(f"the Triton delta chunk kernels take K <= 256 key channels (their WY stage holds "
+                                  f"them in one block); got K = {K}")
     if scale is None:
         scale = K ** -0.5
     rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
@@ -1330,17 +1418,17 @@ def chunk_delta(q, k, v, beta, g=None, scale=1.0, initial_state=None, output_fin
 
 def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, rows: _Rows, store_final: bool = True):
     """The forward stages (inputs read in their own dtypes and the final state only with ``store_final``, as
-    ``_chunk_gated_forward``). Returns (o, final state,
-    saved, kernel scale) with saved = (q, k, v, beta, G, w, h, v_new, tm) for the backward (q as the kernels read
-    it, times the kernel scale; h [N, H, NT, K, V]: the state entering each chunk; G None without a gate; tm
-    [B, T, H, BT]: each chunk's (I + A)^-1, read by the backward instead of inverting again)."""
+    ``_chunk_gated_forward``). Returns (o, final state, saved, kernel scale) with saved = (q, k, v, beta, G, w, h,
+    v_new, tm) for the backward (q as the kernels read it, times the kernel scale; h [N, H, NT, K, V]: the state
+    entering each chunk; G None without a gate; tm [B, T, H, BT]: each chunk's (I + A)^-1, read by the backward
+    instead of inverting again)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BT, _, BV, NT, cfg, common = _setup(chunk_size, K, V, rows.T, q.device, q, k, v, beta, g, initial_state,
                                                whole_key=True)
     common.update(rows.kwargs())
     N = rows.N
-    BK = max(16, _rt.next_pow2(K))                   # every key channel in one block
+    BK = max(16, _rt.next_pow2(K))                   # the WY stage: every key channel in one block
     q, kscale = _query_scale(q, scale, dtype)
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     gc = None
@@ -1357,8 +1445,9 @@ def _chunk_delta_forward(q, k, v, beta, g, initial_state, scale, chunk_size, row
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     gate = GATE_SCALAR if g is not None else GATE_NONE
-    _launch(chunk_fwd_h_kernel, lambda m: (1, triton.cdiv(V, m["BV"]), N * H), (k, u, gcp, h, h0, ht, w, v_new, rows.T),
-            "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, DELTA=True,
+    _launch(chunk_delta_fwd_h_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
+            (k, u, w, gcp, h, h0, ht, v_new, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT, BK=_block(K),
+            BV=_whole_key_value_tile(BK, BV), GATED=g is not None,
             USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final, **common)
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
     _launch(chunk_fwd_o_kernel, lambda m: (triton.cdiv(V, m["BV"]), NT, N * H),
@@ -1388,7 +1477,7 @@ def _chunk_delta_backward(saved, do, dht, scale: float, kscale: float, chunk_siz
     dv_new = torch.empty_like(v_new)
     _launch(chunk_delta_bwd_dhu_kernel, lambda m: (triton.cdiv(V, m["BV"]), N * H),
             (q, k, w, gcp, do, dh, dht, dh0, dv_new, kscale, rows.T), "delta_state_pass", H=H, K=K, V=V, BT=BT,
-            BK=_block(K), BV=_whole_key_value_tile(BK, BV, common["PREC"]), GATED=gated,
+            BK=_block(K), BV=_whole_key_value_tile(BK, BV), GATED=gated,
             USE_FINAL_STATE_GRADIENT=dht is not None, STORE_INITIAL_STATE_GRADIENT=want_dh0, **common)
     dq, dk, dv, dbeta = (torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in zip(
         (q, k, v, beta), _grad_dtypes(dtype, *grad_dtypes) if grad_dtypes else [dtype] * 4))
