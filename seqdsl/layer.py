@@ -67,8 +67,8 @@ class Layer(nn.Module):
             streams, conv_cache = self.module.streams(x, P, cache.get("conv"))
         inputs = {n: streams[n] for n in c.op_streams}
         inputs.update({n: P[n] for n in c.op_params})
-        o, final = self.op(**inputs, initial_state=cache.get("state"), output_final_state=True,
-                           mode=mode or self.mode, cu_seqlens=cu_seqlens)
+        o, final = self.op(**inputs, initial_state=cache.get("state"), output_final_state=output_final_state,
+                           mode=mode or self.mode, cu_seqlens=cu_seqlens)   # not asked for: not stored
         readouts = o if isinstance(o, tuple) else (o,)
         readouts = tuple(r.to(x.dtype) if not r.is_complex() else r for r in readouts)
         if cu_seqlens is not None:
