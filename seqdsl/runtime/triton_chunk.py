@@ -641,6 +641,31 @@ def _store_state_block(ptr, base, j, b_x, K: tl.constexpr, V: tl.constexpr, BK: 
 
 
 @triton.jit
+def _state_blocks_or_zeros(ptr, base, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, o_v, m_v,
+                           LOAD: tl.constexpr, DTYPE: tl.constexpr):
+    """A [K, V] state at ptr + base, V tile o_v, as four register blocks of BK key rows (K <= 4 BK), each [BK, BV]:
+    zeros past K and without LOAD (ptr is then not read: it may be None). A kernel updates only the blocks below K
+    (``if K > j * BK``), so the others stay constant zeros, which the compiler drops."""
+    b_1 = _state_block_or_zeros(ptr, base, 0, K, V, BK, BV, o_v, m_v, LOAD, DTYPE)
+    b_2 = _state_block_or_zeros(ptr, base, 1, K, V, BK, BV, o_v, m_v, LOAD and K > BK, DTYPE)
+    b_3 = _state_block_or_zeros(ptr, base, 2, K, V, BK, BV, o_v, m_v, LOAD and K > 2 * BK, DTYPE)
+    b_4 = _state_block_or_zeros(ptr, base, 3, K, V, BK, BV, o_v, m_v, LOAD and K > 3 * BK, DTYPE)
+    return b_1, b_2, b_3, b_4
+
+
+@triton.jit
+def _store_state_blocks(ptr, base, b_1, b_2, b_3, b_4, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, o_v, m_v):
+    """Stores the register blocks of a [K, V] state (``_state_blocks_or_zeros``) below K at ptr + base, V tile o_v."""
+    _store_state_block(ptr, base, 0, b_1, K, V, BK, o_v, m_v)
+    if K > BK:
+        _store_state_block(ptr, base, 1, b_2, K, V, BK, o_v, m_v)
+    if K > 2 * BK:
+        _store_state_block(ptr, base, 2, b_3, K, V, BK, o_v, m_v)
+    if K > 3 * BK:
+        _store_state_block(ptr, base, 3, b_4, K, V, BK, o_v, m_v)
+
+
+@triton.jit
 def _key_block(x, p_t, m_t, j, K: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
     """Key channels j * BK ... of a [B, T, H, K] input at the chunk's rows p_t ((bos + t) * H + head) [BT], in the
     dots' operand dtype (rows past the sequence and channels past K: zeros): [BT, BK]."""
@@ -681,22 +706,10 @@ def chunk_delta_fwd_h_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
     m_v = o_v < V
-    b_h1 = _state_block_or_zeros(h0, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
-    if K > BK:
-        b_h2 = _state_block_or_zeros(h0, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
-    if K > 2 * BK:
-        b_h3 = _state_block_or_zeros(h0, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
-    if K > 3 * BK:
-        b_h4 = _state_block_or_zeros(h0, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE, DTYPE)
+    b_h1, b_h2, b_h3, b_h4 = _state_blocks_or_zeros(h0, i_bh * K * V, K, V, BK, BV, o_v, m_v, USE_INITIAL_STATE,
+                                                    DTYPE)
     for i_t in range(0, tl.cdiv(T, BT)):
-        base = (i_bh * NT + i_t) * K * V
-        _store_state_block(h, base, 0, b_h1, K, V, BK, o_v, m_v)
-        if K > BK:
-            _store_state_block(h, base, 1, b_h2, K, V, BK, o_v, m_v)
-        if K > 2 * BK:
-            _store_state_block(h, base, 2, b_h3, K, V, BK, o_v, m_v)
-        if K > 3 * BK:
-            _store_state_block(h, base, 3, b_h4, K, V, BK, o_v, m_v)
+        _store_state_blocks(h, (i_bh * NT + i_t) * K * V, b_h1, b_h2, b_h3, b_h4, K, V, BK, o_v, m_v)
         o_t = i_t * BT + o_c
         m_t = o_t < T
         p_t = (bos + o_t) * H + i_h
@@ -727,13 +740,7 @@ def chunk_delta_fwd_h_kernel(
         if K > 3 * BK:
             b_h4 = _delta_h_step(k, p_t, m_t, 3, b_h4, b_v, b_glast, K, BK, GATED, DTYPE, PREC)
     if STORE_FINAL_STATE:
-        _store_state_block(ht, i_bh * K * V, 0, b_h1, K, V, BK, o_v, m_v)
-        if K > BK:
-            _store_state_block(ht, i_bh * K * V, 1, b_h2, K, V, BK, o_v, m_v)
-        if K > 2 * BK:
-            _store_state_block(ht, i_bh * K * V, 2, b_h3, K, V, BK, o_v, m_v)
-        if K > 3 * BK:
-            _store_state_block(ht, i_bh * K * V, 3, b_h4, K, V, BK, o_v, m_v)
+        _store_state_blocks(ht, i_bh * K * V, b_h1, b_h2, b_h3, b_h4, K, V, BK, o_v, m_v)
 
 
 @triton.jit
@@ -787,29 +794,13 @@ def chunk_delta_bwd_dhu_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, BT)
     m_v = o_v < V
-    b_dh1 = _state_block_or_zeros(dht, i_bh * K * V, 0, K, V, BK, BV, o_v, m_v,
-                                   USE_FINAL_STATE_GRADIENT, DTYPE)
-    if K > BK:
-        b_dh2 = _state_block_or_zeros(dht, i_bh * K * V, 1, K, V, BK, BV, o_v, m_v,
-                                       USE_FINAL_STATE_GRADIENT, DTYPE)
-    if K > 2 * BK:
-        b_dh3 = _state_block_or_zeros(dht, i_bh * K * V, 2, K, V, BK, BV, o_v, m_v,
-                                       USE_FINAL_STATE_GRADIENT, DTYPE)
-    if K > 3 * BK:
-        b_dh4 = _state_block_or_zeros(dht, i_bh * K * V, 3, K, V, BK, BV, o_v, m_v,
-                                       USE_FINAL_STATE_GRADIENT, DTYPE)
+    b_dh1, b_dh2, b_dh3, b_dh4 = _state_blocks_or_zeros(dht, i_bh * K * V, K, V, BK, BV, o_v, m_v,
+                                                        USE_FINAL_STATE_GRADIENT, DTYPE)
     causal = o_c[:, None] >= o_c[None, :]
     NT_seq = tl.cdiv(T, BT)
     for i in range(0, NT_seq):
         i_t = NT_seq - 1 - i
-        base = (i_bh * NT + i_t) * K * V
-        _store_state_block(dh, base, 0, b_dh1, K, V, BK, o_v, m_v)
-        if K > BK:
-            _store_state_block(dh, base, 1, b_dh2, K, V, BK, o_v, m_v)
-        if K > 2 * BK:
-            _store_state_block(dh, base, 2, b_dh3, K, V, BK, o_v, m_v)
-        if K > 3 * BK:
-            _store_state_block(dh, base, 3, b_dh4, K, V, BK, o_v, m_v)
+        _store_state_blocks(dh, (i_bh * NT + i_t) * K * V, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, o_v, m_v)
         o_t = i_t * BT + o_c
         m_t = o_t < T
         p_t = (bos + o_t) * H + i_h
@@ -851,13 +842,7 @@ def chunk_delta_bwd_dhu_kernel(
         if K > 3 * BK:
             b_dh4 = _dhu_step(q, w, p_t, m_t, 3, b_dh4, b_do, b_dv, b_eg, b_glast, scale, K, BK, GATED, DTYPE, PREC)
     if STORE_INITIAL_STATE_GRADIENT:
-        _store_state_block(dh0, i_bh * K * V, 0, b_dh1, K, V, BK, o_v, m_v)
-        if K > BK:
-            _store_state_block(dh0, i_bh * K * V, 1, b_dh2, K, V, BK, o_v, m_v)
-        if K > 2 * BK:
-            _store_state_block(dh0, i_bh * K * V, 2, b_dh3, K, V, BK, o_v, m_v)
-        if K > 3 * BK:
-            _store_state_block(dh0, i_bh * K * V, 3, b_dh4, K, V, BK, o_v, m_v)
+        _store_state_blocks(dh0, i_bh * K * V, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, o_v, m_v)
 
 
 @triton.jit
