@@ -43,18 +43,22 @@ def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:]
 
 
+def _sass_vs_fla(tmp_path, *args) -> tuple[str, list[dict]]:
+    """(stdout, the kernel rows of --json) of benchmarks/sass_vs_fla.py run with args in a subprocess."""
+    out = tmp_path / "sass.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_vs_fla.py"), *args, "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    return run.stdout, json.loads(out.read_text())["rows"]
+
+
 def test_chunk_kernels_use_hoppers_warpgroup_mma_beside_fla(tmp_path):
     """benchmarks/sass_vs_fla.py: seqdsl's simple-GLA chunk kernels at bf16, compiled for sm_90 under the launch
     policy, use wgmma (SASS HGMMA) and do not spill, as fla's output kernel does (its first configuration)."""
     pytest.importorskip("fla")
-    out = tmp_path / "sass.json"
-    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
-           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_vs_fla.py"), "--ops", "simple_gla",
-                          "--dim", "64", "--fla-configs", "1", "--json", str(out)],
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    stdout, rows = _sass_vs_fla(tmp_path, "--ops", "simple_gla", "--dim", "64", "--fla-configs", "1")
     ours = {r["kernel"]: r for r in rows if r["owner"] == "seqdsl"}
     theirs = {r["kernel"]: r for r in rows if r["owner"] == "fla"}
     for kernel in ("chunk_fwd_h_kernel", "chunk_fwd_o_kernel", "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel",
@@ -62,7 +66,7 @@ def test_chunk_kernels_use_hoppers_warpgroup_mma_beside_fla(tmp_path):
         assert ours[kernel]["hgmma"] > 0 and ours[kernel]["hmma"] == 0, ours[kernel]
         assert ours[kernel]["local"] == 0, ours[kernel]
     assert theirs["chunk_fwd_kernel_o"]["hgmma"] > 0, theirs      # the SASS count itself, on fla's kernel
-    assert "| chunk_fwd_o_kernel |" in run.stdout and "| chunk_fwd_kernel_o |" in run.stdout
+    assert "| chunk_fwd_o_kernel |" in stdout and "| chunk_fwd_kernel_o |" in stdout
 
 
 def test_delta_rule_chunk_kernels_invert_on_tensor_cores_without_spilling(tmp_path):
@@ -71,14 +75,8 @@ def test_delta_rule_chunk_kernels_invert_on_tensor_cores_without_spilling(tmp_pa
     does not spill (with Triton's fp32 "ieee" dots there it spilled 728 B per thread, gated 1056 B). The per-chunk
     backward reads the forward's inverse rather than inverting again, and does not spill either (at the start of
     2026-12-05's night session, inverting by 63 steps of substitution, gated: 32 B)."""
-    out = tmp_path / "sass.json"
-    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
-           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_vs_fla.py"), "--ops", "deltanet",
-                          "gated_deltanet", "--dim", "128", "--no-fla", "--json", str(out)],
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
-    rows = [r for r in json.loads(out.read_text())["rows"] if r["owner"] == "seqdsl"]
+    _, rows = _sass_vs_fla(tmp_path, "--ops", "deltanet", "gated_deltanet", "--dim", "128", "--no-fla")
+    rows = [r for r in rows if r["owner"] == "seqdsl"]
     checked = [r for r in rows if r["kernel"] in ("chunk_delta_wy_kernel", "chunk_delta_bwd_kernel")]
     assert len(checked) == 4, rows                         # each kernel, plain and gated
     for r in checked:
