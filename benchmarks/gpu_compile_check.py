@@ -192,7 +192,8 @@ def example_cases(only: list[str] | None):
 def chunk_cases(dims: list[int]):
     """(label, thunk): the chunk kernels alone at head dim K = V = d, as fla's benchmark shapes have them; under
     the bf16 policy with the dtypes gpu_vs_fla gives them (q, k, v, beta bf16; log gates and states fp32), and
-    called as it calls them (no initial state, no final state: the variants that neither read nor store them)."""
+    called as it calls them (no initial state, no final state: the variants that neither read nor store them; the
+    output in the inputs' dtype, as the op has the kernels store it, so its gradient comes back in that dtype)."""
     import torch
 
     from seqdsl.runtime import op as _op
@@ -212,7 +213,7 @@ def chunk_cases(dims: list[int]):
                         kw["g"] = (-torch.rand(B, T, H, generator=g)).requires_grad_(True)
                     if gate == "key":
                         kw["gk"] = (-torch.rand(B, T, H, d, generator=g)).requires_grad_(True)
-                    with _op._inputs_precision(low):
+                    with _op._inputs_precision(low), _op.readouts_in(low):
                         o, _ = triton_chunk.chunk_gated(q, k, v, scale=d ** -0.5, **kw)
                         o.sum().backward()
                 yield f"chunk_gated gate={gate} K=V={d} {precision}", gated
@@ -223,7 +224,7 @@ def chunk_cases(dims: list[int]):
                                for _ in range(3))
                     beta = torch.rand(B, T, H, generator=g).to(low or torch.float32).requires_grad_(True)
                     kw = {"g": (-torch.rand(B, T, H, generator=g)).requires_grad_(True)} if gated_delta else {}
-                    with _op._inputs_precision(low):
+                    with _op._inputs_precision(low), _op.readouts_in(low):
                         o, _ = triton_chunk.chunk_delta(q, k, v, beta, scale=d ** -0.5, **kw)
                         o.sum().backward()
                 yield f"chunk_delta {'gated' if gated_delta else 'plain'} K=V={d} {precision}", delta
