@@ -171,6 +171,34 @@ def test_chunk_form_without_initial_or_final_state_matches_interpreter(name, mod
         assert_close(f"{name}/final state only d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
 
 
+@pytest.mark.parametrize("name,mode", [("gla", "recurrent"), ("mamba", "scan"), ("lstm", "recurrent")])
+def test_fused_kernels_read_no_copy_of_the_ops_zero_initial_state(name, mode, monkeypatch):
+    """The recurrent and fused scan kernels start from the states' declared zeros when the op made them (no
+    initial_state given): no contiguous copy of the op's broadcast zero is made for them to read
+    (``triton_runtime.state_in``), and the results and gradients match the interpreter's; a given initial state is
+    read."""
+    m, op, ref = compiled(name)
+    copies = []
+    state_in = triton_runtime.state_in
+    monkeypatch.setattr(triton_runtime, "state_in", lambda t, dtype: copies.append(t) or state_in(t, dtype))
+    inputs = sample_inputs(ref, 2, 9, seed=4)
+    with torch.no_grad():
+        got = op(**inputs, output_final_state=True, mode=mode)
+    assert copies == [], f"{name}: {len(copies)} initial states copied for the kernel"
+    _check(f"{name}/{mode} zero initial state", ref(**inputs, output_final_state=True), got, torch.float64,
+           FORM_FACTOR[mode])
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    o, _ = op(**leaves, mode=mode)                     # the backward kernels are handed the zeros as given
+    got, want = _projection_grads(_flat(o), leaves), _projection_grads(_flat(ref(**leaves)[0]), leaves)
+    for k in want:
+        assert_close(f"{name}/{mode} zero initial state d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+    copies.clear()
+    h0 = random_state(ref, 2)
+    with torch.no_grad():
+        op(**inputs, initial_state=h0, output_final_state=True, mode=mode)
+    assert len(copies) == len(_flat(h0)), f"{name}: the given initial state was not read"
+
+
 @pytest.mark.parametrize("name,mode", CASES)
 def test_varlen_matches_interpreter(name, mode):
     m, op, ref = compiled(name)

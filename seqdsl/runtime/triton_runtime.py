@@ -18,13 +18,14 @@ Generated Triton modules (``codegen/triton_module.py``) call these helpers aroun
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import warnings
 
 import torch
 
-from seqdsl.runtime.op import is_low_precision, packed_bounds, per_sequence, readout_dtype
+from seqdsl.runtime.op import is_low_precision, is_zero_initial_state, packed_bounds, per_sequence, readout_dtype
 
 _OVERRIDE: dict | None = None
 
@@ -391,9 +392,10 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
                gpu_caveat: str | None = None, backward=None):
     """Run a form under ``FormFunction``: ((readouts...), (final states...)).
 
-    forward(states, *inputs, **kwargs) runs Triton kernels (no autograd); backward (if given) is the
-    form's Triton backward; otherwise twin_form (same signature, plain torch) is what the backward
-    differentiates, recomputing the forward. ``gpu_caveat``: why the compiled kernels are not trusted
+    forward(states, *inputs, **kwargs, use_initial_state=True) runs Triton kernels (no autograd; told not to read
+    the initial states where the op made them all as zeros, which are the kernel's declared initial values);
+    backward (if given) is the form's Triton backward; otherwise twin_form (same signature, plain torch) is what the
+    backward differentiates, recomputing the forward. ``gpu_caveat``: why the compiled kernels are not trusted
     on a GPU; there the twin runs instead (with a warning, once), unless ``trusting_gpu_kernels()``.
     """
     if gpu_caveat and not interpreting() and not trusting_gpu_kernels() and any(
@@ -402,6 +404,9 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
             _WARNED.add(gpu_caveat)
             warnings.warn(f"seqdsl: {gpu_caveat}; running the torch form instead", RuntimeWarning, stacklevel=3)
         return twin_form(tuple(states), *(upcast(x) for x in inputs), **kwargs)
+    if states and all(is_zero_initial_state(s) for s in states):
+        # the op's zeros (states declared = 0, none given): the kernel starts from them without reading a copy
+        forward = functools.partial(forward, use_initial_state=False)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
         return forward(tuple(states), *inputs, **kwargs)
     ys = FormFunction.apply(forward, twin_form, backward, len(states), kwargs, *states, *inputs)
