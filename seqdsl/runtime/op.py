@@ -342,8 +342,8 @@ class CompiledOp:
         shape = (n,) + self._state_shapes[s]
         decl = next(d for d in self.checked.model.cell.states if d.name == s)
         if isinstance(decl.init, ir.Num) and float(decl.init.value) == 0.0 and not dtype.is_complex:
-            return torch.zeros((), dtype=dtype, device=device).expand(shape)   # one number: the kernels that skip
-            # a zero initial state (is_zero_initial_state) then move no byte for it
+            # one broadcast number: kernels that skip a zero initial state (is_zero_initial_state) move no byte for it
+            return torch.zeros((), dtype=dtype, device=device).expand(shape)
         if isinstance(decl.init, ir.Num):
             return torch.full(shape, float(decl.init.value), dtype=dtype, device=device)
         raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")
