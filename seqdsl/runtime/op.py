@@ -150,6 +150,11 @@ class CompiledOp:
         lead = (self.axis_size,) if self.axis else ()
         self._state_shapes = {s: lead + tuple(checked.dim_sizes[d] for d in checked.cell_types[s].dims)
                               for s in self.states}
+        from seqdsl import ir
+
+        declared = {d.name: d.init for d in checked.model.cell.states}
+        self._constant_inits = {s: float(declared[s].value) if isinstance(declared[s], ir.Num) else None
+                                for s in self.states}   # a state's declared initial value, None if not a number
         self._passthrough = getattr(module, "PASSTHROUGH_INPUTS", {})
         self._direct_readout_forms = getattr(module, "DIRECT_READOUT_FORMS", ())
         self._optional_final_state_forms = tuple(      # forms that can leave the final states out (None) when unused
@@ -326,27 +331,19 @@ class CompiledOp:
 
     def _made_as_zeros(self, initial_state) -> tuple[bool, ...]:
         """For each state: whether ``_initial_states`` makes it as zeros (not given, declared ``= 0``)."""
-        from seqdsl import ir
-
         given = initial_state if isinstance(initial_state, (tuple, list)) or initial_state is None else (initial_state,)
-        flags = []
-        for i, s in enumerate(self.states):
-            decl = next(d for d in self.checked.model.cell.states if d.name == s)
-            flags.append((given is None or given[i] is None) and isinstance(decl.init, ir.Num)
-                         and float(decl.init.value) == 0.0)
-        return tuple(flags)
+        return tuple((given is None or given[i] is None) and self._constant_inits[s] == 0.0
+                     for i, s in enumerate(self.states))
 
     def _state_init(self, s: str, n: int, dtype, device) -> torch.Tensor:
-        from seqdsl import ir
-
         shape = (n,) + self._state_shapes[s]
-        decl = next(d for d in self.checked.model.cell.states if d.name == s)
-        if isinstance(decl.init, ir.Num) and float(decl.init.value) == 0.0 and not dtype.is_complex:
+        value = self._constant_inits[s]
+        if value is None:
+            raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")
+        if value == 0.0 and not dtype.is_complex:
             # one broadcast number: kernels that skip a zero initial state (is_zero_initial_state) move no byte for it
             return torch.zeros((), dtype=dtype, device=device).expand(shape)
-        if isinstance(decl.init, ir.Num):
-            return torch.full(shape, float(decl.init.value), dtype=dtype, device=device)
-        raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")
+        return torch.full(shape, value, dtype=dtype, device=device)
 
     def _unlift_output(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if not self.axis:
