@@ -646,7 +646,8 @@ class BackwardKernel:
                              + [f"{x}: tl.constexpr" for x in self.CONSTEXPRS]
                              + [f"{self.buf['SUM', n]}: tl.constexpr" for n in c.op_streams]
                              + ["SPLIT: tl.constexpr"] * (self.tiled is not None)) + ",")
-        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,")
+        sig.append("DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr, "
+                   "STORE_INITIAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,")
         tm.open_kernel(out, self.kernel_name, sig)
         L = 1
         if self.tiled is not None:
@@ -778,15 +779,19 @@ class BackwardKernel:
 
     def accumulators(self, out, level: int, env: dict, accumulated: list) -> None:
         """Registers summing the params' (and invariant locals') adjoints, and the states' adjoints (``ds``: from
-        the final states' gradients)."""
+        the final states' gradients; zeros where none was given, USE_FINAL_STATE_GRADIENT False)."""
         for n in accumulated:
             zeros = self.zeros(env[n].dims)
             self.assign(out, level, self.acc("gp", n, env[n].complex), (zeros, zeros))
         for s in self.g.states:
             t = self.c.cell_types[s]
             ptr, m = self.state_offsets(s, None)
+            out.add("if USE_FINAL_STATE_GRADIENT:", level)
             dht = self.seed(s, self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex))
-            self.assign(out, level, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
+            self.assign(out, level + 1, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
+            out.add("else:", level)
+            zeros = self.zeros(t.dims)
+            self.assign(out, level + 1, self.acc("ds", s, t.complex), (zeros, zeros))
 
     def epilogue(self, out, env: dict, n_temps: int, r_inv, inv_segs: list, accumulated: list) -> None:
         """The invariant locals' adjoints to the params, then the stores of the initial states' gradients (the
@@ -800,10 +805,11 @@ class BackwardKernel:
             adj_inv.adj["v", env[n].re] = self.acc("gp", n, env[n].complex)
         self.backward(adj_inv, r_inv, inv_segs)
         out.extend(adj_inv.lines, L)
+        out.add("if STORE_INITIAL_STATE_GRADIENT:", L)
         for s in g.states:
             ptr, m = self.state_offsets(s, None)
-            self.store_gradient(out, L, s, f"{self.buf['dh0', s]} + {ptr}", self.acc("ds", s, c.cell_types[s].complex),
-                                m, c.cell_types[s].dims)
+            self.store_gradient(out, L + 1, s, f"{self.buf['dh0', s]} + {ptr}",
+                                self.acc("ds", s, c.cell_types[s].complex), m, c.cell_types[s].dims)
         for n in c.op_params:
             t = g.cell_ty(n)
             if n not in accumulated:
@@ -855,10 +861,14 @@ class BackwardKernel:
         n_outs = len(c.readouts)
         kw = "".join(f", {a}" for a in g.args)
         scan = self.FORM == "scan"
-        out.add(f"def _backward_{self.FORM}(_state, {', '.join(g.inputs)}, *{kw}, cu_seqlens=None, _grads):")
+        out.add(f"def _backward_{self.FORM}(_state, {', '.join(g.inputs)}, *{kw}, cu_seqlens=None, "
+                "use_initial_state=True, initial_state_gradient=True, _grads):")
         out.add(f'"""The Triton backward of the {self.FORM} form: ((initial state grads), (input grads)).', 1)
         out.add("", 0)
-        out.add("_grads: the gradients of (readouts..., final states...) as autograd gives them (None: zero).", 1)
+        out.add("_grads: the gradients of (readouts..., final states...) as autograd gives them (None: zero;", 1)
+        out.add("the kernel reads no final-state gradient where none is given). use_initial_state=False: the", 1)
+        out.add("states start from their declared values (_state is not read); initial_state_gradient=False:", 1)
+        out.add("the initial states' gradients are neither stored nor returned (None).", 1)
         out.add("The state entering every block of tokens is kept; stream and param gradients are summed back" if scan
                 else "Checkpoints every _rt.checkpoint_every(T) steps; stream and param gradients are summed back", 1)
         out.add("to the inputs' (possibly broadcast) shapes. cu_seqlens: N packed sequences (B = 1), a program row each.", 1)
@@ -876,14 +886,17 @@ class BackwardKernel:
         else:
             out.add("_chunk = _rt.checkpoint_every(_pk.longest)", 1)
             out.add("_nc = triton.cdiv(_pk.longest, _chunk)", 1)
+        out.add(f"_use_dht = any(_g is not None for _g in _grads[{n_outs}:])", 1)
         for i, s in enumerate(g.states):
             sh, cx = shape(c.cell_types[s].dims), c.cell_types[s].complex
             out.add(f"_ck_{s} = _rt.empty((_pk.N, _H, _nc{sh}), _dtype, _device, {cx})", 1)
             if not scan:
                 out.add(f"_wk_{s} = _rt.empty((_pk.N, _H, _chunk{sh}), _dtype, _device, {cx})", 1)
             alloc = "(_rt.zeros if _tiles > 1 else _rt.empty)" if self.lacks_tiled_axis(s) else "_rt.empty"
-            out.add(f"_dh0_{s} = {alloc}((_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
-            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx})", 1)
+            out.add(f"_dh0_{s} = {alloc}((_pk.N, _H{sh}), _dtype, _device, {cx}) if initial_state_gradient else None",
+                    1)
+            out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx}) "
+                    "if _use_dht else None", 1)
         for i, o in enumerate(c.readouts):
             t = g.cell_ty(o)
             out.add(f"_do_{o} = _rt.grad_in(_grads[{i}], (_B, _T, _H{shape(t.dims)}), _dtype, _device, "
@@ -905,7 +918,8 @@ class BackwardKernel:
         for n in c.op_params:
             out.add(f"*_rt.param({n}, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for i, s in enumerate(g.states):
-            out.add(f"_rt.state_in(_state[{i}], _dtype), _dht_{s}, _dh0_{s}, _ck_{s},{'' if scan else f' _wk_{s},'}", 2)
+            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else None, _dht_{s}, _dh0_{s}, _ck_{s},"
+                    f"{'' if scan else f' _wk_{s},'}", 2)
         buffers = [f"_do_{o}" for o in c.readouts] + [f"_dx_{n}" for n in c.op_streams] + \
             [f"_dp_{n}" for n in c.op_params]
         if buffers:
@@ -920,13 +934,15 @@ class BackwardKernel:
                            for d in self.dims] + ["BLOCK_T=_cfg['block_t']"] * scan
                           + [f"{self.buf['SUM', n]}=_sum_{n}" for n in c.op_streams]
                           + ["SPLIT=_tiles > 1"] * (self.tiled is not None)) + ",", 2)
-        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=True, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, USE_FINAL_STATE_GRADIENT=_use_dht,", 2)
+        out.add("STORE_INITIAL_STATE_GRADIENT=initial_state_gradient, IS_VARLEN=_pk.varlen, num_warps=_cfg['num_warps'],",
                 2)
         out.add(")", 1)
         out.add("# the policy's warps, or on a GPU the fastest of them and twice or half as many (triton_tune)", 1)
         out.add(f"_tt.launch({self.kernel_name}, lambda _m: (_pk.N, _H, _tiles), _args, _meta,", 1)
         out.add("lambda: _rt.warp_alternatives(_cfg))", 3)
-        states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype), " for i, s in enumerate(g.states))
+        states = "".join(f"{as_complex(s, f'_dh0_{s}')}.to(_state[{i}].dtype) if initial_state_gradient else None, "
+                         for i, s in enumerate(g.states))
         grads = []
         for n in g.inputs:
             if n in c.op_streams:

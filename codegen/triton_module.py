@@ -636,9 +636,12 @@ class _Gen:
         first = c.op_streams[0]
         sizes = {d: c.dim_sizes[d] for d in self.dims}
         tiled = self.tiled if form == "recurrent" else self.scan_tiled
-        out.add(f"def _launch_{form}({self.signature()}, use_initial_state=True, cu_seqlens=None):")
+        out.add(f"def _launch_{form}({self.signature()}, use_initial_state=True, store_final_state=True, "
+                "cu_seqlens=None):")
         out.add(f'"""The {form} kernel, no autograd: ((readouts [B, T, H, ...]), (final states [N, H, ...])).', 1)
         out.add("", 0)
+        out.add("use_initial_state=False: start from the declared initial values (_state is not read);", 1)
+        out.add("store_final_state=False: the final states are not stored (None).", 1)
         out.add("cu_seqlens: N packed sequences in one launch (B = 1), a program row each; else N = B.", 1)
         out.add('"""', 1)
         out.add(f"_B, _T, _H = {first}.shape[0], {first}.shape[1], AXIS_SIZE", 1)
@@ -647,7 +650,8 @@ class _Gen:
         for s in self.states:
             t = c.cell_types[s]
             shape = ", ".join(str(sizes[d]) for d in t.dims)
-            out.add(f"_ht_{s} = _rt.empty((_pk.N, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex})", 1)
+            out.add(f"_ht_{s} = _rt.empty((_pk.N, _H{', ' if shape else ''}{shape}), _dtype, _device, {t.complex}) "
+                    "if store_final_state else None", 1)
         for o in c.readouts:
             t = self.cell_ty(o)
             shape = ", ".join(str(sizes[d]) for d in t.dims)
@@ -669,7 +673,7 @@ class _Gen:
         out.add("return dict(", 2)
         for const in consts:
             out.add(const + ",", 3)
-        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=True, "
+        out.add("DTYPE=_rt.tl_dtype(_dtype), USE_INITIAL_STATE=use_initial_state, STORE_FINAL_STATE=store_final_state, "
                 "IS_VARLEN=_pk.varlen,", 3)
         out.add("num_warps=_c['num_warps'])", 3)
         out.add("_args = (", 1)
@@ -680,7 +684,7 @@ class _Gen:
             dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
             out.add(f"*_rt.param({n}, _H, {dims}, _dtype),", 2)
         for i, s in enumerate(self.states):
-            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else _ht_{s}, _ht_{s},", 2)
+            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else None, _ht_{s},", 2)
         for o in c.readouts:
             out.add(f"_out_{o},", 2)
         if self.args:
@@ -693,8 +697,8 @@ class _Gen:
         out.add(f"lambda: [_meta(_c) for _c in _rt.launch_alternatives({form!r}, _cfg, {tiled_size})])", 3)
         outs = ", ".join(f"torch.view_as_complex(_out_{o})" if self.cell_ty(o).complex else f"_out_{o}"
                          for o in c.readouts)
-        finals = ", ".join(f"torch.view_as_complex(_ht_{s})" if c.cell_types[s].complex else f"_ht_{s}"
-                           for s in self.states)
+        finals = ", ".join(f"(torch.view_as_complex(_ht_{s}) if store_final_state else None)"
+                           if c.cell_types[s].complex else f"_ht_{s}" for s in self.states)
         out.add(f"return ({outs},), ({finals},)", 1)
 
     def fused_form(self, out: _Lines, form: str, doc: list[str]) -> None:
@@ -702,10 +706,11 @@ class _Gen:
         backward is the recurrent backward kernel where the cell has one, else the torch twin's (``_twin_<form>``)
         recomputed. ``doc``: the docstring's lines (its first line after the opening quotes)."""
         kwdict = "{" + "".join(f"{a!r}: {a}, " for a in self.args) + "'cu_seqlens': cu_seqlens}"
-        out.add(f"def {form}({self.signature()}{', ' if self.args else ', *, '}cu_seqlens=None):")
+        out.add(f"def {form}({self.signature()}{', ' if self.args else ', *, '}cu_seqlens=None, final_state=True):")
         out.add('"""' + doc[0], 1)
         for line in doc[1:]:
             out.add(line, 1 if line else 0)
+        out.add("final_state=False: the kernel does not store the final states (they come back as None).", 1)
         if form == "scan" and self.scan_backward is not None:
             out.add("Backward (autograd): the scan's Triton backward kernel (the adjoint recurrence as a reverse", 1)
             out.add("associative scan over each block, the states recomputed from the one entering it).", 1)
@@ -721,7 +726,7 @@ class _Gen:
             ", backward=_backward_recurrent" if self.backward_kernel is not None else ""
         out.add(f"return _rt.apply_form(_launch_{form}, _twin_{form}, tuple(_state), ({', '.join(self.inputs)},), "
                 f"{kwdict}, n_outs={len(self.c.readouts)}{f', gpu_caveat={caveat!r}' if caveat else ''}"
-                f"{backward})", 1)
+                f"{backward}, final_state=final_state)", 1)
 
     def wrappers(self, out: _Lines) -> None:
         kws = ", ".join(f"{a}={a}" for a in self.args)

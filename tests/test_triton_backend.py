@@ -20,7 +20,7 @@ from conftest import EXAMPLES
 
 import seqdsl
 from seqdsl.errors import SpecError
-from seqdsl.runtime import torch_forms, triton_chunk, triton_runtime, triton_scan
+from seqdsl.runtime import torch_forms, triton_chunk, triton_runtime, triton_scan, triton_tune
 from seqdsl.testing import (FORM_FACTOR, assert_close, at_dims, projected_grads, random_state, rel_rms,
                             sample_inputs)
 
@@ -169,6 +169,67 @@ def test_chunk_form_without_initial_or_final_state_matches_interpreter(name, mod
     got, want = _projection_grads(_flat(ht), leaves), _projection_grads(_flat(ht_ref), leaves)
     for k in want:
         assert_close(f"{name}/final state only d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+
+FUSED_STATE_CASES = [("gla", "recurrent"), ("lstm", "recurrent"), ("s4d", "recurrent"), ("mamba", "scan"),
+                     ("lru", "scan"), ("hgrn", "scan")]
+
+
+@pytest.mark.parametrize("name,mode", FUSED_STATE_CASES)
+def test_fused_kernels_store_no_unasked_final_state(name, mode, monkeypatch):
+    """The fused recurrent and scan kernels as the chunk kernels: with the op's defaults (no initial state, no final
+    state) the forward launch is handed no initial or final state buffer (STORE_FINAL_STATE off), and the backward
+    launch neither a final-state gradient (nothing used the final state: autograd gives None, not zeros) nor an
+    initial-state gradient buffer (no initial state needs one). Checked against the interpreter: outputs and
+    gradients with the defaults; then an initial state that needs no gradient with only the final state used (the
+    backward reads its gradient, stores none for the initial state); then both used, every gradient stored."""
+    m, op, ref = compiled(name)
+    if mode == "scan":
+        assert op.module.SCAN == "fused", op.module.SCAN
+    launches = []
+    launch = triton_tune.launch
+    monkeypatch.setattr(triton_tune, "launch",
+                        lambda kernel, grid, args, meta, *a: launches.append((args, meta)) or launch(kernel, grid, args,
+                                                                                                      meta, *a))
+    n_states = len(_flat(random_state(ref, 1)))
+    inputs = sample_inputs(ref, 2, 21, seed=11)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    o, ht = op(**leaves, mode=mode)
+    assert ht is None
+    (args, meta), = launches
+    assert (meta["USE_INITIAL_STATE"], meta["STORE_FINAL_STATE"]) == (False, False), meta
+    assert sum(a is None for a in args) == 2 * n_states, f"{name}: buffers made for unused states"
+    o_ref, _ = ref(**leaves)
+    for i, (a, b) in enumerate(zip(_flat(o_ref), _flat(o))):
+        assert_close(f"{name}/{mode} defaults o{i}", a, b, torch.float64, FORM_FACTOR[mode])
+    launches.clear()
+    got, want = _projection_grads(_flat(o), leaves), _projection_grads(_flat(o_ref), leaves)
+    (args, meta), = launches
+    assert (meta["USE_INITIAL_STATE"], meta["USE_FINAL_STATE_GRADIENT"], meta["STORE_INITIAL_STATE_GRADIENT"]) == \
+        (False, False, False), meta
+    assert sum(a is None for a in args) == 3 * n_states, f"{name}: backward buffers made for unused states"
+    for k in want:
+        assert_close(f"{name}/{mode} defaults d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+    h0 = random_state(ref, 2, scale=0.3)
+    launches.clear()
+    _, ht = op(**leaves, initial_state=h0, output_final_state=True, mode=mode)
+    assert launches[0][1]["STORE_FINAL_STATE"] and launches[0][1]["USE_INITIAL_STATE"]
+    _, ht_ref = ref(**leaves, initial_state=h0, output_final_state=True)
+    _check(f"{name}/{mode} final state only", ((), ht_ref), ((), ht), torch.float64, FORM_FACTOR[mode])
+    launches.clear()
+    got, want = _projection_grads(_flat(ht), leaves), _projection_grads(_flat(ht_ref), leaves)
+    meta = launches[0][1]
+    assert meta["USE_FINAL_STATE_GRADIENT"] and not meta["STORE_INITIAL_STATE_GRADIENT"], meta
+    for k in want:
+        assert_close(f"{name}/{mode} final state only d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode), inputs, h0)
+    for k in g_ref:
+        if g_ref[k] is not None:
+            assert_close(f"{name}/{mode} initial and final state d{k}", g_ref[k], g_op[k], torch.float64,
+                         FORM_FACTOR[mode] * 10)
 
 
 @pytest.mark.parametrize("name,mode", [("gla", "recurrent"), ("mamba", "scan"), ("lstm", "recurrent")])

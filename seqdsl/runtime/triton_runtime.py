@@ -344,8 +344,11 @@ class FormFunction(torch.autograd.Function):
     else recompute through the torch twin, then autograd.
 
     ``apply(forward, twin_form, backward, n_states, kwargs, *states, *inputs)`` returns readouts then
-    final states. ``backward(states, *inputs, **kwargs, _grads=...)`` (or None) returns ((state
-    gradients), (input gradients)).
+    final states (None where the forward did not store them). ``backward(states, *inputs, **kwargs,
+    initial_state_gradient=..., _grads=...)`` (or None) returns ((state gradients), (input gradients)):
+    the state gradients None where ``initial_state_gradient`` is False (no initial state needs one).
+    Gradients of outputs that nothing used arrive as None (not zeros): the backward kernels then read
+    no final-state gradient.
     """
 
     @staticmethod
@@ -354,6 +357,7 @@ class FormFunction(torch.autograd.Function):
         outs, finals = forward(tuple(states), *inputs, **kwargs)
         ctx.forward_meta = (twin_form, backward, n_states, kwargs, len(outs))
         ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)
         return (*outs, *finals)
 
     @staticmethod
@@ -362,7 +366,8 @@ class FormFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[5:]
         if backward is not None:
-            d_states, d_inputs = backward(tuple(tensors[:n_states]), *tensors[n_states:], **kwargs, _grads=grads)
+            d_states, d_inputs = backward(tuple(tensors[:n_states]), *tensors[n_states:], **kwargs,
+                                          initial_state_gradient=any(needs[:n_states]), _grads=grads)
             result = [g if need else None for g, need in zip((*d_states, *d_inputs), needs)]
             return (None, None, None, None, None, *result)
         with torch.enable_grad():   # the twin computes in fp32: bf16 / fp16 inputs upcast (their grads cast back)
@@ -389,14 +394,16 @@ def trusting_gpu_kernels() -> bool:
 
 
 def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n_outs: int,
-               gpu_caveat: str | None = None, backward=None):
+               gpu_caveat: str | None = None, backward=None, final_state: bool = True):
     """Run a form under ``FormFunction``: ((readouts...), (final states...)).
 
-    forward(states, *inputs, **kwargs, use_initial_state=True) runs Triton kernels (no autograd; told not to read
-    the initial states where the op made them all as zeros, which are the kernel's declared initial values);
-    backward (if given) is the form's Triton backward; otherwise twin_form (same signature, plain torch) is what the
-    backward differentiates, recomputing the forward. ``gpu_caveat``: why the compiled kernels are not trusted
-    on a GPU; there the twin runs instead (with a warning, once), unless ``trusting_gpu_kernels()``.
+    forward(states, *inputs, **kwargs, use_initial_state=True, store_final_state=True) runs Triton kernels (no
+    autograd). Where the op made the initial states all as zeros (the kernel's declared initial values), forward
+    and backward are told not to read them; with ``final_state=False`` the forward stores no final states (they
+    come back as None). backward (if given) is the form's Triton backward; otherwise twin_form (same signature,
+    plain torch) is what the backward differentiates, recomputing the forward. ``gpu_caveat``: why the compiled
+    kernels are not trusted on a GPU; there the twin runs instead (with a warning, once), unless
+    ``trusting_gpu_kernels()``.
     """
     if gpu_caveat and not interpreting() and not trusting_gpu_kernels() and any(
             t.is_cuda for t in (*states, *inputs)):
@@ -405,8 +412,12 @@ def apply_form(forward, twin_form, states: tuple, inputs: tuple, kwargs: dict, n
             warnings.warn(f"seqdsl: {gpu_caveat}; running the torch form instead", RuntimeWarning, stacklevel=3)
         return twin_form(tuple(states), *(upcast(x) for x in inputs), **kwargs)
     if states and all(is_zero_initial_state(s) for s in states):
-        # the op's zeros (states declared = 0, none given): the kernel starts from them without reading a copy
+        # the op's zeros (states declared = 0, none given): the kernels start from them without reading a copy
         forward = functools.partial(forward, use_initial_state=False)
+        if backward is not None:
+            backward = functools.partial(backward, use_initial_state=False)
+    if not final_state:
+        forward = functools.partial(forward, store_final_state=False)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*states, *inputs)):
         return forward(tuple(states), *inputs, **kwargs)
     ys = FormFunction.apply(forward, twin_form, backward, len(states), kwargs, *states, *inputs)
