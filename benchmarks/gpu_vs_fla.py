@@ -1,7 +1,7 @@
 """GPU timings: seqdsl's generated Triton forms next to flash-linear-attention's kernels and SDPA.
 
     python benchmarks/gpu_vs_fla.py [--shapes 0 2 4] [--reps 10] [--no-backward] [--forms chunk]
-                                    [--max-ms 2000] [--budget-s 300] [--smoke]
+                                    [--max-ms 2000] [--budget-s 300] [--no-agreement] [--smoke]
 
 At fla's benchmark shapes (B, T, H, D) = (1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128),
 (4, 4096, 64, 128), (8, 1024, 8, 64), (8, 2048, 32, 256), bf16 inputs, it times forward and
@@ -16,6 +16,10 @@ forward+backward (median of --reps runs, CUDA events) of:
   written below as a spec; the class of Hawk, LRU, QRNN) vs fla ``fused_recurrent_hgrn`` and ``chunk_hgrn``:
   the generated fused scan and recurrent kernels against hand-written ones of the same class;
 * causal ``torch.nn.functional.scaled_dot_product_attention`` at the same (B, T, H, D).
+
+Beside each reference row, a row says how far seqdsl's timed form is from the reference kernel on the same inputs
+(``agreement``: relative RMS difference of the output, and the worst over the input gradients of a random projection
+of it), so that no row times a wrong result at these shapes (``--no-agreement`` leaves them out).
 
 seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
 Triton backend has one (gated classes, and the delta rule with a scalar gate or none; Mamba's vector
@@ -135,6 +139,39 @@ def timed(make, reps: int, backward: bool, max_ms: float = float("inf")) -> tupl
     return fwd, bwd
 
 
+def agreement(make_ours, make_reference, seed: int = 7) -> tuple[str, str]:
+    """How far seqdsl's results are from the reference kernel's on the same inputs: (relative RMS difference of the
+    first output, the largest relative RMS difference over the input gradients, named). ``make_*(seed)`` -> (run,
+    inputs needing grads), both drawing their inputs from a generator seeded with ``seed``; the gradients are of a
+    fixed random projection of the first output. A timing is only worth as much as the result it times: at the
+    benchmark's shapes nothing else compares the two (the GPU tests run smaller ones)."""
+    import torch
+
+    def results(make):
+        run, leaves = make(seed)
+        out = run()
+        out = (out[0] if isinstance(out, tuple) else out).float()
+        w = torch.randn(out.shape, generator=torch.Generator(device=out.device).manual_seed(seed + 1),
+                        device=out.device)
+        grads = torch.autograd.grad((out * w).sum(), list(leaves), allow_unused=True)
+        return out.detach(), [None if gr is None else gr.float() for gr in grads]
+
+    def rel(a, b) -> float:
+        return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+    try:
+        o_ours, g_ours = results(make_ours)
+        o_ref, g_ref = results(make_reference)
+    except Exception as e:  # noqa: BLE001 - report and go on, as timed() does
+        return f"error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:60]}", "-"
+    if o_ours.shape != o_ref.shape:
+        return f"shapes differ: {tuple(o_ours.shape)} vs {tuple(o_ref.shape)}", "-"
+    worst = max(((rel(a, b), i) for i, (a, b) in enumerate(zip(g_ours, g_ref)) if a is not None and b is not None),
+                default=None)
+    grads = "-" if worst is None else f"{worst[0]:.1e} (input {worst[1]})"
+    return f"{rel(o_ours, o_ref):.1e}", grads
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))),
@@ -150,6 +187,8 @@ def main(argv=None) -> int:
                         help="stop timing after this many seconds (later rows say 'not run')")
     parser.add_argument("--no-reference", action="store_true",
                         help="only seqdsl's rows (and SDPA's): no fla or mamba_ssm rows (a second, tuned pass)")
+    parser.add_argument("--no-agreement", action="store_true",
+                        help="no rows comparing seqdsl's output and gradients with the reference kernel's")
     parser.add_argument("--smoke", action="store_true", help="tiny shape on CPU under TRITON_INTERPRET=1")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -215,6 +254,16 @@ def main(argv=None) -> int:
     def row(shape, op, impl, form, times):
         print(f"| {shape} | {op} | {impl} | {form} | {times[0]} | {times[1]} |", flush=True)
 
+    def compare(shape, op, reference, form, make):
+        """A row of how far seqdsl's ``form`` is from the reference kernel on the same inputs (``agreement``):
+        make(ours) -> (run, inputs needing grads), drawing from the shape's generator ``g``."""
+        if args.no_agreement or time.time() - began > args.budget_s:
+            return
+        def seeded(ours):
+            return lambda seed: (g.manual_seed(seed), make(ours))[1]
+        row(shape, op, f"seqdsl vs {reference}: rel. RMS difference of o | worst input gradient", form,
+            agreement(seeded(True), seeded(False)))
+
     # seqdsl's rows (and SDPA) for every shape first, then the reference kernels: fla's first calls
     # autotune every configuration of every kernel, minutes that should not cost our rows
     for phase in ("seqdsl",) if args.no_reference else ("seqdsl", "reference"):
@@ -249,6 +298,7 @@ def main(argv=None) -> int:
             if fla_ops and phase == "reference":
                 row(shape, "simple_gla", "fla chunk_simple_gla" + fla_note, "chunk",
                     measure(lambda: make_simple(False)))
+                compare(shape, "simple_gla", "fla", "chunk", make_simple)
 
             # ---- GLA
             m = seqdsl.load(ROOT / "examples/gla.seq").with_hparams(heads=H, dk=D, dv=D)
@@ -275,6 +325,7 @@ def main(argv=None) -> int:
                     measure(make_lift, forward_only=True))
             if fla_ops and phase == "reference":
                 row(shape, "gla", "fla chunk_gla" + fla_note, "chunk", measure(lambda: make_gla(False)))
+                compare(shape, "gla", "fla", "chunk", make_gla)
 
             # ---- DeltaNet / Gated DeltaNet
             for name in ("deltanet", "gated_deltanet"):
@@ -299,6 +350,7 @@ def main(argv=None) -> int:
                 if fla_ops and phase == "reference":
                     fla_name = "chunk_delta_rule" if name == "deltanet" else "chunk_gated_delta_rule"
                     row(shape, name, f"fla {fla_name}" + fla_note, "chunk", measure(lambda: make_delta(False)))
+                    compare(shape, name, "fla", "chunk", lambda ours: make_delta(ours, form="chunk"))
 
             # ---- Mamba (selective scan): d_inner = H * D channels, n = 16
             Dn, n = H * D, 16
@@ -316,7 +368,7 @@ def main(argv=None) -> int:
                     return (lambda: op(u=u, delta=delta, B=Bm, C=Cm, A_log=A_log, D=Dp, mode=form)), grads
                 A = -torch.exp(A_log)
                 return (lambda: selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2)[:, None],
-                                                  Cm.transpose(1, 2)[:, None], Dp)), grads
+                                                  Cm.transpose(1, 2)[:, None], Dp).transpose(1, 2)), grads
 
             for form in chosen(forms):
                 row(shape, "mamba", "seqdsl", form, measure(lambda: make_mamba(True, form), form))
@@ -325,6 +377,7 @@ def main(argv=None) -> int:
             elif selective_scan_fn is not None:
                 row(shape, "mamba", "mamba_ssm selective_scan_fn", "scan",
                     measure(lambda: make_mamba(False)))
+                compare(shape, "mamba", "mamba_ssm", "scan", lambda ours: make_mamba(ours, form="scan"))
             else:
                 row(shape, "mamba", "mamba_ssm selective_scan_fn", "-", ("not installed", "-"))
 
@@ -348,6 +401,7 @@ def main(argv=None) -> int:
                 for kernel in ("fused_recurrent", "chunk"):
                     row(shape, "hgrn", f"fla {kernel}_hgrn", kernel,
                         measure(lambda: make_hgrn(False, fla_kernel=kernel)))
+                compare(shape, "hgrn", "fla chunk_hgrn", "scan", make_hgrn)
 
             # ---- SDPA
             def make_sdpa():
@@ -356,7 +410,10 @@ def main(argv=None) -> int:
 
             if phase == "seqdsl":
                 row(shape, "attention", "torch SDPA (causal)", "-", measure(make_sdpa))
-    print("\n'*': one run (slower than --max-ms). 'not timed': left out by --backward-forms.")
+    print("\n'*': one run (slower than --max-ms). 'not timed': left out by --backward-forms. 'rel. RMS difference'"
+          " rows: seqdsl's form and the reference kernel on the same bf16 inputs, the first output and the gradients of"
+          " a random projection of it (inputs in the order the row's ops take them); bf16 rounding alone gives ~1e-3"
+          " to 1e-2.")
     if fla_note:
         import triton
 

@@ -1,0 +1,74 @@
+"""benchmarks/gpu_vs_fla.py on the CPU: its agreement rows (seqdsl against the reference kernel on the same inputs)
+measure what they claim, and the script's seqdsl rows run (``--smoke``: the interpreter at a tiny shape)."""
+
+import pathlib
+import subprocess
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_vs_fla  # noqa: E402
+
+
+def _maker(scale_out: float = 1.0, grad_noise: float = 0.0, second_output: bool = False):
+    """make(seed) -> (run, leaves) of y = (x @ w) * scale_out: inputs drawn from the seed, as the script's makers."""
+    def make(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(4, 8, 16, generator=g, dtype=torch.bfloat16).requires_grad_(True)
+        w = torch.randn(16, 16, generator=g).requires_grad_(True)
+        noise = torch.randn(16, 16, generator=torch.Generator().manual_seed(99)) * grad_noise
+
+        def run():
+            y = (x.float() @ w) * scale_out + (x.float() @ noise - (x.float() @ noise).detach())
+            return (y, None) if second_output else y
+        return run, (x, w)
+    return make
+
+
+def test_agreement_is_zero_for_the_same_computation_and_reports_differences():
+    o, grads = gpu_vs_fla.agreement(_maker(), _maker(second_output=True))
+    assert o == "0.0e+00" and grads.startswith("0.0e+00 (input "), (o, grads)
+    o, grads = gpu_vs_fla.agreement(_maker(scale_out=1.01), _maker())
+    assert abs(float(o) - 0.01) < 1e-4, o
+    # the outputs agree, one input's gradient does not: the gradient column names it
+    o, grads = gpu_vs_fla.agreement(_maker(grad_noise=0.05), _maker())
+    assert o == "0.0e+00" and float(grads.split()[0]) > 1e-2 and grads.endswith("(input 0)"), (o, grads)
+
+
+def test_agreement_reports_errors_and_shape_mismatches_instead_of_raising():
+    def broken(seed):
+        def run():
+            raise RuntimeError("out of memory\nmore")
+        return run, ()
+    assert gpu_vs_fla.agreement(broken, _maker()) == ("error: RuntimeError: out of memory", "-")
+
+    def transposed(seed):
+        run, leaves = _maker()(seed)
+        return (lambda: run().transpose(1, 2)), leaves
+    assert gpu_vs_fla.agreement(transposed, _maker())[0].startswith("shapes differ")
+
+
+def test_script_says_so_without_a_gpu():
+    env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU here" in out.stdout
+
+
+def test_smoke_run_times_every_chunk_op(tmp_path):
+    """``--smoke`` (the interpreter, one tiny shape): the script reaches every op's chunk row and SDPA's, as it would
+    on a GPU up to the reference rows (fla's kernels need one)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SEQDSL_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py"), "--smoke", "--reps", "1", "--forms",
+                          "chunk", "--no-backward"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 1, 40, 2, 16 |")]
+    timed = {(r[1], r[3]) for r in rows if r[2] == "seqdsl"}
+    assert {(op, "chunk") for op in ("simple_gla", "gla", "deltanet", "gated_deltanet", "mamba", "hgrn")} <= timed, rows
+    assert all(not r[4].startswith(("error", "not run")) for r in rows), rows
+    assert any(r[1] == "attention" for r in rows)
