@@ -2,6 +2,7 @@
 measure what they claim, and the script's seqdsl rows run (``--smoke``: the interpreter at a tiny shape)."""
 
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -72,3 +73,25 @@ def test_smoke_run_times_every_chunk_op(tmp_path):
     assert {(op, "chunk") for op in ("simple_gla", "gla", "deltanet", "gated_deltanet", "mamba", "hgrn")} <= timed, rows
     assert all(not r[4].startswith(("error", "not run")) for r in rows), rows
     assert any(r[1] == "attention" for r in rows)
+
+
+def test_gpu_session_runs_the_stages_it_is_given(tmp_path):
+    """benchmarks/gpu_session.sh runs exactly the stages in STAGES (a lease splits it in two calls) and writes one
+    file per stage and one stderr log under OUT: a device call brings back at most 8 files. Run here on a copy of
+    the tree (the script links grammar/ and codegen/ into seqdsl/ where no install did); without a GPU,
+    gpu_vs_fla's stages say so and exit 0."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".seqdsl_cache", "__pycache__"))
+    out = tmp_path / "out"
+    env = {"PATH": f"{pathlib.Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out), "STAGES": "1 6",
+           "SEQDSL_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=tree, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert "== 1. gpu_vs_fla" in run.stdout and "== 6. gpu_vs_fla, tuned" in run.stdout, run.stdout + run.stderr
+    assert "== 2." not in run.stdout and "== 5." not in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_vs_fla_focus.md", "gpu_vs_fla_tuned.md", "stderr.txt"]
+    stages = [line.split()[2] for line in (out / "stderr.txt").read_text().splitlines() if line.startswith("== stage")]
+    assert stages == ["1", "6"]
+    script = (ROOT / "benchmarks/gpu_session.sh").read_text()
+    files = {w for w in script.replace('"', " ").split() if w.startswith("$OUT/")}
+    assert len(files) == 7, files
