@@ -15,7 +15,9 @@ states for bf16 inputs, as on an H100), and counts
   a tensor read by several tile programs counts once).
 
 bf16 inputs, as gpu_vs_fla.py times them (the log gates in fp32, as fla takes them; Mamba with d_inner = H * D
-channels and n = 16, its scan form by default, as gpu_vs_fla.py compares it with mamba_ssm's selective scan).
+channels and n = 16, its scan form by default, as gpu_vs_fla.py compares it with mamba_ssm's selective scan; HGRN's
+recurrence h_t = exp(g_t) h_{t-1} + i_t over H * D channels, its scan form by default, with ``--fla`` beside fla's
+``fused_recurrent_hgrn`` and ``chunk_hgrn``).
 One row per op, form and shape; forward, or forward and backward with ``--backward`` (the backward's gradient of
 the output is bf16 ones).
 
@@ -46,7 +48,7 @@ from torch.utils._pytree import tree_leaves  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_vs_fla import SHAPES, SIMPLE_GLA  # noqa: E402
+from benchmarks.gpu_vs_fla import HGRN, SHAPES, SIMPLE_GLA  # noqa: E402
 
 _ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh"}
 
@@ -141,7 +143,7 @@ def launches_recorded(record: list):
 
 
 MAMBA_N = 16
-DEFAULT_FORM = {"mamba": "scan"}      # the others: chunk
+DEFAULT_FORM = {"mamba": "scan", "hgrn": "scan"}      # the others: chunk
 
 
 def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
@@ -156,6 +158,9 @@ def op_inputs(name: str, B: int, T: int, H: int, D: int) -> dict:
         inputs = {"u": rnd(B, T, Dn), "delta": F.softplus(rnd(B, T, Dn).float() - 4).to(torch.bfloat16),
                   "B": rnd(B, T, MAMBA_N), "C": rnd(B, T, MAMBA_N),
                   "A_log": torch.log(torch.arange(1, MAMBA_N + 1.0)).repeat(Dn, 1), "D": torch.ones(Dn)}
+        return {n: t.requires_grad_(True) for n, t in inputs.items()}
+    if name == "hgrn":
+        inputs = {"i": rnd(B, T, H * D), "g": F.logsigmoid(rnd(B, T, H * D).float()).to(torch.bfloat16)}
         return {n: t.requires_grad_(True) for n, t in inputs.items()}
     inputs = {"q": rnd(B, T, H, D), "k": rnd(B, T, H, D), "v": rnd(B, T, H, D)}
     if name == "simple_gla":
@@ -175,6 +180,8 @@ def compiled(name: str, H: int, D: int):
 
     if name == "mamba":
         model = seqdsl.load(ROOT / "examples/mamba.seq").with_hparams(d_model=H * D // 2, n=MAMBA_N)
+    elif name == "hgrn":
+        model = seqdsl.loads(HGRN, name="hgrn_core").with_hparams(d_model=H * D)
     else:
         model = seqdsl.loads(SIMPLE_GLA, name="simple_gla") if name == "simple_gla" else \
             seqdsl.load(ROOT / f"examples/{name}.seq")
@@ -218,13 +225,22 @@ def fla_functions():
     return fla_call
 
 
+def fla_hgrn(kernel: str, inputs: dict):
+    """fla's fused_recurrent_hgrn or chunk_hgrn on hgrn's inputs, as gpu_vs_fla.py times them."""
+    from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+    fn = chunk_hgrn if kernel == "chunk" else fused_recurrent_hgrn
+    return lambda: fn(inputs["i"], inputs["g"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D (default: gpu_vs_fla's six shapes)")
     ap.add_argument("--ops", nargs="*", default=["simple_gla", "gla", "deltanet", "gated_deltanet"])
     ap.add_argument("--form", default=None, help="the form of every op (default: chunk; mamba: scan)")
     ap.add_argument("--backward", action="store_true", help="forward and backward")
-    ap.add_argument("--fla", action="store_true", help="a row for fla's chunk function beside each chunk op's")
+    ap.add_argument("--fla", action="store_true",
+                    help="a row for fla's chunk function beside each chunk op's (hgrn: its fused_recurrent and chunk)")
     ap.add_argument("--verbose", action="store_true",
                     help="the aten ops that move the most bytes and every launch's tensor bytes, per row")
     args = ap.parse_args(argv)
@@ -248,13 +264,15 @@ def main(argv=None) -> int:
             inputs = op_inputs(name, B, T, H, D)
             form = args.form or DEFAULT_FORM.get(name, "chunk")
             op = compiled(name, H, D)
-            rows = [(name, lambda: op(**inputs, mode=form))]
-            if fla_call is not None and form == "chunk" and name != "mamba":
-                rows.append((f"{name} (fla)", fla_call(name, inputs)))
-            for label, call in rows:
+            rows = [(name, form, lambda: op(**inputs, mode=form))]
+            if fla_call is not None and form == "chunk" and name not in ("mamba", "hgrn"):
+                rows.append((f"{name} (fla)", form, fla_call(name, inputs)))
+            if fla_call is not None and name == "hgrn":
+                rows += [("hgrn (fla)", kernel, fla_hgrn(kernel, inputs)) for kernel in ("fused_recurrent", "chunk")]
+            for label, row_form, call in rows:
                 r = measure(call, args.backward)
                 passes = r["glue"] / _bytes(next(iter(inputs.values())))      # q, or Mamba's u
-                print(f"| {B}, {T}, {H}, {D} | {label} | {form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
+                print(f"| {B}, {T}, {H}, {D} | {label} | {row_form} | {r['glue'] / 1e9:.3f} | {passes:.1f} | "
                       f"{len(r['launches'])} | {r['kernel_args'] / 1e9:.4f} | {r['forward_kernel_args'] / 1e9:.4f} |",
                       flush=True)
                 if args.verbose:
