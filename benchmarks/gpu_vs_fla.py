@@ -24,8 +24,9 @@ of it), so that no row times a wrong result at these shapes (``--no-agreement`` 
 seqdsl runs every Triton form of each spec: the fused ``recurrent`` kernel, and ``chunk`` where the
 Triton backend has one (gated classes, and the delta rule with a scalar gate or none; Mamba's vector
 state runs it with one head per state element), and ``scan`` where the torch scan is a diagonal
-recurrence (seqdsl.runtime.triton_scan: an associative scan over blocks of time; GLA's and Mamba's
-scans materialise the per-step update, so they are timed for completeness). Backward: Triton kernels
+recurrence: one fused kernel for vector states (Mamba, HGRN: the cell evaluated and scanned in registers, a block
+of tokens at a time), else seqdsl.runtime.triton_scan over per-token updates made in torch (a matrix state's
+scan, GLA's: timed for completeness where those fit in ``--max-scan-gb``). Backward: Triton kernels
 for every chunk form's stages (ungated, scalar- and key-gated states, the delta rule through its WY / UT
 stage), for the scan's recurrence (the same kernel backwards in time) and for the recurrent form (the
 generated reverse-mode kernel, codegen/triton_backward.py); the token-parallel preparation of each spec
@@ -139,6 +140,15 @@ def timed(make, reps: int, backward: bool, max_ms: float = float("inf")) -> tupl
     return fwd, bwd
 
 
+def unfused_scan_gb(op, form: str, B: int, T: int) -> float:
+    """GB of per-token states the ``form`` of a compiled op materialises in torch: B x T x the states of one
+    sequence in fp32 for a scan that is not one fused kernel (``SCAN`` of the module), else 0. GLA's [K, V] state at
+    B 4, T 2048, H 16, D 128: 8.6 GB per tensor, and the scan makes several."""
+    if form != "scan" or getattr(op.module, "SCAN", None) == "fused":
+        return 0.0
+    return B * T * op.state_numbers_per_sequence() * 4 / 1e9
+
+
 def agreement(make_ours, make_reference, seed: int = 7) -> tuple[str, str]:
     """How far seqdsl's results are from the reference kernel's on the same inputs: (relative RMS difference of the
     first output, the largest relative RMS difference over the input gradients, named). ``make_*(seed)`` -> (run,
@@ -187,6 +197,9 @@ def main(argv=None) -> int:
                         help="stop timing after this many seconds (later rows say 'not run')")
     parser.add_argument("--no-reference", action="store_true",
                         help="only seqdsl's rows (and SDPA's): no fla or mamba_ssm rows (a second, tuned pass)")
+    parser.add_argument("--max-scan-gb", type=float, default=4.0,
+                        help="skip a scan form that is not one fused kernel where its per-token states (B x T x the "
+                             "state, fp32) pass this many GB: at fla's shapes a matrix state's run out of memory")
     parser.add_argument("--no-agreement", action="store_true",
                         help="no rows comparing seqdsl's output and gradients with the reference kernel's")
     parser.add_argument("--smoke", action="store_true", help="tiny shape on CPU under TRITON_INTERPRET=1")
@@ -254,6 +267,17 @@ def main(argv=None) -> int:
     def row(shape, op, impl, form, times):
         print(f"| {shape} | {op} | {impl} | {form} | {times[0]} | {times[1]} |", flush=True)
 
+    def ours(shape, name, op, forms, make, B, T):
+        """seqdsl's rows of op ``name``: each chosen form timed (``make(True, form=form)`` -> (run, inputs)), but for
+        a scan that is not one fused kernel where the per-token states it materialises would pass --max-scan-gb."""
+        for form in chosen(forms):
+            too_big = unfused_scan_gb(op, form, B, T)
+            if too_big > args.max_scan_gb:
+                row(shape, name, "seqdsl", form, (f"not run: the unfused scan materialises {too_big:.0f} GB of "
+                                                  "per-token states (--max-scan-gb)", "-"))
+                continue
+            row(shape, name, "seqdsl", form, measure(lambda: make(True, form=form), form))
+
     def compare(shape, op, reference, form, make):
         """A row of how far seqdsl's ``form`` is from the reference kernel on the same inputs (``agreement``):
         make(ours) -> (run, inputs needing grads), drawing from the shape's generator ``g``."""
@@ -293,8 +317,7 @@ def main(argv=None) -> int:
                     return (lambda: op(q=q, k=k, v=v, g=gate, mode=form)), (q, k, v, gate)
                 return (lambda: fla_ops.chunk_simple_gla(q, k, v, g=gate)), (q, k, v, gate)
 
-            for form in chosen(forms):
-                row(shape, "simple_gla", "seqdsl", form, measure(lambda: make_simple(True, form), form))
+            ours(shape, "simple_gla", op, forms, make_simple, B, T)
             if fla_ops and phase == "reference":
                 row(shape, "simple_gla", "fla chunk_simple_gla" + fla_note, "chunk",
                     measure(lambda: make_simple(False)))
@@ -311,8 +334,7 @@ def main(argv=None) -> int:
                     return (lambda: op(q=q, k=k, v=v, gk=gk, mode=form)), (q, k, v, gk)
                 return (lambda: fla_ops.chunk_gla(q, k, v, g=gk)), (q, k, v, gk)
 
-            for form in chosen(forms):
-                row(shape, "gla", "seqdsl", form, measure(lambda: make_gla(True, form), form))
+            ours(shape, "gla", op, forms, make_gla, B, T)
             if phase == "seqdsl":
                 # what the op's lift to fp32 alone costs: part of the recurrent and scan rows above (fla
                 # reads bf16); the chunk form reads q, k, v as given (the module's PASSTHROUGH_INPUTS). The
@@ -345,8 +367,7 @@ def main(argv=None) -> int:
                         return (lambda: fla_ops.chunk_delta_rule(q, k, v, beta)), grads
                     return (lambda: fla_ops.chunk_gated_delta_rule(q, k, v, gate, beta)), grads
 
-                for form in chosen(forms):
-                    row(shape, name, "seqdsl", form, measure(lambda: make_delta(True, form=form), form))
+                ours(shape, name, op, forms, make_delta, B, T)
                 if fla_ops and phase == "reference":
                     fla_name = "chunk_delta_rule" if name == "deltanet" else "chunk_gated_delta_rule"
                     row(shape, name, f"fla {fla_name}" + fla_note, "chunk", measure(lambda: make_delta(False)))
@@ -370,8 +391,7 @@ def main(argv=None) -> int:
                 return (lambda: selective_scan_fn(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2)[:, None],
                                                   Cm.transpose(1, 2)[:, None], Dp).transpose(1, 2)), grads
 
-            for form in chosen(forms):
-                row(shape, "mamba", "seqdsl", form, measure(lambda: make_mamba(True, form), form))
+            ours(shape, "mamba", op, forms, make_mamba, B, T)
             if phase == "seqdsl":
                 pass
             elif selective_scan_fn is not None:
@@ -395,8 +415,7 @@ def main(argv=None) -> int:
                 fn = chunk_hgrn if fla_kernel == "chunk" else fused_recurrent_hgrn
                 return (lambda: fn(x, gate)), (x, gate)
 
-            for form in chosen(forms):
-                row(shape, "hgrn", "seqdsl", form, measure(lambda: make_hgrn(True, form), form))
+            ours(shape, "hgrn", op, forms, make_hgrn, B, T)
             if fla_ops and phase == "reference":
                 for kernel in ("fused_recurrent", "chunk"):
                     row(shape, "hgrn", f"fla {kernel}_hgrn", kernel,

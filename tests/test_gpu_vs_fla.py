@@ -95,3 +95,26 @@ def test_gpu_session_runs_the_stages_it_is_given(tmp_path):
     script = (ROOT / "benchmarks/gpu_session.sh").read_text()
     files = {w for w in script.replace('"', " ").split() if w.startswith("$OUT/")}
     assert len(files) == 7, files
+
+
+def test_unfused_matrix_state_scans_are_not_run_past_the_memory_cap(tmp_path):
+    """A scan form that is not one fused kernel materialises every token's state in torch: GLA's [K, V] state at
+    fla's B 4, T 2048, H 16, D 128 is 8.6 GB per tensor (B1 T8192 H96: 52 GB), an out-of-memory error after
+    minutes of a short lease. Such rows say so instead of running (``--max-scan-gb``); fused scans always run."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SEQDSL_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py"), "--smoke", "--reps", "1", "--forms",
+                          "scan", "--no-backward", "--max-scan-gb", "0"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r[1]: r[4] for r in (line.split(" | ") for line in out.stdout.splitlines()
+                                 if line.startswith("| 1, 40, 2, 16 |")) if r[2] == "seqdsl"}
+    assert set(rows) == {"simple_gla", "gla", "mamba", "hgrn"}, rows       # the delta rule has no scan form
+    assert rows["simple_gla"].startswith("not run: the unfused scan") and rows["gla"].startswith("not run"), rows
+    assert float(rows["mamba"]) > 0 and float(rows["hgrn"]) > 0, rows
+
+    import seqdsl
+
+    gla = seqdsl.compile(seqdsl.load(ROOT / "examples/gla.seq").with_hparams(heads=16, dk=128, dv=128),
+                         backend="triton")
+    assert abs(gpu_vs_fla.unfused_scan_gb(gla, "scan", 4, 2048) - 8.59) < 0.01
+    assert gpu_vs_fla.unfused_scan_gb(gla, "chunk", 4, 2048) == 0.0
