@@ -15,8 +15,8 @@
 # 6. seqdsl's chunk and scan rows again at the two shapes with the launch-time tuner (its choices printed).
 # Each stage has a time limit (FOCUS_S, CHECK_S, TESTS_S, DIAG_S, BENCH_S, TUNE_S seconds) and writes one file under
 # $OUT; every stage's stderr goes to $OUT/stderr.txt (a device call brings back at most 8 files: these are 7).
-# Python packages the machine lacks (lark, pydantic, fla-core) are installed from wheels in .whl/ if present
-# (pip download them where there is a network).
+# Python packages the machine lacks (lark, pydantic, fla-core) are installed from wheels in .whl/ if present: make
+# them here with `bash benchmarks/fetch_gpu_wheels.sh` (where pip reaches PyPI) and name .whl in the device call's carry.
 set -u
 OUT=${OUT:-/tmp/seqdsl_gpu}
 STAGES=" ${STAGES:-1 2 3 4 5 6} "

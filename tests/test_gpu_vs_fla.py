@@ -81,7 +81,7 @@ def test_gpu_session_runs_the_stages_it_is_given(tmp_path):
     the tree (the script links grammar/ and codegen/ into seqdsl/ where no install did); without a GPU,
     gpu_vs_fla's stages say so and exit 0."""
     tree = tmp_path / "tree"
-    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".seqdsl_cache", "__pycache__"))
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".whl", ".seqdsl_cache", "__pycache__"))
     out = tmp_path / "out"
     env = {"PATH": f"{pathlib.Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(out), "STAGES": "1 6",
            "SEQDSL_CACHE_DIR": str(tmp_path / "cache")}
@@ -92,6 +92,8 @@ def test_gpu_session_runs_the_stages_it_is_given(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu_vs_fla_focus.md", "gpu_vs_fla_tuned.md", "stderr.txt"]
     stages = [line.split()[2] for line in (out / "stderr.txt").read_text().splitlines() if line.startswith("== stage")]
     assert stages == ["1", "6"]
+    for name in ("gpu_session.sh", "fetch_gpu_wheels.sh"):
+        assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / name)]).returncode == 0, name
     script = (ROOT / "benchmarks/gpu_session.sh").read_text()
     files = {w for w in script.replace('"', " ").split() if w.startswith("$OUT/")}
     assert len(files) == 7, files
