@@ -10,8 +10,9 @@ on CPU tensors with Triton's own CUDA compiler (its bundled ptxas) in place of e
 compiles its kernel for ``sm_<arch>`` with the launch policy's GPU configuration (num_warps, tl.dot
 precision) and launches nothing, so outputs are garbage and only the compiled programs are looked at.
 
-Cases: every Triton form of every example at its own default dims (B 1, T 80; fp32 forward and backward,
-bf16 forward (the chunk kernels' low-precision policy), packed sequences forward), then the chunk kernels
+Cases: every Triton form of every example at its own default dims (B 1, T 80; fp32 forward and backward with an
+initial and a final state, bf16 forward and backward with the op's defaults (no initial state, no final state: the
+chunk kernels' low-precision policy, and what training runs), packed sequences forward), then the chunk kernels
 alone at fla's head dims (K = V = each of ``--chunk-dims``; gated with no, scalar and key gates, the delta
 rule plain and gated; forward and backward, fp32 and bf16 policies).
 
@@ -151,7 +152,8 @@ def compile_only(recorder: Recorder):
 
 
 def example_cases(only: list[str] | None):
-    """(label, thunk) for every Triton form of every example: fp32 forward + backward, bf16 forward, varlen."""
+    """(label, thunk) for every Triton form of every example: fp32 forward + backward with an initial and a final state,
+    bf16 forward + backward with the op's defaults (none given, none asked for: what training runs), varlen."""
     import torch
 
     import seqdsl
@@ -174,10 +176,11 @@ def example_cases(only: list[str] | None):
                 loss = sum((t.real if t.is_complex() else t).float().sum() for t in _flat(o) + _flat(h))
                 loss.backward()
 
-            def bf16(op=op, ref=ref, mode=mode):
-                xs = {k: (v.to(torch.complex64) if v.is_complex() else v.to(torch.bfloat16))
+            def bf16(op=op, ref=ref, mode=mode):     # the op's defaults: no initial state given, no final state
+                xs = {k: (v.to(torch.complex64) if v.is_complex() else v.to(torch.bfloat16)).requires_grad_(True)
                       for k, v in sample_inputs(ref, 1, 80).items()}
-                op(**xs, output_final_state=True, mode=mode)
+                o, _ = op(**xs, mode=mode)
+                sum((t.real if t.is_complex() else t).float().sum() for t in _flat(o)).backward()
 
             def varlen(op=op, ref=ref, mode=mode):
                 xs = {k: v.to(torch.complex64 if v.is_complex() else torch.float32)
@@ -185,7 +188,7 @@ def example_cases(only: list[str] | None):
                 op(**xs, initial_state=_cast(random_state(ref, 3)), output_final_state=True, mode=mode,
                    cu_seqlens=torch.tensor([0, 30, 31, 80]))
 
-            for tag, fn in (("fp32 fwd+bwd", fwd_bwd), ("bf16 fwd", bf16), ("varlen fwd", varlen)):
+            for tag, fn in (("fp32 fwd+bwd", fwd_bwd), ("bf16 fwd+bwd, defaults", bf16), ("varlen fwd", varlen)):
                 yield f"{path.stem} {mode} {tag}", fn
 
 

@@ -477,8 +477,12 @@ class BackwardKernel:
             segs.append((st, v, start, len(r.tape), target[0]))
         return segs
 
+    def shape(self, dims: tuple) -> str:
+        """The block shape of a value of ``dims``, as tl.zeros takes it ("" for a scalar)."""
+        return ", ".join(self.blocks.block(d) for d in dims)
+
     def zeros(self, dims: tuple) -> str:
-        return f"tl.zeros([{', '.join(self.blocks.block(d) for d in dims)}], dtype=DTYPE)"
+        return f"tl.zeros([{self.shape(dims)}], dtype=DTYPE)"
 
     def state_offsets(self, s: str, slots: tuple[str, str] | None) -> tuple[str, str | None]:
         """(offset, mask) of state s in a contiguous [B, H, *state] buffer, or with ``slots = (count,
@@ -772,9 +776,11 @@ class BackwardKernel:
             out.add("if USE_INITIAL_STATE:", level)
             h0 = self.load(f"{self.N['h0'][s]} + {ptr}", m, t.complex)
             self.assign(out, level + 1, self.var(s), _part(f"{{}} + {self.zeros(t.dims)}", h0))
-            out.add("else:", level)
-            zero = self.zeros(t.dims)
-            self.assign(out, level + 1, self.var(s), (zero if init == "0.0" else f"{zero} + {init}", zero))
+            out.add("else:  # the declared values, by a load that reads nothing: a loaded state's layout "
+                    "(_rt.unread_address)", level)
+            zero = self.load(f"{self.N['h0'][s]} + {ptr}", self.tm.reads_nothing(self.shape(t.dims), m), t.complex)
+            zero = _part(f"{{}} + {self.zeros(t.dims)}", zero)
+            self.assign(out, level + 1, self.var(s), (zero[0] if init == "0.0" else f"{zero[0]} + {init}", zero[1]))
             env[s] = Val(self.var(s)[0], t.dims, self.var(s)[1])
 
     def accumulators(self, out, level: int, env: dict, accumulated: list) -> None:
@@ -789,9 +795,9 @@ class BackwardKernel:
             out.add("if USE_FINAL_STATE_GRADIENT:", level)
             dht = self.seed(s, self.load(f"{self.buf['dht', s]} + {ptr}", m, t.complex))
             self.assign(out, level + 1, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", dht))
-            out.add("else:", level)
-            zeros = self.zeros(t.dims)
-            self.assign(out, level + 1, self.acc("ds", s, t.complex), (zeros, zeros))
+            out.add("else:  # zeros, by a load that reads nothing: a loaded gradient's layout (_rt.unread_address)", level)
+            zero = self.load(f"{self.buf['dht', s]} + {ptr}", self.tm.reads_nothing(self.shape(t.dims), m), t.complex)
+            self.assign(out, level + 1, self.acc("ds", s, t.complex), _part(f"{{}} + {self.zeros(t.dims)}", zero))
 
     def epilogue(self, out, env: dict, n_temps: int, r_inv, inv_segs: list, accumulated: list) -> None:
         """The invariant locals' adjoints to the params, then the stores of the initial states' gradients (the
@@ -896,7 +902,7 @@ class BackwardKernel:
             out.add(f"_dh0_{s} = {alloc}((_pk.N, _H{sh}), _dtype, _device, {cx}) if initial_state_gradient else None",
                     1)
             out.add(f"_dht_{s} = _rt.grad_in(_grads[{n_outs + i}], (_pk.N, _H{sh}), _dtype, _device, {cx}) "
-                    "if _use_dht else None", 1)
+                    "if _use_dht else _rt.unread_address(_device)", 1)
         for i, o in enumerate(c.readouts):
             t = g.cell_ty(o)
             out.add(f"_do_{o} = _rt.grad_in(_grads[{i}], (_B, _T, _H{shape(t.dims)}), _dtype, _device, "
@@ -918,7 +924,8 @@ class BackwardKernel:
         for n in c.op_params:
             out.add(f"*_rt.param({n}, _H, {tuple(sizes[d] for d in g.cell_ty(n).dims)}, _dtype),", 2)
         for i, s in enumerate(g.states):
-            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else None, _dht_{s}, _dh0_{s}, _ck_{s},"
+            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else _rt.unread_address(_device), "
+                    f"_dht_{s}, _dh0_{s}, _ck_{s},"
                     f"{'' if scan else f' _wk_{s},'}", 2)
         buffers = [f"_do_{o}" for o in c.readouts] + [f"_dx_{n}" for n in c.op_streams] + \
             [f"_dp_{n}" for n in c.op_params]

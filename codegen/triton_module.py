@@ -217,6 +217,16 @@ def linear_scan(a: tuple, b: tuple, carry: tuple, names: str, reverse: bool = Fa
     return lines, x, prev
 
 
+def reads_nothing(shape: str, mask: str | None = None) -> str:
+    """The mask of a load that reads nothing, over a block of ``shape`` (e.g. "BLOCK_dk, BLOCK_dv"; "" a scalar): false
+    everywhere at run time (program ids are never negative), which the compiler cannot tell before it lays the block
+    out. A state's declared initial values made by such a load take the layout of a loaded state
+    (``triton_runtime.unread_address``). A full block, not a scalar broadcast: the interpreter takes no mask built
+    from a broadcast scalar comparison."""
+    never = f"(tl.zeros([{shape}], dtype=tl.int64) + i_b < 0)"
+    return f"{mask} & {never}" if mask else never
+
+
 def open_kernel(out: _Lines, name: str, signature: list[str]) -> None:
     """``@triton.jit def name(<signature lines>):`` and the program's batch and cell-axis indices."""
     out.add("@triton.jit")
@@ -538,10 +548,11 @@ class _Gen:
             out.add(f"{tv.re} = tl.load({N['h0'][s]} + {ptr_off}{opts})", L + 1)
             if t.complex:
                 out.add(f"{tv.im} = tl.load({N['h0'][s]} + {ptr_off} + 1{opts})", L + 1)
-            out.add("else:", L)
-            out.add(f"{tv.re} = tl.zeros([{shape}], dtype=DTYPE){'' if init == '0.0' else ' + ' + init}", L + 1)
+            out.add("else:  # the declared values, by a load that reads nothing: a loaded state's layout (_rt.unread_address)", L)
+            unread = f", mask={reads_nothing(shape, m)}, other=0.0).to(DTYPE)"
+            out.add(f"{tv.re} = tl.load({N['h0'][s]} + {ptr_off}{unread}{'' if init == '0.0' else ' + ' + init}", L + 1)
             if t.complex:
-                out.add(f"{tv.im} = tl.zeros([{shape}], dtype=DTYPE)", L + 1)
+                out.add(f"{tv.im} = tl.load({N['h0'][s]} + {ptr_off} + 1{unread}", L + 1)
             carries[s] = tv
             if not scan:
                 env[s] = tv
@@ -684,7 +695,7 @@ class _Gen:
             dims = tuple(sizes[d] for d in self.cell_ty(n).dims)
             out.add(f"*_rt.param({n}, _H, {dims}, _dtype),", 2)
         for i, s in enumerate(self.states):
-            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else None, _ht_{s},", 2)
+            out.add(f"_rt.state_in(_state[{i}], _dtype) if use_initial_state else _rt.unread_address(_device), _ht_{s},", 2)
         for o in c.readouts:
             out.add(f"_out_{o},", 2)
         if self.args:

@@ -171,6 +171,12 @@ def test_chunk_form_without_initial_or_final_state_matches_interpreter(name, mod
         assert_close(f"{name}/final state only d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
 
 
+def _unused(arg) -> bool:
+    """An argument standing for a buffer the kernel does not touch: None, or the one zero whose address a load that
+    reads nothing takes (``triton_runtime.unread_address``)."""
+    return arg is None or any(arg is t for t in triton_runtime._UNREAD.values())
+
+
 FUSED_STATE_CASES = [("gla", "recurrent"), ("lstm", "recurrent"), ("s4d", "recurrent"), ("mamba", "scan"),
                      ("lru", "scan"), ("hgrn", "scan")]
 
@@ -198,7 +204,7 @@ def test_fused_kernels_store_no_unasked_final_state(name, mode, monkeypatch):
     assert ht is None
     (args, meta), = launches
     assert (meta["USE_INITIAL_STATE"], meta["STORE_FINAL_STATE"]) == (False, False), meta
-    assert sum(a is None for a in args) == 2 * n_states, f"{name}: buffers made for unused states"
+    assert sum(_unused(a) for a in args) == 2 * n_states, f"{name}: buffers made for unused states"
     o_ref, _ = ref(**leaves)
     for i, (a, b) in enumerate(zip(_flat(o_ref), _flat(o))):
         assert_close(f"{name}/{mode} defaults o{i}", a, b, torch.float64, FORM_FACTOR[mode])
@@ -207,7 +213,7 @@ def test_fused_kernels_store_no_unasked_final_state(name, mode, monkeypatch):
     (args, meta), = launches
     assert (meta["USE_INITIAL_STATE"], meta["USE_FINAL_STATE_GRADIENT"], meta["STORE_INITIAL_STATE_GRADIENT"]) == \
         (False, False, False), meta
-    assert sum(a is None for a in args) == 3 * n_states, f"{name}: backward buffers made for unused states"
+    assert sum(_unused(a) for a in args) == 3 * n_states, f"{name}: backward buffers made for unused states"
     for k in want:
         assert_close(f"{name}/{mode} defaults d{k}", want[k], got[k], torch.float64, FORM_FACTOR[mode] * 10)
 

@@ -275,6 +275,22 @@ def zeros(shape: tuple, dtype: torch.dtype, device, complex_: bool = False) -> t
     return torch.zeros(tuple(shape) + ((2,) if complex_ else ()), dtype=dtype, device=device)
 
 
+_UNREAD: dict = {}
+
+
+def unread_address(device) -> torch.Tensor:
+    """What a generated kernel gets as an initial state it does not read (USE_INITIAL_STATE off): one zero per device,
+    the base of a load whose mask is false at run time. The kernel makes the declared initial values by that load,
+    which reads nothing, rather than by tl.zeros: a value that comes from a load takes the layout a loaded initial state
+    takes, where a tl.zeros state took whatever layout the compiler chose for the loop (ReLiT's recurrent forward,
+    compiled for sm_90, then converted layouts through shared memory every step: 32 registers, 2.7 KB spilled, against
+    128 and none with a loaded state)."""
+    key = str(device)
+    if key not in _UNREAD:
+        _UNREAD[key] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _UNREAD[key]
+
+
 def checkpoint_every(T: int) -> int:
     """Steps between the states the recurrent backward keeps (about sqrt(T): memory O(sqrt(T)) per sequence)."""
     return max(1, int(round(T ** 0.5)))
