@@ -61,14 +61,20 @@ def test_script_says_so_without_a_gpu():
         assert "no CUDA GPU here" in out.stdout
 
 
+def _smoke_rows(tmp_path, *args) -> list[list[str]]:
+    """The table rows (cells) of ``gpu_vs_fla.py --smoke --reps 1 --no-backward *args`` (the interpreter, one tiny
+    shape), run in a subprocess."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SEQDSL_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py"), "--smoke", "--reps", "1",
+                          "--no-backward", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 1, 40, 2, 16 |")]
+
+
 def test_smoke_run_times_every_chunk_op(tmp_path):
     """``--smoke`` (the interpreter, one tiny shape): the script reaches every op's chunk row and SDPA's, as it would
     on a GPU up to the reference rows (fla's kernels need one)."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SEQDSL_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py"), "--smoke", "--reps", "1", "--forms",
-                          "chunk", "--no-backward"], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 1, 40, 2, 16 |")]
+    rows = _smoke_rows(tmp_path, "--forms", "chunk")
     timed = {(r[1], r[3]) for r in rows if r[2] == "seqdsl"}
     assert {(op, "chunk") for op in ("simple_gla", "gla", "deltanet", "gated_deltanet", "mamba", "hgrn")} <= timed, rows
     assert all(not r[4].startswith(("error", "not run")) for r in rows), rows
@@ -103,13 +109,7 @@ def test_unfused_matrix_state_scans_are_not_run_past_the_memory_cap(tmp_path):
     """A scan form that is not one fused kernel materialises every token's state in torch: GLA's [K, V] state at
     fla's B 4, T 2048, H 16, D 128 is 8.6 GB per tensor (B1 T8192 H96: 52 GB), an out-of-memory error after
     minutes of a short lease. Such rows say so instead of running (``--max-scan-gb``); fused scans always run."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SEQDSL_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_vs_fla.py"), "--smoke", "--reps", "1", "--forms",
-                          "scan", "--no-backward", "--max-scan-gb", "0"], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = {r[1]: r[4] for r in (line.split(" | ") for line in out.stdout.splitlines()
-                                 if line.startswith("| 1, 40, 2, 16 |")) if r[2] == "seqdsl"}
+    rows = {r[1]: r[4] for r in _smoke_rows(tmp_path, "--forms", "scan", "--max-scan-gb", "0") if r[2] == "seqdsl"}
     assert set(rows) == {"simple_gla", "gla", "mamba", "hgrn"}, rows       # the delta rule has no scan form
     assert rows["simple_gla"].startswith("not run: the unfused scan") and rows["gla"].startswith("not run"), rows
     assert float(rows["mamba"]) > 0 and float(rows["hgrn"]) > 0, rows
