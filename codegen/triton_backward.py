@@ -19,6 +19,12 @@ the whole state; ``CHUNK`` a runtime argument):
    registers (per program; the host sums over programs);
 3. store the initial state's gradient and the param gradients.
 
+The cell it differentiates has its step's loop-invariant subexpressions lifted into locals first
+(``codegen/lift.py``, ``_Gen.with_lifted_invariants``): like the cell's own invariant locals, they are evaluated
+once before the loops on a tape of their own, their adjoints summed over the sequence in registers, and pushed
+back to the params once, in 3. (LSSL's ``back @ (eye(n) + dt / 2 * A)``: one n x n matrix product per kernel
+instead of five per step.)
+
 Split into tiles, a program holds whole what lacks the tiled axis (GLA's q and k), so its reductions over the
 axis in the adjoints are partial sums: the gradients of such streams, params and states are added across the
 tiles into zeroed buffers (``tl.atomic_add``, constexpr ``SPLIT``), and the gradients arriving for such
@@ -45,7 +51,8 @@ class TapeRenderer(TritonRenderer):
     """A TritonRenderer that binds every non-constant subexpression to a temporary and records it.
 
     ``tape``: the rendered nodes in evaluation order (children before parents); ``vals[id(node)]``: its
-    value. No loop-invariant hoisting (the backward recomputes every step from its state).
+    value. No loop-invariant hoisting here: the invariant parts of the step are locals of their own by then
+    (``codegen/lift.py``), rendered on a tape of their own before the loops.
     """
 
     def __init__(self, *args, **kwargs):

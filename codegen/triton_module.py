@@ -35,10 +35,13 @@ fp64 inputs), complex values as (real, imaginary) register pairs.
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import re
 
 from seqdsl import ir
 from seqdsl.analysis import Analysis
+from seqdsl.codegen.lift import lift_invariant_subexpressions
 from seqdsl.codegen.ops import OPS
 from seqdsl.codegen.passthrough import direct_readout, passthrough_inputs
 from seqdsl.codegen.torch_module import varlen_forms
@@ -261,6 +264,34 @@ class _Gen:
         sources = set(self.c.op_params) | set(self.args) | set(self.invariant)
         return all(n.id in sources or self.c.kinds.get(n.id) in ("hparam", "dim") or n.id not in self.c.kinds
                    for n in ir.names_in(e))
+
+    def with_lifted_invariants(self) -> "_Gen":
+        """This generator with the step's loop-invariant subexpressions lifted into invariant locals of the cell
+        (``codegen/lift.py``): what the recurrent backward kernel differentiates, so that it evaluates them once
+        and sums their adjoints over the sequence instead of recomputing both at every step. Itself where the
+        step has none."""
+        c = self.c
+
+        def liftable(e: ir.Expr) -> bool:
+            return id(e) in c.expr_types and self.is_invariant(e) and any(
+                c.kinds.get(n.id) in ("param", "arg", "local") for n in ir.names_in(e))
+
+        body, lifted, rebuilt = lift_invariant_subexpressions(self.cell.body, self.invariant, liftable)
+        if not lifted:
+            return self
+        expr_types = dict(c.expr_types)
+        expr_types.update({new: c.expr_types[id(old)] for new, old in rebuilt.items() if id(old) in c.expr_types})
+        cell = self.cell.model_copy(update={"body": body})
+        view = copy.copy(self)
+        view.c = dataclasses.replace(
+            c, model=c.model.model_copy(update={"cell": cell}), expr_types=expr_types,
+            cell_types={**c.cell_types, **{n: c.expr_types[id(e)] for n, e in lifted.items()}},
+            kinds={**c.kinds, **{n: "local" for n in lifted}})
+        view.cell = cell
+        view.locals = [st for st in body if isinstance(st, ir.Local)]
+        invariant = set(self.invariant) | set(lifted)
+        view.invariant = [st.name for st in view.locals if st.name in invariant]
+        return view
 
     # ------------------------------------------------------------------ types and dims
     def cell_ty(self, name: str) -> Ty:
@@ -903,7 +934,7 @@ class _Gen:
             from seqdsl.codegen.triton_backward import BackwardKernel
 
             try:
-                bk = BackwardKernel(self)
+                bk = BackwardKernel(self.with_lifted_invariants())
                 backward_lines = bk.kernel()
                 self.backward_kernel, no_backward = bk, None
             except Unsupported as e:
