@@ -2,7 +2,7 @@
 would meet: compile errors, registers per thread, spills, shared memory beyond the GPU's limit.
 
     python benchmarks/gpu_compile_check.py [--arch 90] [--only gla mamba ...] [--chunk-dims 64 128 256]
-                                           [--no-examples] [--json out.json]
+                                           [--no-examples] [--json out.json] [--launch num_warps=8]
 
 The CI tests run the kernels under ``TRITON_INTERPRET=1``, which executes them as numpy and accepts
 programs a GPU compiler rejects (and says nothing of registers or shared memory). This script runs the ops
@@ -298,14 +298,27 @@ def main(argv=None) -> int:
     parser.add_argument("--tuning-candidates", action="store_true",
                         help="also compile every alternative the launch-time tuner (seqdsl.runtime.triton_tune) may "
                              "time on a GPU; one that would not launch is reported (the tuner skips it), not failed")
+    parser.add_argument("--launch", nargs="*", default=[], metavar="KEY=N",
+                        help="force the recurrent kernels' launch settings instead of the policy's "
+                             "(triton_runtime.override_launch), e.g. --launch num_warps=8, or block=32 num_warps=2: "
+                             "what they would compile to under another configuration (the chunk kernels are "
+                             "overridden too, with the interpreter's ieee dots: pair it with --chunk-dims and no "
+                             "dims; the fused scans keep theirs)")
     args = parser.parse_args(argv)
+    try:
+        launch = {k: int(v) for k, v in (item.split("=", 1) for item in args.launch)}
+    except ValueError:
+        parser.error(f"--launch takes KEY=N pairs such as num_warps=8 (got {' '.join(args.launch)})")
     if not compiling_without_a_gpu("gpu_compile_check", "run benchmarks/gpu_check.py, which executes the kernels"):
         return 0
     rec = Recorder(args.arch)
     cases = ([] if args.no_examples else list(example_cases(args.only))) + list(chunk_cases(args.chunk_dims))
     start = time.time()
     print(f"# Triton kernels compiled for sm_{args.arch} without a GPU ({len(cases)} cases)\n", flush=True)
-    with compile_only(rec):
+    from seqdsl.runtime import triton_runtime
+
+    overridden = triton_runtime.override_launch(**launch) if launch else contextlib.nullcontext()
+    with compile_only(rec), overridden:
         for i, (label, thunk) in enumerate(cases, 1):
             rec.case = label
             before, failed = len(rec.rows), len(rec.failures)

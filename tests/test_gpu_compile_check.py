@@ -101,3 +101,21 @@ def test_a_zero_initial_state_compiles_like_a_loaded_one(tmp_path):
     assert all(r["local"] == 0 and r["regs"] >= 64 for r in forward), [(r["variant"], r["regs"], r["local"])
                                                                        for r in forward]
     assert all(r["local"] <= 64 for r in rows), [(r["kernel"], r["variant"], r["local"]) for r in rows]
+
+
+def test_launch_settings_can_be_forced(tmp_path):
+    """``--launch num_warps=8`` compiles the recurrent kernels at 8 warps instead of the policy's (GLA's: 2 forward,
+    4 backward at its example's dims), so what another configuration compiles to can be read without editing the policy; a malformed setting is
+    a usage error, not a traceback."""
+    out = tmp_path / "report.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "SEQDSL_CACHE_DIR": str(tmp_path / "seqdsl"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    script = str(ROOT / "benchmarks" / "gpu_compile_check.py")
+    bad = subprocess.run([sys.executable, script, "--launch", "num_warps"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "--launch takes KEY=N pairs" in bad.stderr and "Traceback" not in bad.stderr
+    run = subprocess.run([sys.executable, script, "--only", "gla", "--chunk-dims", "--launch", "num_warps=8",
+                          "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["kernel"].startswith("gla_recurrent")]
+    assert rows and {r["num_warps"] for r in rows} == {8}, [(r["kernel"], r["num_warps"]) for r in rows]
