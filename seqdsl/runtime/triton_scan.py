@@ -79,11 +79,13 @@ def scan_diagonal_kernel(a, b, h, h0, ht, cu_seqlens, T, C, DTYPE: tl.constexpr,
         tl.store(ht + state + 1, carry_i, mask=m_c)
 
 
-def _blocks(C: int) -> tuple[int, int]:
-    """(BT, BC): the launch policy, outside the kernel. Small blocks under the interpreter."""
+def _blocks(C: int, complex_: bool = False) -> tuple[int, int]:
+    """(BT, BC): the launch policy, outside the kernel. Small blocks under the interpreter. A complex state's block
+    of 64 tokens carries four [BT, BC] blocks through the scan where a real one carries two: compiled for sm_90 at 4
+    warps it spilled (GateLoop's scan form: 32 B per thread, 280 B with packed sequences), so it takes 32 tokens."""
     if _rt.interpreting():
         return 16, min(16, _rt.next_pow2(C))
-    return 64, min(64, _rt.next_pow2(C))
+    return (32 if complex_ else 64), min(64, _rt.next_pow2(C))
 
 
 def _launch(decay: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_seqlens) -> tuple:
@@ -100,7 +102,7 @@ def _launch(decay: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_se
     h = torch.empty_like(b_rows)
     ht = torch.empty_like(flat(torch.zeros(N, C, dtype=b.dtype, device=b.device)))
     h0_rows = flat(h0.reshape(N, C)) if h0 is not None else ht
-    BT, BC = _blocks(C)
+    BT, BC = _blocks(C, complex_)
     scan_diagonal_kernel[(N, triton.cdiv(C, BC))](
         a_rows, b_rows, h, h0_rows, ht, cu_seqlens if cu_seqlens is not None else b_rows, T, C,
         DTYPE=_rt.tl_dtype(_rt.real_dtype(b_rows)), BT=BT, BC=BC, COMPLEX=complex_,
