@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from seqdsl import ir
 
-LIFTED_PREFIX = "_lift"      # spec names cannot start with "_", so the lifted locals' names never clash
+LIFTED_PREFIX = "_lift"      # spec names cannot start with "_" (typecheck), so the lifted locals' names never clash
 
 # The node kinds a lifted subexpression may be (a name or a number is already as cheap as a local).
 _LIFTABLE = (ir.Binary, ir.Call, ir.Index, ir.Unary)

@@ -223,6 +223,16 @@ def test_lifting_makes_each_invariant_subexpression_one_local():
     assert all(id(old) in c.expr_types for old in rebuilt.values())
 
 
+def test_lifted_locals_cannot_clash_with_spec_names():
+    """The pass names its locals ``_lift<k>`` without looking at the spec's names: that is safe because the checker
+    reserves names starting with "_" for generated code."""
+    from seqdsl.errors import SpecError
+
+    spec = _LIFT_SPEC.replace("g = sigmoid(w) * u", "_lift0 = u * u\n    g = sigmoid(w) * u")
+    with pytest.raises(SpecError, match="'_lift0' starts with '_', which is reserved for generated code"):
+        seqdsl.loads(spec, name="lifting").checked
+
+
 def test_backward_kernels_evaluate_invariant_matrix_products_once(monkeypatch):
     """LSSL's step reads ``back @ (eye(n) + dt / 2 * A)``, a matrix product of params. Its backward kernel
     evaluates it before the time loops and sums its adjoint over the sequence, so no matrix product (``_tlib.mm``)
