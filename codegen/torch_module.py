@@ -128,22 +128,25 @@ class _Gen:
         return " + ".join(terms)
 
     def log_factor(self, r: TorchRenderer, f: Factor, dims: tuple) -> str:
+        """The log of one decay factor, aligned to ``dims``: always a tensor (a constant factor such as ``0.9 * S``
+        becomes a 0-d tensor of the state's real dtype, so the chunk form can expand it like any gate)."""
         e = f.expr
         if isinstance(e, ir.Name) and e.id in self.p.hoisted_locals:
             definition = next(st.value for st in self.cell.body if isinstance(st, ir.Local) and st.name == e.id)
             if isinstance(definition, ir.Call) and definition.func == "exp":
                 e = definition
+
+        def tensor(code: Code) -> str:
+            return f"_ops.real_tensor({code.text}, _state[0])" if code.plain else align(code, dims)
+
         if isinstance(e, ir.Call) and e.func == "exp":
-            code = r(e.args[0])
-            text = align(code, dims) if not code.plain else code.text
+            text = tensor(r(e.args[0]))
         elif isinstance(e, ir.Call) and e.func == "sigmoid":
-            code = r(e.args[0])
-            text = f"torch.nn.functional.logsigmoid({align(code, dims)})"
+            text = f"torch.nn.functional.logsigmoid({tensor(r(e.args[0]))})"
         elif isinstance(e, ir.Num):
-            text = repr(math.log(e.value))
+            text = f"_ops.real_tensor({math.log(e.value)!r}, _state[0])"
         else:
-            code = r(e)
-            text = f"torch.log({align(code, dims)})"
+            text = f"torch.log({tensor(r(e))})"
         return f"(-{text})" if f.divide else text
 
     def gate_product(self, r: TorchRenderer, sp: StatePlan, sdims: tuple) -> str:

@@ -233,3 +233,40 @@ def test_reads_before_the_update_get_parallel_forms(kind):
         o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
         assert_close(f"{kind}/{mode}/o", o_ref, o, torch.float64, FORM_FACTOR[mode])
         assert_close(f"{kind}/{mode}/state", ht_ref, ht, torch.float64, FORM_FACTOR[mode])
+
+
+_CONSTANT_DECAY = """model constant_decay(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dv] = linear(x)
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- {decay} + outer(k, v)
+    o = q @ S
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("decay", ["0.9 * S", "exp(-0.1) * S", "sigmoid(2.0) * S", "S / 1.25"])
+def test_a_constant_decay_runs_in_every_form(decay, backend):
+    """A decay that is a number (RetNet's gamma written as a literal): every form against the interpreter, outputs,
+    final state and gradients. The chunk form used to hand the number to torch as a Python float
+    ('float' object has no attribute 'expand')."""
+    m = seqdsl.loads(_CONSTANT_DECAY.format(decay=decay), name="constant_decay")
+    op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
+    assert "chunk" in op.modes
+    inputs = sample_inputs(ref, 2, 21, seed=8)
+    h0 = random_state(ref, 2, scale=0.3)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    for mode in op.modes:
+        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
+        assert_close(f"{decay}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
+        assert_close(f"{decay}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
+        g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode,
+                                                chunk_size=8), inputs, h0)
+        for k in g_ref:
+            assert_close(f"{decay}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)

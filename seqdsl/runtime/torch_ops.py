@@ -78,6 +78,12 @@ def lti_coefficient(x, H: int, K: int, like: torch.Tensor | None = None) -> torc
     return t.expand(1, 1, H, K)[0, 0]
 
 
+def real_tensor(x: float, like: torch.Tensor) -> torch.Tensor:
+    """A number as a 0-d tensor of like's real dtype, on like's device (a constant gate, e.g. log 0.9)."""
+    dtype = like.real.dtype if like.is_complex() else like.dtype
+    return torch.tensor(x, dtype=dtype if dtype.is_floating_point else torch.get_default_dtype(), device=like.device)
+
+
 def as_tensor_like(a, b: torch.Tensor) -> torch.Tensor:
     """a (a tensor or a Python number) as a tensor of b's dtype family with b's number of dims."""
     if torch.is_tensor(a):
