@@ -16,6 +16,7 @@ Kinds (how the type checker treats an op):
     transpose  [i, j] -> [j, i]
     inverse    [n, n] -> [n, n] function of a square matrix (inv, expm)
     eye        eye(axis) -> [axis, axis]
+    rename     rename(x, a, b): x's axis a called b, the numbers unchanged (equal sizes; streams and out only)
     complex    complex(re, im)
     token      needs the time axis or a learned weight: streams and out only (linear, conv, ...)
 """
@@ -93,6 +94,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("expm", "inverse", "torch.linalg.matrix_exp({0})", complex_ok=True, real_only=False,
        doc="matrix exponential of a square matrix (zero-order-hold discretisation of dense SSMs)"),
     Op("eye", "eye", "_ops.eye({0}, like)", arity=1, doc="eye(axis): the [axis, axis] identity matrix"),
+    Op("rename", "rename", "{0}", arity=3, complex_ok=True, real_only=False,
+       doc="rename(x, a, b): x with its axis a called b (a dim of the same size; streams and out only), e.g. "
+           "mLSTM's conv branch [heads, dk] added to its readout [heads, dv] where dv = dk"),
     # -- token-parallel operators with learned weights or a time axis (streams / out only)
     Op("linear", "token", "", options={"bias": False},
        doc="linear(x[, [dims]], bias=0|1): a learned projection to the declared (or given) shape"),

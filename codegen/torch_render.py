@@ -141,6 +141,9 @@ class TorchRenderer:
         if op.kind == "eye":
             n = self.c.dim_sizes[e.args[0].id]
             return Code(f"_ops.eye({n}, {self.device_of})", (e.args[0].id, e.args[0].id))
+        if op.kind == "rename":
+            a, old, new = self.render(e.args[0]), e.args[1].id, e.args[2].id
+            return Code(a.text, tuple(new if d == old else d for d in a.dims), a.complex, a.plain)
         if op.kind == "inverse":
             a = self.render(e.args[0])
             return Code(op.torch.format(a.text), a.dims, a.complex)

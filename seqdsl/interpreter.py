@@ -153,6 +153,9 @@ class _Eval:
         if op.kind == "eye":
             n = self.c.dim_sizes[e.args[0].id]
             return NT(torch.eye(n, dtype=REAL), (e.args[0].id, e.args[0].id))
+        if op.kind == "rename":
+            v, old, new = self.ev(e.args[0]), e.args[1].id, e.args[2].id
+            return NT(v.t, tuple(new if n == old else n for n in v.names))
         if op.kind == "inverse":
             v = self.ev(e.args[0])
             return NT(op_callable(e.func)(v.t), v.names)

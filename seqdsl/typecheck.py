@@ -303,7 +303,8 @@ class _Checker:
             if isinstance(e, ir.Call) and e.func in ("linear", "lowrank"):
                 shape_pos = 1 if e.func == "linear" else 2
                 result = not (len(e.args) > shape_pos and isinstance(e.args[shape_pos], ir.ListExpr))
-            elif isinstance(e, ir.Call) and e.func in OPS and OPS[e.func].kind in ("unary", "lastaxis", "norm", "token"):
+            elif isinstance(e, ir.Call) and e.func in OPS and OPS[e.func].kind in ("unary", "lastaxis", "norm", "token",
+                                                                                   "rename"):
                 result = bool(e.args) and self.needs_hint(e.args[0])
             elif isinstance(e, ir.Call) and e.func in OPS and OPS[e.func].kind in ("binary", "ternary"):
                 result = bool(e.args) and all(self.needs_hint(a) for a in e.args)
@@ -400,6 +401,8 @@ class _Checker:
             if len(e.args) != 1 or not isinstance(e.args[0], ir.Name) or e.args[0].id not in self.dim_sizes:
                 raise SpecError.at("eye() takes one dim name, e.g. eye(n)", e.span)
             return Ty((e.args[0].id, e.args[0].id))
+        if op.kind == "rename":
+            return self.rename(e, ctx, hint)
         n_args = op.arity
         if len(e.args) != n_args:
             raise SpecError.at(f"{e.func}() takes {n_args} argument{'s' if n_args != 1 else ''}; got {len(e.args)}",
@@ -450,6 +453,28 @@ class _Checker:
                 raise SpecError.at(f"outer() takes two vectors; got {a.show()} and {b.show()}", e.span)
             return Ty(a.dims + b.dims, a.complex or b.complex)
         raise SpecError.at(f"no typing rule for '{e.func}'", e.span)
+
+    def rename(self, e: ir.Call, ctx: _Ctx, hint: Ty | None) -> Ty:
+        """``rename(x, a, b)``: x's type with its axis a called b. The numbers stay as they are, so the two dims must
+        have one size, and x must have the axis a once (which of two would it be?) and no axis b already."""
+        if len(e.args) != 3 or not all(isinstance(a, ir.Name) and a.id in self.dim_sizes for a in e.args[1:]):
+            raise SpecError.at("rename() takes a value and two dim names, e.g. rename(x, dk, dv)", e.span)
+        if ctx.kind not in ("stream", "out"):
+            raise SpecError.at("rename() is only allowed in streams and out: give the cell's inputs the dims the "
+                               "cell needs", e.span)
+        old, new = e.args[1].id, e.args[2].id
+        inner_hint = Ty(tuple(old if d == new else d for d in hint.dims), hint.complex) if hint is not None else None
+        t = self.infer(e.args[0], ctx, inner_hint)
+        if t.dims.count(old) != 1:
+            has = "has no axis" if old not in t.dims else "has more than one axis"
+            raise SpecError.at(f"rename(): the value {t.show()} {has} '{old}'", e.span)
+        if new in t.dims and new != old:
+            raise SpecError.at(f"rename(): the value {t.show()} already has an axis '{new}'", e.span)
+        if self.dim_sizes[old] != self.dim_sizes[new]:
+            raise SpecError.at(f"rename(): '{old}' has size {self.dim_sizes[old]} and '{new}' size "
+                               f"{self.dim_sizes[new]}; a rename keeps the numbers, so the sizes must be equal",
+                               e.span)
+        return Ty(tuple(new if d == old else d for d in t.dims), t.complex)
 
     def own(self, e: ir.Call, ctx: _Ctx, role: str, groups) -> str:
         """Register an implicit parameter owned by call e inside definition ctx.owner."""

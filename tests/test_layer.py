@@ -119,3 +119,54 @@ def test_chunk_form_is_stable_with_extreme_log_gates(name, gate):
     assert torch.isfinite(o_chunk).all() and torch.isfinite(s_chunk).all()
     assert_close(f"{name} chunk vs recurrent at log-gate -30", o_rec, o_chunk, torch.float32, 10)
     assert math.isfinite(float(s_chunk.abs().max()))
+
+
+_ONE_DIM = """model one_dim(d_model = 16, heads = 2, dk = 4):
+  params:
+    skip: [heads, dk] ~ normal(0, 1)
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dk] = linear(x)
+  cell over heads:
+    state S: [dk, dk] = 0
+    S <- 0.9 * S + outer(k, v)
+    o = q @ S
+  out:
+    y = linear(o + skip * q)
+"""
+_RENAMED = """model renamed(d_model = 16, heads = 2, dk = 4):
+  dims:
+    dv = dk
+  params:
+    skip: [heads, dv] ~ normal(0, 1)
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dv] = linear(x)
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- 0.9 * S + outer(k, v)
+    o = q @ S
+  out:
+    y = linear(o + skip * rename(q, dk, dv))
+"""
+
+
+def test_rename_keeps_the_numbers():
+    """A spec that gives the value axis its own name (dv = dk) and renames q's axis to add it to the readout computes
+    what the spec with one name for both axes computes, with the same parameters: in the generated layer and in the
+    interpreter. (The recurrent kernel can split a dv axis across programs; with [dk, dk] it cannot tell the axes
+    apart.)"""
+    one = seqdsl.build(seqdsl.loads(_ONE_DIM, name="one_dim"), dtype=torch.float64)
+    renamed = seqdsl.build(seqdsl.loads(_RENAMED, name="renamed"), dtype=torch.float64)
+    renamed.load_state_dict(one.state_dict())
+    x = torch.randn(2, 11, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = one(x)
+    assert_close("renamed layer", y, renamed(x), torch.float64, 10)
+    y_ref, _ = Reference(renamed.model.checked).layer(x, {k: v.detach() for k, v in renamed._params().items()})
+    assert_close("renamed interpreter", y, y_ref, torch.float64, 10)
+    # the renamed axis takes part: with q's numbers changed where it is read through rename(), the output moves
+    with torch.no_grad():
+        renamed.skip.mul_(2.0)
+    assert (renamed(x) - y).abs().max() > 1e-3

@@ -363,7 +363,8 @@ def test_recurrent_twin_backward_runs_packed_sequences_one_call_each():
         assert_close(f"gla/twin packed d{k}", g_ref[k], g_twin[k], torch.float64, 10)
 
 
-TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem",      # matrix states: the value axis
+TILED = ["gla", "linear_attention", "deltanet", "mamba2", "rfa", "rsa_rem", "mlstm", "mlstm_exp",  # matrix states:
+         # the value axis (mLSTM's since its C is [dk, dv], not [dk, dk])
          "hgrn", "hawk", "lru", "qrnn", "rwkv4", "indrnn", "aft_simple", "s5"]       # elementwise vector states
 
 
