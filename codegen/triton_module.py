@@ -154,6 +154,24 @@ def token_block(r: TritonRenderer, v: Val, t: Ty, identity: float, state: str) -
     return fit(v.re, identity), (fit(v.im, 0.0) if v.im is not None else None)
 
 
+def triton_chunk_gap(c: Checked, p: KernelPlan) -> str | None:
+    """Why the Triton chunk kernels cannot run a plan whose chunk form the torch backend generates (None: they can,
+    or the plan has no chunk form). ``seqdsl explain`` prints it too."""
+    if "chunk" not in p.modes:
+        return None
+    for sp in p.states:
+        if sp.kind not in ("gated", "delta"):
+            return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
+        axes = ("none", "scalar", "key") if sp.kind == "gated" else ("none", "scalar")
+        if sp.gate_axis not in axes:
+            return f"the state {sp.state} decays along its {sp.gate_axis} axis; the Triton chunk kernels " \
+                   f"take {' or '.join(axes[1:])} gates for {sp.kind} states"
+        if c.cell_types[sp.state].complex and sp.kind != "gated":
+            return f"the state {sp.state} is a complex delta-rule state; the Triton delta chunk kernels are real " \
+                   "(complex gated states run on the real kernels through a phase rotation)"
+    return None
+
+
 def aligned_to_block(v: Val, dims: tuple) -> tuple[str, str | None]:
     """A state's value (of ``dims``) as (real, imaginary or None) texts broadcast over a block's tokens."""
     index = index_for(dims, (TIME,) + dims)
@@ -817,18 +835,9 @@ class _Gen:
     # ------------------------------------------------------------------ chunk form
     def chunk_unsupported(self, twin_source: str) -> str | None:
         """Why the Triton chunk form is not offered (None: it is)."""
-        if "chunk" not in self.p.modes:
-            return None
-        for sp in self.p.states:
-            if sp.kind not in ("gated", "delta"):
-                return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
-            axes = ("none", "scalar", "key") if sp.kind == "gated" else ("none", "scalar")
-            if sp.gate_axis not in axes:
-                return f"the state {sp.state} decays along its {sp.gate_axis} axis; the Triton chunk kernels " \
-                       f"take {' or '.join(axes[1:])} gates for {sp.kind} states"
-            if self.c.cell_types[sp.state].complex and sp.kind != "gated":
-                return f"the state {sp.state} is a complex delta-rule state; the Triton delta chunk kernels are real " \
-                       "(complex gated states run on the real kernels through a phase rotation)"
+        gap = triton_chunk_gap(self.c, self.p)
+        if gap is not None or "chunk" not in self.p.modes:
+            return gap
         if _TORCH_FORMS_IMPORT not in twin_source:
             return "the torch module does not import its forms as the Triton chunk form expects"
         return None

@@ -64,10 +64,19 @@ def explain_text(model) -> str:
     per_head = f"per element of {axis}" if axis else "per layer"
     lines.append(f"state size: {_fmt_int(a.state_size_per_head)} numbers {per_head}, "
                  f"{_fmt_int(a.state_size_per_token)} per sequence and layer (complex counts 2)")
-    lines.append("forms:")
+    from seqdsl.codegen.triton_module import triton_chunk_gap
+    from seqdsl.plan import plan
+
+    lines.append("forms (what seqdsl.compile generates; the Triton backend's gaps under it):")
+    p = plan(c, a)
     for form in ("recurrent", "scan", "chunk"):
-        if form in a.forms:
+        if form in p.modes:
             lines.append(f"  {form:9s} yes   ~{_fmt_int(a.flops_per_token[form])} FLOPs/token")
+            gap = triton_chunk_gap(c, p) if form == "chunk" else None
+            if gap:
+                lines.append(f"  {'':9s}       (not in the Triton backend: {gap})")
+        elif form in a.forms:
+            lines.append(f"  {form:9s} no    the {a.cls} class admits it; {p.why_not.get(form, 'not generated')}")
         else:
             lines.append(f"  {form:9s} no    {a.not_forms.get(form, '')}")
     return "\n".join(lines) + "\n"
@@ -98,8 +107,15 @@ def cmd_explain(args) -> int:
 
 
 def analysis_json(m) -> dict:
-    """The analysis as JSON-ready data (``explain --json`` and ``compile`` write it)."""
+    """The analysis as JSON-ready data (``explain --json`` and ``compile`` write it). "forms": what the transition
+    class admits; "generated_forms": what seqdsl.compile generates (a form the class admits can be missing where the
+    planner does not take the cell's way of writing it: "not_generated" says why)."""
+    from seqdsl.codegen.triton_module import triton_chunk_gap
+    from seqdsl.plan import plan
+
     a = m.analysis()
+    p = plan(m.checked, a) if m.ir.cell is not None else None
+    generated = [f for f in p.modes if f in a.forms] if p is not None else []
     return {
         "model": m.name,
         "class": a.cls,
@@ -109,6 +125,9 @@ def analysis_json(m) -> dict:
                     "coupled_to": list(s.coupled_to)} for s in a.states],
         "forms": list(a.forms),
         "not_forms": a.not_forms,
+        "generated_forms": generated,
+        "not_generated": {f: p.why_not.get(f, "") for f in a.forms if f not in generated} if p is not None else {},
+        "triton_chunk_gap": triton_chunk_gap(m.checked, p) if p is not None else None,
         "inputs": list(m.inputs),
         "hoisted": list(a.hoisted),
         "core": list(a.core),

@@ -132,3 +132,32 @@ def test_the_cache_key_covers_every_generator_file(monkeypatch):
             mp.setattr(pathlib.Path, "read_bytes", lambda self, _n=name: real(self) + (b"#" if self.name == _n else b""))
             assert cache.spec_hash(checked, "triton") != base, name
     assert cache.spec_hash(checked, "triton") == base
+
+
+def test_explain_says_which_admitted_forms_are_not_generated(capsys, tmp_path):
+    """explain lists the forms seqdsl.compile generates: RWKV-7's class admits a chunk form that no backend generates
+    (its correction reads the state as a @ S with a != k), and a value-gated state has a torch chunk form the Triton
+    kernels lack. explain used to print 'chunk yes' for RWKV-7 from the class alone."""
+    assert main(["explain", "examples/rwkv7.seq"]) == 0
+    out = capsys.readouterr().out
+    assert "chunk     no    the lowrank class admits it; not generated yet" in out
+    spec = tmp_path / "value_gate.seq"
+    spec.write_text("""model value_gate(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dv] = linear(x)
+    gv: [heads, dv] = logsigmoid(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- exp(gv) * S + outer(k, v)
+    o = q @ S
+  out:
+    y = linear(o)
+""")
+    assert main(["explain", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "chunk     yes" in out and "(not in the Triton backend: the state S decays along its value axis" in out
+    assert main(["explain", "examples/rwkv7.seq", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "chunk" in data["forms"] and data["generated_forms"] == ["recurrent"] and "chunk" in data["not_generated"]
