@@ -164,6 +164,8 @@ class _Planner:
                 raise NoPlan(f"the update of '{name}' reads the state(s) {sorted(others)}")
             has_state = False
             inputs: list[tuple[int, ir.Expr]] = []
+            update_decay: list[Factor] = []          # this update's factors of the state term
+            read_decays: list[list[Factor]] = []     # the factors on the state where its delta corrections read it
             for sign, term in _sum_terms(u.value):
                 if not _mentions(term, {name}):
                     inputs.append((sign, term))
@@ -178,10 +180,13 @@ class _Planner:
                     if factors and (write is not None or delta is not None):
                         raise NoPlan(f"'{name}' is decayed after it is written in the same step")
                     decay += factors
+                    update_decay += factors
                 elif isinstance(core, ir.Call) and core.func == "outer":
                     if write is not None or any(u2 is u for u2, _ in deltas):
                         raise NoPlan(f"'{name}' has more than one write in one update")
-                    deltas.append((u, self.match_delta(name, sign, factors, core)))
+                    matched, read_decay = self.match_delta(name, sign, factors, core)
+                    deltas.append((u, matched))
+                    read_decays.append(read_decay)
                     delta = deltas[0][1]
                 elif isinstance(core, ir.Binary) and core.op == "@" and isinstance(core.right, ir.Name) \
                         and core.right.id == name and vector:
@@ -191,6 +196,8 @@ class _Planner:
                     has_state = True
                 else:
                     raise NoPlan(f"'{name}' enters its update in a form the parallel algorithms do not take")
+            for read_decay in read_decays:
+                self.check_delta_read(name, update_decay, read_decay)
             if not has_state and delta is None:
                 raise NoPlan(f"the update of '{name}' drops the previous state")
             if inputs:
@@ -253,18 +260,45 @@ class _Planner:
             k = _neg(k)
         return k, v
 
+    @staticmethod
+    def check_delta_read(name: str, update_decay: list[Factor], read_decay: list[Factor]) -> None:
+        """The chunk form applies a step's decay before its delta rule and corrects the decayed state:
+        ``S <- D * S`` then ``S <- S + beta * outer(k, v - k @ S)``, or in one update
+        ``S <- D * S + beta * outer(k, v - k @ (D * S))``. A correction that reads the state under other factors
+        than the update decays it by, e.g. ``S <- D * S + beta * outer(k, v - k @ S)`` ((D - beta k k^T) S, the
+        state corrected before its decay), is another transition, which the chunk form must not be given."""
+        rest = list(read_decay)
+        for f in update_decay:
+            if f not in rest:
+                break
+            rest.remove(f)
+        else:
+            if not rest:
+                return
+        if update_decay and not read_decay:
+            raise NoPlan(f"the correction of '{name}' reads it before the decay of the same update; the chunk form "
+                         f"corrects the decayed state (write the decay as its own update, {name} <- D * {name}, or "
+                         f"read k @ (D * {name}))")
+        raise NoPlan(f"the correction of '{name}' reads it under other factors than its update decays it by")
+
     def match_delta(self, name: str, sign: int, factors: list[Factor], core: ir.Call):
-        """beta * outer(k, v - k @ S)  ->  (k, v, beta)."""
+        """beta * outer(k, v - k @ S)  ->  ((k, v, beta), []); beta * outer(k, v - k @ (D * S)) -> (..., factors of
+        D): the factors on the state where the correction reads it (``check_delta_read`` matches them with the
+        update's decay)."""
         key, rest = core.args
         if _mentions(key, {name}):
             raise NoPlan(f"the key of the delta rule of '{name}' depends on '{name}'")
         value = None
         read_key = None
+        read_decay: list[Factor] = []
         for s, term in _sum_terms(rest):
             if _mentions(term, {name}):
-                if (isinstance(term, ir.Binary) and term.op == "@" and isinstance(term.right, ir.Name)
-                        and term.right.id == name and s < 0 and read_key is None):
+                read_factors, read_core = self.factor_out(term.right, name) \
+                    if isinstance(term, ir.Binary) and term.op == "@" else ([], None)
+                if (isinstance(read_core, ir.Name) and read_core.id == name and s < 0 and read_key is None
+                        and not _mentions(term.left, {name})):
                     read_key = term.left
+                    read_decay = read_factors
                 else:
                     raise NoPlan(f"the correction of '{name}' must read it as k @ {name}")
             else:
@@ -281,7 +315,7 @@ class _Planner:
             beta = _mul(beta, fe)
         if sign < 0:
             beta = _neg(beta if beta is not None else ir.Num(value=1))
-        return key, value, beta if beta is not None else ir.Num(value=1)
+        return (key, value, beta if beta is not None else ir.Num(value=1)), read_decay
 
     # ------------------------------------------------------------------ reads
     def reads(self) -> list[Read]:

@@ -270,3 +270,44 @@ def test_a_constant_decay_runs_in_every_form(decay, backend):
                                                 chunk_size=8), inputs, h0)
         for k in g_ref:
             assert_close(f"{decay}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+
+_ONE_LINE_DELTA = """model one_line_delta(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = l2norm(linear(x))
+    v: [heads, dv] = linear(x)
+    beta: [heads] = sigmoid(linear(x))
+    a: [heads] = softplus(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- {update}
+    o = q @ S
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("update,chunk", [
+    ("exp(-a) * S + beta * outer(k, v - k @ (exp(-a) * S))", True),      # Gated DeltaNet as the paper writes it
+    ("S / (1 + a) + beta * outer(k, v - (k * 2) @ (S / (1 + a)) / 2)", False),   # another key where it reads: no
+    ("S / (1 + a) + beta * outer(k, v - k @ (S / (1 + a)))", True),
+    ("exp(-a) * S + beta * outer(k, v - k @ S)", False),      # (D - beta k k^T) S: corrected before the decay
+])
+def test_a_delta_rule_with_its_decay_in_one_update(update, chunk, backend):
+    """A delta rule whose decay is in the same update: the chunk form (decay, then the delta rule on the decayed
+    state) is generated where the correction reads the decayed state, and only there. The last case used to get a
+    chunk form that silently computed the decay-first transition (0.2 relative error against the interpreter)."""
+    m = seqdsl.loads(_ONE_LINE_DELTA.format(update=update), name="one_line_delta")
+    op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
+    assert ("chunk" in op.modes) == chunk, op.modes
+    if not chunk:
+        assert "chunk" in op.plan.why_not, op.plan.why_not
+    inputs = sample_inputs(ref, 2, 21, seed=9)
+    h0 = random_state(ref, 2, scale=0.3)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    for mode in op.modes:
+        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
+        assert_close(f"{update}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
+        assert_close(f"{update}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
