@@ -375,6 +375,46 @@ class Reference:
         t = torch.as_tensor(t)
         return t.to(COMPLEX) if t.is_complex() else t.to(REAL)
 
+    def state_init(self, name: str, params: dict[str, torch.Tensor] | None = None,
+                   args: dict[str, float] | None = None) -> torch.Tensor:
+        """The declared initial value of the state ``name`` for one sequence: [H, *dims] with a cell axis, else
+        [*dims] (fp64, complex128 for a complex state). It may read numbers, dims, args (``args``, default the
+        cell's) and params, given as the op takes them (``[H, ...]``): a param it reads that ``params`` lacks
+        raises ValueError naming it."""
+        c, cell = self.checked, self.model.cell
+        axis = cell.over
+        nlead = 2 if axis else 1
+        args = self.args if args is None else args
+        params = params or {}
+        st = next(d for d in cell.states if d.name == name)
+
+        def lookup(n):
+            if n in args:
+                return NT(torch.tensor(args[n], dtype=REAL), ())
+            if n in params:
+                t, dims = self._fp64(params[n]), c.types[n].dims
+                if axis and dims[:1] == (axis,):
+                    return NT(t.unsqueeze(0), dims[1:])
+                return NT(t.reshape((1,) * nlead + tuple(t.shape)), dims)
+            raise ValueError(f"{self.model.name}: the initial value of the state '{name}' reads the param '{n}', "
+                             f"which the op does not take; pass initial_state (a layer from seqdsl.build computes "
+                             f"it from its params)")
+
+        ty = c.cell_types[name]
+        sizes = tuple(c.dim_sizes[d] for d in ty.dims)
+        ev = _Eval(c, "state_init", nlead, lookup)
+        value = _align(ev._lift(ev.ev(st.init), nlead), ty.dims, nlead).to(COMPLEX if ty.complex else REAL)
+        return value.expand(((1, c.dim_sizes[axis]) if axis else (1,)) + sizes)[0]
+
+    def initial_states(self, batch: int, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
+        """The states' declared initial values for ``batch`` sequences ([batch, H, *dims] each), or None when none of
+        them reads a param (the op then makes them itself): what a layer passes as ``initial_state``."""
+        reads = {n.id for st in self.model.cell.states for n in ir.names_in(st.init)}
+        if not any(self.checked.kinds.get(n) == "param" for n in reads):
+            return None
+        values = (self.state_init(st.name, params) for st in self.model.cell.states)
+        return tuple(v.expand((batch,) + tuple(v.shape)) for v in values)
+
     def _run(self, streams, params, args, initial_state, output_final_state):
         c, cell = self.checked, self.model.cell
         axis = cell.over
@@ -431,8 +471,8 @@ class Reference:
                 if tuple(value.shape) != expected:
                     raise ValueError(f"initial_state for '{st.name}' has shape {tuple(value.shape)}; expected {expected}")
             else:
-                init = ev.ev(st.init)
-                value = _align(ev._lift(init, nlead), ty.dims, nlead).to(dtype).expand(lead_shape + sizes).clone()
+                value = self.state_init(st.name, params, args)
+                value = value.expand(lead_shape + sizes).clone()
             env[st.name] = NT(value, ty.dims)
         outputs: dict[str, list] = {r: [] for r in c.readouts}
         for t in range(T):
@@ -516,6 +556,8 @@ class Reference:
                 return y, tuple(torch.cat([f[j] for f in finals]) for j in range(len(finals[0])))
             return y, torch.cat(finals)
         values, params = self._streams(x, params)
+        if initial_state is None:   # states that start from a param: the op cannot make them
+            initial_state = self.initial_states(x.shape[0], params)
         inputs = {n: values[n].t for n in c.op_streams}
         inputs.update({n: params[n] for n in c.op_params})
         o, final = self(initial_state=initial_state, output_final_state=output_final_state, **inputs)

@@ -32,7 +32,8 @@ class Layer(nn.Module):
         self.module = self.op.module if backend == "torch" else compile_op(model, "torch").module
         self.mode = mode
         self.d_model = c.dim_sizes["d_model"]
-        values = Reference(c).init_params(seed)
+        self._reference = Reference(c)       # the params' initialisers, and initial states that read params
+        values = self._reference.init_params(seed)
         fixed = {p.name for p in c.model.params if p.fixed}
         for name, value in values.items():
             value = value.to(torch.complex64 if value.is_complex() and dtype == torch.float32 else
@@ -67,7 +68,14 @@ class Layer(nn.Module):
             streams, conv_cache = self.module.streams(x, P, cache.get("conv"))
         inputs = {n: streams[n] for n in c.op_streams}
         inputs.update({n: P[n] for n in c.op_params})
-        o, final = self.op(**inputs, initial_state=cache.get("state"), output_final_state=output_final_state,
+        state = cache.get("state")
+        if state is None:   # states whose declared initial value reads params (a learned h0): the op takes no such input
+            n = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+            state = self._reference.initial_states(n, P)
+            if state is not None:
+                state = tuple(v.to(x.dtype) if not v.is_complex() else v.to(torch.complex128 if x.dtype == torch.float64
+                                                                           else torch.complex64) for v in state)
+        o, final = self.op(**inputs, initial_state=state, output_final_state=output_final_state,
                            mode=mode or self.mode, cu_seqlens=cu_seqlens)   # not asked for: not stored
         readouts = o if isinstance(o, tuple) else (o,)
         readouts = tuple(r.to(x.dtype) if not r.is_complex() else r for r in readouts)

@@ -170,3 +170,39 @@ def test_rename_keeps_the_numbers():
     with torch.no_grad():
         renamed.skip.mul_(2.0)
     assert (renamed(x) - y).abs().max() > 1e-3
+
+
+_LEARNED_H0 = """model learned_h0(d_model = 8, heads = 2, dk = 4):
+  params:
+    h0: [heads, dk] ~ normal(0, 1)
+  streams:
+    u: [heads, dk] = linear(x)
+    a: [heads, dk] = sigmoid(linear(x))
+  cell over heads:
+    state h: [dk] = 2 * h0 + 1
+    h <- a * h + u
+    o = h
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_state_initialised_from_a_param_is_learned(backend):
+    """state h = 2 * h0 + 1 with h0 a param: the layer starts every sequence from it (the same as handing the layer a
+    cache holding 2 * h0 + 1, written out here), step() from no cache too, and h0 gets a gradient. The layer used to
+    fail ('non-constant initial value; pass initial_state')."""
+    layer = seqdsl.build(seqdsl.loads(_LEARNED_H0, name="learned_h0"), backend=backend, dtype=torch.float64)
+    x = torch.randn(3, 7, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    h_start = (2 * layer.h0.detach() + 1).expand(3, 2, 4)
+    y = layer(x)
+    assert_close("learned h0", layer(x, cache={"state": (h_start,)}), y, torch.float64, 10)
+    y_ref, _ = Reference(layer.model.checked).layer(x, {k: v.detach() for k, v in layer._params().items()})
+    assert_close("learned h0 interpreter", y_ref, y, torch.float64, 10)
+    y_t, _ = layer.step(x[:, 0])
+    assert_close("learned h0 step", y[:, 0], y_t, torch.float64, 10)
+    cu = torch.tensor([0, 3, 7])
+    packed = layer(x[:1], cu_seqlens=cu)
+    assert_close("learned h0 varlen", torch.cat([layer(x[:1, :3]), layer(x[:1, 3:])], 1), packed, torch.float64, 10)
+    y.square().sum().backward()
+    assert layer.h0.grad is not None and layer.h0.grad.abs().max() > 0

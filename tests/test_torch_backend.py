@@ -311,3 +311,47 @@ def test_a_delta_rule_with_its_decay_in_one_update(update, chunk, backend):
         o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
         assert_close(f"{update}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
         assert_close(f"{update}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
+
+
+_DECLARED_INIT = """model declared_init(d_model = 8, heads = 2, dk = 4):
+  params:
+    h0: [heads, dk] ~ normal(0, 1)
+  streams:
+    u: [heads, dk] = linear(x)
+    a: [heads, dk] = sigmoid(linear(x))
+  cell over heads:
+    arg c = 0.25
+    state h: [dk] = {init}
+    h <- a * h + u
+    o = h * 2
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("init,value", [("-1", -1.0), ("0.5 * 3", 1.5), ("dk ** -0.5", 0.5), ("c", 0.25)])
+def test_a_declared_initial_value_that_is_not_a_plain_number(init, value, backend):
+    """A state declared = -1, = 0.5 * 3, = dk ** -0.5 or = an arg starts from that value when no initial_state is
+    given, in every form: the same as the interpreter given that value, written out here, as initial_state. The op used
+    to refuse every initial value but a plain number ('non-constant initial value; pass initial_state')."""
+    m = seqdsl.loads(_DECLARED_INIT.format(init=init), name="declared_init")
+    op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
+    inputs = sample_inputs(ref, 2, 9, seed=4)
+    expected = ref(**inputs, initial_state=torch.full((2, 2, 4), value, dtype=torch.float64), output_final_state=True)
+    for mode in op.modes:
+        got = op(**inputs, output_final_state=True, mode=mode, chunk_size=4)
+        assert_close(f"{init}/{mode}/o", expected[0], got[0], torch.float64, FORM_FACTOR[mode])
+        assert_close(f"{init}/{mode}/h", expected[1], got[1], torch.float64, FORM_FACTOR[mode])
+    if init == "c":    # an arg given at the call replaces the declared one, in the initial value too
+        twice = ref(**inputs, initial_state=torch.full((2, 2, 4), 0.5, dtype=torch.float64))
+        assert_close("c=0.5", twice[0], op(**inputs, c=0.5, mode="recurrent")[0], torch.float64, 1)
+
+
+def test_an_initial_value_read_from_a_param_needs_the_initial_state_at_the_op():
+    m = seqdsl.loads(_DECLARED_INIT.format(init="2 * h0 + 1"), name="declared_init")
+    op = seqdsl.compile(m, backend="torch")
+    inputs = sample_inputs(seqdsl.reference(m), 1, 3, seed=1)
+    with pytest.raises(ValueError, match="reads the param 'h0', which the op does not take; pass initial_state"):
+        op(**inputs)
+    op(**inputs, initial_state=torch.zeros(1, 2, 4, dtype=torch.float64))

@@ -150,11 +150,7 @@ class CompiledOp:
         lead = (self.axis_size,) if self.axis else ()
         self._state_shapes = {s: lead + tuple(checked.dim_sizes[d] for d in checked.cell_types[s].dims)
                               for s in self.states}
-        from seqdsl import ir
-
-        declared = {d.name: d.init for d in checked.model.cell.states}
-        self._constant_inits = {s: float(declared[s].value) if isinstance(declared[s], ir.Num) else None
-                                for s in self.states}   # a state's declared initial value, None if not a number
+        self._constant_inits = self._declared_inits(checked)
         self._passthrough = getattr(module, "PASSTHROUGH_INPUTS", {})
         self._direct_readout_forms = getattr(module, "DIRECT_READOUT_FORMS", ())
         self._optional_final_state_forms = tuple(      # forms that can leave the final states out (None) when unused
@@ -235,7 +231,8 @@ class CompiledOp:
         passthrough = self._passthrough.get(mode, ())
         lifted = {n: self._lift(n, t, compute, keep_low_precision=n in passthrough) for n, t in inputs.items()}
         bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
-        states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device)
+        states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device,
+                                      {n: inputs[n] for n in self.checked.op_params}, args)
         zeros = tuple(st for st, zero in zip(states, self._made_as_zeros(initial_state)) if zero)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
@@ -305,7 +302,10 @@ class CompiledOp:
         t = t if self._has_axis(name) else t.unsqueeze(0)
         return t.reshape((1, 1) + tuple(t.shape))
 
-    def _initial_states(self, initial_state, n: int, compute, device) -> tuple[torch.Tensor, ...]:
+    def _initial_states(self, initial_state, n: int, compute, device, params: dict | None = None,
+                        args: dict | None = None) -> tuple[torch.Tensor, ...]:
+        """The initial states the forms get, [n, H, *dims] each: the given ones, else the declared initial values
+        (params: the call's param inputs and args, for initial values that read them)."""
         shapes = self._state_shapes
         c = self.checked
         given = initial_state
@@ -319,7 +319,7 @@ class CompiledOp:
             cplx = c.cell_types[s].complex
             dtype = (torch.complex128 if compute == torch.float64 else torch.complex64) if cplx else compute
             if given is None or given[i] is None:
-                value = self._state_init(s, n, dtype, device)
+                value = self._state_init(s, n, dtype, device, params or {}, {**self.args, **(args or {})})
             else:
                 value = given[i]
                 if tuple(value.shape) != (n,) + shapes[s]:
@@ -329,21 +329,40 @@ class CompiledOp:
             out.append(value if self.axis else value.unsqueeze(1))
         return tuple(out)
 
+    def _declared_inits(self, checked) -> dict[str, "torch.Tensor | str | None"]:
+        """Each state's declared initial value for one sequence ([H, *dims], fp64), evaluated once where it can be:
+        None where it is zero (``= 0``), the tensor where it is another constant, "per call" where it reads params or
+        args (evaluated with the call's own: ``_state_init``)."""
+        from seqdsl import ir
+        from seqdsl.interpreter import Reference
+
+        self._reference = Reference(checked)
+        out: dict = {}
+        for st in checked.model.cell.states:
+            if any(checked.kinds.get(n.id) in ("param", "arg") for n in ir.names_in(st.init)):
+                out[st.name] = "per call"
+                continue
+            value = self._reference.state_init(st.name)
+            out[st.name] = None if not value.any() else value
+        return out
+
     def _made_as_zeros(self, initial_state) -> tuple[bool, ...]:
-        """For each state: whether ``_initial_states`` makes it as zeros (not given, declared ``= 0``)."""
+        """For each state: whether ``_initial_states`` makes it as zeros (not given, declared zero)."""
         given = initial_state if isinstance(initial_state, (tuple, list)) or initial_state is None else (initial_state,)
-        return tuple((given is None or given[i] is None) and self._constant_inits[s] == 0.0
+        return tuple((given is None or given[i] is None) and self._constant_inits[s] is None
                      for i, s in enumerate(self.states))
 
-    def _state_init(self, s: str, n: int, dtype, device) -> torch.Tensor:
+    def _state_init(self, s: str, n: int, dtype, device, params: dict, args: dict) -> torch.Tensor:
         shape = (n,) + self._state_shapes[s]
         value = self._constant_inits[s]
-        if value is None:
-            raise ValueError(f"{self.name}: the state '{s}' has a non-constant initial value; pass initial_state")
-        if value == 0.0 and not dtype.is_complex:
+        if isinstance(value, str):     # reads params or args: the call's (ValueError for a param the op does not take)
+            value = self._reference.state_init(s, params, args)
+        if value is None and not dtype.is_complex:
             # one broadcast number: kernels that skip a zero initial state (is_zero_initial_state) move no byte for it
             return torch.zeros((), dtype=dtype, device=device).expand(shape)
-        return torch.full(shape, value, dtype=dtype, device=device)
+        if value is None:
+            return torch.zeros(shape, dtype=dtype, device=device)
+        return value.to(dtype=dtype, device=device).expand(shape).contiguous()
 
     def _unlift_output(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if not self.axis:
