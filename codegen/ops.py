@@ -151,6 +151,7 @@ _TRITON: dict[str, tuple[str, object]] = {
     "outer": ("({0}[:, None] * {1}[None, :])", "product"),
     "transpose": ("tl.trans({0})", "parts"),
     "inv": ("_tlib.inv({0}, {o}, {m}, {n})", ()),
+    "expm": ("_tlib.expm({0}, {o}, {m}, {n})", ()),
 }
 for _name, (_template, _complex) in _TRITON.items():
     OPS[_name] = replace(OPS[_name], triton=_template, triton_complex=_complex)

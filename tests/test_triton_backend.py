@@ -1362,3 +1362,37 @@ def test_no_generated_kernel_forms_a_3d_block():
         src = open(compiled(name)[1].path).read().split("_TWIN_SOURCE")[0]   # the Triton part of the module
         assert "[:, :, None]" not in src and "[None, :, :]" not in src, name
     assert "_tlib.mm(" in open(compiled("hippo_legs")[1].path).read()
+
+
+_ZOH_DENSE = """model zoh_dense(d_model = 4, n = 5):
+  params:
+    A: [n, n] ~ normal(0, 0.5)
+    B: [n] ~ normal(0, 1)
+  streams:
+    u: [] = linear(x, [])
+    dt: [] = softplus(linear(x, []))
+  cell:
+    state h: [n] = 0
+    h <- expm(dt * A) @ h + dt * B * u
+    o = h
+  out:
+    y = linear(o)
+"""
+
+
+def test_a_cell_with_a_matrix_exponential_has_a_triton_recurrent_kernel():
+    """A dense SSM discretised by zero-order hold (expm(dt A) per token, dt from the input): the recurrent form is one
+    Triton kernel (_tlib.expm), forward against the interpreter, gradients through the torch twin (expm has no Triton
+    derivative). The Triton backend used to offer no form at all for such a cell."""
+    m = seqdsl.loads(_ZOH_DENSE, name="zoh_dense")
+    op, ref = seqdsl.compile(m, backend="triton"), seqdsl.reference(m)
+    assert "recurrent" in op.modes and "_tlib.expm(" in open(op.path).read()
+    inputs = sample_inputs(ref, 2, 11, seed=6)
+    h0 = random_state(ref, 2, scale=0.3)
+    _check("zoh_dense/triton recurrent", ref(**inputs, initial_state=h0, output_final_state=True),
+           op(**inputs, initial_state=h0, output_final_state=True, mode="recurrent"), torch.float64)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode="recurrent"),
+                           inputs, h0)
+    for k in g_ref:
+        assert_close(f"zoh_dense d{k}", g_ref[k], g_op[k], torch.float64, 10)

@@ -38,6 +38,14 @@ def _inv_kernel(a, out, N: tl.constexpr, BN: tl.constexpr):
     tl.store(out + o[:, None] * N + o[None, :], _tlib.inv(b_a, o, m, N), mask=m[:, None] & m[None, :])
 
 
+@triton.jit
+def _expm_kernel(a, out, N: tl.constexpr, BN: tl.constexpr):
+    o = tl.arange(0, BN)
+    m = o < N
+    b_a = tl.load(a + o[:, None] * N + o[None, :], mask=m[:, None] & m[None, :], other=float("nan"))
+    tl.store(out + o[:, None] * N + o[None, :], _tlib.expm(b_a, o, m, N), mask=m[:, None] & m[None, :])
+
+
 def _block(n: int) -> int:
     return max(2, triton.next_power_of_2(n))
 
@@ -120,3 +128,25 @@ def test_unit_lower_inverse_matches_torch(BT, dtype, prec):
                                      num_warps=4)
     err = (out.double().cpu() - expected).norm() / expected.norm()
     assert err < (1e-12 if dtype == torch.float64 else 1e-5), err
+
+
+@pytest.mark.parametrize("n", [3, 16, 20])
+@pytest.mark.parametrize("kind", ["zero", "norm 0.1", "norm 3", "norm 40", "hippo dt=0.5"])
+def test_expm_matches_torch(n, kind):
+    """_tlib.expm (scaling and squaring of a degree-12 Taylor polynomial) against torch.linalg.matrix_exp in fp64:
+    matrices that need no squaring, a few, and many (1-norm 40: 2^7), and HiPPO-LegS's dt A, which the zero-order hold
+    of a dense SSM exponentiates."""
+    g = torch.Generator().manual_seed(n)
+    if kind == "zero":
+        a = torch.zeros(n, n, dtype=torch.float64)
+    elif kind.startswith("hippo"):
+        a = 0.5 * hippo_legs(n).double()
+    else:
+        a = torch.randn(n, n, generator=g, dtype=torch.float64)
+        a = a * float(kind.split()[1]) / a.abs().sum(0).max()
+    out = torch.empty(n, n, dtype=torch.float32, device=DEVICE)
+    _expm_kernel[(1,)](a.float().to(DEVICE).contiguous(), out, N=n, BN=_block(n), num_warps=1)
+    ref = torch.linalg.matrix_exp(a)
+    # within 10x of what torch's own fp32 matrix_exp reaches (squaring amplifies fp32 rounding), and 2e-6
+    floor = _rel(torch.linalg.matrix_exp(a.float()), ref)
+    assert _rel(out, ref) < max(2e-6, 10 * floor), (_rel(out, ref), floor)

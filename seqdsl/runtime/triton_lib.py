@@ -219,6 +219,26 @@ def mm(a, b, o, N: tl.constexpr):
 
 
 @triton.jit
+def expm(a, o, m, N: tl.constexpr):
+    """Matrix exponential of the [N, N] matrix held in a padded [BLOCK, BLOCK] block ``a`` (``o``: lane offsets,
+    ``m``: the real lanes), by scaling and squaring: a / 2^s with its 1-norm at most 1/2, the Taylor polynomial of
+    degree 12 (Horner; truncation below 2e-14 relative), squared s times. The padded part of the result is the
+    identity, as ``inv``'s. Products are ``mm``'s rank-1 updates."""
+    eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    real = m[:, None] & m[None, :]
+    a = tl.where(real, a, 0.0)
+    norm = tl.reduce(tl.reduce(tl.abs(a), 0, add), 0, largest)          # max column sum
+    s = tl.maximum(tl.ceil(tl.log2(tl.maximum(norm, 1e-30) * 2.0)), 0.0)
+    a = a / tl.exp2(s)
+    x = eye + a / 12.0
+    for i in range(11):
+        x = eye + mm(a, x, o, N) / (11.0 - i)
+    for _ in range(s.to(tl.int32)):
+        x = mm(x, x, o, N)
+    return tl.where(real, x, eye)
+
+
+@triton.jit
 def compose_real(a1, b1, a2, b2):
     """The combine of ``tl.associative_scan`` over steps ``h -> a h + b``: (a1, b1) then (a2, b2)."""
     return a1 * a2, a2 * b1 + b2
