@@ -56,6 +56,8 @@ class Layer(nn.Module):
         """x [B, T, d_model] -> y [B, T, d_model] (and the cache for continuing, if asked)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"{self.model.name}: x must be [B, T, {self.d_model}]; got {list(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"{self.model.name}: x has no tokens (T = 0); a layer needs at least one")
         P = self._params()
         c = self.model.checked
         cache = cache or {}

@@ -97,6 +97,8 @@ def test_bad_layer_input_is_a_clear_error():
     layer = seqdsl.build("examples/gla.seq")
     with pytest.raises(ValueError, match=r"x must be \[B, T, 256\]"):
         layer(torch.randn(1, 3, 10))
+    with pytest.raises(ValueError, match=r"x has no tokens"):
+        layer(torch.randn(2, 0, 256))
 
 
 @pytest.mark.parametrize("name,gate", [("gla", "gk"), ("gated_deltanet", "g")])

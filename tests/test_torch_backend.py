@@ -355,3 +355,26 @@ def test_an_initial_value_read_from_a_param_needs_the_initial_state_at_the_op():
     with pytest.raises(ValueError, match="reads the param 'h0', which the op does not take; pass initial_state"):
         op(**inputs)
     op(**inputs, initial_state=torch.zeros(1, 2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name,mode", list(cases()))
+def test_no_tokens_gives_empty_readouts_and_the_initial_state(name, mode):
+    """T = 0 in every form: readouts [B, 0, ...], final states equal to the initial ones (the recurrent form's token
+    loop used to stack an empty list: a raw RuntimeError)."""
+    m, op, ref = compiled(name)
+    inputs = {k: (v[:, :0] if k in m.checked.op_streams else v) for k, v in sample_inputs(ref, 2, 3, seed=1).items()}
+    h0 = random_state(ref, 2)
+    o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=16)
+    o_ref, _ = ref(**sample_inputs(ref, 2, 3, seed=1), initial_state=h0)
+    for a, b in zip(_flat(o_ref), _flat(o)):
+        assert b.shape == (a.shape[0], 0) + a.shape[2:], (b.shape, a.shape)
+    for s, a, b in zip(op.states, _flat(h0), _flat(ht)):
+        assert torch.equal(a.to(b.dtype), b), f"{name}/{mode}: the state {s} changed without a token"
+
+
+def test_chunk_size_must_be_a_positive_power_of_two():
+    m, op, ref = compiled("gla")
+    inputs = sample_inputs(ref, 1, 5, seed=1)
+    for bad in (0, -4, 3, 24, 16.0):
+        with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+            op(**inputs, mode="chunk", chunk_size=bad)

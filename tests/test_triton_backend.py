@@ -1396,3 +1396,18 @@ def test_a_cell_with_a_matrix_exponential_has_a_triton_recurrent_kernel():
                            inputs, h0)
     for k in g_ref:
         assert_close(f"zoh_dense d{k}", g_ref[k], g_op[k], torch.float64, 10)
+
+
+@pytest.mark.parametrize("name", ["gla", "mamba", "lstm", "deltanet", "s4d", "rwkv4"])
+def test_no_tokens_in_every_triton_form(name):
+    """T = 0: readouts [B, 0, ...] and the initial states back, in every Triton form (the op answers it without
+    launching anything)."""
+    m, op, ref = compiled(name)
+    inputs = {k: (v[:, :0] if k in m.checked.op_streams else v) for k, v in sample_inputs(ref, 2, 3, seed=1).items()}
+    h0 = random_state(ref, 2)
+    for mode in op.modes:
+        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode)
+        for r in (o if isinstance(o, tuple) else (o,)):
+            assert r.shape[:2] == (2, 0), (mode, r.shape)
+        for a, b in zip(h0 if isinstance(h0, tuple) else (h0,), ht if isinstance(ht, tuple) else (ht,)):
+            assert torch.equal(a.to(b.dtype), b), f"{name}/{mode}"

@@ -205,6 +205,9 @@ class CompiledOp:
             why = getattr(self.module, "WHY_NOT", {}).get(mode) or self.plan.why_not.get(mode, "it is not generated")
             raise ValueError(f"{self.name}: mode '{mode}' is not available for the {self.module.CLASS} class "
                              f"({why}); available: {', '.join(self.modes)}")
+        if mode == "chunk" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+                                or chunk_size & (chunk_size - 1)):
+            raise ValueError(f"{self.name}: chunk_size must be a positive power of two (fla's: 64); got {chunk_size!r}")
         args = self._take_args(kwargs)
         missing = [n for n in self.inputs if n not in kwargs]
         unknown = [n for n in kwargs if n not in self.inputs]
@@ -233,6 +236,8 @@ class CompiledOp:
         bounds = None if cu_seqlens is None else packed_bounds(cu_seqlens, B, T, who=self.name)
         states = self._initial_states(initial_state, B if bounds is None else len(bounds) - 1, compute, first.device,
                                       {n: inputs[n] for n in self.checked.op_params}, args)
+        if T == 0:    # no token: empty readouts, the states as given (the forms index the last token)
+            return self._no_tokens(B, out_dtype, compute, first.device, states, output_final_state)
         zeros = tuple(st for st, zero in zip(states, self._made_as_zeros(initial_state)) if zero)
         fn = getattr(self.module, mode)
         extra = {"chunk_size": chunk_size} if mode == "chunk" else {}
@@ -258,6 +263,20 @@ class CompiledOp:
         if not output_final_state:
             return o, None
         finals = tuple(self._unlift_state(s) for s in finals)
+        return o, finals[0] if len(finals) == 1 else finals
+
+    def _no_tokens(self, B: int, out_dtype, compute, device, states: tuple, output_final_state: bool):
+        """What a call on sequences of no tokens returns: readouts [B, 0, ...] and the initial states."""
+        outs = []
+        for r in self.checked.readouts:
+            ty = self.checked.cell_types[r]
+            dtype = (torch.complex128 if compute == torch.float64 else torch.complex64) if ty.complex else compute
+            shape = (B, 0, self.axis_size) + tuple(self.checked.dim_sizes[d] for d in ty.dims)
+            outs.append(self._unlift_output(torch.zeros(shape, dtype=dtype, device=device), out_dtype))
+        o = outs[0] if len(outs) == 1 else tuple(outs)
+        if not output_final_state:
+            return o, None
+        finals = tuple(self._unlift_state(s).clone() for s in states)      # new tensors, as after any call
         return o, finals[0] if len(finals) == 1 else finals
 
     def _per_sequence(self, fn, bounds: list[int], lifted: dict, states: tuple, kwargs: dict) -> tuple:
