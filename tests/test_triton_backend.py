@@ -1411,3 +1411,46 @@ def test_no_tokens_in_every_triton_form(name):
             assert r.shape[:2] == (2, 0), (mode, r.shape)
         for a, b in zip(h0 if isinstance(h0, tuple) else (h0,), ht if isinstance(ht, tuple) else (ht,)):
             assert torch.equal(a.to(b.dtype), b), f"{name}/{mode}"
+
+
+_SCALAR_GATED = """model scalar_gated(d_model = 8, heads = 2, dk = 16, dv = 16):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = linear(x)
+    v: [heads, dv] = linear(x)
+    g: [heads] = logsigmoid(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- exp(g) * S + outer(k, v)
+    o = q @ S
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("name,gate", [("gla", "gk"), ("scalar_gated", "g"), ("gated_deltanet", "g")])
+def test_chunk_kernels_stay_finite_under_strong_decays(name, gate):
+    """Log gates down to -100 per token, T = 100 (a partial last chunk of 36 tokens) and packed sequences of 37 and
+    63: the Triton chunk form's outputs, final state and gradients against the interpreter. The rows past a
+    sequence's end loaded their log gate as 0, so exp(G_t - G_s) overflowed there (a chunk's decay past e^-709 in
+    fp64), and inf times their zeros made NaN that products over rows carried into the real rows: every gradient
+    of GLA and the scalar gate, and the delta rule's outputs too, were NaN."""
+    if name == "scalar_gated":
+        m = seqdsl.loads(_SCALAR_GATED, name=name)
+        op, ref = seqdsl.compile(m, backend="triton"), seqdsl.reference(m)
+    else:
+        m, op, ref = compiled(name)
+    inputs = sample_inputs(ref, 1, 100, seed=7)
+    inputs[gate] = -100.0 * torch.rand_like(inputs[gate]) - 0.5
+    h0 = random_state(ref, 1, scale=0.3)
+    _check(f"{name}/strong decay", ref(**inputs, initial_state=h0, output_final_state=True),
+           op(**inputs, initial_state=h0, output_final_state=True, mode="chunk"), torch.float64)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode="chunk"), inputs, h0)
+    for k in g_ref:
+        assert torch.isfinite(g_op[k]).all(), f"{name}: d{k} is not finite"
+        assert_close(f"{name}/strong decay d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR["chunk"] * 10)
+    cu = torch.tensor([0, 37, 100])
+    h0s = random_state(ref, 2, scale=0.3)
+    _check(f"{name}/strong decay packed", ref(**inputs, initial_state=h0s, output_final_state=True, cu_seqlens=cu),
+           op(**inputs, initial_state=h0s, output_final_state=True, mode="chunk", cu_seqlens=cu), torch.float64)

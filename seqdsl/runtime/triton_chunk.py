@@ -25,7 +25,12 @@ Every kernel takes ``cu_seqlens`` and ``IS_VARLEN`` (compile time): packed seque
 lengths) run in the same launches as equal-length rows, one program row per sequence, tokens at bos + t
 (``triton_lib.sequence_bounds``), the chunk states h [N, H, NT, K, V] with NT the longest sequence's chunk count.
 Layouts are fla's: ``[B, T, H, D]``, contiguous; for decaying gates (log gates <= 0) every exponential is of a
-non-positive number, so nothing overflows. Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
+non-positive number, so nothing overflows. That includes the rows past T of a sequence's last chunk (with packed
+sequences, the next sequence's rows), which load their log gate as 0: exp(G_t - G_s) of such a row t and a real row
+s would be exp(-G_s), inf once the chunk's decay passes e^-88, and inf times the row's zeros is NaN, which a product
+over rows (A^T q, the WY inverse's blocks) would carry into the real rows. So the masks of pairwise exponents
+(``causal``, ``strict``) also require a real row t (before 2026-12-06 they did not: NaN gradients from a chunk's
+log decay of about -90 on, and for the delta rule NaN outputs too). Growing gates (log gates > 0, e.g. Liquid-S4's input-dependent
 transition) are exact as long as their products over a chunk stay in range: a pairwise exponent is only
 taken at causal (t >= s) entries, the others are masked before the exp, never clamped.
 Accumulation in fp32 (fp64 for fp64 inputs). Inputs are read in their own dtypes (bf16 / fp16 converted as they
@@ -182,7 +187,7 @@ def chunk_intra_gk_kernel(
                 elif DIAG_3D:       # the diagonal sub-block at once: a [BC, BC, BK] product
                     b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(DTYPE)
                     b_gj = tl.load(gc + p_j, mask=m_jk, other=0.0).to(DTYPE)
-                    causal = o_i[:, None, None] >= o_j[None, :, None]
+                    causal = (o_i[:, None, None] >= o_j[None, :, None]) & m_i[:, None, None]
                     b_e = tl.exp(tl.where(causal, b_gi[:, None, :] - b_gj[None, :, :], 0.0))
                     b_a = tl.reduce(b_q[:, None, :] * b_k[None, :, :] * b_e, 2, _tlib.add)
                     b_A += tl.where(o_i[:, None] >= o_j[None, :], b_a, 0.0)
@@ -193,7 +198,7 @@ def chunk_intra_gk_kernel(
                         p_s = ((bos + s_in) * H + i_h) * K + o_k
                         b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
                         b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
-                        b_e = tl.exp(tl.where((o_i >= s)[:, None], b_gi - b_gs[None, :], 0.0))   # causal only
+                        b_e = tl.exp(tl.where(((o_i >= s) & m_i)[:, None], b_gi - b_gs[None, :], 0.0))
                         b_a = tl.reduce(b_q * b_ks[None, :] * b_e, 1, _tlib.add)
                         b_a = tl.where(o_i >= s, b_a, 0.0)                    # [BC]: column j
                         b_A += tl.where(o_c[None, :] == j, b_a[:, None], 0.0)
@@ -243,7 +248,7 @@ def chunk_fwd_o_kernel(
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
     b_o = b_o * scale
     b_A = b_A * scale           # (a key gate's A, read below, is stored scaled)
-    causal = o_t[:, None] >= o_t[None, :]
+    causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]     # real rows only (module docstring)
     if GATE == 2:
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + tl.arange(0, BT)[None, :],
                       mask=m_t[:, None], other=0.0).to(DTYPE)
@@ -317,7 +322,7 @@ def chunk_delta_wy_kernel(
     b_A = _tlib.dot(b_kb, tl.trans(b_k), PREC)                         # [BT, BT]
     if GATED:
         b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
-        b_A = b_A * tl.exp(tl.where(o_c[:, None] > o_c[None, :], b_g[:, None] - b_g[None, :], 0.0))
+        b_A = b_A * tl.exp(tl.where((o_c[:, None] > o_c[None, :]) & m_t[:, None], b_g[:, None] - b_g[None, :], 0.0))
     b_A = tl.where(o_c[:, None] > o_c[None, :], b_A, 0.0)
     b_Tm = unit_lower_inverse(b_A, o_c, BT, DTYPE, PREC)
     tl.store(tm + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], b_Tm.to(tm.dtype.element_ty),
@@ -434,7 +439,7 @@ def chunk_bwd_intra_gk_kernel(
             b_vs = tl.load(v + ((bos + s) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
             b_ks = tl.load(k + p_s, mask=m_k, other=0.0).to(DTYPE)
             b_gs = tl.load(gc + p_s, mask=m_k, other=0.0).to(DTYPE)
-            causal = o_i >= i_t * BT + i_i * BC + j
+            causal = (o_i >= i_t * BT + i_i * BC + j) & m_i
             b_da = tl.where(causal, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)
             b_dq += b_da[:, None] * b_ks[None, :] * tl.exp(tl.where(causal[:, None], b_gi - b_gs[None, :], 0.0))
         tl.store(dq + p_ik, b_dq.to(dq.dtype.element_ty), mask=m_ik)
@@ -470,7 +475,8 @@ def chunk_bwd_intra_gk_kernel(
             b_vs = tl.load(v + ((bos + s_in) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(DTYPE)
             b_gs = tl.load(gc + ((bos + s_in) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(DTYPE)
             b_da = tl.where((o_j >= s) & m_j, tl.reduce(b_do * b_vs[None, :], 1, _tlib.add), 0.0)   # [BC] over t
-            b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.where((o_j >= s)[:, None], b_gj - b_gs[None, :], 0.0)),
+            b_row = tl.reduce(b_da[:, None] * b_q * tl.exp(tl.where(((o_j >= s) & m_j)[:, None], b_gj - b_gs[None, :],
+                                                                    0.0)),
                               0, _tlib.add)
             b_dk += tl.where(o_c[:, None] == j, b_row[None, :], 0.0)
         tl.store(dk + p_jk, (b_dk * scale).to(dk.dtype.element_ty), mask=m_jk)      # linear in q
@@ -536,7 +542,7 @@ def chunk_bwd_dqk_kernel(
         b_dg = tl.reduce(b_dG, 0, _tlib.add)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG     # sum over s >= t
         tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
     else:
-        causal = o_c[:, None] >= o_c[None, :]
+        causal = (o_c[:, None] >= o_c[None, :]) & m_t[:, None]     # real rows only (module docstring)
         if GATE == 1:
             b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
             b_glast = tl.load(gc + (bos + last) * H + i_h).to(DTYPE)
@@ -595,7 +601,7 @@ def chunk_bwd_dv_kernel(
             b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
             b_A += _tlib.dot(b_q, tl.trans(b_k), PREC)
         b_dv += _tlib.dot(b_k, b_dh, PREC)
-    causal = o_c[:, None] >= o_c[None, :]
+    causal = (o_c[:, None] >= o_c[None, :]) & m_t[:, None]         # real rows only (module docstring)
     if GATE == 2:           # the forward's scores: only their causal part is written (the rest: any value)
         b_A = tl.load(A + ((bos + o_t[:, None]) * H + i_h) * BT + o_c[None, :], mask=m_t[:, None] & m_t[None, :],
                       other=0.0).to(DTYPE)
@@ -829,7 +835,7 @@ def chunk_delta_bwd_dhu_kernel(
             b_A, b_dv = b_A + b_a, b_dv + b_d
         b_A = b_A * scale
         if GATED:
-            b_A = b_A * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+            b_A = b_A * tl.exp(tl.where(causal & m_t[:, None], b_g[:, None] - b_g[None, :], 0.0))
         b_A = _tlib.operand(tl.where(causal, b_A, 0.0), DTYPE, PREC)
         b_do = _tlib.operand(tl.load(do + p_v, mask=m_tv, other=0.0), DTYPE, PREC)
         b_dv += _tlib.dot(tl.trans(b_A), b_do, PREC)
@@ -874,8 +880,8 @@ def chunk_delta_bwd_kernel(
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_h, NT, bos, T, o_c, o_t, m_t, last = chunk_rows(i_t, i_bh, T, cu_seqlens, H, BT, IS_VARLEN)
     p_hc = (i_bh * NT + i_t) * K * V                                   # this chunk's [K, V] state in h, dh
-    causal = o_c[:, None] >= o_c[None, :]
-    strict = o_c[:, None] > o_c[None, :]
+    causal = (o_c[:, None] >= o_c[None, :]) & m_t[:, None]         # real rows only (module docstring)
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None]
     b_beta = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
     if GATED:
         b_g = tl.load(gc + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(DTYPE)
