@@ -72,7 +72,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("max", "binary", "torch.maximum({0}, {1})", arity=2, doc="elementwise maximum"),
     Op("min", "binary", "torch.minimum({0}, {1})", arity=2, doc="elementwise minimum"),
     Op("lerp", "ternary", "({0} + ({1} - {0}) * {2})", arity=3, doc="a + (b - a) * mu (token shift mixing)"),
-    Op("complex", "complex", "torch.complex({0}, {1})", arity=2, doc="re + i im"),
+    Op("complex", "complex", "_ops.make_complex({0}, {1})", arity=2, doc="re + i im"),
     # -- last-axis functions
     Op("l2norm", "lastaxis", "({0} * torch.rsqrt(({0} * {0}).sum(-1, keepdim=True) + {eps}))",
        options={"eps": 1e-6}, doc="x / ||x|| over the last axis"),

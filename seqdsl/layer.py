@@ -84,11 +84,22 @@ class Layer(nn.Module):
         if cu_seqlens is not None:
             y = torch.cat([self.module.outputs(x[:, lo:hi], P, {k: v[:, lo:hi] for k, v in streams.items()},
                                                *(r[:, lo:hi] for r in readouts))[0] for lo, hi in pieces], dim=1)
+            y = self._in_dtype_of(y, x)
             return y if not output_final_state else (y, {"state": final, "conv": {}, "out": {}})
         y, out_cache = self.module.outputs(x, P, streams, *readouts, cache=cache.get("out"))
+        y = self._in_dtype_of(y, x)
         if not output_final_state:
             return y
         return y, {"state": final, "conv": conv_cache, "out": out_cache}
+
+    @staticmethod
+    def _in_dtype_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y in x's dtype, as any layer returns it: a bf16 layer whose cell is complex computes its states and readouts
+        in fp32 (torch has no complex bf16), and they would otherwise carry fp32 into y. Under autocast, autocast
+        decides."""
+        if y.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+            return y
+        return y.to(x.dtype)
 
     def step(self, x_t: torch.Tensor, cache: dict | None = None):
         """One token: x_t [B, d_model] -> (y_t [B, d_model], cache). Start with cache=None."""

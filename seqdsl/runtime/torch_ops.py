@@ -78,6 +78,13 @@ def lti_coefficient(x, H: int, K: int, like: torch.Tensor | None = None) -> torc
     return t.expand(1, 1, H, K)[0, 0]
 
 
+def make_complex(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """re + i im; bf16 / fp16 parts (a layer built in bf16, autocast) are made fp32 first: torch has no complex
+    bf16, and complex32 lacks most operations."""
+    half = (torch.bfloat16, torch.float16)
+    return torch.complex(re.float() if re.dtype in half else re, im.float() if im.dtype in half else im)
+
+
 def real_tensor(x: float, like: torch.Tensor) -> torch.Tensor:
     """A number as a 0-d tensor of like's real dtype, on like's device (a constant gate, e.g. log 0.9)."""
     dtype = like.real.dtype if like.is_complex() else like.dtype
