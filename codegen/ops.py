@@ -161,8 +161,8 @@ for _name, (_template, _complex) in _TRITON.items():
 # ``{1}``, ... (all aligned to the result's dims; binary and ternary results are reduced back to each
 # operand's dims by the generator). Lastaxis / norm rules sum over the last axis with
 # ``_tlib.lastsum(x, {m}, {ax})`` (masked, keeping the axis) and take ``{n}``, ``{eps}`` as their forward.
-# Ops without an entry (sum, mean, outer, transpose: written by the generator; inv, expm, complex, and
-# token ops: none) have no rule here.
+# Ops without an entry (sum, mean, outer, transpose, inv, expm (via _tlib.expm_frechet), complex: written by the
+# generator; token ops: none) have no rule here.
 _LASTSUM = "_tlib.lastsum({x}, {{m}}, {{ax}})"
 
 

@@ -33,7 +33,7 @@ the launch is whole.
 
 Memory: O(T / CHUNK + CHUNK) states per sequence, not one per step; compute: about three forward passes.
 Complex values are (real, imaginary) pairs, and so are their adjoints (torch's convention: dL/dx + i dL/dy).
-What has no rule (``expm``, the inverse of a complex matrix, broadcasting between repeated dim names)
+What has no rule (``expm`` or the inverse of a complex matrix, broadcasting between repeated dim names)
 raises ``Unsupported``; the recurrent form's backward then stays the torch twin's (the module's
 ``BACKWARD`` says why).
 """
@@ -306,6 +306,15 @@ class Adjoints:
             yt = f"tl.trans({y.re})"
             left = self.temp(self.r.contract(yt, a.dims, g[0], a.dims))
             self.to_child(args[0], (f"(-{self.r.contract(left, a.dims, yt, a.dims)})", None), a.dims)
+            return
+        if e.func == "expm":                                    # adj(A) = L(A^T, g), expm's Frechet derivative
+            a = self.r.vals[id(args[0])]
+            if a.complex or g[1] is not None:
+                raise Unsupported("expm() of a complex matrix in the backward")
+            d = a.dims[0]
+            keys = (self.r.blocks.offset(d), self.r.blocks.mask(d), self.r.blocks.size(d))
+            adj = f"_tlib.expm_frechet(tl.trans({a.re}), {g[0]}, {keys[0]}, {keys[1]}, {keys[2]})"
+            self.to_child(args[0], (adj, None), a.dims)
             return
         if op.kind in ("inverse", "token"):
             raise Unsupported(f"no Triton derivative for {e.func}()")

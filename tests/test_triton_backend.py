@@ -1382,11 +1382,13 @@ _ZOH_DENSE = """model zoh_dense(d_model = 4, n = 5):
 
 def test_a_cell_with_a_matrix_exponential_has_a_triton_recurrent_kernel():
     """A dense SSM discretised by zero-order hold (expm(dt A) per token, dt from the input): the recurrent form is one
-    Triton kernel (_tlib.expm), forward against the interpreter, gradients through the torch twin (expm has no Triton
-    derivative). The Triton backend used to offer no form at all for such a cell."""
+    Triton kernel (_tlib.expm), and so is its backward (_tlib.expm_frechet), outputs and gradients against the
+    interpreter. The Triton backend used to offer no form at all for such a cell."""
     m = seqdsl.loads(_ZOH_DENSE, name="zoh_dense")
     op, ref = seqdsl.compile(m, backend="triton"), seqdsl.reference(m)
-    assert "recurrent" in op.modes and "_tlib.expm(" in open(op.path).read()
+    source = open(op.path).read()
+    assert "recurrent" in op.modes and "_tlib.expm(" in source and "_tlib.expm_frechet(" in source
+    assert op.module.BACKWARD == "triton", op.module.BACKWARD
     inputs = sample_inputs(ref, 2, 11, seed=6)
     h0 = random_state(ref, 2, scale=0.3)
     _check("zoh_dense/triton recurrent", ref(**inputs, initial_state=h0, output_final_state=True),

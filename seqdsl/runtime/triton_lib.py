@@ -239,6 +239,33 @@ def expm(a, o, m, N: tl.constexpr):
 
 
 @triton.jit
+def expm_frechet(a, e, o, m, N: tl.constexpr):
+    """L(a, e) = d/dt expm(a + t e) at t = 0, the Frechet derivative of ``expm`` at a in the direction e (both
+    [N, N] in padded [BLOCK, BLOCK] blocks), by differentiating expm's own steps: with X the Horner iterate,
+    X = I + a X / j gives dX = (e X + a dX) / j, and each squaring X = X X gives dX = dX X + X dX (a and e scaled
+    by the same 2^-s). The backward of ``expm`` takes adj(a) = L(a^T, g) (the adjoint of L(a, .) is L(a^T, .)).
+    The padded part of the result is 0."""
+    eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    real = m[:, None] & m[None, :]
+    a = tl.where(real, a, 0.0)
+    e = tl.where(real, e, 0.0)
+    norm = tl.reduce(tl.reduce(tl.abs(a), 0, add), 0, largest)
+    s = tl.maximum(tl.ceil(tl.log2(tl.maximum(norm, 1e-30) * 2.0)), 0.0)
+    a = a / tl.exp2(s)
+    e = e / tl.exp2(s)
+    x = eye + a / 12.0
+    dx = e / 12.0
+    for i in range(11):
+        j = 11.0 - i
+        dx = (mm(e, x, o, N) + mm(a, dx, o, N)) / j
+        x = eye + mm(a, x, o, N) / j
+    for _ in range(s.to(tl.int32)):
+        dx = mm(dx, x, o, N) + mm(x, dx, o, N)
+        x = mm(x, x, o, N)
+    return tl.where(real, dx, 0.0)
+
+
+@triton.jit
 def compose_real(a1, b1, a2, b2):
     """The combine of ``tl.associative_scan`` over steps ``h -> a h + b``: (a1, b1) then (a2, b2)."""
     return a1 * a2, a2 * b1 + b2
