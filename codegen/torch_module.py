@@ -227,6 +227,9 @@ class _Gen:
             v = r(sp.v)
             out.add(f"_{n}_v = {self._full(align(v, (sdims[1],)), [sizes[1]])}", 1)
             h0 = f"_state[{idx}]"
+        if sp.kind == "dplr":     # S_t = diag(exp(g_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T
+            for part, e in (("a", sp.read), ("b", sp.correct)):
+                out.add(f"_{n}_{part} = {self._full(align(r(e), (sdims[0],)), [sizes[0]])}", 1)
         if sp.kind == "delta":
             beta = r(sp.beta)
             out.add(f"_{n}_beta = {self._full(beta.text if not beta.plain else f'torch.tensor({beta.text}, device=_state[0].device)', [])}", 1)
@@ -285,7 +288,10 @@ class _Gen:
             if steps > 1:
                 qtext = f"_ops.interleave([torch.zeros_like({qtext})] * {steps - 1} + [{qtext}])"
             final = "True" if sp.vector else "final_state"    # a vector state's final state is indexed below
-            if sp.kind == "delta":
+            if sp.kind == "dplr":
+                call = (f"_forms.chunk_dplr({qtext}, _{n}_a, _{n}_b, _{n}_k, _{n}_v{gate_kw}{scale_kw}, "
+                        f"initial_state={h0}, output_final_state={final}, chunk_size=chunk_size{self.cu_arg()})")
+            elif sp.kind == "delta":
                 call = (f"_forms.chunk_delta({qtext}, _{n}_k, _{n}_v, _{n}_beta{gate_kw}{scale_kw}, "
                         f"initial_state={h0}, output_final_state={final}, chunk_size=chunk_size{self.cu_arg(steps)})")
             else:

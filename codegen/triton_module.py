@@ -160,6 +160,9 @@ def triton_chunk_gap(c: Checked, p: KernelPlan) -> str | None:
     if "chunk" not in p.modes:
         return None
     for sp in p.states:
+        if sp.kind == "dplr":
+            return f"the state {sp.state} is diagonal plus rank 1 (a general correction or a key-axis decay); the " \
+                   "Triton chunk kernels do gated states and the delta rule with a scalar decay"
         if sp.kind not in ("gated", "delta"):
             return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
         axes = ("none", "scalar", "key") if sp.kind == "gated" else ("none", "scalar")

@@ -4,6 +4,7 @@ For each state S the updates of one step are matched against
 
     gated   S_t = a_t ⊙ S_{t-1} + k_t v_t^T          (identity / scalar / diagonal classes)
     delta   S_t = (I - beta_t k_t k_t^T) a_t S_{t-1} + beta_t k_t v_t^T     (low rank; a scalar or 1)
+    dplr    S_t = (diag(a_t) + b_t c_t^T) S_{t-1} + k_t v_t^T             (diagonal plus rank 1; a along the key)
     dense   h_t = M_t h_{t-1} + b_t                   (vector state, dense transition)
 
 where a_t is a product of factors (scalar, along the first axis "key" or the second "value"), k_t
@@ -37,7 +38,7 @@ class Factor:
 @dataclass(frozen=True)
 class StatePlan:
     state: str
-    kind: str                                 # gated | delta | dense
+    kind: str                                 # gated | delta | dplr | dense
     vector: bool                              # the state is a vector [n] (V = 1)
     gate_axis: str                            # none | scalar | key | value | both
     factors: tuple[Factor, ...] = ()          # the decay a_t = prod(factors)
@@ -46,6 +47,24 @@ class StatePlan:
     beta: ir.Expr | None = None               # delta rule strength
     dense: ir.Expr | None = None              # dense: the matrix M_t
     more: tuple[tuple[ir.Expr, ir.Expr, ir.Expr], ...] = ()   # delta: further (k, v, beta) updates in the step
+    read: ir.Expr | None = None               # dplr: c_t, the vector the rank-1 correction reads S_{t-1} with
+    correct: ir.Expr | None = None            # dplr: b_t, the vector the correction writes along the key axis
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One rank-1 correction term of an update, ``sign * prod(strength) * outer(key, value + read_sign * read @ (R *
+    S))`` (value may be None); R = read_decay, the factors on the state where it is read."""
+
+    update: ir.Update
+    key: ir.Expr
+    value: ir.Expr | None
+    read: ir.Expr
+    read_sign: int
+    read_decay: tuple[Factor, ...]
+    strength: tuple[Factor, ...]
+    sign: int
+    prior_decay: tuple[Factor, ...]           # the decays of earlier updates of the step (the state it sees)
 
 
 @dataclass(frozen=True)
@@ -152,8 +171,8 @@ class _Planner:
         vector = len(sty.dims) == 1
         decay: list[Factor] = []
         write: tuple[ir.Expr, ir.Expr | None] | None = None
-        delta = None
-        deltas: list = []      # several delta updates in one step (DeltaProduct's Householder products)
+        corrections: list[Correction] = []   # rank-1 corrections (several: DeltaProduct's Householder products)
+        update_decays: dict[int, list[Factor]] = {}
         dense = None
         updates = [u for u in c.model.cell.body if isinstance(u, ir.Update) and u.target == name]
         for u in updates:
@@ -164,8 +183,8 @@ class _Planner:
                 raise NoPlan(f"the update of '{name}' reads the state(s) {sorted(others)}")
             has_state = False
             inputs: list[tuple[int, ir.Expr]] = []
+            prior = tuple(decay)
             update_decay: list[Factor] = []          # this update's factors of the state term
-            read_decays: list[list[Factor]] = []     # the factors on the state where its delta corrections read it
             for sign, term in _sum_terms(u.value):
                 if not _mentions(term, {name}):
                     inputs.append((sign, term))
@@ -177,17 +196,14 @@ class _Planner:
                     has_state = True
                     if sign < 0:
                         factors.append(Factor(ir.Num(value=-1)))
-                    if factors and (write is not None or delta is not None):
+                    if factors and (write is not None or corrections):
                         raise NoPlan(f"'{name}' is decayed after it is written in the same step")
                     decay += factors
                     update_decay += factors
                 elif isinstance(core, ir.Call) and core.func == "outer":
-                    if write is not None or any(u2 is u for u2, _ in deltas):
+                    if write is not None or any(cr.update is u for cr in corrections):
                         raise NoPlan(f"'{name}' has more than one write in one update")
-                    matched, read_decay = self.match_delta(name, sign, factors, core)
-                    deltas.append((u, matched))
-                    read_decays.append(read_decay)
-                    delta = deltas[0][1]
+                    corrections.append(self.match_correction(name, u, sign, factors, core, prior))
                 elif isinstance(core, ir.Binary) and core.op == "@" and isinstance(core.right, ir.Name) \
                         and core.right.id == name and vector:
                     if factors or sign < 0 or dense is not None:
@@ -196,26 +212,25 @@ class _Planner:
                     has_state = True
                 else:
                     raise NoPlan(f"'{name}' enters its update in a form the parallel algorithms do not take")
-            for read_decay in read_decays:
-                self.check_delta_read(name, update_decay, read_decay)
-            if not has_state and delta is None:
+            update_decays[id(u)] = update_decay
+            if not has_state and not corrections:
                 raise NoPlan(f"the update of '{name}' drops the previous state")
             if inputs:
-                if write is not None or delta is not None:
+                if write is not None or any(cr.value is not None for cr in corrections):
                     raise NoPlan(f"'{name}' has more than one write per step")
                 write = self.match_write(name, vector, inputs)
         if dense is not None:
-            if decay or delta is not None:
+            if decay or corrections:
                 raise NoPlan(f"'{name}' mixes a dense transition with other terms")
             b = write[0] if write else None
             return StatePlan(name, "dense", vector, "none", k=b, dense=dense)
         axis = self.gate_axis(name, sty, decay)
-        if delta is not None:
-            if axis not in ("none", "scalar"):
-                raise NoPlan(f"the delta rule of '{name}' has a decay along {axis}; the chunk form takes a scalar gate")
-            k, v, beta = delta
-            return StatePlan(name, "delta", vector, axis, tuple(decay), k=k, v=v, beta=beta,
-                             more=tuple(d for _, d in deltas[1:]))
+        if corrections:
+            delta = [self.as_delta(name, cr, update_decays[id(cr.update)], axis) for cr in corrections]
+            if all(d is not None for d in delta):
+                (k, v, beta), more = delta[0], delta[1:]
+                return StatePlan(name, "delta", vector, axis, tuple(decay), k=k, v=v, beta=beta, more=tuple(more))
+            return self.dplr_plan(name, axis, tuple(decay), corrections, update_decays, write)
         if write is None:
             raise NoPlan(f"'{name}' is never written")
         return StatePlan(name, "gated", vector, axis, tuple(decay), k=write[0], v=write[1])
@@ -261,61 +276,103 @@ class _Planner:
         return k, v
 
     @staticmethod
-    def check_delta_read(name: str, update_decay: list[Factor], read_decay: list[Factor]) -> None:
-        """The chunk form applies a step's decay before its delta rule and corrects the decayed state:
-        ``S <- D * S`` then ``S <- S + beta * outer(k, v - k @ S)``, or in one update
-        ``S <- D * S + beta * outer(k, v - k @ (D * S))``. A correction that reads the state under other factors
-        than the update decays it by, e.g. ``S <- D * S + beta * outer(k, v - k @ S)`` ((D - beta k k^T) S, the
-        state corrected before its decay), is another transition, which the chunk form must not be given."""
+    def reads_decayed(read_decay: tuple[Factor, ...], update_decay: list[Factor]) -> bool | None:
+        """Where a correction reads the state relative to its update's decay: False, before it (``outer(b, a @ S)``
+        beside ``D * S``); True, after it (``k @ (D * S)``); None, under other factors (another transition)."""
+        if not read_decay:
+            return False
         rest = list(read_decay)
         for f in update_decay:
             if f not in rest:
-                break
+                return None
             rest.remove(f)
-        else:
-            if not rest:
-                return
-        if update_decay and not read_decay:
-            raise NoPlan(f"the correction of '{name}' reads it before the decay of the same update; the chunk form "
-                         f"corrects the decayed state (write the decay as its own update, {name} <- D * {name}, or "
-                         f"read k @ (D * {name}))")
-        raise NoPlan(f"the correction of '{name}' reads it under other factors than its update decays it by")
+        return True if not rest else None
 
-    def match_delta(self, name: str, sign: int, factors: list[Factor], core: ir.Call):
-        """beta * outer(k, v - k @ S)  ->  ((k, v, beta), []); beta * outer(k, v - k @ (D * S)) -> (..., factors of
-        D): the factors on the state where the correction reads it (``check_delta_read`` matches them with the
-        update's decay)."""
+    def as_delta(self, name: str, cr: Correction, update_decay: list[Factor], axis: str):
+        """The delta rule ``beta * outer(k, v - k @ S)`` as (k, v, beta), or None where the correction is a more
+        general rank-1 term (read and write vectors that differ, no target value, a strength along the key axis) or
+        reads the state before its update's decay (``D * S + beta * outer(k, v - k @ S)``, i.e. (D - beta k k^T) S,
+        the state corrected before its decay) or the decay runs along the key axis: the DPLR form takes those. The
+        delta chunk form applies a step's decay first and corrects the decayed state (``S <- D * S`` then ``S <- S +
+        beta * outer(k, v - k @ S)``, or ``k @ (D * S)`` in one update)."""
+        if axis not in ("none", "scalar") or cr.value is None or cr.read_sign > 0 or cr.read != cr.key:
+            return None
+        if any(self.ty(f.expr).dims for f in cr.strength):
+            return None
+        if update_decay and self.reads_decayed(cr.read_decay, update_decay) is not True:
+            return None
+        if not update_decay and cr.read_decay:
+            return None
+        beta = None
+        for f in cr.strength:
+            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
+            beta = _mul(beta, fe)
+        if cr.sign < 0:
+            beta = _neg(beta if beta is not None else ir.Num(value=1))
+        return cr.key, cr.value, beta if beta is not None else ir.Num(value=1)
+
+    def dplr_plan(self, name: str, axis: str, decay: tuple[Factor, ...], corrections: list[Correction],
+                  update_decays: dict[int, list[Factor]], write) -> StatePlan:
+        """A state decayed along its key axis (or by a scalar) with one general rank-1 correction,
+        ``S_t = diag(a_t) S_{t-1} + b_t (c_t^T S_{t-1}) + k_t v_t^T`` (RWKV-7, the key-gated delta rule)."""
+        sty = self.c.cell_types[name]
+        if len(sty.dims) != 2:
+            raise NoPlan(f"the rank-1 correction of '{name}' needs a matrix state")
+        if len(corrections) > 1:
+            raise NoPlan(f"'{name}' has {len(corrections)} rank-1 corrections per step; the chunk form of a decay "
+                         "along the key axis (diagonal plus low rank) takes one")
+        if sty.complex:
+            raise NoPlan(f"'{name}' is complex; the diagonal-plus-low-rank chunk form is real")
+        if axis not in ("none", "scalar", "key"):
+            raise NoPlan(f"'{name}' decays along its {axis} axis; the diagonal-plus-low-rank chunk form takes decays "
+                         "along the key axis")
+        cr = corrections[0]
+        after = self.reads_decayed(cr.read_decay, update_decays[id(cr.update)])
+        if after is None:
+            raise NoPlan(f"the correction of '{name}' reads it under other factors than its update decays it by")
+        read = cr.read if cr.read_sign > 0 else _neg(cr.read)
+        seen = cr.prior_decay + (tuple(update_decays[id(cr.update)]) if after else ())
+        for f in seen:        # c^T (D S) = (c ⊙ d)^T S for a key-axis or scalar decay d
+            read = _mul(read, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr)
+        correct = cr.key if cr.sign > 0 else _neg(cr.key)
+        for f in cr.strength:
+            if set(self.ty(f.expr).dims) - {sty.dims[0]}:
+                raise NoPlan(f"the strength of the correction of '{name}' varies along its value axis")
+            correct = _mul(correct, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr)
+        if cr.value is not None:
+            k, v = correct, cr.value           # outer(b, v - c @ S) writes outer(b, v) too
+        elif write is not None:
+            k, v = write
+        else:
+            raise NoPlan(f"'{name}' is never written")
+        return StatePlan(name, "dplr", False, axis, decay, k=k, v=v, read=read, correct=correct)
+
+    def match_correction(self, name: str, update: ir.Update, sign: int, factors: list[Factor], core: ir.Call,
+                         prior: tuple[Factor, ...]) -> Correction:
+        """``strength * outer(key, value - q @ (R * S))`` (or ``+ q @ ...``, value optional) as a Correction."""
         key, rest = core.args
         if _mentions(key, {name}):
             raise NoPlan(f"the key of the delta rule of '{name}' depends on '{name}'")
         value = None
-        read_key = None
-        read_decay: list[Factor] = []
+        read, read_sign, read_decay = None, 1, []
         for s, term in _sum_terms(rest):
             if _mentions(term, {name}):
+                scalars, term = self.factor_out(term, name)      # (q @ S) / 2: scalar factors go onto the read
                 read_factors, read_core = self.factor_out(term.right, name) \
                     if isinstance(term, ir.Binary) and term.op == "@" else ([], None)
-                if (isinstance(read_core, ir.Name) and read_core.id == name and s < 0 and read_key is None
-                        and not _mentions(term.left, {name})):
-                    read_key = term.left
-                    read_decay = read_factors
+                if (isinstance(read_core, ir.Name) and read_core.id == name and read is None
+                        and not _mentions(term.left, {name}) and not any(self.ty(f.expr).dims for f in scalars)):
+                    read, read_sign, read_decay = term.left, s, read_factors
+                    for f in scalars:
+                        read = _mul(read, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide
+                                    else f.expr)
                 else:
                     raise NoPlan(f"the correction of '{name}' must read it as k @ {name}")
             else:
                 value = _add(value, term if s > 0 else _neg(term))
-        if read_key is None or read_key != key:
-            raise NoPlan(f"the delta rule of '{name}' must read and write with the same key")
-        if value is None:
-            raise NoPlan(f"the delta rule of '{name}' has no target value")
-        beta = None
-        for f in factors:
-            if self.ty(f.expr).dims:
-                raise NoPlan(f"the strength of the delta rule of '{name}' must be a scalar per head")
-            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
-            beta = _mul(beta, fe)
-        if sign < 0:
-            beta = _neg(beta if beta is not None else ir.Num(value=1))
-        return (key, value, beta if beta is not None else ir.Num(value=1)), read_decay
+        if read is None:
+            raise NoPlan(f"the correction of '{name}' must read it as k @ {name}")
+        return Correction(update, key, value, read, read_sign, tuple(read_decay), tuple(factors), sign, prior)
 
     # ------------------------------------------------------------------ reads
     def reads(self) -> list[Read]:
@@ -452,7 +509,7 @@ def plan(c: Checked, a: Analysis) -> KernelPlan:
         if sp.kind == "dense" and "chunk" in modes:
             modes.remove("chunk")
             why["chunk"] = "a dense transition has no chunkwise form"
-        if sp.kind == "delta" and "scan" in modes:
+        if sp.kind in ("delta", "dplr") and "scan" in modes:
             modes.remove("scan")
     conv: tuple[ConvPlan, ...] = ()
     try:

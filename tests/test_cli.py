@@ -135,12 +135,32 @@ def test_the_cache_key_covers_every_generator_file(monkeypatch):
 
 
 def test_explain_says_which_admitted_forms_are_not_generated(capsys, tmp_path):
-    """explain lists the forms seqdsl.compile generates: RWKV-7's class admits a chunk form that no backend generates
-    (its correction reads the state as a @ S with a != k), and a value-gated state has a torch chunk form the Triton
-    kernels lack. explain used to print 'chunk yes' for RWKV-7 from the class alone."""
+    """explain lists the forms seqdsl.compile generates: a delta rule decayed along its value axis is in a class that
+    admits a chunk form no backend generates, and RWKV-7 (diagonal plus rank 1) and a value-gated state have torch
+    chunk forms the Triton kernels lack. explain used to print 'chunk yes' from the class alone."""
+    spec = tmp_path / "value_delta.seq"
+    spec.write_text("""model value_delta(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    k: [heads, dk] = l2norm(linear(x))
+    v: [heads, dv] = linear(x)
+    gv: [heads, dv] = logsigmoid(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+    S <- exp(gv) * S
+    S <- S + outer(k, v - k @ S)
+    o = k @ S
+  out:
+    y = linear(o)
+""")
+    assert main(["explain", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "chunk     no    the lowrank class admits it; not generated yet" in out, out
+    assert main(["explain", str(spec), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "chunk" in data["forms"] and data["generated_forms"] == ["recurrent"] and "chunk" in data["not_generated"]
     assert main(["explain", "examples/rwkv7.seq"]) == 0
     out = capsys.readouterr().out
-    assert "chunk     no    the lowrank class admits it; not generated yet" in out
+    assert "chunk     yes" in out and "(not in the Triton backend: the state S is diagonal plus rank 1" in out
     spec = tmp_path / "value_gate.seq"
     spec.write_text("""model value_gate(d_model = 8, heads = 2, dk = 4, dv = 6):
   streams:
@@ -158,6 +178,3 @@ def test_explain_says_which_admitted_forms_are_not_generated(capsys, tmp_path):
     assert main(["explain", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "chunk     yes" in out and "(not in the Triton backend: the state S decays along its value axis" in out
-    assert main(["explain", "examples/rwkv7.seq", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert "chunk" in data["forms"] and data["generated_forms"] == ["recurrent"] and "chunk" in data["not_generated"]

@@ -289,21 +289,23 @@ _ONE_LINE_DELTA = """model one_line_delta(d_model = 8, heads = 2, dk = 4, dv = 6
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("update,chunk", [
-    ("exp(-a) * S + beta * outer(k, v - k @ (exp(-a) * S))", True),      # Gated DeltaNet as the paper writes it
-    ("S / (1 + a) + beta * outer(k, v - (k * 2) @ (S / (1 + a)) / 2)", False),   # another key where it reads: no
-    ("S / (1 + a) + beta * outer(k, v - k @ (S / (1 + a)))", True),
-    ("exp(-a) * S + beta * outer(k, v - k @ S)", False),      # (D - beta k k^T) S: corrected before the decay
+@pytest.mark.parametrize("update,kind", [
+    ("exp(-a) * S + beta * outer(k, v - k @ (exp(-a) * S))", "delta"),      # Gated DeltaNet as the paper writes it
+    ("S / (1 + a) + beta * outer(k, v - (k * 2) @ (S / (1 + a)) / 2)", "dplr"),   # another key where it reads
+    ("S / (1 + a) + beta * outer(k, v - k @ (S / (1 + a)))", "delta"),
+    ("exp(-a) * S + beta * outer(k, v - k @ S)", "dplr"),      # (D - beta k k^T) S: corrected before the decay
 ])
-def test_a_delta_rule_with_its_decay_in_one_update(update, chunk, backend):
-    """A delta rule whose decay is in the same update: the chunk form (decay, then the delta rule on the decayed
-    state) is generated where the correction reads the decayed state, and only there. The last case used to get a
-    chunk form that silently computed the decay-first transition (0.2 relative error against the interpreter)."""
+def test_a_delta_rule_with_its_decay_in_one_update(update, kind, backend):
+    """A delta rule whose decay is in the same update: the delta chunk form (decay, then the delta rule on the
+    decayed state) is planned where the correction reads the decayed state, and only there; the others are the
+    general diagonal-plus-rank-1 transition (torch chunk form; the Triton chunk kernels do not take it). The last
+    case used to get a delta chunk form that silently computed the decay-first transition (0.2 relative error
+    against the interpreter)."""
     m = seqdsl.loads(_ONE_LINE_DELTA.format(update=update), name="one_line_delta")
     op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
+    assert op.plan.states[0].kind == kind
+    chunk = backend == "torch" or kind == "delta"
     assert ("chunk" in op.modes) == chunk, op.modes
-    if not chunk:
-        assert "chunk" in op.plan.why_not, op.plan.why_not
     inputs = sample_inputs(ref, 2, 21, seed=9)
     h0 = random_state(ref, 2, scale=0.3)
     o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
@@ -311,6 +313,46 @@ def test_a_delta_rule_with_its_decay_in_one_update(update, chunk, backend):
         o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
         assert_close(f"{update}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
         assert_close(f"{update}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
+
+
+_KEY_GATED_DELTA = """model key_gated_delta(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = l2norm(linear(x))
+    v: [heads, dv] = linear(x)
+    beta: [heads] = sigmoid(linear(x))
+    gk: [heads, dk] = -softplus(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+{updates}
+    o = q @ S
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("updates", [
+    "    S <- exp(gk) * S\n    S <- S + beta * outer(k, v - k @ S)",           # Kimi Delta Attention's order
+    "    S <- exp(gk) * S + beta * outer(k, v - k @ (exp(gk) * S))",          # the same, one update
+    "    S <- exp(gk) * S + outer(beta * k, v - k @ S)",                      # corrected before the decay
+])
+def test_a_delta_rule_with_a_key_axis_decay_gets_the_dplr_chunk_form(updates):
+    """A delta rule decayed along the key axis (KDA) is a diagonal-plus-rank-1 transition: the torch chunk form
+    (chunk_dplr) matches the interpreter in outputs, final state and gradients. It used to have no parallel form."""
+    m = seqdsl.loads(_KEY_GATED_DELTA.format(updates=updates), name="key_gated_delta")
+    op, ref = seqdsl.compile(m, backend="torch"), seqdsl.reference(m)
+    assert op.plan.states[0].kind == "dplr" and "chunk" in op.modes, op.plan.why_not
+    inputs = sample_inputs(ref, 2, 21, seed=4)
+    h0 = random_state(ref, 2, scale=0.3)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
+    o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode="chunk", chunk_size=8)
+    assert_close("o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR["chunk"])
+    assert_close("S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR["chunk"])
+    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode="chunk",
+                                            chunk_size=8), inputs, h0)
+    for k in g_ref:
+        assert_close(f"d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR["chunk"] * 10)
 
 
 _DECLARED_INIT = """model declared_init(d_model = 8, heads = 2, dk = 4):

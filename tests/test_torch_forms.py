@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from seqdsl.runtime import (
     causal_conv_fft,
     chunk_delta,
+    chunk_dplr,
     chunk_gated,
     recurrent_delta,
+    recurrent_dplr,
     recurrent_gated,
     scan_dense,
     scan_diagonal,
@@ -194,6 +196,73 @@ def test_gated_delta_rule_matches_fla(fla_naive, T, gated):
 
 
 # ---------------------------------------------------------------------------------------------
+# chunk_dplr (diagonal plus rank 1: RWKV-7, the key-gated delta rule) vs the step loop and fla
+
+
+def make_dplr(B=2, T=33, H=3, K=8, V=12, dtype=F64, gates=("gk",), seed=0, strength=-3.0):
+    """RWKV-7's parametrisation: a = -kh, b = kh ⊙ iclr (kh unit norm, iclr in (0, 1)); log gates in
+    [strength, 0] per step (strength -100: decays far below fp32's range within a chunk)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)
+    kh = F.normalize(r(B, T, H, K), dim=-1)
+    x = dict(q=r(B, T, H, K), a=-kh, b=kh * torch.sigmoid(r(B, T, H, K)), k=r(B, T, H, K), v=r(B, T, H, V),
+             initial_state=r(B, H, K, V))
+    if "gk" in gates:
+        x["gk"] = strength * torch.rand(B, T, H, K, generator=gen, dtype=F64)
+    if "g" in gates:
+        x["g"] = F.logsigmoid(r(B, T, H) + 3)
+    return {n: t.to(dtype) for n, t in x.items()}
+
+
+def naive_dplr(q, a, b, k, v, gk, initial_state, scale):
+    """S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T as explicit matrices, o_t = scale S_t^T q_t."""
+    S, outs = initial_state.clone(), []
+    for t in range(q.shape[1]):
+        A = torch.diag_embed(torch.exp(gk[:, t])) + b[:, t, :, :, None] * a[:, t, :, None, :]
+        S = A @ S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    return torch.stack(outs, 1), S
+
+
+@pytest.mark.parametrize("gates", [(), ("g",), ("gk",), ("g", "gk")], ids=lambda g: "+".join(g) or "none")
+@pytest.mark.parametrize("T", [1, 63, 65, 200])
+def test_chunk_dplr_matches_recurrent(gates, T):
+    x = make_dplr(T=T, gates=gates)
+    gk = x.get("gk", torch.zeros_like(x["a"])) + (x["g"][..., None] if "g" in x else 0)
+    ref_o, ref_S = naive_dplr(x["q"], x["a"], x["b"], x["k"], x["v"], gk, x["initial_state"], 0.7)
+    for fn, kw in ((recurrent_dplr, {}), (chunk_dplr, {"chunk_size": 16}), (chunk_dplr, {"chunk_size": 64})):
+        o, S = fn(**x, scale=0.7, output_final_state=True, **kw)
+        assert_close(o, ref_o, 1e-10, f"{fn.__name__} {kw} o")
+        assert_close(S, ref_S, 1e-10, f"{fn.__name__} {kw} S")
+
+
+def test_chunk_dplr_under_strong_decays():
+    """Per-step log decays down to -100: the pairwise decays are products of per-step ones, never exp of a
+    difference of cumulative sums, so nothing overflows (fp32 too)."""
+    for dtype, tol in ((F64, 1e-10), (F32, 2e-5)):
+        x = make_dplr(T=70, strength=-100.0, dtype=dtype)
+        ref_o, ref_S = naive_dplr(*(x[n].double() for n in ("q", "a", "b", "k", "v", "gk", "initial_state")), 1.0)
+        o, S = chunk_dplr(**x, output_final_state=True, chunk_size=32)
+        assert torch.isfinite(o).all()
+        assert_close(o, ref_o, tol, f"{dtype} o")
+        assert_close(S, ref_S, tol, f"{dtype} S")
+
+
+@pytest.mark.parametrize("T", [65, 200])
+def test_dplr_matches_fla(T):
+    """fla's naive dplr_recurrence (head-first, fp32 inside, q scaled by K^-0.5)."""
+    fla = _load_fla_naive("ops/generalized_delta_rule/dplr/naive.py")
+    x = make_dplr(T=T, K=16, V=32, dtype=F32)
+    hf = lambda t: t.transpose(1, 2).contiguous()
+    ref_o, ref_S = fla.dplr_recurrence(hf(x["q"]), hf(x["k"]), hf(x["v"]), hf(x["a"]), hf(x["b"]), hf(x["gk"]),
+                                       x["initial_state"], True)
+    for fn, kw in ((recurrent_dplr, {}), (chunk_dplr, {"chunk_size": 16}), (chunk_dplr, {"chunk_size": 64})):
+        o, S = fn(**x, scale=16 ** -0.5, output_final_state=True, **kw)
+        assert_close(o, hf(ref_o), 2e-5, f"{fn.__name__} o")
+        assert_close(S, ref_S, 2e-5, f"{fn.__name__} S")
+
+
+# ---------------------------------------------------------------------------------------------
 # packed sequences (cu_seqlens) equal separate runs
 
 LENS = [5, 64, 1, 0, 80]          # includes an empty sequence and a whole chunk
@@ -246,6 +315,19 @@ def test_varlen_delta(fn):
     _check_varlen(run, [x[n] for n in names], LENS, x["initial_state"], kw)
 
 
+@pytest.mark.parametrize("fn", [recurrent_dplr, chunk_dplr], ids=lambda f: f.__name__)
+def test_varlen_dplr(fn):
+    N = len(LENS)
+    x = make_dplr(B=N, T=max(LENS), gates=("g", "gk"))
+    names = ["q", "a", "b", "k", "v", "g", "gk"]
+
+    def run(*ts, **kw):
+        return fn(**dict(zip(names, ts)), output_final_state=True, **kw)
+
+    kw = {"chunk_size": 16} if fn is chunk_dplr else {}
+    _check_varlen(run, [x[n] for n in names], LENS, x["initial_state"], kw)
+
+
 def test_varlen_scans():
     N, n = len(LENS), 4
     gen = torch.Generator().manual_seed(1)
@@ -292,6 +374,14 @@ def test_gradcheck_chunk_delta():
     names = list(x)
     x = {n: t.requires_grad_() for n, t in x.items()}
     f = lambda *ts: chunk_delta(**dict(zip(names, ts)), scale=0.8, output_final_state=True, chunk_size=4)
+    assert torch.autograd.gradcheck(f, tuple(x.values()))
+
+
+def test_gradcheck_chunk_dplr():
+    x = make_dplr(B=1, T=7, H=1, K=3, V=2, gates=("g", "gk"))
+    names = list(x)
+    x = {n: t.requires_grad_() for n, t in x.items()}
+    f = lambda *ts: chunk_dplr(**dict(zip(names, ts)), scale=0.8, output_final_state=True, chunk_size=4)
     assert torch.autograd.gradcheck(f, tuple(x.values()))
 
 

@@ -8,8 +8,10 @@ See torch_forms for the conventions (fla-compatible layouts, log-space gates, fp
 
 from seqdsl.runtime.torch_forms import (
     chunk_delta,
+    chunk_dplr,
     chunk_gated,
     recurrent_delta,
+    recurrent_dplr,
     recurrent_gated,
     scan_dense,
     scan_diagonal,
@@ -20,8 +22,10 @@ from seqdsl.runtime.torch_forms import (
 
 __all__ = [
     "chunk_delta",
+    "chunk_dplr",
     "chunk_gated",
     "recurrent_delta",
+    "recurrent_dplr",
     "recurrent_gated",
     "scan_dense",
     "scan_diagonal",

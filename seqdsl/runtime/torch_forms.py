@@ -36,6 +36,8 @@ __all__ = [
     "chunk_gated",
     "recurrent_delta",
     "chunk_delta",
+    "recurrent_dplr",
+    "chunk_dplr",
     "scan_diagonal",
     "scan_gated",
     "scan_dense",
@@ -693,6 +695,145 @@ def chunk_delta(
         # o is linear in q, so `scale` is applied to o here, inside the last GEMM.
         v_new = torch.stack(v_new, 1).view(B, H, n, C, V)
         return _matmul_add(Aqk @ v_new, qd, states, scale)
+
+    o = lay.assemble(slab, max(C, K, V), (B, T, H, V), out_dtype, in_place)
+    return o, (lay.final_state() if output_final_state else None)
+
+
+# 3b. diagonal plus rank one (RWKV-7, the key-gated delta rule)
+
+
+def _dplr_gate(g: Optional[Tensor], gk: Optional[Tensor], a: Tensor) -> Tensor:
+    """The key-axis log gate [B, T, H, K] of a scalar g, a key gate gk, both (they add) or none (zeros)."""
+    if gk is None:
+        return torch.zeros_like(a) if g is None else g[..., None].expand_as(a)
+    return gk if g is None else gk + g[..., None]
+
+
+def recurrent_dplr(
+    q: Tensor,
+    a: Tensor,
+    b: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor] = None,
+    gk: Optional[Tensor] = None,
+    scale: Optional[float] = 1.0,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[Tensor] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Step loop of the diagonal-plus-rank-1 recurrence (fla's dplr_delta_rule with its a, b):
+        S_t = exp(gk_t) ⊙ S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = S_t^T (scale q_t).
+
+    q, a, b, k [B, T, H, K]; v [B, T, H, V]; gk [B, T, H, K] and g [B, T, H] log gates (optional, they add);
+    initial_state [N, H, K, V]. Returns o [B, T, H, V] and the final state (or None)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    _check_varlen(B, cu_seqlens, initial_state)
+    cd = _compute_dtype(q, a, b, k, v, g, gk, state=initial_state)
+    out_dtype = _output_dtype(cd, q, k, v)
+    scale = _default_scale(scale, K)
+    gk = _dplr_gate(g, gk, a)
+
+    def run(q, a, b, k, v, gk, h0):
+        q, a, b, k, v, gk = (x.to(cd) for x in (q, a, b, k, v, gk))
+        S = torch.zeros(q.shape[0], H, K, V, dtype=cd, device=q.device) if h0 is None else h0.to(cd)
+        outs = []
+        for t in range(q.shape[1]):
+            read = (a[:, t, :, :, None] * S).sum(-2)                           # a^T S_{t-1}: [B, H, V]
+            S = torch.exp(gk[:, t])[..., None] * S + b[:, t, :, :, None] * read[..., None, :] \
+                + k[:, t, :, :, None] * v[:, t, :, None, :]
+            outs.append((q[:, t, :, :, None] * S).sum(-2) * scale)
+        o = torch.stack(outs, 1) if outs else v.new_zeros(q.shape[0], 0, H, V, dtype=cd)
+        return o, S
+
+    if cu_seqlens is None:
+        o, S = run(q, a, b, k, v, gk, initial_state)
+    else:
+        o, S = _per_sequence(run, cu_seqlens, initial_state, True, (q, a, b, k, v, gk))
+    return o.to(out_dtype), (S if output_final_state else None)
+
+
+def _shift_rows(x: Tensor, first: Tensor) -> Tensor:
+    """x [..., C, D] moved one row down within its chunk, ``first`` [..., 1, D] in row 0."""
+    return torch.cat([first, x[..., :-1, :]], -2)
+
+
+def chunk_dplr(
+    q: Tensor,
+    a: Tensor,
+    b: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor] = None,
+    gk: Optional[Tensor] = None,
+    scale: Optional[float] = 1.0,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[Tensor] = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Chunkwise diagonal-plus-rank-1 recurrence; same arguments and results as recurrent_dplr.
+
+    Within a chunk, with Γ_t = exp(G_t) the decay since the chunk start (t included) and S_0 the state entering
+    it, every state is S_t = Γ_t (S_0 + sum_{s<=t} Γ_s^-1 (b_s u_s + k_s v_s^T)), where u_t = a_t^T S_{t-1} is
+    what the correction reads. So the reads solve a unit lower triangular system,
+        u_t = (a_t ⊙ Γ_{t-1})^T S_0 + sum_{s<t} [(a_t ⊙ Γ_{t-1}) . (b_s / Γ_s)] u_s + [(a_t ⊙ Γ_{t-1}) . (k_s / Γ_s)] v_s,
+    i.e. U = W S_0 + U0 with T = (I - L_ab)^-1 (recursive doubling), W = T Ã, U0 = T L_ak V, and then
+        o = (Q ⊙ Γ) S_0 + A_qb U + A_qk V,    S_C = Γ_C S_0 + (B ⊙ Γ_C / Γ)^T U + (K ⊙ Γ_C / Γ)^T V.
+    The pairwise decays (Γ_t / Γ_s, and Γ_{t-1} / Γ_s for the strictly causal L) come from
+    _key_gated_attention's recursive halving, products of per-step decays that cannot overflow: L is the
+    causal score of the queries a_{t+1} (moved one row up) against the keys at t, moved back down. (Scoring
+    the four pairs in one broadcast pass was slower on the CPU: 27 ms against 17-20 ms at T = 1024.)
+    Only U and the state run chunk by chunk; everything else is batched over the chunks of a slab.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    _check_varlen(B, cu_seqlens, initial_state)
+    cd = _compute_dtype(q, a, b, k, v, g, gk, state=initial_state)
+    out_dtype = _output_dtype(cd, q, k, v)
+    scale = _default_scale(scale, K)
+    lay = _ChunkLayout(B, T, H, chunk_size, cu_seqlens, q.device)
+    C = chunk_size
+    gk = _dplr_gate(g, gk, a)
+    in_place = not _needs_grad(q, a, b, k, v, gk, initial_state)
+    chunks = {n: lay.slicer(x, cd) for n, x in dict(q=q, a=a, b=b, k=k, v=v, gk=gk).items()}
+    lay.start(_initial_state_fn(initial_state, B, H, K, V, cd, q.device, cu_seqlens is not None))
+    BH = B * H
+
+    def slab(c0: int, c1: int) -> Tensor:
+        """Output of chunks c0..c1-1 ([B, H, n, C, V]); advances the state past them."""
+        q_, a_, b_, k_, v_ = (chunks[x](c0, c1) for x in "qabkv")          # [B, H, n, C, K or V]
+        decay = torch.exp(chunks["gk"](c0, c1))
+        a_next = torch.cat([a_[..., 1:, :], torch.zeros_like(a_[..., :1, :])], -2)     # a_{t+1} in row t
+        L_ab, a_dec, b_rev, total = _key_gated_attention(a_next, b_, decay)
+        L_ak, _, k_rev, _ = _key_gated_attention(a_next, k_, decay)
+        A_qb, q_dec, _, _ = _key_gated_attention(q_, b_, decay)
+        A_qk, _, _, _ = _key_gated_attention(q_, k_, decay)
+        zero_row = torch.zeros_like(L_ab[..., :1, :])
+        L_ab, L_ak = _shift_rows(L_ab, zero_row), _shift_rows(L_ak, zero_row)   # strictly causal: s < t
+        a_dec = _shift_rows(a_dec, a_[..., :1, :])                              # a_t ⊙ Γ_{t-1}
+        Tinv = _unit_lower_inverse(-L_ab)
+        W, U0 = Tinv @ a_dec, Tinv @ (L_ak @ v_)                                # [.., C, K], [.., C, V]
+        written = k_rev.transpose(-1, -2) @ v_                                  # [B, H, n, K, V]
+
+        n = c1 - c0
+        Ws, U0s = W.reshape(BH, n, C, K).unbind(1), U0.reshape(BH, n, C, V).unbind(1)
+        b_ts = b_rev.reshape(BH, n, C, K).transpose(-1, -2).unbind(1)          # [B H, K, C]
+        writes = written.reshape(BH, n, K, V).unbind(1)
+        decays = total.transpose(-1, -2).reshape(BH, n, K, 1).unbind(1)         # Γ_C: [B H, K, 1]
+        reads = []
+
+        def step(c, S):                                      # S [B, H, K, V]
+            S = S.reshape(BH, K, V)
+            u = torch.baddbmm(U0s[c], Ws[c], S)              # the corrections' reads u_t = a_t^T S_{t-1}
+            reads.append(u)
+            return torch.baddbmm(torch.addcmul(writes[c], decays[c], S), b_ts[c], u).view(B, H, K, V)
+
+        states = lay.advance(c0, c1, step)                    # [B, H, n, K, V]
+        U = torch.stack(reads, 1).view(B, H, n, C, V)
+        return _matmul_add(A_qb @ U + A_qk @ v_, q_dec, states, scale)
 
     o = lay.assemble(slab, max(C, K, V), (B, T, H, V), out_dtype, in_place)
     return o, (lay.final_state() if output_final_state else None)
