@@ -1,6 +1,6 @@
 """CPU timings of the generated torch forms next to fla-core's torch references and SDPA.
 
-    python benchmarks/cpu_forms.py [--lengths 1024 4096 16384] [--models gla retnet gated_deltanet mamba]
+    python benchmarks/cpu_forms.py [--lengths 1024 4096 16384] [--models gla retnet gated_deltanet mamba rwkv7]
 
 Prints a markdown table: forward and forward+backward milliseconds and tokens/s per form at
 B=1, H=4, K=V=64 (mamba: d_inner=256 channels with n=16, the paper's setting), the same for
@@ -58,6 +58,10 @@ def inputs_for(name: str, T: int, g: torch.Generator) -> dict[str, torch.Tensor]
         return {"u": randn(B, T, D), "delta": torch.nn.functional.softplus(randn(B, T, D) - 4),
                 "B": randn(B, T, n), "C": randn(B, T, n), "A_log": torch.log(torch.arange(1, n + 1.0)).repeat(D, 1),
                 "D": torch.ones(D)}
+    if name == "rwkv7":   # the op's inputs at RWKV-7's ranges: a = -kh, b = kh ⊙ iclr, w in [-exp(-0.5), 0]
+        kh = torch.nn.functional.normalize(randn(B, T, H, K), dim=-1)
+        return {"r": randn(B, T, H, K), "w": -0.6065 * torch.sigmoid(randn(B, T, H, K)), "k": randn(B, T, H, K),
+                "v": randn(B, T, H, V), "a": -kh, "b": kh * torch.sigmoid(randn(B, T, H, K))}
     x = {"q": randn(B, T, H, K), "k": randn(B, T, H, K), "v": randn(B, T, H, V)}
     if name == "gla":
         x["gk"] = torch.nn.functional.logsigmoid(randn(B, T, H, K)) / 16
@@ -93,6 +97,13 @@ def fla_refs(name: str, x: dict):
             if hasattr(gd, "naive_chunk_gated_delta_rule"):
                 out["fla naive_chunk_gated_delta_rule"] = lambda: gd.naive_chunk_gated_delta_rule(
                     x["q"], x["k"], x["v"], x["g"], x["beta"])
+        if name == "rwkv7":
+            from fla.ops.generalized_delta_rule.dplr import naive as dp
+
+            hf = lambda t: t.transpose(1, 2)  # noqa: E731  (head-first)
+            args = [hf(x[n]) for n in ("r", "k", "v", "a", "b", "w")]
+            out["fla dplr_recurrence"] = lambda: dp.dplr_recurrence(*args)
+            out["fla dplr_chunkwise"] = lambda: dp.dplr_chunkwise(*args, chunk_size=64)
     except ImportError as e:   # fla-core is a test dependency; the benchmark still runs without it
         print(f"(fla-core not importable: {e})", file=sys.stderr)
     return out
@@ -107,6 +118,8 @@ def chunk_flops(name: str, T: int, C: int = 64) -> float:
     per_token = 2 * C * (k + v) / 2 * 2 + 4 * k * v          # causal intra-chunk (half of C^2), inter-chunk
     if name == "gated_deltanet":
         per_token += 2 * C * k + 2 * C * (k + v) + 2 * k * v  # K K^T, W and U, W @ S
+    if name == "rwkv7":   # two more score matrices, the inverse, W and U0, and two more state products
+        per_token += 2 * C * k + 2 * C * C / 3 + 2 * C * (k + 2 * v) + 4 * k * v
     return per_token * T * heads * B
 
 
@@ -138,7 +151,7 @@ def main(argv=None) -> int:
             impls.update(fla_refs(name, x))
             if name != "mamba":
                 impls["sdpa causal (attention)"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-                    *(x[n].transpose(1, 2) for n in ("q", "k", "v")), is_causal=True)
+                    *(x[n].transpose(1, 2) for n in ("q" if "q" in x else "r", "k", "v")), is_causal=True)
             for label, fn in impls.items():
                 slow = ("recurrent" in label or "scan" in label) and T == max(args.lengths)
                 if args.skip_slow and slow:

@@ -1,6 +1,6 @@
 """Forward-time micro-benchmark of the torch form library (seqdsl.runtime) on CPU.
 
-    python benchmarks/torch_forms_bench.py [--threads 2] [--T 1024 4096 16384] [--repeats 5]
+    python benchmarks/torch_forms_bench.py [--threads 2] [--T 1024 4096 16384] [--repeats 5] [--families dplr ...]
 
 Times the chunkwise forms at B=1, H=4, K=V=64 (fp32, no autograd) next to flash-linear-attention's
 pure-torch references for the same family, and compares them with the FLOP-limited time: the
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seqdsl.runtime import chunk_delta, chunk_gated
+from seqdsl.runtime import chunk_delta, chunk_dplr, chunk_gated
 
 B, H, K, V, C = 1, 4, 64, 64, 64
 
@@ -71,6 +71,15 @@ def flops_gdn(T: int) -> float:
     return B * H * (2 * T * C * K + inverse + wu + loop + out)
 
 
+def flops_dplr(T: int) -> float:
+    scores = 4 * T * K * (C - 1)         # A_qb, A_qk and the strictly causal L_ab, L_ak, by recursive halving
+    inverse = 2 * T * (C * C - 1) / 3
+    wu = 2 * T * C * K + 2 * T * C * V + 2 * T * C * V      # W = T Ã;  U0 = T (L_ak V)
+    loop = 6 * T * K * V                 # u = W S + U0;  S = Γ S + B^T u + K^T V
+    out = 4 * T * C * V + 2 * T * K * V
+    return B * H * (scores + inverse + wu + loop + out)
+
+
 def inputs(T: int):
     torch.manual_seed(0)
     q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
@@ -84,7 +93,7 @@ def inputs(T: int):
 
 def references():
     """fla's pure-torch references, by family (missing ones are skipped)."""
-    refs = {"gla": {}, "simple_gla": {}, "gdn": {}}
+    refs = {"gla": {}, "simple_gla": {}, "gdn": {}, "dplr": {}}
     try:
         from fla.ops.gla.naive import naive_recurrent_gla
         refs["gla"]["fla naive_recurrent_gla"] = lambda q, k, v, gk, g, beta, kn: naive_recurrent_gla(q, k, v, gk)
@@ -108,6 +117,16 @@ def references():
                 lambda q, k, v, gk, g, beta, kn: gd.naive_chunk_gated_delta_rule(q, kn, v, g, beta, chunk_size=C))
     except ImportError:
         pass
+    try:
+        from fla.ops.generalized_delta_rule.dplr import naive as dp
+        hf = lambda x: x.transpose(1, 2)       # fla's naive dplr references are head-first
+        refs["dplr"]["fla dplr_recurrence"] = (
+            lambda q, k, v, gk, g, beta, kn: dp.dplr_recurrence(hf(q), hf(k), hf(v), hf(-kn), hf(kn * 0.5), hf(gk)))
+        refs["dplr"]["fla dplr_chunkwise"] = (
+            lambda q, k, v, gk, g, beta, kn: dp.dplr_chunkwise(hf(q), hf(k), hf(v), hf(-kn), hf(kn * 0.5), hf(gk),
+                                                               chunk_size=C))
+    except ImportError:
+        pass
     return refs
 
 
@@ -118,6 +137,8 @@ OURS = {   # family: (name, fn(q, k, v, gk, g, beta, kn), FLOP count)
                    lambda q, k, v, gk, g, beta, kn: chunk_gated(q, k, v, g=g, chunk_size=C), flops_simple_gla),
     "gdn": ("seqdsl chunk_delta(g)",
             lambda q, k, v, gk, g, beta, kn: chunk_delta(q, kn, v, beta, g, chunk_size=C), flops_gdn),
+    "dplr": ("seqdsl chunk_dplr(gk) (RWKV-7)",
+             lambda q, k, v, gk, g, beta, kn: chunk_dplr(q, -kn, kn * 0.5, k, v, gk=gk, chunk_size=C), flops_dplr),
 }
 
 
@@ -126,6 +147,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--T", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--families", nargs="+", choices=sorted(OURS), default=list(OURS),
+                        help="which families to time (all by default)")
     parser.add_argument("--ref-max-T", type=int, default=4096, help="skip fla references above this T")
     parser.add_argument("--stat", choices=["min", "median"], default="min")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -147,7 +170,7 @@ def main() -> None:
     print("-" * len(header))
     summary = {}
     with torch.no_grad():
-        for family, (name, fn, flops) in OURS.items():
+        for family, (name, fn, flops) in ((f, OURS[f]) for f in args.families):
             for T in args.T:
                 x = inputs(T)
                 ours = timeit(lambda: fn(*x), args.repeats)
@@ -166,7 +189,7 @@ def main() -> None:
 
     print("xFLOPlim: time / (matmul FLOPs / measured 2048^3 rate); speedup: fastest fla reference / ours")
     if 4096 in args.T and 16384 in args.T:
-        for family in OURS:
+        for family in args.families:
             t4, t16 = summary[family, 4096][0], summary[family, 16384][0]
             print(f"{family}: T=16384 / T=4096 time ratio {t16 / t4:.2f} (linear = 4)")
 
