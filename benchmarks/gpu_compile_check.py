@@ -14,7 +14,7 @@ Cases: every Triton form of every example at its own default dims (B 1, T 80; fp
 initial and a final state, bf16 forward and backward with the op's defaults (no initial state, no final state: the
 chunk kernels' low-precision policy, and what training runs), packed sequences forward), then the chunk kernels
 alone at fla's head dims (K = V = each of ``--chunk-dims``; gated with no, scalar and key gates, the delta
-rule plain and gated; forward and backward, fp32 and bf16 policies).
+rule plain and gated, the DPLR chunk up to 128; forward and backward, fp32 and bf16 policies).
 
 Prints one row per distinct compiled kernel (name, the constexprs that tell its variants apart, num_warps,
 registers, spilled bytes, shared memory) and the failures; exits 1 if a kernel fails to compile or needs more
@@ -231,6 +231,18 @@ def chunk_cases(dims: list[int]):
                         o, _ = triton_chunk.chunk_delta(q, k, v, beta, scale=d ** -0.5, **kw)
                         o.sum().backward()
                 yield f"chunk_delta {'gated' if gated_delta else 'plain'} K=V={d} {precision}", delta
+            if d > 128:
+                continue      # the DPLR kernels hold the whole state in one program (triton_dplr.DPLR_MAX_DIM)
+
+            def dplr(d=d, low=low):
+                g = torch.Generator().manual_seed(0)
+                q, a, b, k, v = (torch.randn(B, T, H, d, generator=g).to(low or torch.float32).requires_grad_(True)
+                                 for _ in range(5))
+                gk = (-torch.rand(B, T, H, d, generator=g)).requires_grad_(True)
+                with _op._inputs_precision(low), _op.readouts_in(low):
+                    o, _ = triton_chunk.chunk_dplr(q, a, b, k, v, gk=gk, scale=d ** -0.5)
+                    o.sum().backward()
+            yield f"chunk_dplr K=V={d} {precision}", dplr
 
 
 def compiling_without_a_gpu(script: str, advice: str) -> bool:

@@ -57,6 +57,9 @@ _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", 
              # the backward kernel's own names (codegen/triton_backward.py)
              "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj", "SPLIT"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
+# The largest state axis the Triton DPLR chunk kernels take (seqdsl.runtime.triton_dplr.DPLR_MAX_DIM, which a test
+# keeps equal; codegen does not import the runtime's Triton modules).
+DPLR_MAX_DIM = 128
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
 # the fused scan kernel's own names (TimeBlocks' o_t, m_t, BLOCK_T; its loop's t0)
 SCAN_NAMES = ("t0", "o_t", "m_t", "BLOCK_T", "SEQ_LEN")
@@ -161,8 +164,11 @@ def triton_chunk_gap(c: Checked, p: KernelPlan) -> str | None:
         return None
     for sp in p.states:
         if sp.kind == "dplr":
-            return f"the state {sp.state} is diagonal plus rank 1 (a general correction or a key-axis decay); the " \
-                   "Triton chunk kernels do gated states and the delta rule with a scalar decay"
+            sizes = [c.dim_sizes[d] for d in c.cell_types[sp.state].dims]
+            if max(sizes) > DPLR_MAX_DIM:
+                return f"the state {sp.state} is diagonal plus rank 1 with axes of {sizes}; the Triton DPLR chunk " \
+                       f"kernels hold the whole state in one program (axes <= {DPLR_MAX_DIM})"
+            continue
         if sp.kind not in ("gated", "delta"):
             return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
         axes = ("none", "scalar", "key") if sp.kind == "gated" else ("none", "scalar")
@@ -922,7 +928,9 @@ class _Gen:
             "outputs (fla's stages). Backward (autograd): the preparation through torch; the chunk stages",
             "by Triton backward kernels (ungated, scalar- and key-gated states, the delta rule through its",
             "WY / UT stage). Complex gated states run on the same real kernels (a phase rotation of q and k,",
-            "then a realified state of twice the size: triton_chunk._complex_chunk_gated)."],
+            "then a realified state of twice the size: triton_chunk._complex_chunk_gated). Diagonal-plus-",
+            "rank-1 states (RWKV-7) run triton_chunk.chunk_dplr: a fused chunk kernel per head, forward and",
+            "backward (seqdsl.runtime.triton_dplr)."],
             chunked=True)
 
     # ------------------------------------------------------------------ module

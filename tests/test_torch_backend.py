@@ -298,14 +298,12 @@ _ONE_LINE_DELTA = """model one_line_delta(d_model = 8, heads = 2, dk = 4, dv = 6
 def test_a_delta_rule_with_its_decay_in_one_update(update, kind, backend):
     """A delta rule whose decay is in the same update: the delta chunk form (decay, then the delta rule on the
     decayed state) is planned where the correction reads the decayed state, and only there; the others are the
-    general diagonal-plus-rank-1 transition (torch chunk form; the Triton chunk kernels do not take it). The last
-    case used to get a delta chunk form that silently computed the decay-first transition (0.2 relative error
-    against the interpreter)."""
+    general diagonal-plus-rank-1 transition (chunk_dplr). The last case used to get a delta chunk form that
+    silently computed the decay-first transition (0.2 relative error against the interpreter), then none."""
     m = seqdsl.loads(_ONE_LINE_DELTA.format(update=update), name="one_line_delta")
     op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
     assert op.plan.states[0].kind == kind
-    chunk = backend == "torch" or kind == "delta"
-    assert ("chunk" in op.modes) == chunk, op.modes
+    assert "chunk" in op.modes, op.modes
     inputs = sample_inputs(ref, 2, 21, seed=9)
     h0 = random_state(ref, 2, scale=0.3)
     o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
@@ -331,16 +329,18 @@ _KEY_GATED_DELTA = """model key_gated_delta(d_model = 8, heads = 2, dk = 4, dv =
 """
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("updates", [
     "    S <- exp(gk) * S\n    S <- S + beta * outer(k, v - k @ S)",           # Kimi Delta Attention's order
     "    S <- exp(gk) * S + beta * outer(k, v - k @ (exp(gk) * S))",          # the same, one update
     "    S <- exp(gk) * S + outer(beta * k, v - k @ S)",                      # corrected before the decay
 ])
-def test_a_delta_rule_with_a_key_axis_decay_gets_the_dplr_chunk_form(updates):
-    """A delta rule decayed along the key axis (KDA) is a diagonal-plus-rank-1 transition: the torch chunk form
-    (chunk_dplr) matches the interpreter in outputs, final state and gradients. It used to have no parallel form."""
+def test_a_delta_rule_with_a_key_axis_decay_gets_the_dplr_chunk_form(updates, backend):
+    """A delta rule decayed along the key axis (KDA) is a diagonal-plus-rank-1 transition: the chunk form
+    (chunk_dplr, torch or Triton) matches the interpreter in outputs, final state and gradients. It used to have no
+    parallel form."""
     m = seqdsl.loads(_KEY_GATED_DELTA.format(updates=updates), name="key_gated_delta")
-    op, ref = seqdsl.compile(m, backend="torch"), seqdsl.reference(m)
+    op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
     assert op.plan.states[0].kind == "dplr" and "chunk" in op.modes, op.plan.why_not
     inputs = sample_inputs(ref, 2, 21, seed=4)
     h0 = random_state(ref, 2, scale=0.3)

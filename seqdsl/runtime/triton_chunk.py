@@ -1503,3 +1503,13 @@ class _ChunkDelta(torch.autograd.Function):
                                       want_dh0=ctx.needs_input_grad[5])
         out = tuple(None if gr is None or dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
         return (*out, None, None, None, None)
+
+
+def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, output_final_state=False,
+               cu_seqlens=None, chunk_size=64):
+    """The diagonal-plus-rank-1 chunk form (RWKV-7) as Triton kernels: ``triton_dplr.chunk_dplr``, here so that the
+    generated chunk forms find every chunk algorithm in this module."""
+    from seqdsl.runtime.triton_dplr import chunk_dplr as run
+
+    return run(q, a, b, k, v, g=g, gk=gk, scale=scale, initial_state=initial_state,
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)

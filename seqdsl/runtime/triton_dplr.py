@@ -1,0 +1,310 @@
+"""Chunkwise diagonal-plus-rank-1 recurrence (RWKV-7, the key-gated delta rule) as Triton kernels, forward and
+backward:
+
+    S_t = exp(gk_t) ⊙ S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,    o_t = S_t^T (scale q_t)
+
+(``torch_forms.chunk_dplr``'s arguments and results). Each chunk is done as ``torch_forms.chunk_dplr`` does it:
+with G the chunk-local cumulative log gate (G⁻ = G - gk, the gate before the token) and S_0 the state entering the
+chunk, the corrections' reads u_t = a_t^T S_{t-1} solve U = (I - L_ab)^-1 ((a ⊙ e^G⁻) S_0 + L_ak V), then
+
+    o = scale ((q ⊙ e^G) S_0 + A_qb U + A_qk V),    S_C = e^G_C ⊙ S_0 + (b ⊙ e^(G_C - G))^T U + (k ⊙ e^(G_C - G))^T V
+
+with the causal scores A_xy[t, s] = sum_i x_ti y_si exp(G_ti - G_si) (s <= t) and the strictly causal
+L_ay[t, s] = sum_i a_ti y_si exp(G⁻_ti - G_si) (s < t). The scores are computed as exact [BT, BT, K] products of
+masked pairwise exponentials (every exponent is of a sum of log gates over tokens between s and t, <= 0 for decaying
+gates: nothing overflows, whatever the decay), which is why the chunks are BT = 16 tokens whatever ``chunk_size``
+(the torch form's tiling; 16 keeps the [16, 16, K] products in registers). The unit lower triangular inverse is
+``triton_chunk.unit_lower_inverse``.
+
+One program per (sequence, head) runs the chunks in order, the whole [K, V] state in registers (K, V <= 128):
+``dplr_chunk_fwd_kernel`` stores the state entering each chunk (h [N, H, NT, K, V]); ``dplr_chunk_bwd_kernel`` runs
+the chunks in reverse from h, recomputing each chunk's scores and inverse, carrying the state gradient dS back
+(dS_0 = (q ⊙ e^G)^T do + e^G_C ⊙ dS_C + (a ⊙ e^G⁻)^T T^T dU, dU = A_qb^T do + (b ⊙ e^(G_C - G)) dS_C) and giving
+dq, da, db, dk, dv and the log gate's gradient (through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s), dG_t +=
+x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over the chunk). This is a fused chunk form: fla's
+hand-written DPLR kernels split the same algebra into separate stages with more parallelism; these are sized for
+correctness first (one program per head and sequence).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+import torch
+
+from seqdsl.runtime import triton_lib as _tlib
+from seqdsl.runtime import triton_runtime as _rt
+from seqdsl.runtime.triton_chunk import (_Rows, _grad_dtypes, _low_precision, _output_gradient, _unless_zero,
+                                         _wants_grad, unit_lower_inverse)
+from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
+
+DPLR_CHUNK = 16          # tokens per chunk of these kernels
+DPLR_MAX_DIM = 128       # K and V: the whole state sits in one program's registers
+
+
+@triton.jit
+def _pair_exp(gx, gy, mask):
+    """[BT, BT, BK]: exp(gx_t - gy_s) where mask[t, s], else 0 (the exponent is masked before the exp)."""
+    m3 = mask[:, :, None]
+    return tl.where(m3, tl.exp(tl.where(m3, gx[:, None, :] - gy[None, :, :], 0.0)), 0.0)
+
+
+@triton.jit
+def _scores(x, y, gx, gy, mask):
+    """A[t, s] = sum_i x_ti y_si exp(gx_ti - gy_si) where mask[t, s] (x, gx, y, gy: [BT, BK])."""
+    return tl.sum(x[:, None, :] * y[None, :, :] * _pair_exp(gx, gy, mask), axis=2)
+
+
+@triton.jit
+def _scores_grad(dA, x, y, gx, gy, mask):
+    """(dx, dy) of _scores for the scores' gradient dA [BT, BT]; the log gates' gradients are x ⊙ dx (for gx) and
+    -y ⊙ dy (for gy)."""
+    p = dA[:, :, None] * _pair_exp(gx, gy, mask)                     # [BT, BT, BK]
+    return tl.sum(p * y[None, :, :], axis=1), tl.sum(p * x[:, None, :], axis=0)
+
+
+@triton.jit
+def _chunk_inputs(q, a, b, k, v, gk, bos, i_t, T, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr):
+    """Chunk i_t's blocks: q, a, b, k, G, G⁻ [BT, BK], v [BT, BV], the chunk's total log gate G_C [BK], its rows'
+    mask m_t [BT] and offsets. Rows past T load zeros (log gate 0: G stays G_C there)."""
+    o_c = tl.arange(0, BT)
+    o_t = i_t * BT + o_c
+    m_t = o_t < T
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_tk = m_t[:, None] & (o_k < K)[None, :]
+    m_tv = m_t[:, None] & (o_v < V)[None, :]
+    p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_a = tl.load(a + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_b = tl.load(b + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_g = tl.load(gk + p_k, mask=m_tk, other=0.0).to(DTYPE)
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_Gl = tl.sum(b_g, axis=0)                                       # G_C: the chunk's total log gate
+    return b_q, b_a, b_b, b_k, b_v, b_G, b_G - b_g, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv
+
+
+@triton.jit
+def dplr_chunk_fwd_kernel(
+    q, a, b, k, v, gk,      # [B, T, H, K] (v: V); gk the log gate
+    h, h0, ht, o,           # h [N, H, NT, K, V]: the state entering each chunk; h0, ht [N, H, K, V]; o [B, T, H, V]
+    scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
+    DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)                     # chunk slots per row of h (the longest sequence's)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=DTYPE)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    for i_t in range(0, tl.cdiv(T, BT)):
+        tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
+        b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
+            q, a, b, k, v, gk, bos, i_t, T, i_h, H, K, V, BT, BK, BV, DTYPE)
+        causal = o_c[:, None] >= o_c[None, :]
+        strict = o_c[:, None] > o_c[None, :]
+        b_Tinv = unit_lower_inverse(-_scores(b_a, b_b, b_Gx, b_G, strict), o_c, BT, DTYPE, PREC)
+        b_M = _tlib.dot(_scores(b_a, b_k, b_Gx, b_G, strict), b_v, PREC)                 # L_ak V
+        b_U = _tlib.dot_fp32(b_Tinv, _tlib.dot(b_a * tl.exp(b_Gx), b_h, PREC) + b_M, PREC)
+        b_o = _tlib.dot(b_q * tl.exp(b_G), b_h, PREC) + _tlib.dot(_scores(b_q, b_b, b_G, b_G, causal), b_U, PREC) \
+            + _tlib.dot(_scores(b_q, b_k, b_G, b_G, causal), b_v, PREC)
+        tl.store(o + p_v, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+        rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)                  # e^(G_C - G), real rows
+        b_h = tl.exp(b_Gl)[:, None] * b_h + _tlib.dot(tl.trans(b_b * rev), b_U, PREC) \
+            + _tlib.dot(tl.trans(b_k * rev), b_v, PREC)
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def dplr_chunk_bwd_kernel(
+    q, a, b, k, v, gk, h, do, dht, dh0,
+    dq, da, db, dk, dv, dg,  # gradients, [B, T, H, K] (dv: V); dg of the log gate
+    scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
+    STORE_INITIAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.zeros([BK, BV], dtype=DTYPE)             # the gradient of the state leaving the chunk
+    if USE_FINAL_STATE_GRADIENT:
+        b_dh += tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+    NTs = tl.cdiv(T, BT)
+    for i_r in range(0, NTs):
+        i_t = NTs - 1 - i_r
+        b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
+            q, a, b, k, v, gk, bos, i_t, T, i_h, H, K, V, BT, BK, BV, DTYPE)
+        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE) * scale
+        causal = o_c[:, None] >= o_c[None, :]
+        strict = o_c[:, None] > o_c[None, :]
+        # the forward's chunk again
+        L_ab = _scores(b_a, b_b, b_Gx, b_G, strict)
+        L_ak = _scores(b_a, b_k, b_Gx, b_G, strict)
+        A_qb = _scores(b_q, b_b, b_G, b_G, causal)
+        A_qk = _scores(b_q, b_k, b_G, b_G, causal)
+        b_Tinv = unit_lower_inverse(-L_ab, o_c, BT, DTYPE, PREC)
+        e_x, e_q = tl.exp(b_Gx), tl.exp(b_G)
+        rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)
+        b_ad, b_qd, b_br, b_kr = b_a * e_x, b_q * e_q, b_b * rev, b_k * rev
+        b_Y = _tlib.dot(b_ad, b_h, PREC) + _tlib.dot(L_ak, b_v, PREC)                 # U = Tinv Y
+        b_U = _tlib.dot_fp32(b_Tinv, b_Y, PREC)
+        # back through the outputs and the state update
+        b_dU = _tlib.dot(tl.trans(A_qb), b_do, PREC) + _tlib.dot(b_br, b_dh, PREC)       # [BT, BV]
+        b_dY = _tlib.dot_fp32(tl.trans(b_Tinv), b_dU, PREC)
+        b_dTinv = _tlib.dot(b_dU, tl.trans(b_Y), PREC)                                   # [BT, BT]
+        dL_ab = tl.where(strict, _tlib.dot_fp32(tl.trans(b_Tinv), _tlib.dot_fp32(b_dTinv, tl.trans(b_Tinv), PREC),
+                                                PREC), 0.0)
+        dL_ak = tl.where(strict, _tlib.dot(b_dY, tl.trans(b_v), PREC), 0.0)
+        dA_qb = tl.where(causal, _tlib.dot(b_do, tl.trans(b_U), PREC), 0.0)
+        dA_qk = tl.where(causal, _tlib.dot(b_do, tl.trans(b_v), PREC), 0.0)
+        b_dv = _tlib.dot(tl.trans(A_qk), b_do, PREC) + _tlib.dot(b_kr, b_dh, PREC) + _tlib.dot(tl.trans(L_ak), b_dY,
+                                                                                              PREC)
+        b_dqd = _tlib.dot(b_do, tl.trans(b_h), PREC)
+        b_dad = _tlib.dot(b_dY, tl.trans(b_h), PREC)
+        b_dbr = _tlib.dot(b_U, tl.trans(b_dh), PREC)
+        b_dkr = _tlib.dot(b_v, tl.trans(b_dh), PREC)
+        b_dGl = tl.exp(b_Gl) * tl.sum(b_h * b_dh, axis=1)
+        b_dh = _tlib.dot(tl.trans(b_qd), b_do, PREC) + tl.exp(b_Gl)[:, None] * b_dh + _tlib.dot(tl.trans(b_ad), b_dY,
+                                                                                                 PREC)
+        # through the scores and the decayed factors to the inputs and the cumulative gates
+        b_dq, b_db = _scores_grad(dA_qb, b_q, b_b, b_G, b_G, causal)
+        dq2, b_dk = _scores_grad(dA_qk, b_q, b_k, b_G, b_G, causal)
+        b_dq += dq2
+        b_da, db2 = _scores_grad(dL_ab, b_a, b_b, b_Gx, b_G, strict)
+        da2, dk2 = _scores_grad(dL_ak, b_a, b_k, b_Gx, b_G, strict)
+        b_db += db2
+        b_da += da2
+        b_dk += dk2
+        b_dG = b_q * b_dq - b_b * b_db - b_k * b_dk          # the scores' own gate terms (x-side G for q)
+        b_dGx = b_a * b_da
+        b_dq += b_dqd * e_q
+        b_dG += b_dqd * b_qd
+        b_da += b_dad * e_x
+        b_dGx += b_dad * b_ad
+        b_db += b_dbr * rev
+        b_dk += b_dkr * rev
+        b_dG -= b_dbr * b_br + b_dkr * b_kr
+        b_dGl += tl.sum(b_dbr * b_br + b_dkr * b_kr, axis=0)
+        # G = cumsum(gk), G⁻ = G - gk, G_C = sum(gk): back to gk by a reverse cumulative sum
+        b_dG += b_dGx
+        b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG - b_dGx + b_dGl[None, :]
+        tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+        tl.store(da + p_k, b_da.to(da.dtype.element_ty), mask=m_tk)
+        tl.store(db + p_k, b_db.to(db.dtype.element_ty), mask=m_tk)
+        tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+        tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
+        tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    if STORE_INITIAL_STATE_GRADIENT:
+        tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
+
+
+def _config(K: int, V: int, device, *tensors):
+    """(dtype, BK, BV, kernel kwargs) of a launch: the whole state in one program (K, V padded to powers of two,
+    at least 16 for tl.dot), the dots' precision from the chunk launch policy (fp64: ieee)."""
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    BK, BV = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
+    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device,
+                            low_precision_inputs=_low_precision(*tensors))
+    prec = "ieee" if dtype == torch.float64 else cfg.get("precision", "tf32x3")
+    launch = {n: cfg[n] for n in ("num_warps", "num_stages") if n in cfg}
+    return dtype, BK, BV, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
+
+
+def _log_gate(g, gk, a):
+    """The key-axis log gate [B, T, H, K] (contiguous) of a scalar g, a key gate gk, both (they add) or none."""
+    if gk is None:
+        return torch.zeros_like(a) if g is None else g[..., None].expand_as(a).contiguous()
+    return (gk if g is None else gk + g[..., None]).contiguous()
+
+
+def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, output_final_state=False,
+               cu_seqlens=None, chunk_size=64):
+    """``torch_forms.chunk_dplr`` as Triton kernels (see the module's docstring); the same arguments and results.
+    The kernels chunk by 16 tokens whatever ``chunk_size``; K, V <= 128; real inputs only."""
+    if any(t is not None and t.is_complex() for t in (q, a, b, k, v, g, gk, initial_state)):
+        raise NotImplementedError("the Triton DPLR chunk kernels are real")
+    K, V = q.shape[-1], v.shape[-1]
+    if max(K, V) > DPLR_MAX_DIM:
+        raise NotImplementedError(f"the Triton DPLR chunk kernels hold the whole state in one program: K, V <= "
+                                  f"{DPLR_MAX_DIM}, got K = {K}, V = {V} (the torch backend's chunk form has no limit)")
+    if scale is None:
+        scale = K ** -0.5
+    rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
+    initial_state = _unless_zero(initial_state)
+    log_gate = _log_gate(g, gk, a)
+    if _wants_grad(q, a, b, k, v, log_gate, initial_state):
+        o, ht = _ChunkDplr.apply(q, a, b, k, v, log_gate, initial_state, float(scale), rows,
+                                          output_final_state)
+    else:
+        o, ht, _ = _dplr_forward(q, a, b, k, v, log_gate, initial_state, scale, rows, output_final_state)
+    return o, ht
+
+
+def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_final: bool):
+    """(o, final state or None, saved for the backward: (q, a, b, k, v, gk, h) and the kernels' scale)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dtype, BK, BV, common = _config(K, V, q.device, q, a, b, k, v, gk, initial_state)
+    kscale = scale
+    if dtype == torch.float64 and scale != 1.0:      # the kernels take the scale as an fp32 scalar
+        q, kscale = q * scale, 1.0
+    q, a, b, k, v = (x.contiguous() for x in (q, a, b, k, v))
+    N = rows.N
+    NT = triton.cdiv(rows.T, DPLR_CHUNK)
+    h = (torch.zeros if rows.varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
+    h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
+    ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
+    o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
+    dplr_chunk_fwd_kernel[(N * H,)](q, a, b, k, v, gk, h, h0, ht, o, kscale, rows.T, rows.kwargs()["cu_seqlens"],
+                                    H=H, K=K, V=V, BT=DPLR_CHUNK, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None,
+                                    STORE_FINAL_STATE=store_final, IS_VARLEN=rows.varlen, **common)
+    return o, ht, ((q, a, b, k, v, gk, h), kscale)
+
+
+class _ChunkDplr(torch.autograd.Function):
+    """chunk_dplr, forward and backward as Triton kernels; gradients of q, a, b, k, v, the key-axis log gate and
+    the initial state."""
+
+    @staticmethod
+    def forward(ctx, q, a, b, k, v, gk, initial_state, scale, rows, store_final):
+        o, ht, (saved, kscale) = _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows, store_final)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*saved)
+        ctx.scale, ctx.kscale, ctx.rows = scale, kscale, rows
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, a, b, k, v, gk, initial_state))
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, a, b, k, v, gk, h = ctx.saved_tensors
+        rows = ctx.rows
+        H, K, V = q.shape[2], q.shape[3], v.shape[-1]
+        dtype, BK, BV, common = _config(K, V, q.device, q, h)
+        do = _output_gradient(do, q, v).contiguous()
+        dht = None if dht is None else dht.to(dtype).contiguous()
+        want_dh0 = ctx.needs_input_grad[6]
+        dh0 = torch.empty(rows.N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
+        grads = [torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in
+                 zip((q, a, b, k, v, gk), _grad_dtypes(dtype, *ctx.dtypes[:6]))]
+        dplr_chunk_bwd_kernel[(rows.N * H,)](q, a, b, k, v, gk, h, do, dht, dh0, *grads, ctx.kscale, rows.T,
+                                             rows.kwargs()["cu_seqlens"], H=H, K=K, V=V, BT=DPLR_CHUNK, BK=BK, BV=BV,
+                                             USE_FINAL_STATE_GRADIENT=dht is not None,
+                                             STORE_INITIAL_STATE_GRADIENT=want_dh0, IS_VARLEN=rows.varlen, **common)
+        if ctx.kscale != ctx.scale:       # q was scaled before the kernels (fp64)
+            grads[0] = grads[0] * ctx.scale
+        out = [None if dt is None or gr is None else gr.to(dt) for gr, dt in zip(grads + [dh0], ctx.dtypes)]
+        return (*out, None, None, None)
