@@ -57,7 +57,7 @@ _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", 
              # the backward kernel's own names (codegen/triton_backward.py)
              "CHUNK", "NC", "n_chunks", "i_c", "c0", "n_steps", "j", "jj", "SPLIT"}
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
-# The largest state axis the Triton DPLR chunk kernels take (seqdsl.runtime.triton_dplr.DPLR_MAX_DIM, which a test
+# The most key channels the Triton DPLR chunk kernels take (seqdsl.runtime.triton_dplr.DPLR_MAX_DIM, which a test
 # keeps equal; codegen does not import the runtime's Triton modules).
 DPLR_MAX_DIM = 128
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
@@ -164,10 +164,10 @@ def triton_chunk_gap(c: Checked, p: KernelPlan) -> str | None:
         return None
     for sp in p.states:
         if sp.kind == "dplr":
-            sizes = [c.dim_sizes[d] for d in c.cell_types[sp.state].dims]
-            if max(sizes) > DPLR_MAX_DIM:
-                return f"the state {sp.state} is diagonal plus rank 1 with axes of {sizes}; the Triton DPLR chunk " \
-                       f"kernels hold the whole state in one program (axes <= {DPLR_MAX_DIM})"
+            keys = c.dim_sizes[c.cell_types[sp.state].dims[0]]
+            if keys > DPLR_MAX_DIM:
+                return f"the state {sp.state} is diagonal plus rank 1 with {keys} key channels; the Triton DPLR " \
+                       f"chunk kernels hold every key channel in one program (at most {DPLR_MAX_DIM})"
             continue
         if sp.kind not in ("gated", "delta"):
             return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"

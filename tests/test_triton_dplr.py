@@ -49,6 +49,7 @@ def rel(a, b):
     (1, 40, 2, 7, 9, ("g", "gk"), False),      # both gates, no initial state, non-powers of two
     (1, 20, 1, 8, 8, ("g",), True),            # a scalar gate only
     (1, 20, 1, 8, 8, (), True),                # no gate
+    (2, 21, 1, 8, 70, ("gk",), True),          # three value tiles of 32 (the key-side gradients summed over them)
 ])
 def test_fp64_forward_and_gradients_match_the_step_loop(B, T, H, K, V, gates, h0):
     x = make(B, T, H, K, V, F64, gates=gates)
@@ -77,20 +78,33 @@ def test_fp32_under_strong_decays_stays_finite_and_accurate():
         assert rel(grads[n], g_ref[n]) < 2e-4, n
 
 
-def test_packed_sequences_equal_separate_runs():
+def test_packed_sequences_equal_separate_runs_with_their_gradients():
     lens = [7, 1, 23, 16]
-    x = make(1, sum(lens), 2, 8, 8, F64, gates=("g", "gk"))
-    h0 = torch.randn(len(lens), 2, 8, 8, dtype=F64)
+    x = make(1, sum(lens), 2, 8, 40, F64, gates=("g", "gk"))      # two value tiles
+    h0 = torch.randn(len(lens), 2, 8, 40, dtype=F64)
     cu = torch.tensor([0] + lens).cumsum(0)
-    o, S = chunk_dplr(**x, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-    for i in range(len(lens)):
-        part = {n: t[:, cu[i]:cu[i + 1]] for n, t in x.items()}
-        o_i, S_i = recurrent_dplr(**part, initial_state=h0[i:i + 1], output_final_state=True)
-        assert rel(o[:, cu[i]:cu[i + 1]], o_i) < 1e-12 and rel(S[i:i + 1], S_i) < 1e-12
+    gen = torch.Generator().manual_seed(9)
+    weights = (torch.randn(1, sum(lens), 2, 40, generator=gen, dtype=F64),
+               torch.randn(len(lens), 2, 8, 40, generator=gen, dtype=F64))
+    o, S, grads = run(chunk_dplr, x, h0, weights, cu_seqlens=cu)
+
+    def separately(**x_):                                  # the step loop, one sequence at a time
+        outs, finals = [], []
+        for i in range(len(lens)):
+            part = {n: t[:, cu[i]:cu[i + 1]] for n, t in x_.items() if n != "initial_state"}
+            o_i, S_i = recurrent_dplr(**part, initial_state=x_["initial_state"][i:i + 1], output_final_state=True)
+            outs.append(o_i)
+            finals.append(S_i)
+        return torch.cat(outs, 1), torch.cat(finals, 0)
+
+    o_ref, S_ref, g_ref = run(lambda output_final_state, **x_: separately(**x_), x, h0, weights)
+    assert rel(o, o_ref) < 1e-12 and rel(S, S_ref) < 1e-12
+    for n in g_ref:
+        assert rel(grads[n], g_ref[n]) < 1e-11, n
 
 
 def test_states_past_the_kernels_limit_are_a_clear_error():
-    x = make(1, 4, 1, 8, 130, F32)
-    with pytest.raises(NotImplementedError, match="K, V <= 128"):
+    x = make(1, 4, 1, 130, 8, F32)
+    with pytest.raises(NotImplementedError, match="K <= 128"):
         chunk_dplr(**x)
     assert triton_module.DPLR_MAX_DIM == triton_dplr.DPLR_MAX_DIM     # codegen's copy of the limit

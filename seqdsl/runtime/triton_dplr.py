@@ -16,14 +16,16 @@ gates: nothing overflows, whatever the decay), which is why the chunks are BT = 
 (the torch form's tiling; 16 keeps the [16, 16, K] products in registers). The unit lower triangular inverse is
 ``triton_chunk.unit_lower_inverse``.
 
-One program per (sequence, head) runs the chunks in order, the whole [K, V] state in registers (K, V <= 128):
+One program per (V tile of 32 value channels, sequence, head) runs the chunks in order, its [K, 32] slice of the
+state in registers (K <= 128; the value columns of the recurrence are independent, so only the key-side gradients
+need a sum over the tiles, done after the launch):
 ``dplr_chunk_fwd_kernel`` stores the state entering each chunk (h [N, H, NT, K, V]); ``dplr_chunk_bwd_kernel`` runs
 the chunks in reverse from h, recomputing each chunk's scores and inverse, carrying the state gradient dS back
 (dS_0 = (q ⊙ e^G)^T do + e^G_C ⊙ dS_C + (a ⊙ e^G⁻)^T T^T dU, dU = A_qb^T do + (b ⊙ e^(G_C - G)) dS_C) and giving
 dq, da, db, dk, dv and the log gate's gradient (through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s), dG_t +=
 x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over the chunk). This is a fused chunk form: fla's
-hand-written DPLR kernels split the same algebra into separate stages with more parallelism; these are sized for
-correctness first (one program per head and sequence).
+hand-written DPLR kernels split the same algebra into separate stages with more parallelism (every chunk's scores
+at once); these recompute the scores in every V tile and walk the chunks of a sequence in one program.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from seqdsl.runtime.triton_chunk import (_Rows, _grad_dtypes, _low_precision, _o
 from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 
 DPLR_CHUNK = 16          # tokens per chunk of these kernels
-DPLR_MAX_DIM = 128       # K and V: the whole state sits in one program's registers
+DPLR_MAX_DIM = 128       # K: every key channel of the state (and the [16, 16, K] scores) in one program
+DPLR_VALUE_TILE = 32     # value channels per program
+DPLR_WARPS = 8           # on a GPU (the policy's warps follow the state tile; the scores need more)
 
 
 @triton.jit
@@ -64,14 +68,14 @@ def _scores_grad(dA, x, y, gx, gy, mask):
 
 
 @triton.jit
-def _chunk_inputs(q, a, b, k, v, gk, bos, i_t, T, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr):
-    """Chunk i_t's blocks: q, a, b, k, G, G⁻ [BT, BK], v [BT, BV], the chunk's total log gate G_C [BK], its rows'
-    mask m_t [BT] and offsets. Rows past T load zeros (log gate 0: G stays G_C there)."""
+def _chunk_inputs(q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
+    """Chunk i_t's blocks: q, a, b, k, G, G⁻ [BT, BK], v [BT, BV] (the value channels o_v), the chunk's total log
+    gate G_C [BK], its rows' mask m_t [BT] and offsets. Rows past T load zeros (log gate 0: G stays G_C there)."""
     o_c = tl.arange(0, BT)
     o_t = i_t * BT + o_c
     m_t = o_t < T
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < K)[None, :]
     m_tv = m_t[:, None] & (o_v < V)[None, :]
     p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
@@ -95,11 +99,12 @@ def dplr_chunk_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
     DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One program per (V tile, sequence x head): the value columns of everything are independent."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)                     # chunk slots per row of h (the longest sequence's)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
     b_h = tl.zeros([BK, BV], dtype=DTYPE)
@@ -108,7 +113,7 @@ def dplr_chunk_fwd_kernel(
     for i_t in range(0, tl.cdiv(T, BT)):
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
         b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
-            q, a, b, k, v, gk, bos, i_t, T, i_h, H, K, V, BT, BK, BV, DTYPE)
+            q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H, K, V, BT, BK, DTYPE)
         causal = o_c[:, None] >= o_c[None, :]
         strict = o_c[:, None] > o_c[None, :]
         b_Tinv = unit_lower_inverse(-_scores(b_a, b_b, b_Gx, b_G, strict), o_c, BT, DTYPE, PREC)
@@ -127,16 +132,19 @@ def dplr_chunk_fwd_kernel(
 @triton.jit
 def dplr_chunk_bwd_kernel(
     q, a, b, k, v, gk, h, do, dht, dh0,
-    dq, da, db, dk, dv, dg,  # gradients, [B, T, H, K] (dv: V); dg of the log gate
-    scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    dq, da, db, dk, dv, dg,  # gradients: dq, da, db, dk, dg [NV, B, T, H, K] (each V tile's part), dv [B, T, H, V]
+    part_numel, scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
     STORE_INITIAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One program per (V tile, sequence x head); the key-side gradients are sums over the value channels, so each
+    V tile stores its part (summed after the launch)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
+    part = i_v.to(tl.int64) * part_numel        # this V tile's slice of the key-side parts (B T H K each)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
     b_dh = tl.zeros([BK, BV], dtype=DTYPE)             # the gradient of the state leaving the chunk
@@ -146,7 +154,7 @@ def dplr_chunk_bwd_kernel(
     for i_r in range(0, NTs):
         i_t = NTs - 1 - i_r
         b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
-            q, a, b, k, v, gk, bos, i_t, T, i_h, H, K, V, BT, BK, BV, DTYPE)
+            q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H, K, V, BT, BK, DTYPE)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
         b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE) * scale
         causal = o_c[:, None] >= o_c[None, :]
@@ -202,25 +210,28 @@ def dplr_chunk_bwd_kernel(
         # G = cumsum(gk), G⁻ = G - gk, G_C = sum(gk): back to gk by a reverse cumulative sum
         b_dG += b_dGx
         b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG - b_dGx + b_dGl[None, :]
-        tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-        tl.store(da + p_k, b_da.to(da.dtype.element_ty), mask=m_tk)
-        tl.store(db + p_k, b_db.to(db.dtype.element_ty), mask=m_tk)
-        tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-        tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
+        tl.store(dq + part + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+        tl.store(da + part + p_k, b_da.to(da.dtype.element_ty), mask=m_tk)
+        tl.store(db + part + p_k, b_db.to(db.dtype.element_ty), mask=m_tk)
+        tl.store(dk + part + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+        tl.store(dg + part + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
     if STORE_INITIAL_STATE_GRADIENT:
         tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
 
 
 def _config(K: int, V: int, device, *tensors):
-    """(dtype, BK, BV, kernel kwargs) of a launch: the whole state in one program (K, V padded to powers of two,
-    at least 16 for tl.dot), the dots' precision from the chunk launch policy (fp64: ieee)."""
+    """(dtype, BK, BV, kernel kwargs) of a launch: every key channel in one program and the value channels in
+    tiles of up to DPLR_VALUE_TILE (powers of two, at least 16 for tl.dot), the dots' precision from the chunk
+    launch policy (fp64: ieee)."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-    BK, BV = max(16, _rt.next_pow2(K)), max(16, _rt.next_pow2(V))
+    BK, BV = max(16, _rt.next_pow2(K)), min(DPLR_VALUE_TILE, max(16, _rt.next_pow2(V)))
     cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device,
                             low_precision_inputs=_low_precision(*tensors))
     prec = "ieee" if dtype == torch.float64 else cfg.get("precision", "tf32x3")
     launch = {n: cfg[n] for n in ("num_warps", "num_stages") if n in cfg}
+    if launch.get("num_warps", 1) > 1:      # on a GPU: the [16, 16, K] score products, not the state, size them
+        launch["num_warps"] = DPLR_WARPS
     return dtype, BK, BV, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
 
 
@@ -234,13 +245,13 @@ def _log_gate(g, gk, a):
 def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, output_final_state=False,
                cu_seqlens=None, chunk_size=64):
     """``torch_forms.chunk_dplr`` as Triton kernels (see the module's docstring); the same arguments and results.
-    The kernels chunk by 16 tokens whatever ``chunk_size``; K, V <= 128; real inputs only."""
+    The kernels chunk by 16 tokens whatever ``chunk_size``; K <= 128; real inputs only."""
     if any(t is not None and t.is_complex() for t in (q, a, b, k, v, g, gk, initial_state)):
         raise NotImplementedError("the Triton DPLR chunk kernels are real")
     K, V = q.shape[-1], v.shape[-1]
-    if max(K, V) > DPLR_MAX_DIM:
-        raise NotImplementedError(f"the Triton DPLR chunk kernels hold the whole state in one program: K, V <= "
-                                  f"{DPLR_MAX_DIM}, got K = {K}, V = {V} (the torch backend's chunk form has no limit)")
+    if K > DPLR_MAX_DIM:
+        raise NotImplementedError(f"the Triton DPLR chunk kernels hold every key channel in one program: K <= "
+                                  f"{DPLR_MAX_DIM}, got K = {K} (the torch backend's chunk form has no limit)")
     if scale is None:
         scale = K ** -0.5
     rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
@@ -269,7 +280,7 @@ def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_fi
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
-    dplr_chunk_fwd_kernel[(N * H,)](q, a, b, k, v, gk, h, h0, ht, o, kscale, rows.T, rows.kwargs()["cu_seqlens"],
+    dplr_chunk_fwd_kernel[(triton.cdiv(V, BV), N * H)](q, a, b, k, v, gk, h, h0, ht, o, kscale, rows.T, rows.kwargs()["cu_seqlens"],
                                     H=H, K=K, V=V, BT=DPLR_CHUNK, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None,
                                     STORE_FINAL_STATE=store_final, IS_VARLEN=rows.varlen, **common)
     return o, ht, ((q, a, b, k, v, gk, h), kscale)
@@ -298,12 +309,16 @@ class _ChunkDplr(torch.autograd.Function):
         dht = None if dht is None else dht.to(dtype).contiguous()
         want_dh0 = ctx.needs_input_grad[6]
         dh0 = torch.empty(rows.N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
-        grads = [torch.empty(x.shape, dtype=gd, device=x.device) for x, gd in
-                 zip((q, a, b, k, v, gk), _grad_dtypes(dtype, *ctx.dtypes[:6]))]
-        dplr_chunk_bwd_kernel[(rows.N * H,)](q, a, b, k, v, gk, h, do, dht, dh0, *grads, ctx.kscale, rows.T,
-                                             rows.kwargs()["cu_seqlens"], H=H, K=K, V=V, BT=DPLR_CHUNK, BK=BK, BV=BV,
-                                             USE_FINAL_STATE_GRADIENT=dht is not None,
-                                             STORE_INITIAL_STATE_GRADIENT=want_dh0, IS_VARLEN=rows.varlen, **common)
+        NV = triton.cdiv(V, BV)
+        parts = [torch.empty(NV, *x.shape, dtype=dtype, device=x.device) for x in (q, a, b, k, gk)]
+        dv = torch.empty(v.shape, dtype=_grad_dtypes(dtype, ctx.dtypes[4])[0], device=v.device)
+        dplr_chunk_bwd_kernel[(NV, rows.N * H)](q, a, b, k, v, gk, h, do, dht, dh0, *parts[:4], dv, parts[4],
+                                                q.numel(), ctx.kscale, rows.T, rows.kwargs()["cu_seqlens"], H=H, K=K,
+                                                V=V, BT=DPLR_CHUNK, BK=BK, BV=BV,
+                                                USE_FINAL_STATE_GRADIENT=dht is not None,
+                                                STORE_INITIAL_STATE_GRADIENT=want_dh0, IS_VARLEN=rows.varlen, **common)
+        dq, da, db, dk, dgk = (x.sum(0) if NV > 1 else x[0] for x in parts)
+        grads = [dq, da, db, dk, dv, dgk]
         if ctx.kscale != ctx.scale:       # q was scaled before the kernels (fp64)
             grads[0] = grads[0] * ctx.scale
         out = [None if dt is None or gr is None else gr.to(dt) for gr, dt in zip(grads + [dh0], ctx.dtypes)]
