@@ -10,6 +10,8 @@ forward+backward (median of --reps runs, CUDA events) of:
 * simple GLA (a data-dependent scalar gate, written below as a spec) vs fla ``chunk_simple_gla``;
 * GLA (examples/gla.seq) vs fla ``chunk_gla``;
 * DeltaNet / Gated DeltaNet (examples) vs fla ``chunk_delta_rule`` / ``chunk_gated_delta_rule``;
+* RWKV-7's recurrence (examples/rwkv7.seq's op: diagonal plus rank 1) vs fla ``chunk_dplr_delta_rule``
+  (not among the issue's targets: seqdsl's DPLR chunk kernel is a fused one, sized for correctness first);
 * Mamba (examples/mamba.seq, d_inner = H * D channels, n = 16) vs mamba_ssm's ``selective_scan_fn``
   where it is installed;
 * HGRN's recurrence h_t = exp(g_t) h_{t-1} + x_t (an elementwise gated vector state over H * D channels,
@@ -429,6 +431,27 @@ def main(argv=None) -> int:
 
             if phase == "seqdsl":
                 row(shape, "attention", "torch SDPA (causal)", "-", measure(make_sdpa))
+
+            # ---- RWKV-7's recurrence (diagonal plus rank 1): the op of examples/rwkv7.seq
+            m = seqdsl.load(ROOT / "examples/rwkv7.seq").with_hparams(heads=H, dk=D, dv=D)
+            op, forms = seqdsl_op(m)
+
+            def make_rwkv7(ours=True, form="chunk"):
+                r, k, v = qkv()
+                kh = F.normalize(rnd(B, T, H, D, grad=False).float(), dim=-1)
+                a = (-kh).to(bf16).requires_grad_(True)
+                b = (kh * torch.sigmoid(rnd(B, T, H, D, grad=False).float())).to(bf16).requires_grad_(True)
+                w = (-0.6065 * torch.sigmoid(rnd(B, T, H, D, dtype=torch.float32, grad=False))).requires_grad_(True)
+                grads = (r, k, v, a, b, w)
+                if ours:
+                    return (lambda: op(r=r, w=w, k=k, v=v, a=a, b=b, mode=form)), grads
+                return (lambda: fla_ops.chunk_dplr_delta_rule(r, k, v, a, b, w, scale=1.0)), grads
+
+            ours(shape, "rwkv7", op, forms, make_rwkv7, B, T)
+            if fla_ops and phase == "reference":
+                row(shape, "rwkv7", "fla chunk_dplr_delta_rule", "chunk", measure(lambda: make_rwkv7(False)))
+                if "chunk" in forms:
+                    compare(shape, "rwkv7", "fla", "chunk", make_rwkv7)
     print("\n'*': one run (slower than --max-ms). 'not timed': left out by --backward-forms. 'rel. RMS difference'"
           " rows: seqdsl's form and the reference kernel on the same bf16 inputs, the first output and the gradients of"
           " a random projection of it (inputs in the order the row's ops take them); bf16 rounding alone gives ~1e-3"
