@@ -355,6 +355,42 @@ def test_a_delta_rule_with_a_key_axis_decay_gets_the_dplr_chunk_form(updates, ba
         assert_close(f"d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR["chunk"] * 10)
 
 
+_RANK_ONE = """model rank_one(d_model = 8, heads = 2, dk = 4, dv = 6):
+  streams:
+    q: [heads, dk] = linear(x)
+    k: [heads, dk] = l2norm(linear(x))
+    k2: [heads, dk] = l2norm(linear(x))
+    v: [heads, dv] = linear(x)
+    v2: [heads, dv] = linear(x)
+    gk: [heads, dk] = -softplus(linear(x))
+    gk2: [heads, dk] = -softplus(linear(x))
+    gv: [heads, dv] = -softplus(linear(x))
+  cell over heads:
+    state S: [dk, dv] = 0
+{updates}
+    o = q @ S
+  out:
+    y = linear(o)
+"""
+
+
+@pytest.mark.parametrize("updates,why", [
+    ("    S <- exp(gv) * S\n    S <- S + outer(k, v - k @ S)", "decays along its value axis"),
+    ("    S <- exp(gk) * S\n    S <- S + outer(k, v - k @ S)\n    S <- S + outer(k2, v2 - k2 @ S)",
+     "2 rank-1 corrections per step"),
+    ("    S <- exp(gk) * S + outer(k2, q @ (exp(gk2) * S)) + outer(k, v)", "under other factors"),
+    ("    S <- exp(gk) * S + outer(k2, q @ S) * exp(gv) + outer(k, v)", "varies along its value axis"),
+])
+def test_rank_one_corrections_outside_the_chunk_forms_say_why(updates, why):
+    """Linear rank-1 corrections the chunk forms do not take run recurrent only, and the plan says why (explain
+    prints it); the model still runs, matching the interpreter."""
+    m = seqdsl.loads(_RANK_ONE.format(updates=updates), name="rank_one")
+    op, ref = seqdsl.compile(m), seqdsl.reference(m)
+    assert op.modes == ("recurrent",) and why in op.plan.why_not["chunk"], op.plan.why_not
+    inputs = sample_inputs(ref, 1, 9, seed=2)
+    assert_close("o", _flat(ref(**inputs))[0], _flat(op(**inputs))[0], torch.float64, FORM_FACTOR["recurrent"])
+
+
 _DECLARED_INIT = """model declared_init(d_model = 8, heads = 2, dk = 4):
   params:
     h0: [heads, dk] ~ normal(0, 1)
