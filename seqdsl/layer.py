@@ -73,10 +73,7 @@ class Layer(nn.Module):
         state = cache.get("state")
         if state is None:   # states whose declared initial value reads params (a learned h0): the op takes no such input
             n = x.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-            state = self._reference.initial_states(n, P)
-            if state is not None:
-                state = tuple(v.to(x.dtype) if not v.is_complex() else v.to(torch.complex128 if x.dtype == torch.float64
-                                                                           else torch.complex64) for v in state)
+            state = self._reference.initial_states(n, P)     # fp64: the op casts states to its compute dtype
         o, final = self.op(**inputs, initial_state=state, output_final_state=output_final_state,
                            mode=mode or self.mode, cu_seqlens=cu_seqlens)   # not asked for: not stored
         readouts = o if isinstance(o, tuple) else (o,)

@@ -34,6 +34,11 @@ class Factor:
     expr: ir.Expr
     divide: bool = False
 
+    @property
+    def value(self) -> ir.Expr:
+        """The factor as one expression: expr, or 1 / expr."""
+        return ir.Binary(op="/", left=ir.Num(value=1), right=self.expr) if self.divide else self.expr
+
 
 @dataclass(frozen=True)
 class StatePlan:
@@ -264,7 +269,7 @@ class _Planner:
         sty = self.c.cell_types[name]
         for f in factors:
             dims = self.ty(f.expr).dims
-            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
+            fe = f.value
             if set(dims) <= {sty.dims[1]} and dims:
                 v = _mul(fe, v)
             elif set(dims) <= {sty.dims[0]}:
@@ -299,14 +304,11 @@ class _Planner:
             return None
         if any(self.ty(f.expr).dims for f in cr.strength):
             return None
-        if update_decay and self.reads_decayed(cr.read_decay, update_decay) is not True:
-            return None
-        if not update_decay and cr.read_decay:
+        if self.reads_decayed(cr.read_decay, update_decay) is not bool(update_decay):   # decayed first, if at all
             return None
         beta = None
         for f in cr.strength:
-            fe = ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr
-            beta = _mul(beta, fe)
+            beta = _mul(beta, f.value)
         if cr.sign < 0:
             beta = _neg(beta if beta is not None else ir.Num(value=1))
         return cr.key, cr.value, beta if beta is not None else ir.Num(value=1)
@@ -333,12 +335,12 @@ class _Planner:
         read = cr.read if cr.read_sign > 0 else _neg(cr.read)
         seen = cr.prior_decay + (tuple(update_decays[id(cr.update)]) if after else ())
         for f in seen:        # c^T (D S) = (c ⊙ d)^T S for a key-axis or scalar decay d
-            read = _mul(read, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr)
+            read = _mul(read, f.value)
         correct = cr.key if cr.sign > 0 else _neg(cr.key)
         for f in cr.strength:
             if set(self.ty(f.expr).dims) - {sty.dims[0]}:
                 raise NoPlan(f"the strength of the correction of '{name}' varies along its value axis")
-            correct = _mul(correct, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide else f.expr)
+            correct = _mul(correct, f.value)
         if cr.value is not None:
             k, v = correct, cr.value           # outer(b, v - c @ S) writes outer(b, v) too
         elif write is not None:
@@ -364,8 +366,7 @@ class _Planner:
                         and not _mentions(term.left, {name}) and not any(self.ty(f.expr).dims for f in scalars)):
                     read, read_sign, read_decay = term.left, s, read_factors
                     for f in scalars:
-                        read = _mul(read, ir.Binary(op="/", left=ir.Num(value=1), right=f.expr) if f.divide
-                                    else f.expr)
+                        read = _mul(read, f.value)
                 else:
                     raise NoPlan(f"the correction of '{name}' must read it as k @ {name}")
             else:

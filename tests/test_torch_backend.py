@@ -249,6 +249,25 @@ _CONSTANT_DECAY = """model constant_decay(d_model = 8, heads = 2, dk = 4, dv = 6
 """
 
 
+def _forms_match_the_interpreter(op, ref, label: str, modes, seed: int, grads: bool = True) -> None:
+    """Each of ``modes`` of op against the fp64 interpreter at B 2, T 21 (chunks of 8) from a random initial state:
+    readout, final state and (``grads``) the gradients of a random projection of them."""
+    inputs = sample_inputs(ref, 2, 21, seed=seed)
+    h0 = random_state(ref, 2, scale=0.3)
+    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
+    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0) \
+        if grads else {}
+    for mode in modes:
+        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
+        assert_close(f"{label}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
+        assert_close(f"{label}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
+        if grads:
+            g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode,
+                                                    chunk_size=8), inputs, h0)
+            for k in g_ref:
+                assert_close(f"{label}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("decay", ["0.9 * S", "exp(-0.1) * S", "sigmoid(2.0) * S", "S / 1.25"])
 def test_a_constant_decay_runs_in_every_form(decay, backend):
@@ -258,18 +277,7 @@ def test_a_constant_decay_runs_in_every_form(decay, backend):
     m = seqdsl.loads(_CONSTANT_DECAY.format(decay=decay), name="constant_decay")
     op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
     assert "chunk" in op.modes
-    inputs = sample_inputs(ref, 2, 21, seed=8)
-    h0 = random_state(ref, 2, scale=0.3)
-    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
-    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
-    for mode in op.modes:
-        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
-        assert_close(f"{decay}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
-        assert_close(f"{decay}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
-        g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode=mode,
-                                                chunk_size=8), inputs, h0)
-        for k in g_ref:
-            assert_close(f"{decay}/{mode}/d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR[mode] * 10)
+    _forms_match_the_interpreter(op, ref, decay, op.modes, seed=8)
 
 
 _ONE_LINE_DELTA = """model one_line_delta(d_model = 8, heads = 2, dk = 4, dv = 6):
@@ -304,13 +312,7 @@ def test_a_delta_rule_with_its_decay_in_one_update(update, kind, backend):
     op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
     assert op.plan.states[0].kind == kind
     assert "chunk" in op.modes, op.modes
-    inputs = sample_inputs(ref, 2, 21, seed=9)
-    h0 = random_state(ref, 2, scale=0.3)
-    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
-    for mode in op.modes:
-        o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode=mode, chunk_size=8)
-        assert_close(f"{update}/{mode}/o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR[mode])
-        assert_close(f"{update}/{mode}/S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR[mode])
+    _forms_match_the_interpreter(op, ref, update, op.modes, seed=9, grads=False)
 
 
 _KEY_GATED_DELTA = """model key_gated_delta(d_model = 8, heads = 2, dk = 4, dv = 6):
@@ -342,17 +344,7 @@ def test_a_delta_rule_with_a_key_axis_decay_gets_the_dplr_chunk_form(updates, ba
     m = seqdsl.loads(_KEY_GATED_DELTA.format(updates=updates), name="key_gated_delta")
     op, ref = seqdsl.compile(m, backend=backend), seqdsl.reference(m)
     assert op.plan.states[0].kind == "dplr" and "chunk" in op.modes, op.plan.why_not
-    inputs = sample_inputs(ref, 2, 21, seed=4)
-    h0 = random_state(ref, 2, scale=0.3)
-    o_ref, ht_ref = ref(**inputs, initial_state=h0, output_final_state=True)
-    g_ref = projected_grads(lambda xs, h: ref(**xs, initial_state=h, output_final_state=True), inputs, h0)
-    o, ht = op(**inputs, initial_state=h0, output_final_state=True, mode="chunk", chunk_size=8)
-    assert_close("o", _flat(o_ref)[0], _flat(o)[0], torch.float64, FORM_FACTOR["chunk"])
-    assert_close("S", _flat(ht_ref)[0], _flat(ht)[0], torch.float64, FORM_FACTOR["chunk"])
-    g_op = projected_grads(lambda xs, h: op(**xs, initial_state=h, output_final_state=True, mode="chunk",
-                                            chunk_size=8), inputs, h0)
-    for k in g_ref:
-        assert_close(f"d{k}", g_ref[k], g_op[k], torch.float64, FORM_FACTOR["chunk"] * 10)
+    _forms_match_the_interpreter(op, ref, "key-gated delta", ("chunk",), seed=4)
 
 
 _RANK_ONE = """model rank_one(d_model = 8, heads = 2, dk = 4, dv = 6):

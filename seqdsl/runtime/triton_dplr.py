@@ -36,8 +36,9 @@ import torch
 
 from seqdsl.runtime import triton_lib as _tlib
 from seqdsl.runtime import triton_runtime as _rt
-from seqdsl.runtime.triton_chunk import (_Rows, _grad_dtypes, _low_precision, _output_gradient, _unless_zero,
-                                         _wants_grad, unit_lower_inverse)
+from seqdsl.runtime.torch_forms import _dplr_gate
+from seqdsl.runtime.triton_chunk import (_ASK, _Rows, _grad_dtypes, _low_precision, _output_gradient, _setup,
+                                         _unless_zero, _wants_grad, unit_lower_inverse)
 from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 
 DPLR_CHUNK = 16          # tokens per chunk of these kernels
@@ -220,26 +221,14 @@ def dplr_chunk_bwd_kernel(
         tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
 
 
-def _config(K: int, V: int, device, *tensors):
-    """(dtype, BK, BV, kernel kwargs) of a launch: every key channel in one program and the value channels in
-    tiles of up to DPLR_VALUE_TILE (powers of two, at least 16 for tl.dot), the dots' precision from the chunk
-    launch policy (fp64: ieee)."""
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-    BK, BV = max(16, _rt.next_pow2(K)), min(DPLR_VALUE_TILE, max(16, _rt.next_pow2(V)))
-    cfg = _rt.launch_config("chunk", tiled_size=None, state_numel=BK * BV, device=device,
-                            low_precision_inputs=_low_precision(*tensors))
-    prec = "ieee" if dtype == torch.float64 else cfg.get("precision", "tf32x3")
-    launch = {n: cfg[n] for n in ("num_warps", "num_stages") if n in cfg}
-    if launch.get("num_warps", 1) > 1:      # on a GPU: the [16, 16, K] score products, not the state, size them
-        launch["num_warps"] = DPLR_WARPS
-    return dtype, BK, BV, dict(DTYPE=_rt.tl_dtype(dtype), PREC=prec, **launch)
-
-
-def _log_gate(g, gk, a):
-    """The key-axis log gate [B, T, H, K] (contiguous) of a scalar g, a key gate gk, both (they add) or none."""
-    if gk is None:
-        return torch.zeros_like(a) if g is None else g[..., None].expand_as(a).contiguous()
-    return (gk if g is None else gk + g[..., None]).contiguous()
+def _config(K: int, V: int, T: int, device, *tensors, low=_ASK):
+    """(dtype, BK, BV, kernel kwargs) of a launch: the chunk launch policy's (``triton_chunk._setup``: compute dtype,
+    dot precision, stages), every key channel in one program, the value channels in tiles of up to DPLR_VALUE_TILE
+    (powers of two, at least 16 for tl.dot), and on a GPU DPLR_WARPS warps."""
+    dtype, _, _, _, _, _, common = _setup(DPLR_CHUNK, K, V, T, device, *tensors, low=low, whole_key=True)
+    if common.get("num_warps", 1) > 1:      # on a GPU: the [16, 16, K] score products, not the state, size them
+        common["num_warps"] = DPLR_WARPS
+    return dtype, max(16, _rt.next_pow2(K)), min(DPLR_VALUE_TILE, max(16, _rt.next_pow2(V))), common
 
 
 def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, output_final_state=False,
@@ -256,7 +245,7 @@ def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, ou
         scale = K ** -0.5
     rows = _Rows(q.shape[0], q.shape[1], cu_seqlens)
     initial_state = _unless_zero(initial_state)
-    log_gate = _log_gate(g, gk, a)
+    log_gate = _dplr_gate(g, gk, a).contiguous()
     if _wants_grad(q, a, b, k, v, log_gate, initial_state):
         o, ht = _ChunkDplr.apply(q, a, b, k, v, log_gate, initial_state, float(scale), rows,
                                           output_final_state)
@@ -269,7 +258,7 @@ def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_fi
     """(o, final state or None, saved for the backward: (q, a, b, k, v, gk, h) and the kernels' scale)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, BK, BV, common = _config(K, V, q.device, q, a, b, k, v, gk, initial_state)
+    dtype, BK, BV, common = _config(K, V, rows.T, q.device, q, a, b, k, v, gk, initial_state)
     kscale = scale
     if dtype == torch.float64 and scale != 1.0:      # the kernels take the scale as an fp32 scalar
         q, kscale = q * scale, 1.0
@@ -296,6 +285,7 @@ class _ChunkDplr(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*saved)
         ctx.scale, ctx.kscale, ctx.rows = scale, kscale, rows
+        ctx.low = _low_precision(q, a, b, k, v, gk, initial_state)   # the forward's dot precision, for the backward
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (q, a, b, k, v, gk, initial_state))
         return o, ht
 
@@ -304,7 +294,7 @@ class _ChunkDplr(torch.autograd.Function):
         q, a, b, k, v, gk, h = ctx.saved_tensors
         rows = ctx.rows
         H, K, V = q.shape[2], q.shape[3], v.shape[-1]
-        dtype, BK, BV, common = _config(K, V, q.device, q, h)
+        dtype, BK, BV, common = _config(K, V, rows.T, q.device, q, h, low=ctx.low)
         do = _output_gradient(do, q, v).contiguous()
         dht = None if dht is None else dht.to(dtype).contiguous()
         want_dh0 = ctx.needs_input_grad[6]

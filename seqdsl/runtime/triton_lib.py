@@ -219,6 +219,16 @@ def mm(a, b, o, N: tl.constexpr):
 
 
 @triton.jit
+def _expm_scaled(a, real):
+    """(a / 2^s with its padded lanes 0, s): s the fewest squarings that bring a's 1-norm (its largest column sum) to
+    at most 1/2, for ``expm`` and ``expm_frechet``."""
+    a = tl.where(real, a, 0.0)
+    norm = tl.reduce(tl.reduce(tl.abs(a), 0, add), 0, largest)
+    s = tl.maximum(tl.ceil(tl.log2(tl.maximum(norm, 1e-30) * 2.0)), 0.0)
+    return a / tl.exp2(s), s
+
+
+@triton.jit
 def expm(a, o, m, N: tl.constexpr):
     """Matrix exponential of the [N, N] matrix held in a padded [BLOCK, BLOCK] block ``a`` (``o``: lane offsets,
     ``m``: the real lanes), by scaling and squaring: a / 2^s with its 1-norm at most 1/2, the Taylor polynomial of
@@ -226,10 +236,7 @@ def expm(a, o, m, N: tl.constexpr):
     identity, as ``inv``'s. Products are ``mm``'s rank-1 updates."""
     eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
     real = m[:, None] & m[None, :]
-    a = tl.where(real, a, 0.0)
-    norm = tl.reduce(tl.reduce(tl.abs(a), 0, add), 0, largest)          # max column sum
-    s = tl.maximum(tl.ceil(tl.log2(tl.maximum(norm, 1e-30) * 2.0)), 0.0)
-    a = a / tl.exp2(s)
+    a, s = _expm_scaled(a, real)
     x = eye + a / 12.0
     for i in range(11):
         x = eye + mm(a, x, o, N) / (11.0 - i)
@@ -247,12 +254,8 @@ def expm_frechet(a, e, o, m, N: tl.constexpr):
     The padded part of the result is 0."""
     eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
     real = m[:, None] & m[None, :]
-    a = tl.where(real, a, 0.0)
-    e = tl.where(real, e, 0.0)
-    norm = tl.reduce(tl.reduce(tl.abs(a), 0, add), 0, largest)
-    s = tl.maximum(tl.ceil(tl.log2(tl.maximum(norm, 1e-30) * 2.0)), 0.0)
-    a = a / tl.exp2(s)
-    e = e / tl.exp2(s)
+    a, s = _expm_scaled(a, real)
+    e = tl.where(real, e, 0.0) / tl.exp2(s)
     x = eye + a / 12.0
     dx = e / 12.0
     for i in range(11):
