@@ -854,12 +854,9 @@ class _Gen:
     # ------------------------------------------------------------------ scan form
     def scan_unsupported(self, twin_source: str) -> str | None:
         """Why the Triton scan form is not offered (None: it is). The torch twin scans a dense state with
-        scan_dense and every other state with scan_diagonal, which seqdsl.runtime.triton_scan runs."""
+        scan_dense and every other state with scan_diagonal, both of which seqdsl.runtime.triton_scan runs."""
         if "scan" not in self.p.modes:
             return None
-        dense = [sp.state for sp in self.p.states if sp.kind == "dense"]
-        if dense:
-            return f"the state {dense[0]} is dense; the Triton scan kernel does diagonal recurrences"
         if _TORCH_FORMS_IMPORT not in twin_source:
             return "the torch module does not import its forms as the Triton scan form expects"
         return None
@@ -869,6 +866,9 @@ class _Gen:
         self.scan_tiled = None
         if any(rd.before for rd in self.p.reads):
             return None, "a readout reads a state before its update"
+        dense = [sp.state for sp in self.p.states if sp.kind == "dense"]
+        if dense:
+            return None, f"the state {dense[0]} is dense: a matrix combine, which tl.associative_scan cannot take"
         self.scan_tiled = self.tiled         # split across programs as the recurrent kernel is, if it can be
         if self.tiled is not None:
             try:
@@ -915,10 +915,11 @@ class _Gen:
     def scan_wrapper(self, out: _Lines) -> None:
         self.twin_form_wrapper(out, "scan", "_SCAN_TWIN", [
             "The torch twin's scan function (the spec's token-parallel preparation, rendered from the IR)",
-            "with its diagonal recurrences run by the Triton kernel of seqdsl.runtime.triton_scan (an",
-            "associative scan over blocks of time, the state carried between blocks). Backward (autograd):",
-            "the preparation through torch; the recurrence by the same kernel run backwards in time (packed",
-            "sequences too: one launch on the mirrored boundaries)."], chunked=False)
+            "with its recurrences run by the Triton kernels of seqdsl.runtime.triton_scan: a diagonal one by",
+            "an associative scan over blocks of time, the state carried between blocks; a dense one by chunks",
+            "(each chunk's matrix product, the states entering the chunks, then every state). Backward",
+            "(autograd): the preparation through torch; the recurrence by the same kernels run backwards in",
+            "time (packed sequences too: one launch on the mirrored boundaries)."], chunked=False)
 
     def chunk_wrapper(self, out: _Lines) -> None:
         self.twin_form_wrapper(out, "chunk", "_CHUNK_TWIN", [

@@ -757,12 +757,12 @@ def test_module_offers_only_what_it_generates_and_one_kernel_per_spec():
     assert "def gla_recurrent_bwd_kernel(" in text and op.module.BACKWARD == "triton"
     assert callable(op.module.step) and callable(op.module.recurrent) and callable(op.module.chunk)
     assert callable(op.module.scan) and op.default_mode() == "chunk"
-    dense_m, dense, dense_ref = compiled("hippo_legs")     # a dense transition: no Triton scan kernel
-    assert not hasattr(dense.module, "scan") and "is dense" in dense.module.WHY_NOT["scan"]
-    with pytest.raises(ValueError, match="mode 'scan' is not available"):
-        dense(**sample_inputs(dense_ref, 1, 2), mode="scan")
-    lstm = compiled("lstm")[1]
+    dense = compiled("hippo_legs")[1]     # a dense transition: the chunked dense scan, not one fused kernel
+    assert "scan" in dense.modes and "is dense" in dense.module.SCAN and "dense" in dense.module.scan.__doc__
+    lstm_m, lstm, lstm_ref = compiled("lstm")
     assert lstm.modes == ("recurrent",) and lstm.default_mode() == "recurrent"
+    with pytest.raises(ValueError, match="mode 'scan' is not available"):
+        lstm(**sample_inputs(lstm_ref, 1, 2), mode="scan")
     s4d_m, s4d, s4d_ref = compiled("s4d")
     assert "conv" in seqdsl.compile(s4d_m, backend="torch").modes and "conv" not in s4d.modes
     with pytest.raises(ValueError, match="conv \\(FFT\\) form"):
@@ -904,6 +904,119 @@ model two_states(d_model = 4, n = 3):
             if g_ref[k] is not None:
                 assert_close(f"two states, blocks of {block_t}: d{k}", g_ref[k], g_op[k], torch.float64,
                              10 * FORM_FACTOR["scan"])
+
+
+def _dense_step_loop(A, b, h0, cu):
+    """h_t = A_t h_{t-1} + b_t token by token (A broadcast to b's batch, time and channels): (all states, final
+    states); cu: packed sequences (B = 1), each from its own h0 (zeros where h0 is None)."""
+    B, T = b.shape[:2]
+    A = A.expand(*b.shape, b.shape[-1])
+    rows = [(i, 0, T) for i in range(B)] if cu is None else [(0, s, e) for s, e in zip(cu[:-1].tolist(),
+                                                                                        cu[1:].tolist())]
+    states, finals = [], []
+    for i, (r, lo, hi) in enumerate(rows):
+        h = h0[i] if h0 is not None else torch.zeros_like(b[0, 0])
+        for t in range(lo, hi):
+            h = (A[r, t] @ h[..., None])[..., 0] + b[r, t]
+            states.append((r, t, h))
+        finals.append(h)
+    out = torch.stack([h for _, _, h in sorted(states, key=lambda x: x[:2])]).reshape(b.shape)
+    return out, torch.stack(finals)
+
+
+@pytest.mark.parametrize("A_shape,b_shape,cu", [
+    ((2, 37, 3, 5, 5), (2, 37, 3, 5), None),                       # time-varying, n = 5: padded to a 16-block
+    ((1, 1, 1, 20, 20), (2, 40, 3, 20), None),                     # time-invariant, shared by batch and channels
+    ((2, 1, 3, 4, 4), (2, 16, 3, 4), None),                        # per batch row, one chunk exactly
+    ((1, 45, 2, 3, 3), (1, 45, 2, 3), [0, 5, 5, 6, 23, 45]),       # packed: an empty and a one-token sequence
+    ((1, 20, 2, 3, 3), (1, 20, 2, 3), [0, 4, 4, 20]),              # complex (below): realified, 2n = 6
+], ids=["varying", "invariant", "per-row", "packed", "complex"])
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
+def test_dense_scan_kernels_match_a_step_loop(A_shape, b_shape, cu, with_h0, request, monkeypatch):
+    """The Triton dense scan (chunks of 16 tokens under the interpreter: several chunks per sequence, a partial last
+    one) against a step loop in fp64: every state, the final states and the gradients of A (summed where it
+    broadcasts), b and h0; three forward launches and three more for the backward (time-reversed). Complex values
+    run as the real recurrence of twice the size; their gradients follow torch's convention, as the loop's."""
+    g = torch.Generator().manual_seed(1)
+    complex_ = "complex" in request.node.callspec.id
+
+    def rnd(*shape):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return torch.complex(x, torch.randn(*shape, generator=g, dtype=torch.float64)) if complex_ else x
+
+    cu = None if cu is None else torch.tensor(cu)
+    N = b_shape[0] if cu is None else len(cu) - 1
+    A = rnd(*A_shape) / A_shape[-1] ** 0.5
+    b = rnd(*b_shape)
+    h0 = rnd(N, *b_shape[2:]) if with_h0 else None
+    wrt = [t.requires_grad_(True) for t in (A, b, h0) if t is not None]
+    launches = []
+    for kernel in (triton_scan.scan_dense_reduce_kernel, triton_scan.scan_dense_carry_kernel,
+                   triton_scan.scan_dense_apply_kernel):
+        monkeypatch.setattr(kernel, "run", functools.partial(
+            lambda original, *args, **kwargs: launches.append(1) or original(*args, **kwargs), kernel.run))
+    expected = _dense_step_loop(A, b, h0, cu)
+    got = triton_scan.scan_dense(A, b, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    _check("dense scan kernels", expected, got, torch.float64, FORM_FACTOR["scan"])
+    assert len(launches) == 3
+    w1, w2 = rnd(*expected[0].shape), rnd(*expected[1].shape)
+    loss = lambda h, ht: (h * w1).real.sum() + (ht * w2).real.sum()     # noqa: E731
+    for name, x, y in zip(["A", "b", "h0"], torch.autograd.grad(loss(*expected), wrt),
+                          torch.autograd.grad(loss(*got), wrt)):
+        assert x.shape == y.shape, name
+        assert_close(f"dense scan backward d{name}", x, y, torch.float64, FORM_FACTOR["scan"])
+    assert len(launches) == 6
+
+
+_COMPLEX_DENSE = """model complex_dense(d_model = 8, n = 4):
+  params:
+    A_re: [n, n] ~ 0.3 * orthogonal()
+    A_im: [n, n] ~ 0.3 * orthogonal()
+    B: [n, d_model] ~ xavier()
+    C: [d_model, n] ~ xavier()
+  streams:
+    bu: [n] = B @ x
+  cell:
+    state h: complex[n] = 0
+    h <- complex(A_re, A_im) @ h + complex(bu, bu)
+    o = real(h)
+  out:
+    y = C @ o
+"""
+
+
+def test_a_complex_dense_state_has_the_triton_scan_form():
+    """No example has a complex dense state; a spec with one gets the Triton scan form too (realified), with the
+    interpreter's outputs, final state and gradients on packed sequences."""
+    m = seqdsl.loads(_COMPLEX_DENSE, name="complex_dense")
+    op, ref = seqdsl.compile(m, backend="triton"), seqdsl.reference(m)
+    assert "scan" in op.modes and "is dense" in op.module.SCAN
+    inputs = sample_inputs(ref, 1, 21, seed=1)
+    h0 = random_state(ref, 3, scale=0.3)
+    cu = torch.tensor([0, 5, 17, 21])
+    run = lambda f: lambda xs, h: f(**xs, initial_state=h, output_final_state=True, cu_seqlens=cu)  # noqa: E731
+    _check("complex dense scan", run(ref)(inputs, h0), run(functools.partial(op, mode="scan"))(inputs, h0),
+           torch.float64, FORM_FACTOR["scan"])
+    g_ref = projected_grads(run(ref), inputs, h0)
+    g_op = projected_grads(run(functools.partial(op, mode="scan")), inputs, h0)
+    for k in g_ref:
+        if g_ref[k] is not None:
+            assert_close(f"complex dense scan d{k}", g_ref[k], g_op[k], torch.float64, 10 * FORM_FACTOR["scan"])
+
+
+def test_dense_scan_in_fp32_and_its_bad_input():
+    """fp32 inputs scan in fp32 (states in fp32, within fp32's tolerance of the fp64 loop); a mis-shaped A is
+    refused with a message naming it."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(1, 30, 2, 8, 8, generator=g, dtype=torch.float64) / 8 ** 0.5
+    b = torch.randn(1, 30, 2, 8, generator=g, dtype=torch.float64)
+    h, ht = triton_scan.scan_dense(A.float(), b.float(), output_final_state=True)
+    assert h.dtype == ht.dtype == torch.float32
+    _check("dense scan fp32", _dense_step_loop(A, b, None, None), (h, ht), torch.float32, FORM_FACTOR["scan"])
+    with pytest.raises(ValueError, match=r"must be \[\.\.\., n, n\]"):
+        triton_scan.scan_dense(A[..., :4], b)
+    with pytest.raises(ValueError, match="batch and time sizes"):
+        triton_scan.scan_dense(A[:, :7], b)
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])

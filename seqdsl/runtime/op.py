@@ -81,6 +81,14 @@ def readouts_in(dtype: torch.dtype | None):
 _ZERO_INITIAL_STATES = contextvars.ContextVar("seqdsl_zero_initial_states", default=())
 
 
+def _in_compute_precision(state: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """A final state in the call's compute precision (fp32 / complex64 for fp32 inputs): the forms of cells whose
+    matrices are computed in fp64 (``_ops.eye``: an exact identity before an inverse) return fp64 states."""
+    if compute == torch.float32 and state.dtype in (torch.float64, torch.complex128):
+        return state.to(torch.complex64 if state.is_complex() else torch.float32)
+    return state
+
+
 def is_zero_initial_state(t) -> bool:
     """Whether ``t`` is one of the initial states that the op running now made as zeros (no initial_state given, a
     state declared ``= 0``): a form's kernels may start from zero without reading it, as fla's initial_state=None."""
@@ -262,7 +270,7 @@ class CompiledOp:
         o = outs[0] if len(outs) == 1 else outs
         if not output_final_state:
             return o, None
-        finals = tuple(self._unlift_state(s) for s in finals)
+        finals = tuple(self._unlift_state(_in_compute_precision(s, compute)) for s in finals)
         return o, finals[0] if len(finals) == 1 else finals
 
     def _no_tokens(self, B: int, out_dtype, compute, device, states: tuple, output_final_state: bool):

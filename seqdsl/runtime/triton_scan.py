@@ -1,4 +1,5 @@
-"""Triton kernel of the scan form of diagonal recurrences: ``h_t = a_t ⊙ h_{t-1} + b_t``.
+"""Triton kernels of the scan form: diagonal recurrences ``h_t = a_t ⊙ h_{t-1} + b_t`` (``scan_diagonal``) and
+dense ones ``h_t = A_t h_{t-1} + b_t`` (``scan_dense``: chunked, see its section below).
 
 ``scan_diagonal`` has the arguments and results of ``torch_forms.scan_diagonal``, so a generated
 module whose scan form calls only ``_forms.scan_diagonal`` runs that scan on Triton by importing this module
@@ -176,3 +177,264 @@ def scan_diagonal(b, a_log=None, a=None, initial_state=None, output_final_state=
     else:
         h, ht = _launch(decay, b.to(cd), h0, cu_seqlens)
     return h.to(out_dtype), (ht if output_final_state else None)
+
+
+# ---------------------------------------------------------------------------------------------- dense
+# h_t = A_t h_{t-1} + b_t with dense n x n transition matrices (S4, HiPPO-LegS, LSSL, a linear RNN): a matrix
+# combine has no tl.associative_scan (its combine function is elementwise), so the scan is the two-level one of
+# GPU scans (reduce, then scan the reductions, then apply), parallel over chunks of BT tokens:
+#   1. scan_dense_reduce_kernel, a program per (chunk, channel): the chunk's affine map from zero, P = A_last ... A_first
+#      (BT matrix products) and p = the state it reaches from h = 0;
+#   2. scan_dense_carry_kernel, a program per (sequence, channel): the state entering each chunk, x <- P x + p chunk
+#      after chunk (a matrix-vector product per chunk), and the final state;
+#   3. scan_dense_apply_kernel, a program per (chunk, channel): from its entering state, h_t = A_t h_{t-1} + b_t over
+#      the chunk's tokens (a matrix-vector product per token), every state stored.
+# Chunks are listed per sequence (``chunks`` [NC, 2]: sequence, chunk within it), so packed sequences of any lengths
+# run in the same launches. Compute in fp32 (fp64 for fp64 inputs), matrix products at tl.dot's "ieee" precision.
+
+
+@triton.jit
+def _dense_chunk(chunks, chunk_offsets, cu_seqlens, i_c, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(first flat row, first row of A's time axis, batch row of A, tokens) of chunk i_c."""
+    i_n = tl.load(chunks + 2 * i_c)
+    i_t = tl.load(chunks + 2 * i_c + 1)
+    bos, n = _tlib.sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    bos = bos.to(tl.int64)
+    batch = i_n * 0 if IS_VARLEN else i_n.to(tl.int64)
+    first = bos + i_t * BT
+    return first, first - batch * T, batch, tl.minimum(n - i_t * BT, BT)
+
+
+@triton.jit
+def _dense_step_matrix(A, batch, time, i_ch, sAb, sAt, o_i, o_j, m2, NS: tl.constexpr, DTYPE: tl.constexpr):
+    """A_t [BN, BN] of channel i_ch (sAb / sAt: A's strides along batch and time, 0 where it broadcasts)."""
+    p = A + batch * sAb + time * sAt + i_ch.to(tl.int64) * NS * NS + o_i[:, None] * NS + o_j[None, :]
+    return tl.load(p, mask=m2, other=0.0).to(DTYPE)
+
+
+@triton.jit
+def scan_dense_reduce_kernel(A, b, P, p, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, NS: tl.constexpr,
+                             BN: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """A [BA, TA, C, NS, NS], b [B, T, C, NS] (rows: B * T, or the packed tokens); P [NC, C, NS, NS], p [NC, C, NS].
+    Program (chunk i_c, channel i_ch)."""
+    i_c, i_ch = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    first, time, batch, steps = _dense_chunk(chunks, chunk_offsets, cu_seqlens, i_c, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BN)
+    o_j = tl.arange(0, BN)
+    m_i = o_i < NS
+    m2 = m_i[:, None] & (o_j < NS)[None, :]
+    b_P = tl.where((o_i[:, None] == o_j[None, :]) & m2, 1.0, 0.0).to(DTYPE)
+    b_p = tl.zeros([BN], dtype=DTYPE)
+    for s in range(0, steps):
+        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, o_i, o_j, m2, NS, DTYPE)
+        b_b = tl.load(b + ((first + s) * C + i_ch) * NS + o_i, mask=m_i, other=0.0).to(DTYPE)
+        b_P = tl.dot(b_A, b_P, input_precision="ieee")
+        b_p = tl.reduce(b_A * b_p[None, :], 1, _tlib.add) + b_b
+    base = i_c * C + i_ch
+    tl.store(P + base * NS * NS + o_i[:, None] * NS + o_j[None, :], b_P, mask=m2)
+    tl.store(p + base * NS + o_i, b_p, mask=m_i)
+
+
+@triton.jit
+def scan_dense_carry_kernel(P, p, x, h0, ht, chunk_offsets, C, NS: tl.constexpr, BN: tl.constexpr,
+                            DTYPE: tl.constexpr, USE_INITIAL_STATE: tl.constexpr):
+    """x [NC, C, NS]: the state entering each chunk; h0, ht [N, C, NS]. Program (sequence i_n, channel i_ch)."""
+    i_n, i_ch = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    o_i = tl.arange(0, BN)
+    o_j = tl.arange(0, BN)
+    m_i = o_i < NS
+    m2 = m_i[:, None] & (o_j < NS)[None, :]
+    state = (i_n * C + i_ch) * NS + o_i
+    b_x = tl.zeros([BN], dtype=DTYPE)
+    if USE_INITIAL_STATE:
+        b_x = tl.load(h0 + state, mask=m_i, other=0.0).to(DTYPE)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    c1 = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+    for i_c in range(c0, c1):
+        base = i_c * C + i_ch
+        tl.store(x + base * NS + o_i, b_x, mask=m_i)
+        b_P = tl.load(P + base * NS * NS + o_i[:, None] * NS + o_j[None, :], mask=m2, other=0.0)
+        b_x = tl.reduce(b_P * b_x[None, :], 1, _tlib.add) + tl.load(p + base * NS + o_i, mask=m_i, other=0.0)
+    tl.store(ht + state, b_x, mask=m_i)
+
+
+@triton.jit
+def scan_dense_apply_kernel(A, b, x, h, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, NS: tl.constexpr,
+                            BN: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """h [B, T, C, NS]: every state, from the state entering each chunk (x). Program (chunk i_c, channel i_ch)."""
+    i_c, i_ch = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    first, time, batch, steps = _dense_chunk(chunks, chunk_offsets, cu_seqlens, i_c, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BN)
+    o_j = tl.arange(0, BN)
+    m_i = o_i < NS
+    m2 = m_i[:, None] & (o_j < NS)[None, :]
+    b_x = tl.load(x + (i_c * C + i_ch) * NS + o_i, mask=m_i, other=0.0)
+    for s in range(0, steps):
+        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, o_i, o_j, m2, NS, DTYPE)
+        row = ((first + s) * C + i_ch) * NS + o_i
+        b_x = tl.reduce(b_A * b_x[None, :], 1, _tlib.add) + tl.load(b + row, mask=m_i, other=0.0).to(DTYPE)
+        tl.store(h + row, b_x, mask=m_i)
+
+
+DENSE_CHUNK = 64        # tokens per chunk of the dense scan on a GPU (the interpreter: 16)
+
+
+def _dense_chunk_table(lengths: list[int], BT: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chunks [NC, 2] int32: (sequence, chunk within it), chunk_offsets [N + 1]: sequence i's chunks are
+    chunk_offsets[i] .. chunk_offsets[i + 1] - 1)."""
+    counts = [triton.cdiv(n, BT) for n in lengths]
+    table = [(i, j) for i, c in enumerate(counts) for j in range(c)]
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    chunks = torch.tensor(table or [(0, 0)], dtype=torch.int32, device=device)
+    return chunks, torch.tensor(offsets, dtype=torch.int64, device=device)
+
+
+def _dense_launch(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_seqlens) -> tuple:
+    """The three dense scan kernels on A [BA, TA, *M, n, n] (BA in {1, B}, TA in {1, T}, M broadcastable to b's)
+    and b [B, T, *M, n], one real compute dtype; h0 [N, *M, n] or None: (all states [B, T, *M, n], final states
+    [N, *M, n])."""
+    B, T = b.shape[:2]
+    mids, n = tuple(b.shape[2:-1]), b.shape[-1]
+    C = math.prod(mids)
+    BA, TA = A.shape[:2]
+    A_rows = A.expand(BA, TA, *mids, n, n).reshape(BA, TA, C, n, n).contiguous()
+    sAb = TA * C * n * n if BA > 1 else 0
+    sAt = C * n * n if TA > 1 else 0
+    b_rows = b.reshape(B, T, C, n).contiguous()
+    if cu_seqlens is None:
+        lengths, cu = [T] * B, b_rows
+    else:
+        lengths, cu = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist(), cu_seqlens
+    N = len(lengths)
+    BT = 16 if _rt.interpreting() else DENSE_CHUNK
+    BN = max(16, _rt.next_pow2(n))
+    chunks, offsets = _dense_chunk_table(lengths, BT, b.device)
+    NC = int(offsets[-1])
+    P = torch.empty(max(NC, 1), C, n, n, dtype=b.dtype, device=b.device)
+    p = torch.empty(max(NC, 1), C, n, dtype=b.dtype, device=b.device)
+    x = torch.empty_like(p)
+    h = torch.empty_like(b_rows)
+    ht = torch.empty(N, C, n, dtype=b.dtype, device=b.device)
+    h0_rows = h0.reshape(N, C, n).contiguous() if h0 is not None else ht
+    common = dict(NS=n, BN=BN, DTYPE=_rt.tl_dtype(b.dtype), num_warps=1 if _rt.interpreting() else 4)
+    if NC:
+        scan_dense_reduce_kernel[(NC, C)](A_rows, b_rows, P, p, chunks, offsets, cu, T, C, sAb, sAt, BT=BT,
+                                          IS_VARLEN=cu_seqlens is not None, **common)
+    scan_dense_carry_kernel[(N, C)](P, p, x, h0_rows, ht, offsets, C, USE_INITIAL_STATE=h0 is not None, **common)
+    if NC:
+        scan_dense_apply_kernel[(NC, C)](A_rows, b_rows, x, h, chunks, offsets, cu, T, C, sAb, sAt, BT=BT,
+                                         IS_VARLEN=cu_seqlens is not None, **common)
+    return h.reshape(b.shape), ht.reshape(N, *mids, n)
+
+
+def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return x.sum_to_size(shape) if x.shape != shape else x
+
+
+class _ScanDense(torch.autograd.Function):
+    """h = scan_dense(A, b, h0) with a Triton backward. The adjoint of h_t = A_t h_{t-1} + b_t is the recurrence
+    lam_t = dh_t + A_{t+1}^T lam_{t+1} from lam_T = dht: the forward kernels on the time-reversed gradients with
+    the transposed matrices shifted by one token (the final state's gradient added at each reversed sequence's
+    first token, and no initial state, so the matrix at that token is never used). Then db = lam,
+    dA_t = lam_t h_{t-1}^T (summed where A broadcasts), dh0 = A_0^T lam_0; a sequence with no tokens passes dht to
+    its dh0. Packed sequences: the flipped packed axis reverses every sequence and their order (one varlen
+    launch on the mirrored boundaries)."""
+
+    @staticmethod
+    def forward(ctx, A, b, h0, cu_seqlens):
+        h, ht = _dense_launch(A, b, h0, cu_seqlens)
+        ctx.save_for_backward(A, h, h0, cu_seqlens)
+        return h, ht
+
+    @staticmethod
+    def backward(ctx, dh, dht):
+        A, h, h0, cu = ctx.saved_tensors
+        B, T = h.shape[:2]
+        At = A.transpose(-1, -2)
+        if A.shape[1] > 1:                  # A'_s = A_{T-s}^T on the reversed axis (s = 0: never used)
+            rev = At.flip(1)
+            At = torch.cat([rev[:, :1], rev[:, :-1]], 1)
+        b_rev = dh.flip(1).clone()
+        if cu is None:
+            lengths, starts, mirrored = [T] * B, [0] * B, None
+            if dht is not None:
+                b_rev[:, 0] += dht
+        else:
+            bounds = cu.tolist()
+            lengths = [e - s for s, e in zip(bounds, bounds[1:])]
+            starts = bounds[:-1]
+            mirrored = (T - cu).flip(0)
+            if dht is not None:
+                for i, (s, n) in enumerate(zip(starts, lengths)):
+                    if n:
+                        b_rev[0, T - s - n] += dht[i]
+        lam = _dense_launch(At, b_rev, None, mirrored)[0].flip(1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
+        if cu is None:
+            h_prev[:, 0] = h0 if h0 is not None else 0
+        else:
+            for i, (s, n) in enumerate(zip(starts, lengths)):
+                if n:
+                    h_prev[0, s] = h0[i] if h0 is not None else 0
+        dA = None
+        if ctx.needs_input_grad[0]:
+            BA, TA = A.shape[:2]
+            if TA > 1:
+                dA = _sum_to(lam[..., :, None] * h_prev[..., None, :], A.shape)
+            else:                         # time-invariant: contract over the tokens without [B, T, ..., n, n]
+                dA = torch.einsum("bt...i,bt...j->b...ij", lam, h_prev)
+                dA = _sum_to(dA if BA > 1 else dA.sum(0, keepdim=True), A[:, 0].shape).unsqueeze(1)
+        dh0 = None
+        if h0 is not None and ctx.needs_input_grad[2]:
+            Af = A.expand(A.shape[0], A.shape[1], *h.shape[2:-1], *A.shape[-2:])
+            dh0 = torch.empty_like(h0)
+            for i, (s, n) in enumerate(zip(starts, lengths)):
+                row, t = (i, 0) if cu is None else (0, s)
+                if n:
+                    Ai = Af[min(row, Af.shape[0] - 1), min(t, Af.shape[1] - 1)]
+                    dh0[i] = (Ai.transpose(-1, -2) @ lam[row, t][..., None])[..., 0]
+                else:
+                    dh0[i] = dht[i] if dht is not None else 0
+        return dA, lam, dh0, None
+
+
+def scan_dense(A, b, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """``torch_forms.scan_dense`` on the Triton kernels above (see there for shapes and dtypes): A [B or 1, T or 1,
+    ..., n, n], b [B, T, ..., n]. Autograd: the Triton backward of ``_ScanDense``. Complex values run as the real
+    recurrence of twice the size (``_realified``)."""
+    if A.dim() != b.dim() + 1 or A.shape[-1] != A.shape[-2] or A.shape[-1] != b.shape[-1]:
+        raise ValueError(f"A {tuple(A.shape)} must be [..., n, n] over b {tuple(b.shape)}")
+    B, T = b.shape[:2]
+    if A.shape[0] not in (1, B) or A.shape[1] not in (1, T):
+        raise ValueError(f"A {tuple(A.shape)}: its batch and time sizes must be 1 or b's {(B, T)}")
+    if T == 0:
+        return _torch_forms.scan_dense(A, b, initial_state, output_final_state, cu_seqlens)
+    _torch_forms._check_varlen(B, cu_seqlens, initial_state)
+    cd = _torch_forms._compute_dtype(A, b, state=initial_state)
+    out_dtype = _torch_forms._output_dtype(cd, b, A)
+    if cd.is_complex:
+        return _realified(A.to(cd), b.to(cd), initial_state, output_final_state, cu_seqlens, out_dtype)
+    A, b = A.to(cd), b.to(cd)
+    h0 = initial_state.to(cd) if initial_state is not None else None
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (A, b, h0))
+    if wants_grad:
+        h, ht = _ScanDense.apply(A, b, h0, cu_seqlens)
+    else:
+        h, ht = _dense_launch(A, b, h0, cu_seqlens)
+    return h.to(out_dtype), (ht if output_final_state else None)
+
+
+def _realified(A, b, initial_state, output_final_state, cu_seqlens, out_dtype):
+    """The complex recurrence h_t = A_t h_{t-1} + b_t as a real one of twice the size: h = [Re h; Im h] and
+    A = [[Re A, -Im A], [Im A, Re A]] (torch ops, so autograd gives the complex gradients in torch's convention)."""
+    def stacked(x):
+        return torch.cat([x.real, x.imag], -1)
+
+    Ar = torch.cat([torch.cat([A.real, -A.imag], -1), torch.cat([A.imag, A.real], -1)], -2)
+    h0 = None if initial_state is None else stacked(initial_state.to(b.dtype))
+    h, ht = scan_dense(Ar, stacked(b), h0, output_final_state, cu_seqlens)
+    n = b.shape[-1]
+    h = torch.complex(h[..., :n], h[..., n:])
+    return h.to(out_dtype), (torch.complex(ht[..., :n], ht[..., n:]) if output_final_state else None)
