@@ -50,6 +50,7 @@ def rel(a, b):
     (1, 20, 1, 8, 8, ("g",), True),            # a scalar gate only
     (1, 20, 1, 8, 8, (), True),                # no gate
     (2, 21, 1, 8, 70, ("gk",), True),          # three value tiles of 32 (the key-side gradients summed over them)
+    (1, 20, 1, 40, 8, ("gk",), True),          # two key blocks of 32 in the intra-chunk stage, the second partial
 ])
 def test_fp64_forward_and_gradients_match_the_step_loop(B, T, H, K, V, gates, h0):
     x = make(B, T, H, K, V, F64, gates=gates)

@@ -16,16 +16,22 @@ gates: nothing overflows, whatever the decay), which is why the chunks are BT = 
 (the torch form's tiling; 16 keeps the [16, 16, K] products in registers). The unit lower triangular inverse is
 ``triton_chunk.unit_lower_inverse``.
 
-One program per (V tile of 32 value channels, sequence, head) runs the chunks in order, its [K, 32] slice of the
-state in registers (K <= 128; the value columns of the recurrence are independent, so only the key-side gradients
-need a sum over the tiles, done after the launch):
-``dplr_chunk_fwd_kernel`` stores the state entering each chunk (h [N, H, NT, K, V]); ``dplr_chunk_bwd_kernel`` runs
-the chunks in reverse from h, recomputing each chunk's scores and inverse, carrying the state gradient dS back
-(dS_0 = (q ⊙ e^G)^T do + e^G_C ⊙ dS_C + (a ⊙ e^G⁻)^T T^T dU, dU = A_qb^T do + (b ⊙ e^(G_C - G)) dS_C) and giving
-dq, da, db, dk, dv and the log gate's gradient (through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s), dG_t +=
-x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over the chunk). This is a fused chunk form: fla's
-hand-written DPLR kernels split the same algebra into separate stages with more parallelism (every chunk's scores
-at once); these recompute the scores in every V tile and walk the chunks of a sequence in one program.
+The forward is fla's stage structure, three launches:
+``dplr_chunk_intra_kernel`` (a program per chunk and head, every chunk at once): the four scores (key channels in
+blocks of 32), the inverse T = (I - L_ab)^-1, and what the state passes need from them: w = T (a ⊙ e^G⁻),
+M = T L_ak, the decayed q ⊙ e^G, b ⊙ e^(G_C - G), k ⊙ e^(G_C - G), A_qb, A_qk;
+``dplr_chunk_fwd_h_kernel`` (a program per V tile of 32 value channels and head, the chunks in order, its [K, 32]
+slice of the state in registers, K <= 128): U = w S_0 + M V, S_C from it, storing U and the state entering each
+chunk (h [N, H, NT, K, V]); ``dplr_chunk_fwd_o_kernel`` (a program per V tile, chunk and head): the outputs.
+
+The backward is one fused kernel: ``dplr_chunk_bwd_kernel``, a program per (V tile, sequence, head) (the value
+columns of the recurrence are independent, so only the key-side gradients need a sum over the tiles, done after the
+launch), runs the chunks in reverse from h, recomputing each chunk's scores and inverse, carrying the state gradient
+dS back (dS_0 = (q ⊙ e^G)^T do + e^G_C ⊙ dS_C + (a ⊙ e^G⁻)^T T^T dU, dU = A_qb^T do + (b ⊙ e^(G_C - G)) dS_C) and
+giving dq, da, db, dk, dv and the log gate's gradient (through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s),
+dG_t += x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over the chunk). Unlike fla's staged backward,
+it recomputes the scores in every V tile and walks the chunks of a sequence in one program (and spills, compiled
+for sm_90: benchmarks/gpu_compile_check.py).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 DPLR_CHUNK = 16          # tokens per chunk of these kernels
 DPLR_MAX_DIM = 128       # K: every key channel of the state (and the [16, 16, K] scores) in one program
 DPLR_VALUE_TILE = 32     # value channels per program
+DPLR_INTRA_KEY_BLOCK = 32   # key channels per [16, 16, BK] score product of dplr_chunk_intra_kernel
 DPLR_WARPS = 8           # on a GPU (the policy's warps follow the state tile; the scores need more)
 
 
@@ -69,42 +76,98 @@ def _scores_grad(dA, x, y, gx, gy, mask):
 
 
 @triton.jit
-def _chunk_inputs(q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
-    """Chunk i_t's blocks: q, a, b, k, G, G⁻ [BT, BK], v [BT, BV] (the value channels o_v), the chunk's total log
-    gate G_C [BK], its rows' mask m_t [BT] and offsets. Rows past T load zeros (log gate 0: G stays G_C there)."""
+def _chunk_keys(q, a, b, k, gk, bos, i_t, T, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                BK: tl.constexpr, DTYPE: tl.constexpr):
+    """Chunk i_t's key-side blocks (key channels i_k * BK + [0, BK)): q, a, b, k, G, G⁻ [BT, BK], the chunk's total
+    log gate G_C [BK], its rows' mask m_t [BT] and offsets. Rows past T load zeros (log gate 0: G stays G_C there)."""
     o_c = tl.arange(0, BT)
     o_t = i_t * BT + o_c
     m_t = o_t < T
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < K)[None, :]
-    m_tv = m_t[:, None] & (o_v < V)[None, :]
     p_k = ((bos + o_t[:, None]) * H + i_h) * K + o_k[None, :]
-    p_v = ((bos + o_t[:, None]) * H + i_h) * V + o_v[None, :]
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_a = tl.load(a + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_b = tl.load(b + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(DTYPE)
     b_g = tl.load(gk + p_k, mask=m_tk, other=0.0).to(DTYPE)
-    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gl = tl.sum(b_g, axis=0)                                       # G_C: the chunk's total log gate
-    return b_q, b_a, b_b, b_k, b_v, b_G, b_G - b_g, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv
+    return b_q, b_a, b_b, b_k, b_G, b_G - b_g, b_Gl, o_c, m_t, p_k, m_tk
 
 
 @triton.jit
-def dplr_chunk_fwd_kernel(
-    q, a, b, k, v, gk,      # [B, T, H, K] (v: V); gk the log gate
-    h, h0, ht, o,           # h [N, H, NT, K, V]: the state entering each chunk; h0, ht [N, H, K, V]; o [B, T, H, V]
-    scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
-    DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+def _chunk_inputs(q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
+    """_chunk_keys, and v [BT, BV] (the value channels o_v) with its offsets and mask."""
+    b_q, b_a, b_b, b_k, b_G, b_Gx, b_Gl, o_c, m_t, p_k, m_tk = _chunk_keys(q, a, b, k, gk, bos, i_t, T, i_h, 0, H,
+                                                                          K, BT, BK, DTYPE)
+    m_tv = m_t[:, None] & (o_v < V)[None, :]
+    p_v = ((bos + i_t * BT + o_c[:, None]) * H + i_h) * V + o_v[None, :]
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.0).to(DTYPE)
+    return b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv
+
+
+@triton.jit
+def dplr_chunk_intra_kernel(
+    q, a, b, k, gk,          # [B, T, H, K]
+    qg, w, bg, kg,           # [B, T, H, K]: q e^G, (I - L_ab)^-1 (a e^G⁻), b e^(G_C - G), k e^(G_C - G)
+    M, Aqb, Aqk,             # [B, T, H, BT]: each token's row of (I - L_ab)^-1 L_ak, A_qb, A_qk within its chunk
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program per (V tile, sequence x head): the value columns of everything are independent."""
+    """One program per (chunk, sequence x head): everything of a chunk that does not need the state entering it.
+    The key channels in blocks of BK (the scores are sums over them; each block's gates are its own cumulative
+    sums), twice: the four score matrices, then, with (I - L_ab)^-1 known, the decayed keys."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    if i_t * BT < T:                         # packed sequences: chunk slots past this one's end do nothing
+        o_c = tl.arange(0, BT)
+        causal = o_c[:, None] >= o_c[None, :]
+        strict = o_c[:, None] > o_c[None, :]
+        L_ab = tl.zeros([BT, BT], dtype=DTYPE)
+        L_ak = tl.zeros([BT, BT], dtype=DTYPE)
+        A_qb = tl.zeros([BT, BT], dtype=DTYPE)
+        A_qk = tl.zeros([BT, BT], dtype=DTYPE)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            b_q, b_a, b_b, b_k, b_G, b_Gx, b_Gl, o_c, m_t, p_k, m_tk = _chunk_keys(q, a, b, k, gk, bos, i_t, T,
+                                                                                  i_h, i_k, H, K, BT, BK, DTYPE)
+            L_ab += _scores(b_a, b_b, b_Gx, b_G, strict)
+            L_ak += _scores(b_a, b_k, b_Gx, b_G, strict)
+            A_qb += _scores(b_q, b_b, b_G, b_G, causal)
+            A_qk += _scores(b_q, b_k, b_G, b_G, causal)
+        b_Tinv = unit_lower_inverse(-L_ab, o_c, BT, DTYPE, PREC)
+        p_c = ((bos + i_t * BT + o_c[:, None]) * H + i_h) * BT + o_c[None, :]
+        m_c = (i_t * BT + o_c < T)[:, None] & (o_c < BT)[None, :]
+        tl.store(M + p_c, _tlib.dot_fp32(b_Tinv, L_ak, PREC), mask=m_c)
+        tl.store(Aqb + p_c, A_qb, mask=m_c)
+        tl.store(Aqk + p_c, A_qk, mask=m_c)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            b_q, b_a, b_b, b_k, b_G, b_Gx, b_Gl, o_c, m_t, p_k, m_tk = _chunk_keys(q, a, b, k, gk, bos, i_t, T,
+                                                                                  i_h, i_k, H, K, BT, BK, DTYPE)
+            rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)              # e^(G_C - G), real rows
+            tl.store(qg + p_k, b_q * tl.exp(b_G), mask=m_tk)
+            tl.store(w + p_k, _tlib.dot_fp32(b_Tinv, b_a * tl.exp(b_Gx), PREC), mask=m_tk)
+            tl.store(bg + p_k, b_b * rev, mask=m_tk)
+            tl.store(kg + p_k, b_k * rev, mask=m_tk)
+
+
+@triton.jit
+def dplr_chunk_fwd_h_kernel(
+    w, bg, kg, M, v, gk,     # from dplr_chunk_intra_kernel; v [B, T, H, V]; gk the log gate [B, T, H, K]
+    h, h0, ht, u,            # h [N, H, NT, K, V]: the state entering each chunk; h0, ht [N, H, K, V]; u [B, T, H, V]
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """One program per (V tile, sequence x head) walks the chunks in order: the corrections' reads
+    u = w S_0 + M v, then S_C = e^G_C ⊙ S_0 + bg^T u + kg^T v."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    NT = tl.cdiv(T, BT)                     # chunk slots per row of h (the longest sequence's)
+    NT = tl.cdiv(T, BT)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
@@ -113,21 +176,53 @@ def dplr_chunk_fwd_kernel(
         b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
     for i_t in range(0, tl.cdiv(T, BT)):
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
-        b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
-            q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H, K, V, BT, BK, DTYPE)
-        causal = o_c[:, None] >= o_c[None, :]
-        strict = o_c[:, None] > o_c[None, :]
-        b_Tinv = unit_lower_inverse(-_scores(b_a, b_b, b_Gx, b_G, strict), o_c, BT, DTYPE, PREC)
-        b_M = _tlib.dot(_scores(b_a, b_k, b_Gx, b_G, strict), b_v, PREC)                 # L_ak V
-        b_U = _tlib.dot_fp32(b_Tinv, _tlib.dot(b_a * tl.exp(b_Gx), b_h, PREC) + b_M, PREC)
-        b_o = _tlib.dot(b_q * tl.exp(b_G), b_h, PREC) + _tlib.dot(_scores(b_q, b_b, b_G, b_G, causal), b_U, PREC) \
-            + _tlib.dot(_scores(b_q, b_k, b_G, b_G, causal), b_v, PREC)
-        tl.store(o + p_v, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
-        rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)                  # e^(G_C - G), real rows
-        b_h = tl.exp(b_Gl)[:, None] * b_h + _tlib.dot(tl.trans(b_b * rev), b_U, PREC) \
-            + _tlib.dot(tl.trans(b_k * rev), b_v, PREC)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        rows = (bos + o_t[:, None]) * H + i_h
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_w = tl.load(w + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_bg = tl.load(bg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_kg = tl.load(kg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_Gl = tl.sum(tl.load(gk + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE), axis=0)
+        b_M = tl.load(M + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_u = _tlib.dot(b_w, b_h, PREC) + _tlib.dot(b_M, b_v, PREC)
+        tl.store(u + rows * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
+        b_h = tl.exp(b_Gl)[:, None] * b_h + _tlib.dot(tl.trans(b_bg), b_u, PREC) + _tlib.dot(tl.trans(b_kg), b_v, PREC)
     if STORE_FINAL_STATE:
         tl.store(ht + i_bh * K * V + p_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def dplr_chunk_fwd_o_kernel(
+    qg, Aqb, Aqk, u, v, h, o, scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    """One program per (V tile, chunk, sequence x head): o = scale (qg S_0 + A_qb u + A_qk v)."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    if i_t * BT < T:
+        o_c = tl.arange(0, BT)
+        o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        rows = (bos + o_t[:, None]) * H + i_h
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv,
+                      other=0.0).to(DTYPE)
+        b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_Aqb = tl.load(Aqb + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_Aqk = tl.load(Aqk + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_u = tl.load(u + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_o = _tlib.dot(b_qg, b_h, PREC) + _tlib.dot(b_Aqb, b_u, PREC) + _tlib.dot(b_Aqk, b_v, PREC)
+        tl.store(o + rows * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -269,9 +364,17 @@ def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_fi
     h0 = initial_state.to(dtype).contiguous() if initial_state is not None else None
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
-    dplr_chunk_fwd_kernel[(triton.cdiv(V, BV), N * H)](q, a, b, k, v, gk, h, h0, ht, o, kscale, rows.T, rows.kwargs()["cu_seqlens"],
-                                    H=H, K=K, V=V, BT=DPLR_CHUNK, BK=BK, BV=BV, USE_INITIAL_STATE=h0 is not None,
-                                    STORE_FINAL_STATE=store_final, IS_VARLEN=rows.varlen, **common)
+    BT, NV, cu, varlen = DPLR_CHUNK, triton.cdiv(V, BV), rows.kwargs()["cu_seqlens"], rows.varlen
+    qg, w, bg, kg = (torch.empty(B, T, H, K, dtype=dtype, device=q.device) for _ in range(4))
+    M, Aqb, Aqk = (torch.empty(B, T, H, BT, dtype=dtype, device=q.device) for _ in range(3))
+    u = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+    dplr_chunk_intra_kernel[(NT, N * H)](q, a, b, k, gk, qg, w, bg, kg, M, Aqb, Aqk, rows.T, cu, H=H, K=K, BT=BT,
+                                         BK=min(BK, DPLR_INTRA_KEY_BLOCK), IS_VARLEN=varlen, **common)
+    dplr_chunk_fwd_h_kernel[(NV, N * H)](w, bg, kg, M, v, gk, h, h0, ht, u, rows.T, cu, H=H, K=K, V=V, BT=BT, BK=BK,
+                                         BV=BV, USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final,
+                                         IS_VARLEN=varlen, **common)
+    dplr_chunk_fwd_o_kernel[(NV, NT, N * H)](qg, Aqb, Aqk, u, v, h, o, kscale, rows.T, cu, H=H, K=K, V=V, BT=BT,
+                                             BK=BK, BV=BV, IS_VARLEN=varlen, **common)
     return o, ht, ((q, a, b, k, v, gk, h), kscale)
 
 
