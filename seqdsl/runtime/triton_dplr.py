@@ -16,7 +16,7 @@ gates: nothing overflows, whatever the decay), which is why the chunks are BT = 
 (the torch form's tiling; 16 keeps the [16, 16, K] products in registers). The unit lower triangular inverse is
 ``triton_chunk.unit_lower_inverse``.
 
-The forward is fla's stage structure, three launches:
+The forward is in fla's stage structure, three launches:
 ``dplr_chunk_intra_kernel`` (a program per chunk and head, every chunk at once): the four scores (key channels in
 blocks of 32), the inverse T = (I - L_ab)^-1, and what the state passes need from them: w = T (a ⊙ e^G⁻),
 M = T L_ak, the decayed q ⊙ e^G, b ⊙ e^(G_C - G), k ⊙ e^(G_C - G), A_qb, A_qk;
@@ -24,14 +24,15 @@ M = T L_ak, the decayed q ⊙ e^G, b ⊙ e^(G_C - G), k ⊙ e^(G_C - G), A_qb, A
 slice of the state in registers, K <= 128): U = w S_0 + M V, S_C from it, storing U and the state entering each
 chunk (h [N, H, NT, K, V]); ``dplr_chunk_fwd_o_kernel`` (a program per V tile, chunk and head): the outputs.
 
-The backward is one fused kernel: ``dplr_chunk_bwd_kernel``, a program per (V tile, sequence, head) (the value
-columns of the recurrence are independent, so only the key-side gradients need a sum over the tiles, done after the
-launch), runs the chunks in reverse from h, recomputing each chunk's scores and inverse, carrying the state gradient
-dS back (dS_0 = (q ⊙ e^G)^T do + e^G_C ⊙ dS_C + (a ⊙ e^G⁻)^T T^T dU, dU = A_qb^T do + (b ⊙ e^(G_C - G)) dS_C) and
-giving dq, da, db, dk, dv and the log gate's gradient (through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s),
-dG_t += x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over the chunk). Unlike fla's staged backward,
-it recomputes the scores in every V tile and walks the chunks of a sequence in one program (and spills, compiled
-for sm_90: benchmarks/gpu_compile_check.py).
+The backward has the same stages, four launches: the intra-chunk results again (``_intra``: recomputed, every
+chunk at once); ``dplr_chunk_bwd_dh_kernel`` (a program per V tile and head, the chunks in reverse) carries the
+state's gradient dS back (dU = A_qb^T do + bg dS_C, dS_0 = qg^T do + e^G_C ⊙ dS_C + w^T dU), storing dU and the
+gradient of the state leaving each chunk; ``dplr_chunk_bwd_dv_kernel`` (a program per V tile, chunk and head): dv and
+each V tile's part of the gradients of the intra-chunk results (the value columns of the recurrence are independent,
+so only these key-side parts need a sum over the tiles, done after the launch); ``dplr_chunk_bwd_intra_kernel`` (a
+program per chunk and head): back through the inverse and the scores to dq, da, db, dk and the log gate's gradient
+(through the scores: dx_t = sum_s dA_ts y_s e^(G_t - G_s), dG_t += x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse
+cumulative sum over the chunk).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 DPLR_CHUNK = 16          # tokens per chunk of these kernels
 DPLR_MAX_DIM = 128       # K: every key channel of the state (and the [16, 16, K] scores) in one program
 DPLR_VALUE_TILE = 32     # value channels per program
-DPLR_INTRA_KEY_BLOCK = 32   # key channels per [16, 16, BK] score product of dplr_chunk_intra_kernel
+DPLR_INTRA_KEY_BLOCK = 32   # key channels per [16, 16, BK] score product of the intra-chunk kernels
+DPLR_BWD_INTRA_KEY_BLOCK = 16   # the same of its backward (four [16, 16, BK] score gradients at once)
+DPLR_DV_KEY_BLOCK = 32      # key channels per step of dplr_chunk_bwd_dv_kernel
 DPLR_WARPS = 8           # on a GPU (the policy's warps follow the state tile; the scores need more)
 
 
@@ -226,94 +229,184 @@ def dplr_chunk_fwd_o_kernel(
 
 
 @triton.jit
-def dplr_chunk_bwd_kernel(
-    q, a, b, k, v, gk, h, do, dht, dh0,
-    dq, da, db, dk, dv, dg,  # gradients: dq, da, db, dk, dg [NV, B, T, H, K] (each V tile's part), dv [B, T, H, V]
-    part_numel, scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
-    STORE_INITIAL_STATE_GRADIENT: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+def dplr_chunk_bwd_dh_kernel(
+    qg, w, bg, Aqb, gk, do,  # from dplr_chunk_intra_kernel; do [B, T, H, V]; gk the log gate
+    dht, dh, dh0, du,        # dh [N, H, NT, K, V]: the gradient of the state leaving each chunk; du [B, T, H, V]
+    scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr, STORE_INITIAL_STATE_GRADIENT: tl.constexpr,
+    DTYPE: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program per (V tile, sequence x head); the key-side gradients are sums over the value channels, so each
-    V tile stores its part (summed after the launch)."""
+    """One program per (V tile, sequence x head) walks the chunks in reverse: with dS the gradient of the state
+    leaving the chunk, the corrections' reads get dU = A_qb^T do + bg dS, and the state entering it
+    dS_0 = qg^T do + e^G_C ⊙ dS + w^T dU."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
-    part = i_v.to(tl.int64) * part_numel        # this V tile's slice of the key-side parts (B T H K each)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    o_c = tl.arange(0, BT)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=DTYPE)             # the gradient of the state leaving the chunk
+    b_dh = tl.zeros([BK, BV], dtype=DTYPE)
     if USE_FINAL_STATE_GRADIENT:
         b_dh += tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
     NTs = tl.cdiv(T, BT)
     for i_r in range(0, NTs):
         i_t = NTs - 1 - i_r
-        b_q, b_a, b_b, b_k, b_v, b_G, b_Gx, b_Gl, o_c, m_t, p_k, p_v, m_tk, m_tv = _chunk_inputs(
-            q, a, b, k, v, gk, bos, i_t, T, i_h, o_v, H, K, V, BT, BK, DTYPE)
-        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
-        b_do = tl.load(do + p_v, mask=m_tv, other=0.0).to(DTYPE) * scale
-        causal = o_c[:, None] >= o_c[None, :]
-        strict = o_c[:, None] > o_c[None, :]
-        # the forward's chunk again
-        L_ab = _scores(b_a, b_b, b_Gx, b_G, strict)
-        L_ak = _scores(b_a, b_k, b_Gx, b_G, strict)
-        A_qb = _scores(b_q, b_b, b_G, b_G, causal)
-        A_qk = _scores(b_q, b_k, b_G, b_G, causal)
-        b_Tinv = unit_lower_inverse(-L_ab, o_c, BT, DTYPE, PREC)
-        e_x, e_q = tl.exp(b_Gx), tl.exp(b_G)
-        rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)
-        b_ad, b_qd, b_br, b_kr = b_a * e_x, b_q * e_q, b_b * rev, b_k * rev
-        b_Y = _tlib.dot(b_ad, b_h, PREC) + _tlib.dot(L_ak, b_v, PREC)                 # U = Tinv Y
-        b_U = _tlib.dot_fp32(b_Tinv, b_Y, PREC)
-        # back through the outputs and the state update
-        b_dU = _tlib.dot(tl.trans(A_qb), b_do, PREC) + _tlib.dot(b_br, b_dh, PREC)       # [BT, BV]
-        b_dY = _tlib.dot_fp32(tl.trans(b_Tinv), b_dU, PREC)
-        b_dTinv = _tlib.dot(b_dU, tl.trans(b_Y), PREC)                                   # [BT, BT]
-        dL_ab = tl.where(strict, _tlib.dot_fp32(tl.trans(b_Tinv), _tlib.dot_fp32(b_dTinv, tl.trans(b_Tinv), PREC),
-                                                PREC), 0.0)
-        dL_ak = tl.where(strict, _tlib.dot(b_dY, tl.trans(b_v), PREC), 0.0)
-        dA_qb = tl.where(causal, _tlib.dot(b_do, tl.trans(b_U), PREC), 0.0)
-        dA_qk = tl.where(causal, _tlib.dot(b_do, tl.trans(b_v), PREC), 0.0)
-        b_dv = _tlib.dot(tl.trans(A_qk), b_do, PREC) + _tlib.dot(b_kr, b_dh, PREC) + _tlib.dot(tl.trans(L_ak), b_dY,
-                                                                                              PREC)
-        b_dqd = _tlib.dot(b_do, tl.trans(b_h), PREC)
-        b_dad = _tlib.dot(b_dY, tl.trans(b_h), PREC)
-        b_dbr = _tlib.dot(b_U, tl.trans(b_dh), PREC)
-        b_dkr = _tlib.dot(b_v, tl.trans(b_dh), PREC)
-        b_dGl = tl.exp(b_Gl) * tl.sum(b_h * b_dh, axis=1)
-        b_dh = _tlib.dot(tl.trans(b_qd), b_do, PREC) + tl.exp(b_Gl)[:, None] * b_dh + _tlib.dot(tl.trans(b_ad), b_dY,
-                                                                                                 PREC)
-        # through the scores and the decayed factors to the inputs and the cumulative gates
-        b_dq, b_db = _scores_grad(dA_qb, b_q, b_b, b_G, b_G, causal)
-        dq2, b_dk = _scores_grad(dA_qk, b_q, b_k, b_G, b_G, causal)
-        b_dq += dq2
-        b_da, db2 = _scores_grad(dL_ab, b_a, b_b, b_Gx, b_G, strict)
-        da2, dk2 = _scores_grad(dL_ak, b_a, b_k, b_Gx, b_G, strict)
-        b_db += db2
-        b_da += da2
-        b_dk += dk2
-        b_dG = b_q * b_dq - b_b * b_db - b_k * b_dk          # the scores' own gate terms (x-side G for q)
-        b_dGx = b_a * b_da
-        b_dq += b_dqd * e_q
-        b_dG += b_dqd * b_qd
-        b_da += b_dad * e_x
-        b_dGx += b_dad * b_ad
-        b_db += b_dbr * rev
-        b_dk += b_dkr * rev
-        b_dG -= b_dbr * b_br + b_dkr * b_kr
-        b_dGl += tl.sum(b_dbr * b_br + b_dkr * b_kr, axis=0)
-        # G = cumsum(gk), G⁻ = G - gk, G_C = sum(gk): back to gk by a reverse cumulative sum
-        b_dG += b_dGx
-        b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG - b_dGx + b_dGl[None, :]
-        tl.store(dq + part + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-        tl.store(da + part + p_k, b_da.to(da.dtype.element_ty), mask=m_tk)
-        tl.store(db + part + p_k, b_db.to(db.dtype.element_ty), mask=m_tk)
-        tl.store(dk + part + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-        tl.store(dg + part + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
-        tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+        tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        rows = (bos + o_t[:, None]) * H + i_h
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_w = tl.load(w + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_bg = tl.load(bg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+        b_Gl = tl.sum(tl.load(gk + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE), axis=0)
+        b_Aqb = tl.load(Aqb + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_do = tl.load(do + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE) * scale
+        b_du = _tlib.dot(tl.trans(b_Aqb), b_do, PREC) + _tlib.dot(b_bg, b_dh, PREC)
+        tl.store(du + rows * V + o_v[None, :], b_du.to(du.dtype.element_ty), mask=m_tv)
+        b_dh = _tlib.dot(tl.trans(b_qg), b_do, PREC) + tl.exp(b_Gl)[:, None] * b_dh \
+            + _tlib.dot(tl.trans(b_w), b_du, PREC)
     if STORE_INITIAL_STATE_GRADIENT:
         tl.store(dh0 + i_bh * K * V + p_kv, b_dh.to(dh0.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def dplr_chunk_bwd_dv_kernel(
+    kg, M, Aqk, v, u, h, dh, do, du,                 # the forward's (u: the corrections' reads), dh, du: bwd_dh's
+    dv, dqg, dw, dbg, dkg, dAqb, dAqk, dM, dgc,      # dv [B, T, H, V]; the rest: this V tile's part (summed after)
+    part_numel, part_c_numel, part_g_numel, scale, T, cu_seqlens, H: tl.constexpr, K: tl.constexpr,
+    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    """One program per (V tile, chunk, sequence x head): with S_0 the state entering the chunk and dS the gradient
+    of the one leaving it, dv = A_qk^T do + kg dS + M^T dU, and this V tile's part of the gradients of the intra
+    stage's results: qg (do S_0^T), w (dU S_0^T), bg (U dS^T), kg (v dS^T), A_qb (do U^T), A_qk (do v^T),
+    M (dU v^T), and of e^G_C (sum over the value channels of S_0 ⊙ dS). The key channels in blocks of BK."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    if i_t * BT < T:
+        o_c = tl.arange(0, BT)
+        o_v = i_v * BV + tl.arange(0, BV)
+        o_t = i_t * BT + o_c
+        m_t = o_t < T
+        rows = (bos + o_t[:, None]) * H + i_h
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_M = tl.load(M + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_Aqk = tl.load(Aqk + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
+        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_u = tl.load(u + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_do = tl.load(do + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE) * scale
+        b_du = tl.load(du + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        p_c = i_v.to(tl.int64) * part_c_numel + rows * BT + o_c[None, :]
+        tl.store(dAqb + p_c, _tlib.dot(b_do, tl.trans(b_u), PREC), mask=m_t[:, None])
+        tl.store(dAqk + p_c, _tlib.dot(b_do, tl.trans(b_v), PREC), mask=m_t[:, None])
+        tl.store(dM + p_c, _tlib.dot(b_du, tl.trans(b_v), PREC), mask=m_t[:, None])
+        b_dv = _tlib.dot(tl.trans(b_Aqk), b_do, PREC) + _tlib.dot(tl.trans(b_M), b_du, PREC)
+        part = i_v.to(tl.int64) * part_numel
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_tk = m_t[:, None] & (o_k < K)[None, :]
+            m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+            p_kv = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
+            b_h = tl.load(h + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+            b_dh = tl.load(dh + p_kv, mask=m_kv, other=0.0).to(DTYPE)
+            b_kg = tl.load(kg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_dv += _tlib.dot(b_kg, b_dh, PREC)
+            p_k = part + rows * K + o_k[None, :]
+            tl.store(dqg + p_k, _tlib.dot(b_do, tl.trans(b_h), PREC), mask=m_tk)
+            tl.store(dw + p_k, _tlib.dot(b_du, tl.trans(b_h), PREC), mask=m_tk)
+            tl.store(dbg + p_k, _tlib.dot(b_u, tl.trans(b_dh), PREC), mask=m_tk)
+            tl.store(dkg + p_k, _tlib.dot(b_v, tl.trans(b_dh), PREC), mask=m_tk)
+            tl.store(dgc + i_v.to(tl.int64) * part_g_numel + (i_bh * NT + i_t) * K + o_k,
+                     tl.sum(b_h * b_dh, axis=1), mask=o_k < K)
+        tl.store(dv + rows * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
+def dplr_chunk_bwd_intra_kernel(
+    q, a, b, k, gk,                         # [B, T, H, K]
+    dqg, dw, dbg, dkg, dAqb, dAqk, dM, dgc,  # the gradients of dplr_chunk_intra_kernel's results (dgc: of e^G_C / e^G_C)
+    dq, da, db, dk, dg,                     # [B, T, H, K]
+    T, cu_seqlens, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """One program per (chunk, sequence x head): back through dplr_chunk_intra_kernel to the inputs, the key
+    channels in blocks of BK, twice: the scores L_ab, L_ak and the inverse's gradient (dT = dw (a ⊙ e^G⁻)^T +
+    dM L_ak^T, dL_ab = T^T dT T^T, dL_ak = T^T dM), then every block's gradients (through the scores: dx_t =
+    sum_s dA_ts y_s e^(G_t - G_s), dG_t += x_t ⊙ dx_t, dG_s -= y_s ⊙ dy_s; then a reverse cumulative sum over
+    the chunk to the log gate)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
+    if i_t * BT < T:
+        o_c = tl.arange(0, BT)
+        causal = o_c[:, None] >= o_c[None, :]
+        strict = o_c[:, None] > o_c[None, :]
+        p_c = ((bos + i_t * BT + o_c[:, None]) * H + i_h) * BT + o_c[None, :]
+        m_c = (i_t * BT + o_c < T)[:, None] & (o_c < BT)[None, :]
+        dA_qb = tl.where(causal, tl.load(dAqb + p_c, mask=m_c, other=0.0).to(DTYPE), 0.0)
+        dA_qk = tl.where(causal, tl.load(dAqk + p_c, mask=m_c, other=0.0).to(DTYPE), 0.0)
+        b_dM = tl.load(dM + p_c, mask=m_c, other=0.0).to(DTYPE)
+        L_ab = tl.zeros([BT, BT], dtype=DTYPE)
+        L_ak = tl.zeros([BT, BT], dtype=DTYPE)
+        b_dT = tl.zeros([BT, BT], dtype=DTYPE)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            b_q, b_a, b_b, b_k, b_G, b_Gx, b_Gl, o_c, m_t, p_k, m_tk = _chunk_keys(q, a, b, k, gk, bos, i_t, T,
+                                                                                  i_h, i_k, H, K, BT, BK, DTYPE)
+            L_ab += _scores(b_a, b_b, b_Gx, b_G, strict)
+            L_ak += _scores(b_a, b_k, b_Gx, b_G, strict)
+            b_dw = tl.load(dw + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_dT += _tlib.dot(b_dw, tl.trans(b_a * tl.exp(b_Gx)), PREC)
+        b_Tinv = unit_lower_inverse(-L_ab, o_c, BT, DTYPE, PREC)
+        b_dT += _tlib.dot(b_dM, tl.trans(L_ak), PREC)
+        dL_ab = tl.where(strict, _tlib.dot_fp32(tl.trans(b_Tinv), _tlib.dot_fp32(b_dT, tl.trans(b_Tinv), PREC),
+                                                PREC), 0.0)
+        dL_ak = tl.where(strict, _tlib.dot_fp32(tl.trans(b_Tinv), b_dM, PREC), 0.0)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            b_q, b_a, b_b, b_k, b_G, b_Gx, b_Gl, o_c, m_t, p_k, m_tk = _chunk_keys(q, a, b, k, gk, bos, i_t, T,
+                                                                                  i_h, i_k, H, K, BT, BK, DTYPE)
+            b_dq, b_db = _scores_grad(dA_qb, b_q, b_b, b_G, b_G, causal)
+            dq2, b_dk = _scores_grad(dA_qk, b_q, b_k, b_G, b_G, causal)
+            b_dq += dq2
+            b_da, db2 = _scores_grad(dL_ab, b_a, b_b, b_Gx, b_G, strict)
+            da2, dk2 = _scores_grad(dL_ak, b_a, b_k, b_Gx, b_G, strict)
+            b_db += db2
+            b_da += da2
+            b_dk += dk2
+            b_dG = b_q * b_dq - b_b * b_db - b_k * b_dk          # the scores' own gate terms (x-side G for q)
+            b_dGx = b_a * b_da
+            # qg = q e^G, w = T (a e^G⁻), bg = b e^(G_C - G), kg = k e^(G_C - G)
+            e_q, e_x = tl.exp(b_G), tl.exp(b_Gx)
+            b_dqg = tl.load(dqg + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_dq += b_dqg * e_q
+            b_dG += b_dqg * b_q * e_q
+            b_dad = _tlib.dot_fp32(tl.trans(b_Tinv), tl.load(dw + p_k, mask=m_tk, other=0.0).to(DTYPE), PREC)
+            b_da += b_dad * e_x
+            b_dGx += b_dad * b_a * e_x
+            rev = tl.where(m_t[:, None], tl.exp(b_Gl[None, :] - b_G), 0.0)
+            b_dbg = tl.load(dbg + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_dkg = tl.load(dkg + p_k, mask=m_tk, other=0.0).to(DTYPE)
+            b_db += b_dbg * rev
+            b_dk += b_dkg * rev
+            rest = b_dbg * b_b * rev + b_dkg * b_k * rev
+            b_dG -= rest
+            o_k = i_k * BK + tl.arange(0, BK)
+            b_dgc = tl.load(dgc + (i_bh * NT + i_t) * K + o_k, mask=o_k < K, other=0.0).to(DTYPE)
+            b_dGl = tl.sum(rest, axis=0) + tl.exp(b_Gl) * b_dgc
+            # G = cumsum(gk), G⁻ = G - gk, G_C = sum(gk): back to gk by a reverse cumulative sum
+            b_dG += b_dGx
+            b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG - b_dGx + b_dGl[None, :]
+            tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+            tl.store(da + p_k, b_da.to(da.dtype.element_ty), mask=m_tk)
+            tl.store(db + p_k, b_db.to(db.dtype.element_ty), mask=m_tk)
+            tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+            tl.store(dg + p_k, b_dg.to(dg.dtype.element_ty), mask=m_tk)
 
 
 def _config(K: int, V: int, T: int, device, *tensors, low=_ASK):
@@ -350,7 +443,7 @@ def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, ou
 
 
 def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_final: bool):
-    """(o, final state or None, saved for the backward: (q, a, b, k, v, gk, h) and the kernels' scale)."""
+    """(o, final state or None, saved for the backward: (q, a, b, k, v, gk, h, u) and the kernels' scale)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype, BK, BV, common = _config(K, V, rows.T, q.device, q, a, b, k, v, gk, initial_state)
@@ -365,17 +458,28 @@ def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_fi
     ht = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if store_final else None
     o = torch.empty(B, T, H, V, dtype=_op_readout_dtype() or dtype, device=q.device)
     BT, NV, cu, varlen = DPLR_CHUNK, triton.cdiv(V, BV), rows.kwargs()["cu_seqlens"], rows.varlen
-    qg, w, bg, kg = (torch.empty(B, T, H, K, dtype=dtype, device=q.device) for _ in range(4))
-    M, Aqb, Aqk = (torch.empty(B, T, H, BT, dtype=dtype, device=q.device) for _ in range(3))
+    qg, w, bg, kg, M, Aqb, Aqk = _intra(q, a, b, k, gk, rows, BK, common)
     u = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
-    dplr_chunk_intra_kernel[(NT, N * H)](q, a, b, k, gk, qg, w, bg, kg, M, Aqb, Aqk, rows.T, cu, H=H, K=K, BT=BT,
-                                         BK=min(BK, DPLR_INTRA_KEY_BLOCK), IS_VARLEN=varlen, **common)
     dplr_chunk_fwd_h_kernel[(NV, N * H)](w, bg, kg, M, v, gk, h, h0, ht, u, rows.T, cu, H=H, K=K, V=V, BT=BT, BK=BK,
                                          BV=BV, USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final,
                                          IS_VARLEN=varlen, **common)
     dplr_chunk_fwd_o_kernel[(NV, NT, N * H)](qg, Aqb, Aqk, u, v, h, o, kscale, rows.T, cu, H=H, K=K, V=V, BT=BT,
                                              BK=BK, BV=BV, IS_VARLEN=varlen, **common)
-    return o, ht, ((q, a, b, k, v, gk, h), kscale)
+    return o, ht, ((q, a, b, k, v, gk, h, u), kscale)
+
+
+def _intra(q, a, b, k, gk, rows: _Rows, BK: int, common: dict) -> tuple:
+    """dplr_chunk_intra_kernel's results (qg, w, bg, kg [B, T, H, K]; M, A_qb, A_qk [B, T, H, BT]), in the compute
+    dtype of ``common``."""
+    B, T, H, K = q.shape
+    dtype = {tl.float32: torch.float32, tl.float64: torch.float64}[common["DTYPE"]]
+    qg, w, bg, kg = (torch.empty(B, T, H, K, dtype=dtype, device=q.device) for _ in range(4))
+    M, Aqb, Aqk = (torch.empty(B, T, H, DPLR_CHUNK, dtype=dtype, device=q.device) for _ in range(3))
+    NT = triton.cdiv(rows.T, DPLR_CHUNK)
+    dplr_chunk_intra_kernel[(NT, rows.N * H)](q, a, b, k, gk, qg, w, bg, kg, M, Aqb, Aqk, rows.T,
+                                              rows.kwargs()["cu_seqlens"], H=H, K=K, BT=DPLR_CHUNK,
+                                              BK=min(BK, DPLR_INTRA_KEY_BLOCK), IS_VARLEN=rows.varlen, **common)
+    return qg, w, bg, kg, M, Aqb, Aqk
 
 
 class _ChunkDplr(torch.autograd.Function):
@@ -394,23 +498,36 @@ class _ChunkDplr(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, a, b, k, v, gk, h = ctx.saved_tensors
+        q, a, b, k, v, gk, h, u = ctx.saved_tensors
         rows = ctx.rows
-        H, K, V = q.shape[2], q.shape[3], v.shape[-1]
+        B, T, H, K = q.shape
+        V = v.shape[-1]
         dtype, BK, BV, common = _config(K, V, rows.T, q.device, q, h, low=ctx.low)
+        BT, N, NT, NV = DPLR_CHUNK, rows.N, triton.cdiv(rows.T, DPLR_CHUNK), triton.cdiv(V, BV)
+        cu, varlen = rows.kwargs()["cu_seqlens"], rows.varlen
         do = _output_gradient(do, q, v).contiguous()
         dht = None if dht is None else dht.to(dtype).contiguous()
         want_dh0 = ctx.needs_input_grad[6]
-        dh0 = torch.empty(rows.N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
-        NV = triton.cdiv(V, BV)
-        parts = [torch.empty(NV, *x.shape, dtype=dtype, device=x.device) for x in (q, a, b, k, gk)]
+        dh0 = torch.empty(N, H, K, V, dtype=dtype, device=q.device) if want_dh0 else None
+        qg, w, bg, kg, M, Aqb, Aqk = _intra(q, a, b, k, gk, rows, BK, common)       # recomputed, every chunk at once
+        dh = (torch.zeros if varlen else torch.empty)(N, H, NT, K, V, dtype=dtype, device=q.device)
+        du = torch.empty(B, T, H, V, dtype=dtype, device=q.device)
+        dplr_chunk_bwd_dh_kernel[(NV, N * H)](qg, w, bg, Aqb, gk, do, dht, dh, dh0, du, ctx.kscale, rows.T, cu, H=H,
+                                              K=K, V=V, BT=BT, BK=BK, BV=BV, USE_FINAL_STATE_GRADIENT=dht is not None,
+                                              STORE_INITIAL_STATE_GRADIENT=want_dh0, IS_VARLEN=varlen, **common)
         dv = torch.empty(v.shape, dtype=_grad_dtypes(dtype, ctx.dtypes[4])[0], device=v.device)
-        dplr_chunk_bwd_kernel[(NV, rows.N * H)](q, a, b, k, v, gk, h, do, dht, dh0, *parts[:4], dv, parts[4],
-                                                q.numel(), ctx.kscale, rows.T, rows.kwargs()["cu_seqlens"], H=H, K=K,
-                                                V=V, BT=DPLR_CHUNK, BK=BK, BV=BV,
-                                                USE_FINAL_STATE_GRADIENT=dht is not None,
-                                                STORE_INITIAL_STATE_GRADIENT=want_dh0, IS_VARLEN=rows.varlen, **common)
-        dq, da, db, dk, dgk = (x.sum(0) if NV > 1 else x[0] for x in parts)
+        key_parts = [torch.empty(NV, B, T, H, K, dtype=dtype, device=q.device) for _ in range(4)]
+        chunk_parts = [torch.empty(NV, B, T, H, BT, dtype=dtype, device=q.device) for _ in range(3)]
+        dgc = torch.zeros(NV, N, H, NT, K, dtype=dtype, device=q.device)
+        dplr_chunk_bwd_dv_kernel[(NV, NT, N * H)](kg, M, Aqk, v, u, h, dh, do, du, dv, *key_parts, *chunk_parts,
+                                                  dgc, q.numel(), B * T * H * BT, N * H * NT * K, ctx.kscale,
+                                                  rows.T, cu, H=H, K=K, V=V, BT=BT, BK=min(BK, DPLR_DV_KEY_BLOCK),
+                                                  BV=BV, IS_VARLEN=varlen, **common)
+        summed = [x.sum(0) if NV > 1 else x[0] for x in key_parts + chunk_parts + [dgc]]
+        dq, da, db, dk, dgk = (torch.empty(B, T, H, K, dtype=dtype, device=q.device) for _ in range(5))
+        dplr_chunk_bwd_intra_kernel[(NT, N * H)](q, a, b, k, gk, *summed, dq, da, db, dk, dgk, rows.T, cu, H=H, K=K,
+                                                 BT=BT, BK=min(BK, DPLR_BWD_INTRA_KEY_BLOCK), IS_VARLEN=varlen,
+                                                 **common)
         grads = [dq, da, db, dk, dv, dgk]
         if ctx.kscale != ctx.scale:       # q was scaled before the kernels (fp64)
             grads[0] = grads[0] * ctx.scale
