@@ -200,7 +200,7 @@ def chunk_cases(dims: list[int]):
     import torch
 
     from seqdsl.runtime import op as _op
-    from seqdsl.runtime import triton_chunk
+    from seqdsl.runtime import triton_chunk, triton_dplr
 
     B, T, H = 1, 128, 2
     for d in dims:
@@ -231,8 +231,8 @@ def chunk_cases(dims: list[int]):
                         o, _ = triton_chunk.chunk_delta(q, k, v, beta, scale=d ** -0.5, **kw)
                         o.sum().backward()
                 yield f"chunk_delta {'gated' if gated_delta else 'plain'} K=V={d} {precision}", delta
-            if d > 128:
-                continue      # the DPLR kernels hold the whole state in one program (triton_dplr.DPLR_MAX_DIM)
+            if d > triton_dplr.DPLR_MAX_DIM:
+                continue      # the DPLR state passes hold every key channel of their V tile in one program
 
             def dplr(d=d, low=low):
                 g = torch.Generator().manual_seed(0)

@@ -59,7 +59,7 @@ _INTERNAL = {"T", "H", "t", "i_b", "i_h", "i_v", "first_tile", "args", "DTYPE", 
 _TORCH_FORMS_IMPORT = "from seqdsl.runtime import torch_forms as _forms"
 # The most key channels the Triton DPLR chunk kernels take (seqdsl.runtime.triton_dplr.DPLR_MAX_DIM, which a test
 # keeps equal; codegen does not import the runtime's Triton modules).
-DPLR_MAX_DIM = 128
+DPLR_MAX_DIM = 256
 _TEMP = re.compile(r"^_(?:t|c|inv)\d+$")      # the renderer's temporaries
 # the fused scan kernel's own names (TimeBlocks' o_t, m_t, BLOCK_T; its loop's t0)
 SCAN_NAMES = ("t0", "o_t", "m_t", "BLOCK_T", "SEQ_LEN")
@@ -167,7 +167,7 @@ def triton_chunk_gap(c: Checked, p: KernelPlan) -> str | None:
             keys = c.dim_sizes[c.cell_types[sp.state].dims[0]]
             if keys > DPLR_MAX_DIM:
                 return f"the state {sp.state} is diagonal plus rank 1 with {keys} key channels; the Triton DPLR " \
-                       f"chunk kernels hold every key channel in one program (at most {DPLR_MAX_DIM})"
+                       f"state passes hold every key channel in one program (at most {DPLR_MAX_DIM})"
             continue
         if sp.kind not in ("gated", "delta"):
             return f"the state {sp.state} is {sp.kind}; the Triton chunk kernels do gated and delta states"
@@ -930,8 +930,8 @@ class _Gen:
             "by Triton backward kernels (ungated, scalar- and key-gated states, the delta rule through its",
             "WY / UT stage). Complex gated states run on the same real kernels (a phase rotation of q and k,",
             "then a realified state of twice the size: triton_chunk._complex_chunk_gated). Diagonal-plus-",
-            "rank-1 states (RWKV-7) run triton_chunk.chunk_dplr: a fused chunk kernel per head, forward and",
-            "backward (seqdsl.runtime.triton_dplr)."],
+            "rank-1 states (RWKV-7) run triton_chunk.chunk_dplr: the same stages with 16-token chunks scored",
+            "exactly, forward and backward (seqdsl.runtime.triton_dplr)."],
             chunked=True)
 
     # ------------------------------------------------------------------ module
@@ -1008,6 +1008,8 @@ class _Gen:
         out.add(f"READOUTS = {tuple(c.readouts)!r}")
         out.add(f"MODES = {modes!r}")
         out.add(f"WHY_NOT = {why_not!r}")
+        out.add(f"GPU_CAVEAT = {self.gpu_caveat()!r}  # why the fused kernels run their torch form on a GPU (None: "
+                "they do not)")
         varlen = ("recurrent",) * bool(kernel_lines) + tuple(f for f in varlen_forms(self.p) if f in modes)
         out.add(f"VARLEN_FORMS = {varlen!r}  # forms taking cu_seqlens (others: one call per sequence)")
         passthrough = {"recurrent": tuple(self.inputs)} if kernel_lines is not None else {}

@@ -30,11 +30,15 @@ def test_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     assert out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads(out.read_text())
     compiled = {row["kernel"] for row in report["rows"]}
-    # recurrent (with _tlib.inv and _tlib.mm), scan, and every chunk stage (gated and delta rule, both directions)
+    # recurrent (with _tlib.inv and _tlib.mm), scan (diagonal and dense), and every chunk stage (gated, delta rule
+    # and diagonal plus rank 1, both directions)
     assert {"lssl_recurrent_fwd_kernel", "lssl_recurrent_bwd_kernel", "gla_recurrent_fwd_kernel",
             "scan_diagonal_kernel", "chunk_fwd_h_kernel", "chunk_fwd_o_kernel", "chunk_intra_gk_kernel", "chunk_bwd_intra_gk_kernel",
             "chunk_bwd_dh_kernel", "chunk_bwd_dqk_kernel", "chunk_bwd_dv_kernel", "chunk_delta_wy_kernel",
-            "chunk_delta_fwd_h_kernel", "chunk_delta_bwd_dhu_kernel", "chunk_delta_bwd_kernel"} <= compiled, \
+            "chunk_delta_fwd_h_kernel", "chunk_delta_bwd_dhu_kernel", "chunk_delta_bwd_kernel",
+            "dplr_chunk_intra_kernel", "dplr_chunk_fwd_h_kernel", "dplr_chunk_fwd_o_kernel", "dplr_chunk_bwd_dh_kernel",
+            "dplr_chunk_bwd_dv_kernel", "dplr_chunk_bwd_intra_kernel", "scan_dense_reduce_kernel",
+            "scan_dense_carry_kernel", "scan_dense_apply_kernel"} <= compiled, \
         sorted(compiled)
     assert report["failures"] == []
     # at K = V = 256 with fp32 inputs, the gated delta rule's backward state pass needed 288 KB at its 64-wide V tiles

@@ -1468,6 +1468,20 @@ def test_kernels_with_an_in_kernel_inverse_run_their_torch_form_on_a_gpu(monkeyp
     assert calls == [("twin", [torch.float32]), "kernel", "kernel", "kernel"]
 
 
+def test_ops_whose_kernels_carry_a_gpu_caveat_default_to_their_scan_on_a_gpu():
+    """S4's recurrent kernel carries the caveat (its torch form on a GPU: a loop over the tokens); its scan form
+    (the inverse in torch, the dense scan in triton_scan) does not, so on a GPU the op defaults to it. HiPPO-RNN has
+    no scan and keeps its recurrent form; GLA has no caveat and keeps its default."""
+    hippo_rnn, gla = (compiled(n)[1] for n in ("hippo_rnn", "gla"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQDSL_CACHE_DIR", _CACHE)
+        s4 = seqdsl.compile(seqdsl.load(MODELS["s4"]), backend="triton")    # its own size: 2,048 numbers of state
+    assert s4.module.GPU_CAVEAT and hippo_rnn.module.GPU_CAVEAT and gla.module.GPU_CAVEAT is None
+    assert s4.default_mode() == "recurrent" and s4.default_mode(on_gpu=True) == "scan"
+    assert hippo_rnn.default_mode(on_gpu=True) == "recurrent"
+    assert gla.default_mode(on_gpu=True) == gla.default_mode() == "chunk"
+
+
 def test_no_generated_kernel_forms_a_3d_block():
     """matrix @ matrix renders as triton_lib.mm (rank-1 updates). The cells whose kernels formed [n, n, n]
     blocks with a 3-d product were exactly the four off the reference on an H200 (BENCHMARKS.md)."""

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ROOT
+
 from seqdsl.codegen import triton_module
 from seqdsl.runtime import recurrent_dplr, triton_dplr
 from seqdsl.runtime.triton_chunk import chunk_dplr
@@ -51,6 +53,7 @@ def rel(a, b):
     (1, 20, 1, 8, 8, (), True),                # no gate
     (2, 21, 1, 8, 70, ("gk",), True),          # three value tiles of 32 (the key-side gradients summed over them)
     (1, 20, 1, 40, 8, ("gk",), True),          # two key blocks of 32 in the intra-chunk stage, the second partial
+    (1, 18, 1, 130, 8, ("gk",), False),        # K past 128: a [256, BV] state block in the state passes
 ])
 def test_fp64_forward_and_gradients_match_the_step_loop(B, T, H, K, V, gates, h0):
     x = make(B, T, H, K, V, F64, gates=gates)
@@ -105,7 +108,21 @@ def test_packed_sequences_equal_separate_runs_with_their_gradients():
 
 
 def test_states_past_the_kernels_limit_are_a_clear_error():
-    x = make(1, 4, 1, 130, 8, F32)
-    with pytest.raises(NotImplementedError, match="K <= 128"):
+    x = make(1, 4, 1, 260, 8, F32)
+    with pytest.raises(NotImplementedError, match="K <= 256"):
         chunk_dplr(**x)
     assert triton_module.DPLR_MAX_DIM == triton_dplr.DPLR_MAX_DIM     # codegen's copy of the limit
+
+
+@pytest.mark.parametrize("dk,offered", [(256, True), (320, False)])
+def test_the_triton_backend_offers_rwkv7s_chunk_form_up_to_the_limit(dk, offered):
+    """RWKV-7 with wider heads: the Triton op has the chunk form up to DPLR_MAX_DIM key channels, and past it says
+    why not (the torch backend keeps it)."""
+    import seqdsl
+
+    m = seqdsl.load(ROOT / "examples" / "rwkv7.seq", dk=dk, dv=32, heads=1, d_model=dk)
+    assert "chunk" in seqdsl.compile(m, backend="torch").modes
+    op = seqdsl.compile(m, backend="triton")
+    assert ("chunk" in op.modes) == offered
+    if not offered:
+        assert f"{dk} key channels" in op.module.WHY_NOT["chunk"] and "at most 256" in op.module.WHY_NOT["chunk"]

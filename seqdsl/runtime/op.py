@@ -179,14 +179,19 @@ class CompiledOp:
         return self._has_axis_of[name]
 
     # ------------------------------------------------------------------ call
-    def default_mode(self) -> str:
+    def default_mode(self, on_gpu: bool = False) -> str:
         """conv for time-invariant systems (FFT, independent of the state size); else chunk for matrix states
         (matmul-rich) and scan for vector states (chunking K x 1 states wastes work) -- except vector states
         with many numbers per token (Mamba: d_inner x n), whose scan materialises [B, T, state] tensors in
         every level: the sequential loop, which keeps one state, is then faster on the CPU (measured:
         Mamba d_model 64, B 64, T 128: recurrent 0.6 s vs scan 2.0 s forward+backward). A fused scan kernel
         (the Triton module's ``SCAN == "fused"``) materialises nothing, and its sequential depth is T / BLOCK_T
-        blocks rather than T steps: it is the default wherever it exists."""
+        blocks rather than T steps: it is the default wherever it exists. On a GPU (``on_gpu``: the call's streams
+        are CUDA tensors), an op whose compiled kernels carry a caveat there (the Triton module's ``GPU_CAVEAT``:
+        they run their torch form instead) takes its scan form where it has one: the torch recurrent form is a
+        Python loop over the tokens, and a scan form run by triton_scan has no caveat (S4, LSSL, HiPPO-LegS)."""
+        if on_gpu and getattr(self.module, "GPU_CAVEAT", None) and "scan" in self.modes:
+            return "scan"
         vector_only = all(len(self.checked.cell_types[s].dims) <= 1 for s in self.states)
         if getattr(self.module, "SCAN", None) == "fused" and "scan" in self.modes:
             return next(m for m in ("conv", "scan") if m in self.modes)
@@ -208,7 +213,9 @@ class CompiledOp:
 
     def __call__(self, initial_state=None, output_final_state: bool = False, mode: str | None = None,
                  cu_seqlens=None, chunk_size: int = 64, **kwargs):
-        mode = mode or self.default_mode()
+        if mode is None:
+            first_stream = kwargs.get(self.checked.op_streams[0]) if self.checked.op_streams else None
+            mode = self.default_mode(on_gpu=isinstance(first_stream, torch.Tensor) and first_stream.is_cuda)
         if mode not in self.modes:
             why = getattr(self.module, "WHY_NOT", {}).get(mode) or self.plan.why_not.get(mode, "it is not generated")
             raise ValueError(f"{self.name}: mode '{mode}' is not available for the {self.module.CLASS} class "

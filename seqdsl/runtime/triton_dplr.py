@@ -21,7 +21,7 @@ The forward is in fla's stage structure, three launches:
 blocks of 32), the inverse T = (I - L_ab)^-1, and what the state passes need from them: w = T (a ⊙ e^G⁻),
 M = T L_ak, the decayed q ⊙ e^G, b ⊙ e^(G_C - G), k ⊙ e^(G_C - G), A_qb, A_qk;
 ``dplr_chunk_fwd_h_kernel`` (a program per V tile of 32 value channels and head, the chunks in order, its [K, 32]
-slice of the state in registers, K <= 128): U = w S_0 + M V, S_C from it, storing U and the state entering each
+slice of the state in registers, K <= 256): U = w S_0 + M V, S_C from it, storing U and the state entering each
 chunk (h [N, H, NT, K, V]); ``dplr_chunk_fwd_o_kernel`` (a program per V tile, chunk and head): the outputs.
 
 The backward has the same stages, four launches: the intra-chunk results again (``_intra``: recomputed, every
@@ -49,7 +49,8 @@ from seqdsl.runtime.triton_chunk import (_ASK, _Rows, _grad_dtypes, _low_precisi
 from seqdsl.runtime.op import readout_dtype as _op_readout_dtype
 
 DPLR_CHUNK = 16          # tokens per chunk of these kernels
-DPLR_MAX_DIM = 128       # K: every key channel of the state (and the [16, 16, K] scores) in one program
+DPLR_MAX_DIM = 256       # K: the state passes hold every key channel of their V tile in one program (sm_90: spills
+                         # 72-376 B per thread at 256, none at 128)
 DPLR_VALUE_TILE = 32     # value channels per program
 DPLR_INTRA_KEY_BLOCK = 32   # key channels per [16, 16, BK] score product of the intra-chunk kernels
 DPLR_BWD_INTRA_KEY_BLOCK = 16   # the same of its backward (four [16, 16, BK] score gradients at once)
@@ -422,12 +423,12 @@ def _config(K: int, V: int, T: int, device, *tensors, low=_ASK):
 def chunk_dplr(q, a, b, k, v, g=None, gk=None, scale=1.0, initial_state=None, output_final_state=False,
                cu_seqlens=None, chunk_size=64):
     """``torch_forms.chunk_dplr`` as Triton kernels (see the module's docstring); the same arguments and results.
-    The kernels chunk by 16 tokens whatever ``chunk_size``; K <= 128; real inputs only."""
+    The kernels chunk by 16 tokens whatever ``chunk_size``; K <= 256; real inputs only."""
     if any(t is not None and t.is_complex() for t in (q, a, b, k, v, g, gk, initial_state)):
         raise NotImplementedError("the Triton DPLR chunk kernels are real")
     K, V = q.shape[-1], v.shape[-1]
     if K > DPLR_MAX_DIM:
-        raise NotImplementedError(f"the Triton DPLR chunk kernels hold every key channel in one program: K <= "
+        raise NotImplementedError(f"the Triton DPLR state passes hold every key channel in one program: K <= "
                                   f"{DPLR_MAX_DIM}, got K = {K} (the torch backend's chunk form has no limit)")
     if scale is None:
         scale = K ** -0.5
