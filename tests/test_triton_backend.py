@@ -930,7 +930,9 @@ def _dense_step_loop(A, b, h0, cu):
     ((2, 1, 3, 4, 4), (2, 16, 3, 4), None),                        # per batch row, one chunk exactly
     ((1, 45, 2, 3, 3), (1, 45, 2, 3), [0, 5, 5, 6, 23, 45]),       # packed: an empty and a one-token sequence
     ((1, 20, 2, 3, 3), (1, 20, 2, 3), [0, 4, 4, 20]),              # complex (below): realified, 2n = 6
-], ids=["varying", "invariant", "per-row", "packed", "complex"])
+    ((1, 30, 1, 6, 6), (2, 30, 4, 6), None),                       # time-varying, one matrix for every channel
+    ((1, 1, 2, 1, 3, 3), (1, 20, 2, 4, 3), None),                  # two channel axes, A shared along one
+], ids=["varying", "invariant", "per-row", "packed", "complex", "shared-varying", "partly-shared"])
 @pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-h0"])
 def test_dense_scan_kernels_match_a_step_loop(A_shape, b_shape, cu, with_h0, request, monkeypatch):
     """The Triton dense scan (chunks of 16 tokens under the interpreter: several chunks per sequence, a partial last

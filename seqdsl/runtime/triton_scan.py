@@ -206,16 +206,18 @@ def _dense_chunk(chunks, chunk_offsets, cu_seqlens, i_c, T, BT: tl.constexpr, IS
 
 
 @triton.jit
-def _dense_step_matrix(A, batch, time, i_ch, sAb, sAt, o_i, o_j, m2, NS: tl.constexpr, DTYPE: tl.constexpr):
-    """A_t [BN, BN] of channel i_ch (sAb / sAt: A's strides along batch and time, 0 where it broadcasts)."""
-    p = A + batch * sAb + time * sAt + i_ch.to(tl.int64) * NS * NS + o_i[:, None] * NS + o_j[None, :]
+def _dense_step_matrix(A, batch, time, i_ch, sAb, sAt, sAc, o_i, o_j, m2, NS: tl.constexpr, DTYPE: tl.constexpr):
+    """A_t [BN, BN] of channel i_ch (sAb / sAt / sAc: A's strides along batch, time and channels, 0 where it
+    broadcasts)."""
+    p = A + batch * sAb + time * sAt + i_ch.to(tl.int64) * sAc + o_i[:, None] * NS + o_j[None, :]
     return tl.load(p, mask=m2, other=0.0).to(DTYPE)
 
 
 @triton.jit
-def scan_dense_reduce_kernel(A, b, P, p, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, NS: tl.constexpr,
+def scan_dense_reduce_kernel(A, b, P, p, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, sAc, NS: tl.constexpr,
                              BN: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """A [BA, TA, C, NS, NS], b [B, T, C, NS] (rows: B * T, or the packed tokens); P [NC, C, NS, NS], p [NC, C, NS].
+    """A [BA, TA, C or 1, NS, NS], b [B, T, C, NS] (rows: B * T, or the packed tokens); P [NC, C, NS, NS],
+    p [NC, C, NS].
     Program (chunk i_c, channel i_ch)."""
     i_c, i_ch = tl.program_id(0).to(tl.int64), tl.program_id(1)
     first, time, batch, steps = _dense_chunk(chunks, chunk_offsets, cu_seqlens, i_c, T, BT, IS_VARLEN)
@@ -226,7 +228,7 @@ def scan_dense_reduce_kernel(A, b, P, p, chunks, chunk_offsets, cu_seqlens, T, C
     b_P = tl.where((o_i[:, None] == o_j[None, :]) & m2, 1.0, 0.0).to(DTYPE)
     b_p = tl.zeros([BN], dtype=DTYPE)
     for s in range(0, steps):
-        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, o_i, o_j, m2, NS, DTYPE)
+        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, sAc, o_i, o_j, m2, NS, DTYPE)
         b_b = tl.load(b + ((first + s) * C + i_ch) * NS + o_i, mask=m_i, other=0.0).to(DTYPE)
         b_P = tl.dot(b_A, b_P, input_precision="ieee")
         b_p = tl.reduce(b_A * b_p[None, :], 1, _tlib.add) + b_b
@@ -259,7 +261,7 @@ def scan_dense_carry_kernel(P, p, x, h0, ht, chunk_offsets, C, NS: tl.constexpr,
 
 
 @triton.jit
-def scan_dense_apply_kernel(A, b, x, h, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, NS: tl.constexpr,
+def scan_dense_apply_kernel(A, b, x, h, chunks, chunk_offsets, cu_seqlens, T, C, sAb, sAt, sAc, NS: tl.constexpr,
                             BN: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr, IS_VARLEN: tl.constexpr):
     """h [B, T, C, NS]: every state, from the state entering each chunk (x). Program (chunk i_c, channel i_ch)."""
     i_c, i_ch = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -270,7 +272,7 @@ def scan_dense_apply_kernel(A, b, x, h, chunks, chunk_offsets, cu_seqlens, T, C,
     m2 = m_i[:, None] & (o_j < NS)[None, :]
     b_x = tl.load(x + (i_c * C + i_ch) * NS + o_i, mask=m_i, other=0.0)
     for s in range(0, steps):
-        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, o_i, o_j, m2, NS, DTYPE)
+        b_A = _dense_step_matrix(A, batch, time + s, i_ch, sAb, sAt, sAc, o_i, o_j, m2, NS, DTYPE)
         row = ((first + s) * C + i_ch) * NS + o_i
         b_x = tl.reduce(b_A * b_x[None, :], 1, _tlib.add) + tl.load(b + row, mask=m_i, other=0.0).to(DTYPE)
         tl.store(h + row, b_x, mask=m_i)
@@ -299,9 +301,11 @@ def _dense_launch(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_
     mids, n = tuple(b.shape[2:-1]), b.shape[-1]
     C = math.prod(mids)
     BA, TA = A.shape[:2]
-    A_rows = A.expand(BA, TA, *mids, n, n).reshape(BA, TA, C, n, n).contiguous()
-    sAb = TA * C * n * n if BA > 1 else 0
-    sAt = C * n * n if TA > 1 else 0
+    CA = 1 if all(m == 1 for m in A.shape[2:-2]) else C       # one matrix for every channel (HiPPO's), or C
+    A_rows = A.expand(BA, TA, *(A.shape[2:-2] if CA == 1 else mids), n, n).reshape(BA, TA, CA, n, n).contiguous()
+    sAb = TA * CA * n * n if BA > 1 else 0
+    sAt = CA * n * n if TA > 1 else 0
+    sAc = n * n if CA > 1 else 0
     b_rows = b.reshape(B, T, C, n).contiguous()
     if cu_seqlens is None:
         lengths, cu = [T] * B, b_rows
@@ -320,17 +324,28 @@ def _dense_launch(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, cu_
     h0_rows = h0.reshape(N, C, n).contiguous() if h0 is not None else ht
     common = dict(NS=n, BN=BN, DTYPE=_rt.tl_dtype(b.dtype), num_warps=1 if _rt.interpreting() else 4)
     if NC:
-        scan_dense_reduce_kernel[(NC, C)](A_rows, b_rows, P, p, chunks, offsets, cu, T, C, sAb, sAt, BT=BT,
+        scan_dense_reduce_kernel[(NC, C)](A_rows, b_rows, P, p, chunks, offsets, cu, T, C, sAb, sAt, sAc, BT=BT,
                                           IS_VARLEN=cu_seqlens is not None, **common)
     scan_dense_carry_kernel[(N, C)](P, p, x, h0_rows, ht, offsets, C, USE_INITIAL_STATE=h0 is not None, **common)
     if NC:
-        scan_dense_apply_kernel[(NC, C)](A_rows, b_rows, x, h, chunks, offsets, cu, T, C, sAb, sAt, BT=BT,
+        scan_dense_apply_kernel[(NC, C)](A_rows, b_rows, x, h, chunks, offsets, cu, T, C, sAb, sAt, sAc, BT=BT,
                                          IS_VARLEN=cu_seqlens is not None, **common)
     return h.reshape(b.shape), ht.reshape(N, *mids, n)
 
 
 def _sum_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum_to_size(shape) if x.shape != shape else x
+
+
+def _dense_grad_A(lam: torch.Tensor, h_prev: torch.Tensor, A_shape: torch.Size) -> torch.Tensor:
+    """dA = sum of lam_t h_{t-1}^T over what A broadcasts along (lam, h_prev [B, T, *M, n]; A [BA, TA, *MA, n, n]),
+    one contraction: no [B, T, *M, n, n] tensor where A is shared by the tokens, the batch or the channels."""
+    B, T, n = lam.shape[0], lam.shape[1], lam.shape[-1]
+    mids, A_mids = tuple(lam.shape[2:-1]), tuple(A_shape[2:-2])
+    shared = all(m == 1 for m in A_mids)
+    out = ("b" if A_shape[0] > 1 else "") + ("t" if A_shape[1] > 1 else "") + ("" if shared else "c") + "ij"
+    dA = torch.einsum(f"btci,btcj->{out}", lam.reshape(B, T, -1, n), h_prev.reshape(B, T, -1, n))
+    return _sum_to(dA.reshape(A_shape[0], A_shape[1], *(A_mids if shared else mids), n, n), A_shape)
 
 
 class _ScanDense(torch.autograd.Function):
@@ -378,14 +393,7 @@ class _ScanDense(torch.autograd.Function):
             for i, (s, n) in enumerate(zip(starts, lengths)):
                 if n:
                     h_prev[0, s] = h0[i] if h0 is not None else 0
-        dA = None
-        if ctx.needs_input_grad[0]:
-            BA, TA = A.shape[:2]
-            if TA > 1:
-                dA = _sum_to(lam[..., :, None] * h_prev[..., None, :], A.shape)
-            else:                         # time-invariant: contract over the tokens without [B, T, ..., n, n]
-                dA = torch.einsum("bt...i,bt...j->b...ij", lam, h_prev)
-                dA = _sum_to(dA if BA > 1 else dA.sum(0, keepdim=True), A[:, 0].shape).unsqueeze(1)
+        dA = _dense_grad_A(lam, h_prev, A.shape) if ctx.needs_input_grad[0] else None
         dh0 = None
         if h0 is not None and ctx.needs_input_grad[2]:
             Af = A.expand(A.shape[0], A.shape[1], *h.shape[2:-1], *A.shape[-2:])
