@@ -54,7 +54,7 @@ DPLR_MAX_DIM = 256       # K: the state passes hold every key channel of their V
 DPLR_VALUE_TILE = 32     # value channels per program
 DPLR_INTRA_KEY_BLOCK = 32   # key channels per [16, 16, BK] score product of the intra-chunk kernels
 DPLR_BWD_INTRA_KEY_BLOCK = 16   # the same of its backward (four [16, 16, BK] score gradients at once)
-DPLR_DV_KEY_BLOCK = 32      # key channels per step of dplr_chunk_bwd_dv_kernel
+DPLR_DV_KEY_BLOCK = 32      # key channels per step of dplr_chunk_fwd_o_kernel and dplr_chunk_bwd_dv_kernel
 DPLR_WARPS = 8           # on a GPU (the policy's warps follow the state tile; the scores need more)
 
 
@@ -204,28 +204,31 @@ def dplr_chunk_fwd_o_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
-    """One program per (V tile, chunk, sequence x head): o = scale (qg S_0 + A_qb u + A_qk v)."""
+    """One program per (V tile, chunk, sequence x head): o = scale (qg S_0 + A_qb u + A_qk v), the key channels in
+    blocks of BK."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     bos, T = _tlib.sequence_bounds(cu_seqlens, i_b, T, IS_VARLEN)
     if i_t * BT < T:
         o_c = tl.arange(0, BT)
-        o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+        o_v = i_v * BV + tl.arange(0, BV)
         o_t = i_t * BT + o_c
         m_t = o_t < T
         rows = (bos + o_t[:, None]) * H + i_h
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
-        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv,
-                      other=0.0).to(DTYPE)
-        b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
         b_Aqb = tl.load(Aqb + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
         b_Aqk = tl.load(Aqk + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
         b_u = tl.load(u + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
         b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
-        b_o = _tlib.dot(b_qg, b_h, PREC) + _tlib.dot(b_Aqb, b_u, PREC) + _tlib.dot(b_Aqk, b_v, PREC)
+        b_o = _tlib.dot(b_Aqb, b_u, PREC) + _tlib.dot(b_Aqk, b_v, PREC)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
+            b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv,
+                          other=0.0).to(DTYPE)
+            b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0).to(DTYPE)
+            b_o += _tlib.dot(b_qg, b_h, PREC)
         tl.store(o + rows * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -465,7 +468,7 @@ def _dplr_forward(q, a, b, k, v, gk, initial_state, scale, rows: _Rows, store_fi
                                          BV=BV, USE_INITIAL_STATE=h0 is not None, STORE_FINAL_STATE=store_final,
                                          IS_VARLEN=varlen, **common)
     dplr_chunk_fwd_o_kernel[(NV, NT, N * H)](qg, Aqb, Aqk, u, v, h, o, kscale, rows.T, cu, H=H, K=K, V=V, BT=BT,
-                                             BK=BK, BV=BV, IS_VARLEN=varlen, **common)
+                                             BK=min(BK, DPLR_DV_KEY_BLOCK), BV=BV, IS_VARLEN=varlen, **common)
     return o, ht, ((q, a, b, k, v, gk, h, u), kscale)
 
 
