@@ -80,6 +80,19 @@ def _scores_grad(dA, x, y, gx, gy, mask):
 
 
 @triton.jit
+def _chunk_rows(bos, i_t, T, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """(m_t [BT]: which of chunk i_t's rows are tokens, rows [BT, 1]: their rows in a flat [B * T, H] view)."""
+    o_c = tl.arange(0, BT)
+    return i_t * BT + o_c < T, (bos + i_t * BT + o_c[:, None]) * H + i_h
+
+
+@triton.jit
+def _rows_of(x, rows, cols, width, mask, DTYPE: tl.constexpr):
+    """The [BT, len(cols)] block of x [..., width] at the token rows ``rows`` [BT, 1] (masked lanes 0), in DTYPE."""
+    return tl.load(x + rows * width + cols[None, :], mask=mask, other=0.0).to(DTYPE)
+
+
+@triton.jit
 def _chunk_keys(q, a, b, k, gk, bos, i_t, T, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                 BK: tl.constexpr, DTYPE: tl.constexpr):
     """Chunk i_t's key-side blocks (key channels i_k * BK + [0, BK)): q, a, b, k, G, G⁻ [BT, BK], the chunk's total
@@ -180,17 +193,15 @@ def dplr_chunk_fwd_h_kernel(
         b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(DTYPE)
     for i_t in range(0, tl.cdiv(T, BT)):
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
-        o_t = i_t * BT + o_c
-        m_t = o_t < T
-        rows = (bos + o_t[:, None]) * H + i_h
+        m_t, rows = _chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        b_w = tl.load(w + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_bg = tl.load(bg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_kg = tl.load(kg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_Gl = tl.sum(tl.load(gk + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE), axis=0)
-        b_M = tl.load(M + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_w = _rows_of(w, rows, o_k, K, m_tk, DTYPE)
+        b_bg = _rows_of(bg, rows, o_k, K, m_tk, DTYPE)
+        b_kg = _rows_of(kg, rows, o_k, K, m_tk, DTYPE)
+        b_Gl = tl.sum(_rows_of(gk, rows, o_k, K, m_tk, DTYPE), axis=0)
+        b_M = _rows_of(M, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_v = _rows_of(v, rows, o_v, V, m_tv, DTYPE)
         b_u = _tlib.dot(b_w, b_h, PREC) + _tlib.dot(b_M, b_v, PREC)
         tl.store(u + rows * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
         b_h = tl.exp(b_Gl)[:, None] * b_h + _tlib.dot(tl.trans(b_bg), b_u, PREC) + _tlib.dot(tl.trans(b_kg), b_v, PREC)
@@ -213,21 +224,19 @@ def dplr_chunk_fwd_o_kernel(
     if i_t * BT < T:
         o_c = tl.arange(0, BT)
         o_v = i_v * BV + tl.arange(0, BV)
-        o_t = i_t * BT + o_c
-        m_t = o_t < T
-        rows = (bos + o_t[:, None]) * H + i_h
+        m_t, rows = _chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        b_Aqb = tl.load(Aqb + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_Aqk = tl.load(Aqk + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_u = tl.load(u + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
-        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_Aqb = _rows_of(Aqb, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_Aqk = _rows_of(Aqk, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_u = _rows_of(u, rows, o_v, V, m_tv, DTYPE)
+        b_v = _rows_of(v, rows, o_v, V, m_tv, DTYPE)
         b_o = _tlib.dot(b_Aqb, b_u, PREC) + _tlib.dot(b_Aqk, b_v, PREC)
         for i_k in range(0, tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
             b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv,
                           other=0.0).to(DTYPE)
-            b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0).to(DTYPE)
+            b_qg = _rows_of(qg, rows, o_k, K, m_t[:, None] & (o_k < K)[None, :], DTYPE)
             b_o += _tlib.dot(b_qg, b_h, PREC)
         tl.store(o + rows * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
@@ -258,17 +267,15 @@ def dplr_chunk_bwd_dh_kernel(
     for i_r in range(0, NTs):
         i_t = NTs - 1 - i_r
         tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
-        o_t = i_t * BT + o_c
-        m_t = o_t < T
-        rows = (bos + o_t[:, None]) * H + i_h
+        m_t, rows = _chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        b_qg = tl.load(qg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_w = tl.load(w + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_bg = tl.load(bg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
-        b_Gl = tl.sum(tl.load(gk + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE), axis=0)
-        b_Aqb = tl.load(Aqb + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_do = tl.load(do + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE) * scale
+        b_qg = _rows_of(qg, rows, o_k, K, m_tk, DTYPE)
+        b_w = _rows_of(w, rows, o_k, K, m_tk, DTYPE)
+        b_bg = _rows_of(bg, rows, o_k, K, m_tk, DTYPE)
+        b_Gl = tl.sum(_rows_of(gk, rows, o_k, K, m_tk, DTYPE), axis=0)
+        b_Aqb = _rows_of(Aqb, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_do = _rows_of(do, rows, o_v, V, m_tv, DTYPE) * scale
         b_du = _tlib.dot(tl.trans(b_Aqb), b_do, PREC) + _tlib.dot(b_bg, b_dh, PREC)
         tl.store(du + rows * V + o_v[None, :], b_du.to(du.dtype.element_ty), mask=m_tv)
         b_dh = _tlib.dot(tl.trans(b_qg), b_do, PREC) + tl.exp(b_Gl)[:, None] * b_dh \
@@ -296,16 +303,14 @@ def dplr_chunk_bwd_dv_kernel(
     if i_t * BT < T:
         o_c = tl.arange(0, BT)
         o_v = i_v * BV + tl.arange(0, BV)
-        o_t = i_t * BT + o_c
-        m_t = o_t < T
-        rows = (bos + o_t[:, None]) * H + i_h
+        m_t, rows = _chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
-        b_M = tl.load(M + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_Aqk = tl.load(Aqk + rows * BT + o_c[None, :], mask=m_t[:, None], other=0.0).to(DTYPE)
-        b_v = tl.load(v + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
-        b_u = tl.load(u + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
-        b_do = tl.load(do + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE) * scale
-        b_du = tl.load(du + rows * V + o_v[None, :], mask=m_tv, other=0.0).to(DTYPE)
+        b_M = _rows_of(M, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_Aqk = _rows_of(Aqk, rows, o_c, BT, m_t[:, None], DTYPE)
+        b_v = _rows_of(v, rows, o_v, V, m_tv, DTYPE)
+        b_u = _rows_of(u, rows, o_v, V, m_tv, DTYPE)
+        b_do = _rows_of(do, rows, o_v, V, m_tv, DTYPE) * scale
+        b_du = _rows_of(du, rows, o_v, V, m_tv, DTYPE)
         p_c = i_v.to(tl.int64) * part_c_numel + rows * BT + o_c[None, :]
         tl.store(dAqb + p_c, _tlib.dot(b_do, tl.trans(b_u), PREC), mask=m_t[:, None])
         tl.store(dAqk + p_c, _tlib.dot(b_do, tl.trans(b_v), PREC), mask=m_t[:, None])
@@ -319,7 +324,7 @@ def dplr_chunk_bwd_dv_kernel(
             p_kv = (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :]
             b_h = tl.load(h + p_kv, mask=m_kv, other=0.0).to(DTYPE)
             b_dh = tl.load(dh + p_kv, mask=m_kv, other=0.0).to(DTYPE)
-            b_kg = tl.load(kg + rows * K + o_k[None, :], mask=m_tk, other=0.0).to(DTYPE)
+            b_kg = _rows_of(kg, rows, o_k, K, m_tk, DTYPE)
             b_dv += _tlib.dot(b_kg, b_dh, PREC)
             p_k = part + rows * K + o_k[None, :]
             tl.store(dqg + p_k, _tlib.dot(b_do, tl.trans(b_h), PREC), mask=m_tk)

@@ -371,40 +371,30 @@ class _ScanDense(torch.autograd.Function):
         if A.shape[1] > 1:                  # A'_s = A_{T-s}^T on the reversed axis (s = 0: never used)
             rev = At.flip(1)
             At = torch.cat([rev[:, :1], rev[:, :-1]], 1)
-        b_rev = dh.flip(1).clone()
+        # each sequence with tokens: its row, its first token and its length (packed: empty ones left out)
+        dev = h.device
         if cu is None:
-            lengths, starts, mirrored = [T] * B, [0] * B, None
-            if dht is not None:
-                b_rev[:, 0] += dht
+            seqs = rows = torch.arange(B, device=dev)
+            first, lengths = torch.zeros_like(seqs), torch.full_like(seqs, T)
+            mirrored = None
         else:
-            bounds = cu.tolist()
-            lengths = [e - s for s, e in zip(bounds, bounds[1:])]
-            starts = bounds[:-1]
+            lengths = (cu[1:] - cu[:-1]).long()
+            seqs = torch.nonzero(lengths).flatten()
+            rows, first, lengths = torch.zeros_like(seqs), cu[:-1].long()[seqs], lengths[seqs]
             mirrored = (T - cu).flip(0)
-            if dht is not None:
-                for i, (s, n) in enumerate(zip(starts, lengths)):
-                    if n:
-                        b_rev[0, T - s - n] += dht[i]
+        b_rev = dh.flip(1).clone()
+        if dht is not None:                 # dht enters at each sequence's last token, the first one reversed
+            b_rev[rows, T - first - lengths] += dht[seqs]
         lam = _dense_launch(At, b_rev, None, mirrored)[0].flip(1)
         h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
-        if cu is None:
-            h_prev[:, 0] = h0 if h0 is not None else 0
-        else:
-            for i, (s, n) in enumerate(zip(starts, lengths)):
-                if n:
-                    h_prev[0, s] = h0[i] if h0 is not None else 0
+        h_prev[rows, first] = h0[seqs] if h0 is not None else 0
         dA = _dense_grad_A(lam, h_prev, A.shape) if ctx.needs_input_grad[0] else None
         dh0 = None
         if h0 is not None and ctx.needs_input_grad[2]:
+            dh0 = dht.clone() if dht is not None else torch.zeros_like(h0)      # a sequence of no tokens: dht
             Af = A.expand(A.shape[0], A.shape[1], *h.shape[2:-1], *A.shape[-2:])
-            dh0 = torch.empty_like(h0)
-            for i, (s, n) in enumerate(zip(starts, lengths)):
-                row, t = (i, 0) if cu is None else (0, s)
-                if n:
-                    Ai = Af[min(row, Af.shape[0] - 1), min(t, Af.shape[1] - 1)]
-                    dh0[i] = (Ai.transpose(-1, -2) @ lam[row, t][..., None])[..., 0]
-                else:
-                    dh0[i] = dht[i] if dht is not None else 0
+            A_first = Af[rows.clamp(max=Af.shape[0] - 1), first.clamp(max=Af.shape[1] - 1)]
+            dh0[seqs] = (A_first.transpose(-1, -2) @ lam[rows, first][..., None])[..., 0]
         return dA, lam, dh0, None
 
 
